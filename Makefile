@@ -1,0 +1,31 @@
+# Every target that runs code depends on the install stamp, so each works alone on a fresh clone.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install test run bench lint clean
+
+install: $(STAMP)
+
+# Re-install only when the package metadata changes; a second `make install` is a no-op.
+$(STAMP): setup.cfg pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev,demo]'
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+run: $(STAMP)
+	$(BIN)/miro run --stream split-digits --strategy carm --memory 20 --flash-budget 2000 --swap-ratio 0.5 --epochs 5 --seed 0
+
+bench: $(STAMP)
+	$(BIN)/python bench/run_all.py
+
+lint: $(STAMP)
+	$(BIN)/ruff check miro_runtime storage profilers kv tests examples bench
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,661 @@
+"""Flash tier on LMDB: crash-safe store of every stream sample within a byte budget (CarM's
+storage tier, with raw records instead of one PNG per sample).
+
+One environment per state directory. Named databases:
+  ``meta``            schema version, namespace specs (JSON), counters (ASCII ints)
+  ``<ns>.data``       sample id (8-byte big-endian) -> encoded record (see codec.py)
+  ``<ns>.class``      class (4 B) + sample id (8 B) -> b"" : per-class index, scanned once at open
+  ``<ns>.blob``       opaque blobs for generic namespaces (the KV-cache path)
+
+All writes go through one writer thread (an LMDB write transaction must stay on the thread
+that began it); callers block only until their batch is durable under the sync mode. Readers
+in this process share a lock that the writer takes exclusively only to grow the map.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import threading
+from concurrent.futures import Future
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Optional, Sequence
+
+import lmdb
+import numpy as np
+
+from .codec import HEADER_SIZE, Record, decode_blob, decode_record, dtype_code, encode_blob, encode_record
+from .errors import BadRecordError, BudgetError, ForkError, SchemaTooNewError, StoreError
+from .tier import Tier, blob_key
+
+SCHEMA_VERSION = 1
+SYNC_MODES = {
+    "sync": dict(sync=True, metasync=True),  # acknowledged = committed and fsynced
+    "metasync-off": dict(sync=True, metasync=False),  # a crash may undo the last commit
+    "nosync": dict(sync=False, metasync=False),  # a crash may lose the last commits
+}
+POLICIES = ("class-balanced", "reservoir")
+
+
+@dataclass
+class SampleSpec:
+    """What a sample namespace holds. Every record in it has the same size."""
+
+    shape: tuple
+    dtype: str = "uint8"
+    num_classes: int = 10
+    aux_dim: int = 0  # float32 values stored beside each sample (DER++ logits)
+    policy: str = "class-balanced"
+    budget_records: Optional[int] = None
+    budget_bytes: Optional[int] = None
+
+    def __post_init__(self):
+        self.shape = tuple(int(s) for s in self.shape)
+        if self.policy not in POLICIES:
+            raise BadRecordError(f"eviction policy {self.policy!r} is not one of {POLICIES}")
+        dtype_code(self.dtype)
+        if self.num_classes < 1:
+            raise BadRecordError(f"num_classes must be >= 1, got {self.num_classes}")
+
+    @property
+    def record_bytes(self) -> int:
+        n = int(np.prod(self.shape, dtype=np.int64)) * np.dtype(self.dtype).itemsize
+        return HEADER_SIZE + n + 4 * self.aux_dim
+
+    @property
+    def capacity(self) -> Optional[int]:
+        """Records that fit: the tighter of the record and byte budgets (None: unbounded)."""
+        caps = []
+        if self.budget_records is not None:
+            caps.append(int(self.budget_records))
+        if self.budget_bytes is not None:
+            caps.append(int(self.budget_bytes) // self.record_bytes)
+        return min(caps) if caps else None
+
+
+@dataclass
+class PutResult:
+    ids: np.ndarray  # id given to each input sample, in input order
+    stored: np.ndarray  # bool: False where the policy dropped the new sample at once
+    evicted: int = 0  # older samples removed to make room
+
+
+class _ClassIndex:
+    """Per-class arrays of stored sample ids, so class-balanced sampling never scans LMDB."""
+
+    def __init__(self, num_classes: int):
+        self.ids = [np.empty(0, dtype=np.int64) for _ in range(num_classes)]
+
+    def grow(self, num_classes: int):
+        while len(self.ids) < num_classes:
+            self.ids.append(np.empty(0, dtype=np.int64))
+
+    def counts(self) -> np.ndarray:
+        return np.array([a.size for a in self.ids], dtype=np.int64)
+
+    def add(self, cls: int, ids: np.ndarray):
+        self.ids[cls] = np.concatenate([self.ids[cls], ids])
+
+    def remove(self, cls: int, ids: np.ndarray):
+        self.ids[cls] = self.ids[cls][~np.isin(self.ids[cls], ids)]
+
+
+class _RWLock:
+    """Many readers or one exclusive holder (the map resize)."""
+
+    def __init__(self):
+        self._cond = threading.Condition()
+        self._readers = 0
+        self._writer = False
+
+    def acquire_read(self):
+        with self._cond:
+            while self._writer:
+                self._cond.wait()
+            self._readers += 1
+
+    def release_read(self):
+        with self._cond:
+            self._readers -= 1
+            if not self._readers:
+                self._cond.notify_all()
+
+    def acquire_write(self):
+        with self._cond:
+            while self._writer or self._readers:
+                self._cond.wait()
+            self._writer = True
+
+    def release_write(self):
+        with self._cond:
+            self._writer = False
+            self._cond.notify_all()
+
+
+class FlashTier(Tier):
+    """LMDB-backed flash tier. ``readonly=True`` opens it for inspection from another process."""
+
+    def __init__(self, path: str, sync_mode: str = "sync", initial_map_bytes: int = 16 << 20,
+                 max_map_bytes: int = 64 << 30, readonly: bool = False, seed: int = 0):
+        if sync_mode not in SYNC_MODES:
+            raise StoreError(f"sync mode {sync_mode!r} is not one of {sorted(SYNC_MODES)}")
+        self.path = os.path.abspath(path)
+        self.readonly = readonly
+        self.max_map_bytes = int(max_map_bytes)
+        self._pid = os.getpid()
+        if readonly:
+            if not os.path.exists(os.path.join(self.path, "data.mdb")):
+                raise StoreError(f"no flash store at {self.path} (data.mdb missing)")
+        else:
+            try:
+                os.makedirs(self.path, exist_ok=True)
+            except OSError as e:
+                raise StoreError(f"cannot create state directory {self.path}: {e.strerror}") from e
+            if not os.access(self.path, os.W_OK | os.X_OK):
+                raise StoreError(f"state directory {self.path} is not writable by uid {os.getuid()}")
+        try:
+            self.env = lmdb.open(self.path, map_size=int(initial_map_bytes), max_dbs=64,
+                                 max_readers=1024, readonly=readonly, lock=True,
+                                 **SYNC_MODES[sync_mode])
+        except lmdb.Error as e:
+            raise StoreError(f"cannot open LMDB environment in {self.path}: {e}") from e
+        self.env.reader_check()  # clear reader slots left by killed processes
+        self._rw = _RWLock()
+        self._rng = np.random.default_rng(seed)
+        self._dbs: dict = {}
+        self._specs: dict[str, SampleSpec] = {}
+        self._index: dict[str, _ClassIndex] = {}
+        self._index_lock = threading.Lock()
+        self._id_lock = threading.Lock()
+        self._next_id: dict[str, int] = {}
+        self._last_key: dict[str, bytes] = {}
+        self._meta = self._db("meta", create=not readonly)
+        self._check_schema()
+        self._load_namespaces()
+        self._queue: "queue.Queue" = queue.Queue()
+        self._writer = None
+        if not readonly:
+            self._writer = threading.Thread(target=self._writer_loop, name="flash-writer", daemon=True)
+            self._writer.start()
+
+    # ------------------------------------------------------------------ plumbing
+    def _check_pid(self):
+        if os.getpid() != self._pid:
+            raise ForkError(f"LMDB environment {self.path} was opened in pid {self._pid} and used in "
+                            f"pid {os.getpid()} after fork; open the store in the child instead")
+
+    def _db(self, name: str, create: bool = True, txn=None):
+        if name not in self._dbs:
+            try:
+                self._dbs[name] = self.env.open_db(name.encode(), txn=txn, create=create)
+            except lmdb.NotFoundError:
+                return None
+        return self._dbs[name]
+
+    def _read(self, fn: Callable):
+        """Run ``fn(txn)`` in a read transaction, following a map grown by another process."""
+        self._check_pid()
+        for _ in range(3):
+            self._rw.acquire_read()
+            try:
+                with self.env.begin(write=False) as txn:
+                    return fn(txn)
+            except lmdb.MapResizedError:
+                pass
+            finally:
+                self._rw.release_read()
+            self._rw.acquire_write()
+            try:
+                self.env.set_mapsize(0)  # adopt the size the writer process chose
+            finally:
+                self._rw.release_write()
+        raise StoreError(f"{self.path}: map kept changing size during a read")
+
+    def _write(self, job: Callable):
+        """Hand ``job(txn) -> (result, after_commit)`` to the writer thread; wait for durability."""
+        self._check_pid()
+        if self.readonly:
+            raise StoreError(f"{self.path} is open read-only")
+        if self._writer is None or not self._writer.is_alive():
+            raise StoreError(f"{self.path}: the flash tier is closed")
+        fut: Future = Future()
+        self._queue.put((job, fut))
+        return fut.result()
+
+    def _writer_loop(self):
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            job, fut = item
+            try:
+                fut.set_result(self._run_write(job))
+            except BaseException as e:  # noqa: BLE001 - handed to the caller
+                fut.set_exception(e)
+
+    def _run_write(self, job):
+        while True:
+            try:
+                with self.env.begin(write=True) as txn:
+                    result, after = job(txn)
+                if after is not None:
+                    after()  # in-memory state changes only once the commit succeeded
+                return result
+            except lmdb.MapFullError:
+                self._grow_map()
+
+    def _grow_map(self):
+        size = self.env.info()["map_size"]
+        if size >= self.max_map_bytes:
+            raise BudgetError(f"{self.path}: LMDB map is full at {size} B (max_map_bytes={self.max_map_bytes})")
+        self._rw.acquire_write()
+        try:
+            self.env.set_mapsize(min(size * 2, self.max_map_bytes))
+        finally:
+            self._rw.release_write()
+
+    def _meta_get(self, txn, key: str):
+        v = txn.get(key.encode(), db=self._meta)
+        return None if v is None else bytes(v).decode()
+
+    def _check_schema(self):
+        found = self._read(lambda txn: self._meta_get(txn, "schema_version"))
+        if found is not None and int(found) > SCHEMA_VERSION:
+            raise SchemaTooNewError(f"{self.path} was written by schema {found}; this miro-runtime reads "
+                                    f"schema <= {SCHEMA_VERSION}. Upgrade miro-runtime or use another state dir")
+        if found is None and not self.readonly:
+            with self.env.begin(write=True) as txn:
+                txn.put(b"schema_version", str(SCHEMA_VERSION).encode(), db=self._meta)
+
+    def _load_namespaces(self):
+        def load(txn):
+            specs = {}
+            with txn.cursor(db=self._meta) as cur:
+                if cur.set_range(b"ns/"):
+                    for k, v in cur:
+                        k = bytes(k).decode()
+                        if not k.startswith("ns/"):
+                            break
+                        if k.endswith("/spec"):
+                            specs[k[3:-5]] = json.loads(bytes(v))
+            return specs
+
+        for name, spec in self._read(load).items():
+            self._specs[name] = SampleSpec(**spec)
+            self._rebuild_index(name)
+
+    def _rebuild_index(self, ns: str):
+        spec = self._specs[ns]
+        cls_db, data_db = self._db(f"{ns}.class", create=False), self._db(f"{ns}.data", create=False)
+
+        def scan(txn):
+            by_class: dict[int, list] = {}
+            if cls_db is not None:
+                for k in txn.cursor(db=cls_db).iternext(keys=True, values=False):
+                    k = bytes(k)
+                    by_class.setdefault(int.from_bytes(k[:4], "big"), []).append(int.from_bytes(k[4:], "big"))
+            last = b""
+            if data_db is not None:
+                cur = txn.cursor(db=data_db)
+                if cur.last():
+                    last = bytes(cur.key())
+            return by_class, int(self._meta_get(txn, f"ns/{ns}/next_id") or 0), last or b""
+
+        by_class, next_id, last = self._read(scan)
+        idx = _ClassIndex(spec.num_classes)
+        for c, ids in by_class.items():
+            idx.grow(c + 1)
+            idx.add(c, np.asarray(ids, dtype=np.int64))
+        with self._index_lock:
+            self._index[ns] = idx
+        with self._id_lock:
+            self._next_id[ns] = max(next_id, self._next_id.get(ns, 0))
+        self._last_key[ns] = last
+
+    def refresh(self):
+        """Reload namespaces and class indexes (a reader process following a live writer)."""
+        self._load_namespaces()
+
+    def close(self):
+        if self._writer is not None and self._writer.is_alive() and os.getpid() == self._pid:
+            self._queue.put(None)
+            self._writer.join()
+        if os.getpid() == self._pid:
+            self.env.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # ------------------------------------------------------------------ sample namespaces
+    def declare_samples(self, ns: str, spec: SampleSpec) -> SampleSpec:
+        """Create a sample namespace, or check that an existing one matches (classes may grow)."""
+        old = self._specs.get(ns)
+        if old is not None:
+            if old.shape != spec.shape or old.dtype != spec.dtype or old.aux_dim != spec.aux_dim:
+                raise BadRecordError(f"namespace {ns!r} holds {old.dtype}{list(old.shape)} aux={old.aux_dim}; "
+                                     f"asked for {spec.dtype}{list(spec.shape)} aux={spec.aux_dim}")
+            spec.num_classes = max(spec.num_classes, old.num_classes)
+        def job(txn):
+            for name in (f"{ns}.data", f"{ns}.class"):
+                self._db(name, create=True, txn=txn)
+            txn.put(f"ns/{ns}/spec".encode(), json.dumps(asdict(spec)).encode(), db=self._meta)
+
+            def after():
+                self._specs[ns] = spec
+                with self._index_lock:
+                    self._index.setdefault(ns, _ClassIndex(spec.num_classes)).grow(spec.num_classes)
+                self._next_id.setdefault(ns, 0)
+                self._last_key.setdefault(ns, b"")
+            return None, after
+
+        self._write(job)
+        if old is not None and spec.capacity is not None:
+            self.set_budget(ns, spec.budget_records, spec.budget_bytes)
+        return spec
+
+    def spec(self, ns: str) -> SampleSpec:
+        if ns not in self._specs:
+            raise StoreError(f"no sample namespace {ns!r} in {self.path}; known: {sorted(self._specs)}")
+        return self._specs[ns]
+
+    def _validate(self, ns, spec, arrays, labels, tasks, aux):
+        n = len(labels)
+        if len(arrays) != n or len(tasks) != n or (aux is not None and len(aux) != n):
+            raise BadRecordError(f"namespace {ns!r}: arrays, labels, tasks and aux differ in length")
+        want = np.dtype(spec.dtype)
+        for i in range(n):
+            a = arrays[i]
+            if a.dtype != want or tuple(a.shape) != spec.shape:
+                raise BadRecordError(f"namespace {ns!r}, sample {i} of the batch: {a.dtype}{list(a.shape)} "
+                                     f"does not match {want}{list(spec.shape)}")
+            if not 0 <= int(labels[i]) < spec.num_classes:
+                raise BadRecordError(f"namespace {ns!r}, sample {i} of the batch: label {int(labels[i])} is "
+                                     f"outside the declared classes 0..{spec.num_classes - 1}")
+            if spec.aux_dim and (aux is None or np.size(aux[i]) != spec.aux_dim):
+                raise BadRecordError(f"namespace {ns!r}, sample {i}: aux must hold {spec.aux_dim} values")
+        if spec.capacity is not None and spec.capacity < 1:
+            raise BudgetError(f"namespace {ns!r}: a {spec.record_bytes}-byte record is larger than the "
+                              f"budget ({spec.budget_bytes} B / {spec.budget_records} records)")
+        if want.kind == "f":
+            bad = [i for i in range(n) if not np.isfinite(arrays[i]).all()]
+            if bad:
+                raise BadRecordError(f"namespace {ns!r}, sample {bad[0]} of the batch holds NaN or inf")
+
+    def put_batch(self, ns: str, arrays: Sequence[np.ndarray], labels: Sequence[int],
+                  tasks: Sequence[int], aux: Optional[Sequence[np.ndarray]] = None,
+                  timestamps: Optional[Sequence[float]] = None) -> PutResult:
+        """Store a batch atomically; returns once durable. Invalid input raises before any write."""
+        spec = self.spec(ns)
+        labels = np.asarray(labels, dtype=np.int64).reshape(-1)
+        tasks = np.asarray(tasks, dtype=np.int64).reshape(-1)
+        self._validate(ns, spec, arrays, labels, tasks, aux)
+        n = labels.size
+        with self._id_lock:
+            first = self._next_id[ns]
+            self._next_id[ns] = first + n
+        ids = np.arange(first, first + n, dtype=np.int64)
+        ts = [None] * n if timestamps is None else timestamps
+        encoded = [encode_record(arrays[i], labels[i], tasks[i], ids[i], ts[i],
+                                 None if aux is None else aux[i]) for i in range(n)]
+        keys = [int(i).to_bytes(8, "big") for i in ids]
+        data_db, cls_db = self._db(f"{ns}.data"), self._db(f"{ns}.class")
+
+        def job(txn):
+            drop_new, evict_old = self._plan_eviction(txn, ns, spec, ids, labels)
+            keep = ~np.isin(ids, list(drop_new)) if drop_new else np.ones(n, dtype=bool)
+            for cls, sid in evict_old:
+                txn.delete(int(sid).to_bytes(8, "big"), db=data_db)
+                txn.delete(int(cls).to_bytes(4, "big") + int(sid).to_bytes(8, "big"), db=cls_db)
+            items = [(keys[i], encoded[i]) for i in range(n) if keep[i]]
+            if items:
+                append = items[0][0] > self._last_key.get(ns, b"")
+                txn.cursor(db=data_db).putmulti(items, append=append)
+                txn.cursor(db=cls_db).putmulti(
+                    sorted((int(labels[i]).to_bytes(4, "big") + keys[i], b"") for i in range(n) if keep[i]))
+            count = self._count(ns) + int(keep.sum()) - len(evict_old)
+            seen = int(self._meta_get(txn, f"ns/{ns}/seen") or 0) + n
+            for k, v in ((f"ns/{ns}/next_id", first + n), (f"ns/{ns}/count", count),
+                         (f"ns/{ns}/bytes", count * spec.record_bytes), (f"ns/{ns}/seen", seen)):
+                txn.put(k.encode(), str(v).encode(), db=self._meta)
+
+            def after():
+                self._apply_index(ns, ids[keep], labels[keep], evict_old)
+                if items and items[-1][0] > self._last_key.get(ns, b""):
+                    self._last_key[ns] = items[-1][0]
+            return PutResult(ids, keep, len(evict_old)), after
+
+        return self._write(job)
+
+    def _count(self, ns) -> int:
+        with self._index_lock:
+            return int(self._index[ns].counts().sum())
+
+    def _plan_eviction(self, txn, ns, spec, new_ids, new_labels):
+        """Decide, without writing, which new samples to drop and which stored ones to evict so the
+        namespace fits its capacity. Runs on the writer thread (the only mutator of the index)."""
+        cap = spec.capacity
+        drop_new, evict_old = set(), []
+        if cap is None:
+            return drop_new, evict_old
+        with self._index_lock:
+            idx = self._index[ns]
+            old = [a.copy() for a in idx.ids]
+        nc = max(len(old), spec.num_classes)
+        old += [np.empty(0, dtype=np.int64)] * (nc - len(old))
+        if spec.policy == "class-balanced":
+            new_by_c = [new_ids[new_labels == c] for c in range(nc)]
+            counts = np.array([old[c].size + new_by_c[c].size for c in range(nc)])
+            excess = int(counts.sum()) - cap
+            n_evict = np.zeros(nc, dtype=np.int64)
+            while excess > 0:  # always take from the largest class: keeps classes balanced
+                c = int(np.argmax(counts - n_evict))
+                n_evict[c] += 1
+                excess -= 1
+            for c in np.nonzero(n_evict)[0]:
+                pool = np.concatenate([old[c], new_by_c[c]])
+                fresh = set(new_by_c[c].tolist())
+                for sid in self._rng.choice(pool, size=int(n_evict[c]), replace=False):
+                    if int(sid) in fresh:
+                        drop_new.add(int(sid))
+                    else:
+                        evict_old.append((int(c), int(sid)))
+            return drop_new, evict_old
+        # reservoir: every sample seen so far has the same chance cap/seen of being stored
+        pool_ids = np.concatenate(old)
+        pool_cls = np.concatenate([np.full(a.size, c) for c, a in enumerate(old)])
+        pool_ids, pool_cls = list(pool_ids), list(pool_cls)
+        seen = int(self._meta_get(txn, f"ns/{ns}/seen") or 0)
+        newset = set(int(i) for i in new_ids)
+        for sid, c in zip(new_ids, new_labels):
+            seen += 1
+            if len(pool_ids) < cap:
+                pool_ids.append(int(sid))
+                pool_cls.append(int(c))
+                continue
+            j = int(self._rng.integers(seen))
+            if j < cap:
+                out = pool_ids[j]
+                if out in newset:
+                    drop_new.add(out)
+                else:
+                    evict_old.append((int(pool_cls[j]), out))
+                pool_ids[j], pool_cls[j] = int(sid), int(c)
+            else:
+                drop_new.add(int(sid))
+        while len(pool_ids) > cap:  # the budget shrank below what is stored
+            j = int(self._rng.integers(len(pool_ids)))
+            out, c = pool_ids.pop(j), pool_cls.pop(j)
+            (drop_new.add(out) if out in newset else evict_old.append((int(c), out)))
+        return drop_new, evict_old
+
+    def _apply_index(self, ns, add_ids, add_labels, evict_old):
+        with self._index_lock:
+            idx = self._index[ns]
+            for c in np.unique(add_labels):
+                idx.grow(int(c) + 1)
+                idx.add(int(c), add_ids[add_labels == c])
+            by_c: dict[int, list] = {}
+            for c, sid in evict_old:
+                by_c.setdefault(c, []).append(sid)
+            for c, sids in by_c.items():
+                idx.remove(c, np.asarray(sids, dtype=np.int64))
+
+    def set_budget(self, ns: str, budget_records: Optional[int] = None,
+                   budget_bytes: Optional[int] = None) -> int:
+        """Change a namespace's budget at run time; evicts by its policy. Returns records evicted."""
+        spec = self.spec(ns)
+        new = SampleSpec(**{**asdict(spec), "budget_records": budget_records, "budget_bytes": budget_bytes})
+        if new.capacity is not None and new.capacity < 1:
+            raise BudgetError(f"namespace {ns!r}: budget {budget_bytes} B / {budget_records} records holds "
+                              f"no {spec.record_bytes}-byte record")
+        data_db, cls_db = self._db(f"{ns}.data"), self._db(f"{ns}.class")
+        empty = np.empty(0, dtype=np.int64)
+
+        def job(txn):
+            _, evict_old = self._plan_eviction(txn, ns, new, empty, empty)
+            for cls, sid in evict_old:
+                txn.delete(int(sid).to_bytes(8, "big"), db=data_db)
+                txn.delete(int(cls).to_bytes(4, "big") + int(sid).to_bytes(8, "big"), db=cls_db)
+            count = self._count(ns) - len(evict_old)
+            txn.put(f"ns/{ns}/spec".encode(), json.dumps(asdict(new)).encode(), db=self._meta)
+            txn.put(f"ns/{ns}/count".encode(), str(count).encode(), db=self._meta)
+            txn.put(f"ns/{ns}/bytes".encode(), str(count * spec.record_bytes).encode(), db=self._meta)
+
+            def after():
+                self._apply_index(ns, empty, empty, evict_old)
+                self._specs[ns] = new
+            return len(evict_old), after
+
+        return self._write(job)
+
+    def get_samples(self, ns: str, ids: Sequence[int]) -> list:
+        """Decode the given sample ids (crc-checked) in one read transaction; None for missing ids."""
+        data_db = self._db(f"{ns}.data", create=False)
+        if data_db is None:
+            raise StoreError(f"no sample namespace {ns!r} in {self.path}")
+
+        def read(txn):
+            out = []
+            for sid in ids:
+                buf = txn.get(int(sid).to_bytes(8, "big"), db=data_db)
+                out.append(None if buf is None else decode_record(buf, key=f"{ns}/{int(sid)}"))
+            return out
+
+        return self._read(read)
+
+    def class_counts(self, ns: str) -> np.ndarray:
+        self.spec(ns)
+        with self._index_lock:
+            return self._index[ns].counts()
+
+    def class_ids(self, ns: str, cls: int) -> np.ndarray:
+        with self._index_lock:
+            idx = self._index[ns]
+            return idx.ids[cls].copy() if cls < len(idx.ids) else np.empty(0, dtype=np.int64)
+
+    def random_ids(self, ns: str, cls: int, k: int, rng: np.random.Generator,
+                   exclude: Optional[np.ndarray] = None) -> np.ndarray:
+        """Up to ``k`` distinct random stored ids of class ``cls``, avoiding ``exclude`` when possible."""
+        with self._index_lock:
+            idx = self._index.get(ns)
+            pool = idx.ids[cls] if idx is not None and cls < len(idx.ids) else np.empty(0, dtype=np.int64)
+            if pool.size == 0 or k <= 0:
+                return np.empty(0, dtype=np.int64)
+            pick = pool[rng.choice(pool.size, size=min(pool.size, 4 * k), replace=False)]
+        if exclude is not None and exclude.size:
+            fresh = pick[~np.isin(pick, exclude)]
+            pick = np.concatenate([fresh, pick[np.isin(pick, exclude)]])
+        return pick[:k]
+
+    def iter_samples(self, ns: str, batch: int = 256):
+        """Yield lists of records in id order (checkpoint-free replays, the `joint` baseline)."""
+        data_db = self._db(f"{ns}.data", create=False)
+        after = b""
+        while True:
+            def page(txn):
+                out, cur = [], txn.cursor(db=data_db)
+                if not cur.set_range(after):
+                    return out
+                for k, v in cur:
+                    if bytes(k) == after:
+                        continue
+                    out.append((bytes(k), decode_record(v, key=f"{ns}/{int.from_bytes(k, 'big')}")))
+                    if len(out) >= batch:
+                        break
+                return out
+
+            recs = self._read(page)
+            if not recs:
+                return
+            after = recs[-1][0]
+            yield [r for _, r in recs]
+
+    def stats(self, ns: Optional[str] = None) -> dict:
+        info = self.env.info()
+        out = {"path": self.path, "map_size": info["map_size"], "schema_version": SCHEMA_VERSION,
+               "namespaces": {}}
+        for name in ([ns] if ns else sorted(self._specs)):
+            spec = self._specs[name]
+            counts = self.class_counts(name)
+            out["namespaces"][name] = {"records": int(counts.sum()), "bytes": int(counts.sum()) * spec.record_bytes,
+                                       "capacity": spec.capacity, "policy": spec.policy,
+                                       "class_counts": counts.tolist(), "shape": list(spec.shape),
+                                       "dtype": spec.dtype}
+        return out
+
+    # ------------------------------------------------------------------ generic blob interface
+    def _blob_db(self, ns, create):
+        return self._db(f"{ns}.blob", create=create and not self.readonly)
+
+    def put(self, namespace, key, value):
+        k, v = blob_key(key), encode_blob(value)
+
+        def job(txn):
+            db = self._db(f"{namespace}.blob", create=True, txn=txn)
+            old = txn.get(k, db=db)
+            used = int(self._meta_get(txn, f"blob/{namespace}/bytes") or 0)
+            used += len(v) - (len(old) if old is not None else 0)
+            txn.put(k, v, db=db)
+            txn.put(f"blob/{namespace}/bytes".encode(), str(used).encode(), db=self._meta)
+            return None, None
+
+        self._write(job)
+
+    def get(self, namespace, key):
+        k, db = blob_key(key), self._blob_db(namespace, False)
+        if db is None:
+            return None
+        buf = self._read(lambda txn: txn.get(k, db=db))
+        return None if buf is None else decode_blob(buf, key=f"{namespace}/{k!r}")
+
+    def contains(self, namespace, key):
+        k, db = blob_key(key), self._blob_db(namespace, False)
+        return db is not None and self._read(lambda txn: txn.get(k, db=db)) is not None
+
+    def delete(self, namespace, key):
+        k, db = blob_key(key), self._blob_db(namespace, False)
+        if db is None:
+            return False
+
+        def job(txn):
+            old = txn.get(k, db=db)
+            if old is None:
+                return False, None
+            used = int(self._meta_get(txn, f"blob/{namespace}/bytes") or 0) - len(old)
+            txn.delete(k, db=db)
+            txn.put(f"blob/{namespace}/bytes".encode(), str(used).encode(), db=self._meta)
+            return True, None
+
+        return self._write(job)
+
+    def bytes_used(self, namespace):
+        if namespace in self._specs:
+            return int(self.class_counts(namespace).sum()) * self._specs[namespace].record_bytes
+        return int(self._read(lambda txn: self._meta_get(txn, f"blob/{namespace}/bytes")) or 0)
+
+
+__all__ = ["FlashTier", "SampleSpec", "PutResult", "Record", "SCHEMA_VERSION", "SYNC_MODES", "POLICIES"]

@@ -1,0 +1,156 @@
+"""Swap engine: CarM's asynchronous RAM<->flash carousel.
+
+``request_swap(slots, classes)`` queues work and returns at once; a small pool of threads reads
+random stored samples of the requested classes from the flash tier (LMDB releases the GIL while
+it reads) and writes them into those RAM slots through the RAM tier's lock. A full queue drops
+the request (counted) instead of blocking the trainer: a missed swap only delays freshness.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from .flash import FlashTier
+from .ram import RamTier
+
+
+class SwapEngine:
+    def __init__(self, flash: FlashTier, ram: RamTier, namespace: str = "samples", workers: int = 1,
+                 max_queue: int = 64, seed: int = 0):
+        if not 1 <= workers <= 4:
+            raise ValueError(f"swap workers must be 1..4, got {workers}")
+        self.flash, self.ram, self.namespace = flash, ram, namespace
+        self._q: "queue.Queue" = queue.Queue(maxsize=max_queue)
+        self._rng = np.random.default_rng(seed)
+        self._rng_lock = threading.Lock()
+        self._cond = threading.Condition()
+        self._pending = 0
+        self._running = threading.Event()
+        self._running.set()
+        self.counters = {"requested": 0, "completed": 0, "dropped": 0, "bytes_read": 0, "swap_s": 0.0}
+        self._latencies: list = []
+        self._threads = [threading.Thread(target=self._loop, name=f"swap-{i}", daemon=True)
+                         for i in range(workers)]
+        for t in self._threads:
+            t.start()
+
+    # -------------------------------------------------------------- caller side (never blocks)
+    def request_swap(self, slots: Sequence[int], classes: Sequence[int]) -> bool:
+        slots = np.asarray(slots, dtype=np.int64)
+        classes = np.asarray(classes, dtype=np.int64)
+        if slots.shape != classes.shape:
+            raise ValueError(f"slots {slots.shape} and classes {classes.shape} differ in shape")
+        if not slots.size:
+            return True
+        job = (slots, classes, self.ram.generation, time.perf_counter())
+        with self._cond:
+            self.counters["requested"] += int(slots.size)
+            self._pending += 1
+        try:
+            self._q.put_nowait(job)
+            return True
+        except queue.Full:
+            with self._cond:
+                self.counters["dropped"] += int(slots.size)
+                self._pending -= 1
+                self._cond.notify_all()
+            return False
+
+    def swap_now(self, slots: Sequence[int], classes: Sequence[int]) -> int:
+        """Blocking swap in the caller's thread (the carm-sync baseline). Returns slots filled."""
+        slots = np.asarray(slots, dtype=np.int64)
+        with self._cond:
+            self.counters["requested"] += int(slots.size)
+        return self._do((slots, np.asarray(classes, dtype=np.int64), self.ram.generation, time.perf_counter()))
+
+    def drain(self, timeout: float = 30.0) -> bool:
+        """Wait until every queued request is done (task ends, checkpoints, tests)."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while self._pending:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cond.wait(left)
+        return True
+
+    def pause(self):
+        self._running.clear()
+
+    def resume(self):
+        self._running.set()
+
+    @property
+    def queue_depth(self) -> int:
+        return self._q.qsize()
+
+    def stats(self) -> dict:
+        with self._cond:
+            out = dict(self.counters)
+            lat = np.asarray(self._latencies[-10000:], dtype=np.float64)
+        out["queue_depth"] = self.queue_depth
+        if lat.size:
+            out["latency_ms_p50"] = float(np.percentile(lat, 50) * 1e3)
+            out["latency_ms_p99"] = float(np.percentile(lat, 99) * 1e3)
+        return out
+
+    def close(self):
+        self.drain(timeout=10.0)
+        self._running.set()
+        for _ in self._threads:
+            self._q.put(None)
+        for t in self._threads:
+            t.join(timeout=10.0)
+
+    # -------------------------------------------------------------- worker side
+    def _loop(self):
+        while True:
+            job = self._q.get()
+            if job is None:
+                return
+            self._running.wait()
+            try:
+                self._do(job)
+            finally:
+                with self._cond:
+                    self._pending -= 1
+                    self._cond.notify_all()
+
+    def _do(self, job) -> int:
+        slots, classes, generation, t0 = job
+        in_ram = self.ram.ids_snapshot()
+        picks_slot, picks_id = [], []
+        with self._rng_lock:
+            for c in np.unique(classes):
+                want = slots[classes == c]
+                ids = self.flash.random_ids(self.namespace, int(c), want.size, self._rng, exclude=in_ram)
+                picks_slot.extend(want[: ids.size].tolist())
+                picks_id.extend(ids.tolist())
+        dropped = slots.size - len(picks_id)
+        records = self.flash.get_samples(self.namespace, picks_id) if picks_id else []
+        done, nbytes = 0, 0
+        for slot, rec in zip(picks_slot, records):
+            if rec is None:  # evicted between index lookup and read
+                dropped += 1
+                continue
+            nbytes += rec.array.nbytes
+            x = torch.from_numpy(np.array(rec.array))  # own the bytes before the txn's buffer goes
+            if self.ram.replace(slot, x, rec.label, rec.sample_id, rec.task, rec.aux, generation=generation):
+                done += 1
+            else:
+                dropped += 1
+        with self._cond:
+            self.counters["completed"] += done
+            self.counters["dropped"] += dropped
+            self.counters["bytes_read"] += nbytes
+            self.counters["swap_s"] += time.perf_counter() - t0
+            self._latencies.append(time.perf_counter() - t0)
+            if len(self._latencies) > 20000:
+                del self._latencies[:10000]
+        return done
