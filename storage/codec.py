@@ -10,8 +10,7 @@ from __future__ import annotations
 import struct
 import time
 import zlib
-from dataclasses import dataclass
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import numpy as np
 
@@ -44,8 +43,7 @@ BLOB_MAGIC = b"MB"
 _BLOB_HEADER = struct.Struct("<2sBI")  # magic, version, crc32 of payload
 
 
-@dataclass(frozen=True)
-class Record:
+class Record(NamedTuple):
     """One decoded sample. ``array`` is a read-only view over the stored bytes."""
 
     array: np.ndarray
@@ -66,7 +64,7 @@ def dtype_code(dtype) -> int:
 def encode_record(array: np.ndarray, label: int, task: int, sample_id: int,
                   timestamp: Optional[float] = None, aux: Optional[np.ndarray] = None) -> bytes:
     """Encode one sample. ``array`` must be C-contiguous-able with at most 4 dims."""
-    arr = np.ascontiguousarray(array)
+    arr = np.asarray(array)  # not ascontiguousarray: it turns a 0-d array into 1-d
     if arr.ndim > MAX_NDIM:
         raise BadRecordError(f"sample {sample_id}: {arr.ndim} dims, at most {MAX_NDIM} are storable")
     code = dtype_code(arr.dtype)
@@ -89,9 +87,8 @@ def encode_record(array: np.ndarray, label: int, task: int, sample_id: int,
     return head[:_CRC_OFFSET] + struct.pack("<I", crc) + payload + aux_bytes
 
 
-def decode_record(buf, key=None) -> Record:
-    """Decode and verify one record; ``key`` only serves the error message."""
-    view = memoryview(buf)
+def _verify(view, key):
+    """Check header and crc; return the unpacked header fields."""
     if len(view) < HEADER_SIZE:
         raise CorruptRecordError(f"record {key!r}: {len(view)} bytes, shorter than the {HEADER_SIZE}-byte header")
     (magic, version, code, ndim, _flags, s0, s1, s2, s3, label, task, sample_id, ts,
@@ -108,6 +105,13 @@ def decode_record(buf, key=None) -> Record:
     got = zlib.crc32(view[HEADER_SIZE:end], zlib.crc32(view[:_CRC_OFFSET]))
     if got != crc:
         raise CorruptRecordError(f"record {key!r}: crc32 mismatch (stored {crc:#010x}, computed {got:#010x})")
+    return code, ndim, (s0, s1, s2, s3), label, task, sample_id, ts, n_aux, n_payload
+
+
+def decode_record(buf, key=None) -> Record:
+    """Decode and verify one record; ``key`` only serves the error message."""
+    view = memoryview(buf)
+    code, ndim, (s0, s1, s2, s3), label, task, sample_id, ts, n_aux, n_payload = _verify(view, key)
     dtype = _DTYPES[code]
     shape = (s0, s1, s2, s3)[:ndim]
     if int(np.prod(shape, dtype=np.int64)) * dtype.itemsize != n_payload:
@@ -117,6 +121,19 @@ def decode_record(buf, key=None) -> Record:
     if n_aux:
         aux = np.frombuffer(view, dtype=np.float32, count=n_aux, offset=HEADER_SIZE + n_payload)
     return Record(arr, label, task, sample_id, ts, aux)
+
+
+def decode_into(buf, out: memoryview, key=None):
+    """Verify one record and copy its payload into ``out`` (a byte view of one row of a
+    preallocated batch array): the swap path's decode, with no per-record numpy object.
+    Returns (label, task, sample_id, aux or None)."""
+    view = memoryview(buf)
+    code, ndim, shape, label, task, sample_id, ts, n_aux, n_payload = _verify(view, key)
+    if n_payload != len(out):
+        raise CorruptRecordError(f"record {key!r}: {n_payload} payload bytes, expected {len(out)}")
+    out[:] = view[HEADER_SIZE:HEADER_SIZE + n_payload]
+    aux = np.frombuffer(view, np.float32, n_aux, HEADER_SIZE + n_payload) if n_aux else None
+    return label, task, sample_id, aux
 
 
 def encode_blob(payload: bytes) -> bytes:

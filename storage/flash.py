@@ -25,7 +25,8 @@ from typing import Callable, Optional, Sequence
 import lmdb
 import numpy as np
 
-from .codec import HEADER_SIZE, Record, decode_blob, decode_record, dtype_code, encode_blob, encode_record
+from .codec import (HEADER_SIZE, Record, decode_blob, decode_into, decode_record, dtype_code, encode_blob,
+                    encode_record)
 from .errors import BadRecordError, BudgetError, ForkError, SchemaTooNewError, StoreError
 from .tier import Tier, blob_key
 
@@ -547,6 +548,35 @@ class FlashTier(Tier):
 
         return self._read(read)
 
+    def read_batch(self, ns: str, ids: Sequence[int]) -> dict:
+        """Read and verify ``ids`` into one preallocated batch: {'x' (K, *shape), 'labels', 'tasks',
+        'ids', 'aux' (K, A) or None, 'found' (K,) bool}. The swap engine's read path."""
+        spec = self.spec(ns)
+        data_db = self._db(f"{ns}.data", create=False)
+        k = len(ids)
+        x = np.zeros((k, *spec.shape), dtype=spec.dtype)  # (K, *shape)
+        mv = memoryview(x.reshape(-1).view(np.uint8))
+        row = x[0].nbytes if k else 0
+        labels = np.full(k, -1, dtype=np.int64)
+        tasks = np.full(k, -1, dtype=np.int64)
+        found = np.zeros(k, dtype=bool)
+        aux = np.zeros((k, spec.aux_dim), dtype=np.float32) if spec.aux_dim else None
+
+        def read(txn):
+            get = txn.get
+            for i, sid in enumerate(ids):
+                buf = get(int(sid).to_bytes(8, "big"), db=data_db)
+                if buf is None:
+                    continue
+                lab, task, _, a = decode_into(buf, mv[i * row:(i + 1) * row], key=f"{ns}/{int(sid)}")
+                labels[i], tasks[i], found[i] = lab, task, True
+                if aux is not None and a is not None:
+                    aux[i] = a
+
+        self._read(read)
+        return {"x": x, "labels": labels, "tasks": tasks, "ids": np.asarray(ids, dtype=np.int64),
+                "aux": aux, "found": found}
+
     def class_counts(self, ns: str) -> np.ndarray:
         self.spec(ns)
         with self._index_lock:
@@ -558,18 +588,25 @@ class FlashTier(Tier):
             return idx.ids[cls].copy() if cls < len(idx.ids) else np.empty(0, dtype=np.int64)
 
     def random_ids(self, ns: str, cls: int, k: int, rng: np.random.Generator,
-                   exclude: Optional[np.ndarray] = None) -> np.ndarray:
-        """Up to ``k`` distinct random stored ids of class ``cls``, avoiding ``exclude`` when possible."""
+                   exclude=()) -> np.ndarray:
+        """Up to ``k`` distinct random stored ids of class ``cls``, avoiding ids in ``exclude``
+        (a set: the samples already in RAM) when the class has enough others."""
         with self._index_lock:
             idx = self._index.get(ns)
-            pool = idx.ids[cls] if idx is not None and cls < len(idx.ids) else np.empty(0, dtype=np.int64)
-            if pool.size == 0 or k <= 0:
+            pool = idx.ids[cls] if idx is not None and cls < len(idx.ids) else None
+            if pool is None or pool.size == 0 or k <= 0:
                 return np.empty(0, dtype=np.int64)
-            pick = pool[rng.choice(pool.size, size=min(pool.size, 4 * k), replace=False)]
-        if exclude is not None and exclude.size:
-            fresh = pick[~np.isin(pick, exclude)]
-            pick = np.concatenate([fresh, pick[np.isin(pick, exclude)]])
-        return pick[:k]
+            draws = pool[rng.integers(0, pool.size, 3 * k + 8)].tolist()
+        out, seen, spare = [], set(), []
+        for sid in draws:  # k is a swap quota (tens): plain Python beats numpy set ops here
+            if sid in seen:
+                continue
+            seen.add(sid)
+            (spare if sid in exclude else out).append(sid)
+            if len(out) == k:
+                break
+        out.extend(spare[: k - len(out)])
+        return np.asarray(out, dtype=np.int64)
 
     def iter_samples(self, ns: str, batch: int = 256):
         """Yield lists of records in id order (checkpoint-free replays, the `joint` baseline)."""

@@ -83,6 +83,31 @@ class RamTier:
             self._write_slot(slot, x, label, sample_id, task, aux)
             return True
 
+    def replace_many(self, slots, x, labels, sample_ids, tasks, aux=None,
+                     generation: Optional[int] = None) -> int:
+        """Overwrite several filled slots under one lock hold (the swap engine's write).
+        ``x`` is (K, *shape) of the tier's dtype. Returns how many slots were written."""
+        x = torch.as_tensor(x)
+        if tuple(x.shape[1:]) != self.sample_shape or x.dtype != self.dtype:
+            raise BadRecordError(f"RAM tier holds {self.dtype}{list(self.sample_shape)}, "
+                                 f"got {x.dtype}{list(x.shape[1:])}")
+        slots = np.asarray(slots, dtype=np.int64)
+        with self.lock:
+            if generation is not None and generation != self.generation:
+                return 0
+            ok = (slots >= 0) & (slots < self.size)
+            if not ok.any():
+                return 0
+            idx = torch.from_numpy(slots[ok])
+            sel = torch.from_numpy(np.nonzero(ok)[0])
+            self.data.index_copy_(0, idx, x.index_select(0, sel))
+            self.labels.index_copy_(0, idx, torch.as_tensor(labels, dtype=torch.int64).index_select(0, sel))
+            self.tasks.index_copy_(0, idx, torch.as_tensor(tasks, dtype=torch.int64).index_select(0, sel))
+            if self.aux_dim and aux is not None:
+                self.aux.index_copy_(0, idx, torch.as_tensor(aux, dtype=torch.float32).index_select(0, sel))
+            self.sample_ids[slots[ok]] = np.asarray(sample_ids, dtype=np.int64)[ok]
+            return int(ok.sum())
+
     def gather(self, slots) -> dict:
         """Copy the given slots out atomically: {'x', 'y', 'task', 'aux', 'ids'}."""
         idx = torch.as_tensor(np.asarray(slots, dtype=np.int64))

@@ -124,7 +124,7 @@ class SwapEngine:
 
     def _do(self, job) -> int:
         slots, classes, generation, t0 = job
-        in_ram = self.ram.ids_snapshot()
+        in_ram = set(self.ram.ids_snapshot().tolist())
         picks_slot, picks_id = [], []
         with self._rng_lock:
             for c in np.unique(classes):
@@ -133,18 +133,16 @@ class SwapEngine:
                 picks_slot.extend(want[: ids.size].tolist())
                 picks_id.extend(ids.tolist())
         dropped = slots.size - len(picks_id)
-        records = self.flash.get_samples(self.namespace, picks_id) if picks_id else []
         done, nbytes = 0, 0
-        for slot, rec in zip(picks_slot, records):
-            if rec is None:  # evicted between index lookup and read
-                dropped += 1
-                continue
-            nbytes += rec.array.nbytes
-            x = torch.from_numpy(np.array(rec.array))  # own the bytes before the txn's buffer goes
-            if self.ram.replace(slot, x, rec.label, rec.sample_id, rec.task, rec.aux, generation=generation):
-                done += 1
-            else:
-                dropped += 1
+        if picks_id:
+            b = self.flash.read_batch(self.namespace, picks_id)
+            ok = b["found"]  # an id evicted between index lookup and read is simply skipped
+            nbytes = int(b["x"][ok].nbytes)
+            sl = np.asarray(picks_slot, dtype=np.int64)[ok]
+            done = self.ram.replace_many(sl, torch.from_numpy(b["x"][ok]), b["labels"][ok], b["ids"][ok],
+                                         b["tasks"][ok], None if b["aux"] is None else b["aux"][ok],
+                                         generation=generation)
+            dropped += len(picks_id) - done
         with self._cond:
             self.counters["completed"] += done
             self.counters["dropped"] += dropped

@@ -1,0 +1,41 @@
+"""Shared helpers for benchmarks: machine description, medians, the last-line JSON convention."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import sys
+
+
+def machine() -> dict:
+    cpu = platform.processor() or "unknown"
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    try:
+        import psutil
+        ram_gib = round(psutil.virtual_memory().total / 2**30, 1)
+    except Exception:  # noqa: BLE001
+        ram_gib = None
+    import lmdb
+    import torch
+    return {"cpu": cpu, "cores": os.cpu_count(), "ram_gib": ram_gib, "os": platform.platform(),
+            "python": platform.python_version(), "torch": torch.__version__, "lmdb": lmdb.__version__,
+            "torch_threads": torch.get_num_threads()}
+
+
+def median(xs):
+    return float(statistics.median(xs))
+
+
+def emit(result: dict):
+    """Print the one JSON object every bench ends with."""
+    sys.stdout.flush()
+    print(json.dumps(result))
