@@ -358,6 +358,16 @@ class FlashTier(Tier):
             self.set_budget(ns, spec.budget_records, spec.budget_bytes)
         return spec
 
+    def get_meta(self, key: str) -> Optional[str]:
+        """A value written through ``put_batch(meta=...)`` or ``set_meta``."""
+        return self._read(lambda txn: self._meta_get(txn, f"user/{key}"))
+
+    def set_meta(self, key: str, value: str) -> None:
+        def job(txn):
+            txn.put(f"user/{key}".encode(), str(value).encode(), db=self._meta)
+            return None, None
+        self._write(job)
+
     def spec(self, ns: str) -> SampleSpec:
         if ns not in self._specs:
             raise StoreError(f"no sample namespace {ns!r} in {self.path}; known: {sorted(self._specs)}")
@@ -388,8 +398,10 @@ class FlashTier(Tier):
 
     def put_batch(self, ns: str, arrays: Sequence[np.ndarray], labels: Sequence[int],
                   tasks: Sequence[int], aux: Optional[Sequence[np.ndarray]] = None,
-                  timestamps: Optional[Sequence[float]] = None) -> PutResult:
-        """Store a batch atomically; returns once durable. Invalid input raises before any write."""
+                  timestamps: Optional[Sequence[float]] = None, meta: Optional[dict] = None) -> PutResult:
+        """Store a batch atomically; returns once durable. Invalid input raises before any write.
+        ``meta`` (str -> str) is written in the same transaction: a caller's stream position then
+        can never disagree with what was stored."""
         spec = self.spec(ns)
         labels = np.asarray(labels, dtype=np.int64).reshape(-1)
         tasks = np.asarray(tasks, dtype=np.int64).reshape(-1)
@@ -422,6 +434,8 @@ class FlashTier(Tier):
             for k, v in ((f"ns/{ns}/next_id", first + n), (f"ns/{ns}/count", count),
                          (f"ns/{ns}/bytes", count * spec.record_bytes), (f"ns/{ns}/seen", seen)):
                 txn.put(k.encode(), str(v).encode(), db=self._meta)
+            for k, v in (meta or {}).items():  # "{first_id}" in a value: the batch's first id
+                txn.put(f"user/{k}".encode(), str(v).replace("{first_id}", str(first)).encode(), db=self._meta)
 
             def after():
                 self._apply_index(ns, ids[keep], labels[keep], evict_old)

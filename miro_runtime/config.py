@@ -1,0 +1,70 @@
+"""Run configuration: one dataclass, JSON in and out (the run directory keeps a copy for --resume)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from typing import Optional
+
+
+@dataclass
+class RunConfig:
+    stream: str = "split-digits"
+    strategy: str = "carm"  # finetune | joint | er | der | carm | carm-sync
+    replay: str = "er"  # the method CarM runs on top of: er | der
+    memory: int = 20  # RAM episodic memory, samples
+    flash_budget: Optional[int] = 2000  # flash tier, samples (None: unbounded)
+    flash_policy: str = "class-balanced"  # or reservoir
+    em_policy: str = "class-balanced"  # or reservoir
+    swap_ratio: float = 0.5
+    swap_workers: int = 1
+    epochs: int = 5
+    online: bool = False  # single pass as batches arrive (the daemon's setting)
+    batch_size: int = 16
+    lr: float = 0.05
+    momentum: float = 0.9
+    clip_grad: float = 5.0
+    der_alpha: float = 0.3
+    der_beta: float = 0.5
+    model: str = "auto"  # cnn | resnet18 | auto
+    tasks: Optional[int] = None
+    seed: int = 0
+    data_dir: Optional[str] = None
+    download: bool = False
+    synthetic: dict = field(default_factory=dict)  # shape, num_classes, per_class, noise
+    device: str = "cpu"
+    run_dir: Optional[str] = None
+    checkpoint_every: int = 200  # steps; a checkpoint is also written at every task end
+    sync_mode: str = "sync"
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "RunConfig":
+        data = json.loads(text)
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown run config keys: {unknown}")
+        return cls(**data)
+
+    def validate(self) -> None:
+        from .strategies import STRATEGIES
+        problems = []
+        if self.strategy not in STRATEGIES:
+            problems.append(f"strategy {self.strategy!r} is not one of {sorted(STRATEGIES)}")
+        if self.replay not in ("er", "der"):
+            problems.append(f"replay {self.replay!r} must be er or der")
+        if self.memory < 0:
+            problems.append(f"memory must be >= 0 samples, got {self.memory}")
+        if self.flash_budget is not None and self.flash_budget < 1:
+            problems.append(f"flash budget must be >= 1 sample, got {self.flash_budget}")
+        if not 0.0 <= self.swap_ratio <= 1.0:
+            problems.append(f"swap ratio must lie in [0, 1], got {self.swap_ratio}")
+        if self.epochs < 1 or self.batch_size < 1:
+            problems.append("epochs and batch size must be >= 1")
+        if self.lr <= 0:
+            problems.append(f"learning rate must be > 0, got {self.lr}")
+        if problems:
+            raise ValueError("; ".join(problems))

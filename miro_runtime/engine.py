@@ -1,0 +1,223 @@
+"""The CL engine: stream -> store -> memory -> step -> metrics, in one direction.
+
+Each task's batches are validated whole, then ingested into the crash-safe flash tier (the stream
+position is written in the same LMDB transaction as the samples), then trained on -- epochs over
+the task's samples (the CarM/Miro setting) or a single pass as batches arrive (online) -- while
+the strategy replays from its RAM episodic memory. After each task: evaluation on every task so
+far, a metrics line, and an atomic checkpoint. Runs in-process; `miro run` and the daemon wrap it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+
+from miro_runtime.storage import FlashTier, SampleSpec
+
+from .checkpoint import load_checkpoint, save_checkpoint
+from .config import RunConfig
+from .log import EventLog
+from .metrics import anon_rss_mb, bwt, evaluate, final_avg_acc, forgetting, peak_rss_mb
+from .models import make_model
+from .streams import Stream, make_stream
+from .strategies import make_strategy
+
+NS = "samples"
+CHECKPOINT = "checkpoint.pt"
+
+
+class Experiment:
+    """One continual-learning run. ``Experiment(cfg).run()`` returns the summary dict."""
+
+    def __init__(self, cfg: RunConfig, stream: Optional[Stream] = None, resume: bool = False,
+                 on_event: Optional[Callable] = None, hooks=None):
+        cfg.validate()
+        if not cfg.run_dir:
+            raise ValueError("RunConfig.run_dir is required (where the store, metrics and checkpoints live)")
+        self.cfg, self.resume, self.on_event = cfg, resume, on_event
+        self.hooks = hooks  # optional object with task_begin(exp, t) / task_end(exp, t, record)
+        os.makedirs(cfg.run_dir, exist_ok=True)
+        self.stream = stream or make_stream(cfg.stream, cfg.tasks, cfg.seed, cfg.data_dir, cfg.download,
+                                            **cfg.synthetic)
+        self.device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+        self.log = EventLog(os.path.join(cfg.run_dir, "events.jsonl"))
+        self.metrics_path = os.path.join(cfg.run_dir, "metrics.jsonl")
+
+    @classmethod
+    def from_run_dir(cls, run_dir: str, **kw) -> "Experiment":
+        """Resume the run kept in ``run_dir`` with the configuration it was started with."""
+        path = os.path.join(run_dir, "config.json")
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"no run to resume in {run_dir} (config.json missing)")
+        with open(path) as fh:
+            cfg = RunConfig.from_json(fh.read())
+        cfg.run_dir = run_dir
+        return cls(cfg, resume=True, **kw)
+
+    def _emit(self, kind, **payload):
+        if self.on_event:
+            self.on_event(kind, payload)
+
+    # ------------------------------------------------------------------ stream -> store
+    def _ingest(self, t: int, chunk: int):
+        """Store task t in the flash tier, skipping batches a previous (killed) run acknowledged.
+        Yields (batch index, x, y, ids) for batches as they become durable."""
+        x_all, _ = self.stream.train[t]
+        pos = self.flash.get_meta("ingest_pos")
+        done_t, done_b = (int(v) for v in pos.split(":")) if pos else (-1, 0)
+        first = self.flash.get_meta(f"task{t}_first_id")
+        for b, x, y in self.stream.batches(t, chunk):
+            if t < done_t or (t == done_t and b < done_b):
+                ids = int(first) + b * chunk + np.arange(len(y))
+            else:
+                meta = {"ingest_pos": f"{t}:{b + 1}"}
+                if b == 0:
+                    meta[f"task{t}_first_id"] = "{first_id}"
+                res = self.flash.put_batch(NS, list(x), y, np.full(len(y), t), meta=meta)
+                ids = res.ids
+            yield b, x, y, ids
+
+    # ------------------------------------------------------------------ checkpoints
+    def _checkpoint(self, pos: dict):
+        st = {"version": 1, "config": self.cfg.to_json(), "position": pos,
+              "strategy": self.strategy.state_dict(), "torch_rng": torch.get_rng_state(),
+              "metrics": json.dumps({"acc": self.acc, "per_task": self.per_task, "steps": self.steps})}
+        save_checkpoint(os.path.join(self.cfg.run_dir, CHECKPOINT), st)
+        self.log.event("checkpoint", **pos, steps=self.steps)
+        self._emit("checkpoint", **pos)
+
+    def _restore(self) -> dict:
+        path = os.path.join(self.cfg.run_dir, CHECKPOINT)
+        if not os.path.exists(path):
+            self.log.event("resume", found_checkpoint=False)
+            return {"task": 0, "epoch": 0, "batch": 0}
+        st = load_checkpoint(path)
+        self.strategy.load_state_dict(st["strategy"])
+        torch.set_rng_state(st["torch_rng"])
+        m = json.loads(st["metrics"])
+        self.acc, self.per_task, self.steps = m["acc"], m["per_task"], m["steps"]
+        self.log.event("resume", found_checkpoint=True, **st["position"])
+        return dict(st["position"])
+
+    # ------------------------------------------------------------------ the run
+    def run(self) -> dict:
+        cfg, stream = self.cfg, self.stream
+        t_start = time.perf_counter()
+        if not self.resume:
+            with open(os.path.join(cfg.run_dir, "config.json"), "w") as fh:
+                fh.write(cfg.to_json())
+        torch.manual_seed(cfg.seed)
+        model = make_model(cfg.model, stream.shape).to(self.device)
+        self.flash = FlashTier(os.path.join(cfg.run_dir, "state"), sync_mode=cfg.sync_mode, seed=cfg.seed)
+        self.flash.declare_samples(NS, SampleSpec(shape=stream.shape, dtype="uint8", num_classes=stream.num_classes,
+                                                  policy=cfg.flash_policy, budget_records=cfg.flash_budget))
+        self.strategy = make_strategy(cfg.strategy, model, cfg, self.flash, stream, self.device)
+        self.acc, self.per_task, self.steps = [], [], 0
+        pos = self._restore() if self.resume else {"task": 0, "epoch": 0, "batch": 0}
+        self.log.event("run_begin", config=json.loads(cfg.to_json()), stream=stream.describe(),
+                       resumed=self.resume, position=pos)
+        try:
+            for t in range(pos["task"], len(stream.tasks)):
+                self._task(t, pos if t == pos["task"] else {"task": t, "epoch": 0, "batch": 0})
+        finally:
+            self.strategy.close()
+            self.flash.close()
+        summary = self._summary(time.perf_counter() - t_start)
+        with open(os.path.join(cfg.run_dir, "summary.json"), "w") as fh:
+            json.dump(summary, fh, indent=1)
+        self.log.event("run_end", final_avg_acc=summary["final_avg_acc"], forgetting=summary["forgetting"])
+        self.log.close()
+        return summary
+
+    def _task(self, t: int, pos: dict):
+        cfg, stream, strat = self.cfg, self.stream, self.strategy
+        fresh = pos["epoch"] == 0 and pos["batch"] == 0
+        stream.validate_task(t)  # bad input stops here: nothing of this task is stored yet
+        wall0 = time.perf_counter()
+        if fresh:
+            strat.begin_task(t)
+        if self.hooks is not None and fresh:
+            self.hooks.task_begin(self, t)
+        train_s, samples = 0.0, 0
+        x_task, y_task = stream.train[t]
+        chunk = cfg.batch_size if cfg.online else 256
+        n_batches = math.ceil(len(y_task) / cfg.batch_size)
+        steps_total = n_batches * (1 if cfg.online else cfg.epochs)
+        self._emit("task_begin", task=t, steps=steps_total, done=pos["epoch"] * n_batches + pos["batch"],
+                   classes=stream.tasks[t].classes)
+        self.log.event("task_begin", task=t, classes=stream.tasks[t].classes, samples=len(y_task))
+        all_ids = []
+        for b, x, y, ids in self._ingest(t, chunk):
+            all_ids.append(ids)
+            if cfg.online and b >= pos["batch"]:  # single pass: train as each batch arrives
+                xt, yt = torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(y)
+                t0 = time.perf_counter()
+                strat.observe(xt, yt)
+                strat.remember(xt, y, ids, t)
+                train_s += time.perf_counter() - t0
+                samples += len(y)
+                self._step({"task": t, "epoch": 0, "batch": b + 1})
+        ids_task = np.concatenate(all_ids)
+        if not cfg.online:
+            X, Y, _ = strat.training_data(t, torch.from_numpy(x_task), torch.from_numpy(y_task), ids_task)
+            n = len(Y)
+            nb = math.ceil(n / cfg.batch_size)
+            for e in range(pos["epoch"], cfg.epochs):
+                perm = torch.from_numpy(np.random.default_rng([cfg.seed, t, e]).permutation(n))
+                for b in range(pos["batch"] if e == pos["epoch"] else 0, nb):
+                    idx = perm[b * cfg.batch_size:(b + 1) * cfg.batch_size]
+                    t0 = time.perf_counter()
+                    strat.observe(X[idx], Y[idx])
+                    train_s += time.perf_counter() - t0
+                    samples += len(idx)
+                    self._step({"task": t, "epoch": e, "batch": b + 1})
+        strat.end_task(t, torch.from_numpy(x_task), y_task, ids_task, cfg.online)
+        row = evaluate(strat.model, stream, t, self.device)
+        self.acc.append(row)
+        rec = {"task": t, "acc": row, "avg_acc": float(np.mean(row)), "wall_s": time.perf_counter() - wall0,
+               "train_s": train_s, "train_samples": samples,
+               "train_samples_per_s": samples / train_s if train_s else None,
+               "peak_rss_mb": peak_rss_mb(), "anon_rss_mb": anon_rss_mb(),
+               "flash_records": int(self.flash.class_counts(NS).sum()), **strat.stats()}
+        if self.hooks is not None:
+            self.hooks.task_end(self, t, rec)
+        self.per_task.append(rec)
+        with open(self.metrics_path, "a") as fh:
+            fh.write(json.dumps(rec) + "\n")
+        self.log.event("task_end", **{k: v for k, v in rec.items()})
+        self._emit("task_end", **rec)
+        self._checkpoint({"task": t + 1, "epoch": 0, "batch": 0})
+
+    def _step(self, pos):
+        self.steps += 1
+        self._emit("step", **pos)
+        if self.cfg.checkpoint_every and self.steps % self.cfg.checkpoint_every == 0:
+            self._checkpoint(pos)
+
+    def _summary(self, wall_s: float) -> dict:
+        T = len(self.stream.tasks)
+        acc = [row + [None] * (T - len(row)) for row in self.acc]
+        train_s = sum(r["train_s"] for r in self.per_task)
+        samples = sum(r["train_samples"] for r in self.per_task)
+        out = {"final_avg_acc": final_avg_acc(self.acc), "forgetting": forgetting(self.acc), "bwt": bwt(self.acc),
+               "acc_matrix": acc, "train_samples_per_s": samples / train_s if train_s else None,
+               "peak_rss_mb": peak_rss_mb(), "peak_anon_rss_mb": max((r["anon_rss_mb"] for r in self.per_task),
+                                                                     default=None),
+               "wall_s": wall_s, "train_s": train_s, "steps": self.steps,
+               "config": json.loads(self.cfg.to_json()), "stream": self.stream.describe(),
+               "per_task": self.per_task}
+        last = self.per_task[-1] if self.per_task else {}
+        if "swap" in last:
+            out["swap"] = last["swap"]
+        return out
+
+
+def run(cfg: RunConfig, **kw) -> dict:
+    """Run one experiment in-process and return its summary."""
+    return Experiment(cfg, **kw).run()

@@ -1,0 +1,65 @@
+"""CL metrics over the accuracy matrix a[i][j] = accuracy on task j's classes after task i.
+
+final average accuracy A_T = mean_j a[T][j]; forgetting F = mean_{j<T} max_{l<T}(a[l][j] - a[T][j]);
+backward transfer BWT = mean_{j<T} (a[T][j] - a[j][j]). Resource figures per task beside them.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+
+import numpy as np
+import torch
+
+
+def final_avg_acc(acc) -> float:
+    t = len(acc) - 1
+    return float(np.mean([acc[t][j] for j in range(t + 1)])) if acc else 0.0
+
+
+def forgetting(acc) -> float:
+    t = len(acc) - 1
+    if t < 1:
+        return 0.0
+    return float(np.mean([max(acc[l][j] for l in range(j, t)) - acc[t][j] for j in range(t)]))
+
+
+def bwt(acc) -> float:
+    t = len(acc) - 1
+    if t < 1:
+        return 0.0
+    return float(np.mean([acc[t][j] - acc[j][j] for j in range(t)]))
+
+
+@torch.no_grad()
+def evaluate(model, stream, upto: int, device="cpu", batch: int = 512) -> list:
+    """Accuracy on each task 0..upto's test set, predicting among all classes seen (class-IL)."""
+    model.eval()
+    row = []
+    for j in range(upto + 1):
+        x, y = stream.test[j]
+        correct = 0
+        for i in range(0, len(y), batch):
+            out = model(torch.from_numpy(x[i:i + batch]).to(device))
+            correct += int((out.argmax(1).cpu() == torch.from_numpy(y[i:i + batch])).sum())
+        row.append(correct / len(y))
+    return row
+
+
+def peak_rss_mb() -> float:
+    """Peak resident set size of this process (ru_maxrss, KiB on Linux)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def anon_rss_mb() -> float:
+    """Current anonymous RSS: process memory proper, excluding file pages such as LMDB's mmap
+    (those are page cache the kernel can drop, and they count in ru_maxrss)."""
+    try:
+        with open(f"/proc/{os.getpid()}/status") as fh:
+            for line in fh:
+                if line.startswith("RssAnon:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return float("nan")

@@ -1,0 +1,107 @@
+"""The one shape every CL method has (Mammoth-style): ``begin_task`` / ``observe`` / ``end_task``,
+plus ``remember`` (offer stream samples to the episodic memory) and ``training_data``."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..memory import EpisodicMemory
+
+
+class Strategy:
+    name = "base"
+    uses_memory = False
+
+    def __init__(self, model, cfg, flash, stream, device="cpu"):
+        self.model, self.cfg, self.flash, self.stream = model, cfg, flash, stream
+        self.device = torch.device(device)
+        self.rng = np.random.default_rng(cfg.seed + 17)
+        self.task = -1
+        self.opt = None
+        self.last_replay = None  # (slots, replay logits, replay labels) of the last step, for CarM
+        self.memory = None
+        self.skipped_steps = 0
+        if self.uses_memory:
+            self.memory = EpisodicMemory(cfg.memory, stream.shape, stream.num_classes, cfg.em_policy,
+                                         aux_dim=self.aux_dim, seed=cfg.seed + 5)
+
+    aux_dim = 0
+
+    # ---------------------------------------------------------------- lifecycle
+    def begin_task(self, t: int) -> None:
+        self.task = t
+        if self.model.head.grow(len(self.stream.classes_upto(t))):
+            self.model.to(self.device)
+        self.opt = torch.optim.SGD(self.model.parameters(), lr=self.cfg.lr, momentum=self.cfg.momentum)
+
+    def training_data(self, t, x, y, ids):
+        """What the epochs of task t iterate over (default: the task's own samples)."""
+        return x, y, ids
+
+    def observe(self, x: torch.Tensor, y: torch.Tensor) -> float:
+        self.model.train()
+        self.opt.zero_grad(set_to_none=True)
+        return self.step(F.cross_entropy(self.model(x.to(self.device)), y.to(self.device)))
+
+    def step(self, loss) -> float:
+        """Backward + clipped SGD step. Clipping keeps momentum SGD stable when a replay term
+        (DER++'s logit MSE) spikes right after the head grows; a non-finite loss skips the step."""
+        value = float(loss.detach())
+        if not np.isfinite(value):
+            self.skipped_steps += 1
+            return value
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip_grad)
+        self.opt.step()
+        return value
+
+    def remember(self, x: torch.Tensor, y, ids, t: int) -> None:
+        """Offer stream samples to the episodic memory (no-op for memoryless methods)."""
+        if self.memory is not None:
+            self.memory.update(x, y, ids, t, self.aux_for(x, t))
+
+    def aux_for(self, x, t):
+        return None
+
+    def end_task(self, t: int, x, y, ids, online: bool) -> None:
+        """Epoch mode fills the memory from the finished task (online mode did so per batch)."""
+        if not online and self.memory is not None:
+            perm = self.rng.permutation(len(y))
+            for i in range(0, len(perm), 256):
+                idx = perm[i:i + 256]
+                self.remember(x[idx], y[idx], ids[idx], t)
+
+    def close(self) -> None:
+        pass
+
+    def stats(self) -> dict:
+        return {"memory": None if self.memory is None else {"size": len(self.memory),
+                                                            "capacity": self.memory.capacity}}
+
+    # ---------------------------------------------------------------- checkpoints
+    def state_dict(self) -> dict:
+        st = {"model": self.model.state_dict(), "head_classes": self.model.head.num_classes,
+              "task": self.task, "rng": json.dumps(self.rng.bit_generator.state)}
+        if self.opt is not None:
+            st["opt"] = self.opt.state_dict()
+        if self.memory is not None:
+            st["memory"] = self.memory.state()
+            st["memory_rng"] = json.dumps(self.memory.rng.bit_generator.state)
+        return st
+
+    def load_state_dict(self, st: dict) -> None:
+        self.model.head.grow(st["head_classes"])
+        self.model.load_state_dict(st["model"])
+        self.model.to(self.device)
+        self.task = st["task"]
+        self.rng.bit_generator.state = json.loads(st["rng"])
+        self.opt = torch.optim.SGD(self.model.parameters(), lr=self.cfg.lr, momentum=self.cfg.momentum)
+        if "opt" in st:
+            self.opt.load_state_dict(st["opt"])
+        if self.memory is not None and "memory" in st:
+            self.memory.load_state(st["memory"])
+            self.memory.rng.bit_generator.state = json.loads(st["memory_rng"])

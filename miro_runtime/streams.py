@@ -1,0 +1,299 @@
+"""Task streams: a stream is a sequence of tasks, each adding classes, each delivering its samples
+in batches over time (class-incremental CL). Samples travel as uint8 (N, C, H, W) arrays.
+
+Built-in streams: ``split-digits`` (scikit-learn's bundled 8x8 digits, the embedded default),
+torchvision ``mnist`` / ``fashion-mnist`` / ``cifar10`` / ``cifar100`` from a local directory,
+``folder`` (the user's own images), ``synthetic`` (procedural, any shape/classes/tasks).
+Task order and class split are seeded and recorded by ``describe()``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Iterator, Optional, Sequence
+
+import numpy as np
+
+
+class StreamError(ValueError):
+    """Bad stream input; the message names the task and the sample (or file)."""
+
+
+@dataclass
+class TaskSpec:
+    index: int
+    classes: list
+
+
+@dataclass
+class Stream:
+    """Every task's train/test arrays in memory, in arrival order."""
+
+    name: str
+    shape: tuple  # (C, H, W)
+    num_classes: int
+    tasks: list  # [TaskSpec]
+    train: list  # per task: (x uint8 (N, C, H, W), y int64 (N,))
+    test: list  # per task: (x, y)
+    seed: int = 0
+    info: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        self.shape = tuple(int(s) for s in self.shape)
+
+    def describe(self) -> dict:
+        return {"name": self.name, "shape": list(self.shape), "num_classes": self.num_classes,
+                "seed": self.seed, "tasks": [t.classes for t in self.tasks],
+                "train_sizes": [len(y) for _, y in self.train], "test_sizes": [len(y) for _, y in self.test],
+                **self.info}
+
+    def validate_task(self, t: int) -> None:
+        """Check a whole task before any of it is stored: shape, dtype, labels, emptiness, NaN/inf."""
+        for split, (x, y) in (("train", self.train[t]), ("test", self.test[t])):
+            if len(y) == 0:
+                raise StreamError(f"task {t} ({split}) of stream {self.name!r} is empty")
+            if len(x) != len(y):
+                raise StreamError(f"task {t} ({split}): {len(x)} samples but {len(y)} labels")
+            x_checked = check_images(x, self.shape, f"task {t} ({split})")
+            allowed = set(int(c) for c in self.tasks[t].classes)
+            bad = [i for i, v in enumerate(np.asarray(y).tolist()) if int(v) not in allowed]
+            if bad:
+                i = bad[0]
+                raise StreamError(f"task {t} ({split}), sample {i}: label {int(y[i])} is outside the task's "
+                                  f"declared classes {sorted(allowed)}")
+            pair = (x_checked, np.asarray(y, dtype=np.int64))
+            if split == "train":
+                self.train[t] = pair
+            else:
+                self.test[t] = pair
+
+    def batches(self, t: int, batch_size: int, start: int = 0) -> Iterator[tuple]:
+        """The task's samples in arrival order, from batch index ``start``: (batch_index, x, y)."""
+        x, y = self.train[t]
+        for b, i in enumerate(range(0, len(y), batch_size)):
+            if b >= start:
+                yield b, x[i:i + batch_size], y[i:i + batch_size]
+
+    def classes_upto(self, t: int) -> list:
+        return [c for task in self.tasks[: t + 1] for c in task.classes]
+
+
+def check_images(x, shape, where: str) -> np.ndarray:
+    """uint8 passes as is; floats must be finite and in [0, 1] and become uint8."""
+    x = np.asarray(x)
+    if x.ndim != 4 or tuple(x.shape[1:]) != tuple(shape):
+        # name the first offending sample when the batch is ragged or one image differs
+        raise StreamError(f"{where}: images of shape {list(x.shape[1:]) if x.ndim == 4 else list(x.shape)} "
+                          f"do not match the stream's {list(shape)}")
+    if x.dtype == np.uint8:
+        return x
+    if x.dtype.kind == "f":
+        finite = np.isfinite(x).reshape(len(x), -1).all(axis=1)
+        if not finite.all():
+            i = int(np.nonzero(~finite)[0][0])
+            raise StreamError(f"{where}, sample {i}: holds NaN or inf")
+        if x.min() < 0 or x.max() > 1:
+            raise StreamError(f"{where}: float images must lie in [0, 1] (got {x.min():.3g}..{x.max():.3g})")
+        return np.round(x * 255).astype(np.uint8)
+    if x.dtype.kind in "iu":
+        if x.min() < 0 or x.max() > 255:
+            raise StreamError(f"{where}: integer images must lie in 0..255")
+        return x.astype(np.uint8)
+    raise StreamError(f"{where}: unsupported image dtype {x.dtype}")
+
+
+def _split_classes(num_classes: int, n_tasks: int, seed: int, order=None) -> list:
+    if n_tasks < 1 or n_tasks > num_classes:
+        raise StreamError(f"cannot split {num_classes} classes into {n_tasks} tasks")
+    order = np.random.default_rng(seed).permutation(num_classes) if order is None else np.asarray(order)
+    return [TaskSpec(i, [int(c) for c in part]) for i, part in enumerate(np.array_split(order, n_tasks))]
+
+
+def _holdout(y: np.ndarray, frac: float, seed: int):
+    """A fixed seeded held-out split per class: (train_idx, test_idx)."""
+    rng = np.random.default_rng(seed + 7919)
+    tr, te = [], []
+    for c in np.unique(y):
+        idx = rng.permutation(np.nonzero(y == c)[0])
+        k = max(1, int(round(len(idx) * frac)))
+        te.append(idx[:k])
+        tr.append(idx[k:])
+    return np.sort(np.concatenate(tr)), np.sort(np.concatenate(te))
+
+
+def from_arrays(name: str, x_train, y_train, x_test, y_test, tasks: int, seed: int = 0,
+                class_order=None, info: Optional[dict] = None) -> Stream:
+    """Build a class-incremental stream from whole arrays (the way users hand data to the library)."""
+    x_train, x_test = np.asarray(x_train), np.asarray(x_test)
+    y_train, y_test = np.asarray(y_train, dtype=np.int64), np.asarray(y_test, dtype=np.int64)
+    if x_train.ndim != 4:
+        raise StreamError(f"stream {name!r}: images must be (N, C, H, W), got shape {list(x_train.shape)}")
+    num_classes = int(max(y_train.max(), y_test.max())) + 1
+    order = _split_classes(num_classes, tasks, seed, class_order)
+    # relabel in arrival order (task 0 holds 0..k-1, ...), so the growing head only ever has
+    # outputs for classes it has seen; the original ids stay in info["class_order"]
+    remap = np.empty(num_classes, dtype=np.int64)
+    flat = [c for s in order for c in s.classes]
+    remap[flat] = np.arange(num_classes)
+    y_train, y_test = remap[y_train], remap[y_test]
+    specs, k = [], 0
+    for s in order:
+        specs.append(TaskSpec(s.index, list(range(k, k + len(s.classes)))))
+        k += len(s.classes)
+    info = {**(info or {}), "class_order": flat}
+    rng = np.random.default_rng(seed)
+    train, test = [], []
+    for spec in specs:
+        m = np.isin(y_train, spec.classes)
+        idx = np.nonzero(m)[0]
+        idx = idx[rng.permutation(len(idx))]  # arrival order within a task: seeded shuffle
+        train.append((x_train[idx], y_train[idx]))
+        mt = np.isin(y_test, spec.classes)
+        test.append((x_test[mt], y_test[mt]))
+    return Stream(name, x_train.shape[1:], num_classes, specs, train, test, seed, info)
+
+
+def split_digits(tasks: int = 5, seed: int = 0, **_) -> Stream:
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError as e:  # pragma: no cover - the demo extra is a declared dependency
+        raise StreamError("split-digits needs scikit-learn: pip install 'miro-runtime[demo]'") from e
+    d = load_digits()
+    x = np.round(d.images * (255 / 16)).astype(np.uint8)[:, None]  # (N, 1, 8, 8), 0..16 -> 0..255
+    y = d.target.astype(np.int64)
+    tr, te = _holdout(y, 0.25, 0)  # the held-out split is fixed; the seed moves the class order
+    return from_arrays("split-digits", x[tr], y[tr], x[te], y[te], tasks, seed,
+                       class_order=np.random.default_rng(seed).permutation(10) if seed else np.arange(10),
+                       info={"source": "sklearn.datasets.load_digits", "test_fraction": 0.25})
+
+
+_TV = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST", "cifar10": "CIFAR10", "cifar100": "CIFAR100"}
+
+
+def torchvision_stream(name: str, data_dir: Optional[str], tasks: int, seed: int = 0,
+                       download: bool = False, **_) -> Stream:
+    if not data_dir:
+        raise StreamError(f"stream {name!r} reads a local copy: pass --data-dir DIR (add --download to fetch it)")
+    if not os.path.isdir(data_dir) and not download:
+        raise StreamError(f"data dir {data_dir!r} does not exist")
+    import torchvision
+    cls = getattr(torchvision.datasets, _TV[name])
+    try:
+        tr = cls(data_dir, train=True, download=download)
+        te = cls(data_dir, train=False, download=download)
+    except RuntimeError as e:
+        raise StreamError(f"{_TV[name]} not found under {data_dir!r} ({e}); place the torchvision files "
+                          f"there or pass --download") from e
+
+    def arrays(ds):
+        x = np.asarray(ds.data)
+        x = x[:, None] if x.ndim == 3 else x.transpose(0, 3, 1, 2)  # (N, C, H, W)
+        return np.ascontiguousarray(x, dtype=np.uint8), np.asarray(ds.targets, dtype=np.int64)
+
+    (xtr, ytr), (xte, yte) = arrays(tr), arrays(te)
+    return from_arrays(name, xtr, ytr, xte, yte, tasks, seed, info={"source": f"torchvision.{_TV[name]}",
+                                                                       "data_dir": os.path.abspath(data_dir)})
+
+
+IMG_EXT = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".pgm", ".ppm")
+
+
+def folder_stream(data_dir: Optional[str], tasks: Optional[int] = None, seed: int = 0, **_) -> Stream:
+    """Either ``DIR/<task>/<class>/*.png`` (one tree per task, tasks in sorted order) or
+    ``DIR/<class>/*.png`` plus ``DIR/tasks.json`` = [[class, ...], ...] (a task -> classes map)."""
+    from PIL import Image
+    if not data_dir or not os.path.isdir(data_dir):
+        raise StreamError(f"folder stream: data dir {data_dir!r} does not exist")
+    mapping_file = os.path.join(data_dir, "tasks.json")
+    if os.path.exists(mapping_file):
+        with open(mapping_file) as fh:
+            mapping = json.load(fh)
+        task_dirs = [[(c, os.path.join(data_dir, c)) for c in classes] for classes in mapping]
+    else:
+        task_dirs = [[(c, os.path.join(data_dir, t, c)) for c in sorted(os.listdir(os.path.join(data_dir, t)))
+                      if os.path.isdir(os.path.join(data_dir, t, c))]
+                     for t in sorted(os.listdir(data_dir)) if os.path.isdir(os.path.join(data_dir, t))]
+    names = [c for td in task_dirs for c, _ in td]
+    if len(set(names)) != len(names):
+        raise StreamError(f"folder stream {data_dir}: a class appears in more than one task")
+    class_ids = {c: i for i, c in enumerate(names)}
+    shape, specs, train, test = None, [], [], []
+    for t, td in enumerate(task_dirs):
+        xs, ys, files = [], [], []
+        for c, path in td:
+            if not os.path.isdir(path):
+                raise StreamError(f"folder stream, task {t}: class directory {path} is missing")
+            for fn in sorted(os.listdir(path)):
+                if not fn.lower().endswith(IMG_EXT):
+                    continue
+                fp = os.path.join(path, fn)
+                try:
+                    with Image.open(fp) as im:
+                        arr = np.asarray(im.convert("L") if im.mode in ("L", "1", "P", "I;16") else im.convert("RGB"))
+                except OSError as e:
+                    raise StreamError(f"folder stream, task {t}: cannot read image {fp}: {e}") from e
+                arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)  # (C, H, W)
+                if shape is None:
+                    shape = arr.shape
+                if arr.shape != shape:
+                    raise StreamError(f"folder stream, task {t}, sample {fp}: shape {list(arr.shape)} differs "
+                                      f"from the stream's {list(shape)} (set by the first image)")
+                xs.append(arr)
+                ys.append(class_ids[c])
+                files.append(fp)
+        if not xs:
+            raise StreamError(f"folder stream: task {t} has no images")
+        x, y = np.stack(xs), np.asarray(ys, dtype=np.int64)
+        tr, te = _holdout(y, 0.2, seed)
+        perm = np.random.default_rng(seed + t).permutation(len(tr))
+        train.append((x[tr][perm], y[tr][perm]))
+        test.append((x[te], y[te]))
+        specs.append(TaskSpec(t, [class_ids[c] for c, _ in td]))
+    return Stream("folder", shape, len(names), specs, train, test, seed,
+                  {"source": os.path.abspath(data_dir), "class_names": names})
+
+
+def synthetic(tasks: int = 5, seed: int = 0, num_classes: int = 10, shape: Sequence[int] = (1, 16, 16),
+              per_class: int = 200, test_per_class: int = 50, noise: float = 0.35, **_) -> Stream:
+    """Class-conditional procedural images: each class is a fixed random low-frequency pattern
+    (drawn from the seed), each sample that pattern shifted by up to 2 pixels, plus pixel noise and a
+    random contrast. Hard enough that forgetting shows; deterministic per seed."""
+    import torch
+    import torch.nn.functional as F
+    c, h, w = (int(s) for s in shape)
+    g = torch.Generator().manual_seed(10007 + seed)
+    coarse = torch.rand((num_classes, c, max(2, h // 4), max(2, w // 4)), generator=g)
+    protos = F.interpolate(coarse, size=(h, w), mode="bilinear", align_corners=False)  # (K, C, H, W)
+
+    def make(n_per, gen):
+        y = torch.arange(num_classes).repeat_interleave(n_per)
+        x = protos[y]
+        shifts = torch.randint(-2, 3, (len(y), 2), generator=gen)
+        x = torch.stack([torch.roll(img, (int(a), int(b)), dims=(1, 2)) for img, (a, b) in zip(x, shifts)])
+        contrast = 0.6 + 0.8 * torch.rand((len(y), 1, 1, 1), generator=gen)
+        x = (x - 0.5) * contrast + 0.5 + noise * torch.randn(x.shape, generator=gen)
+        return (x.clamp(0, 1) * 255).round().to(torch.uint8).numpy(), y.numpy()
+
+    xtr, ytr = make(per_class, torch.Generator().manual_seed(20011 + seed))
+    xte, yte = make(test_per_class, torch.Generator().manual_seed(30011 + seed))
+    return from_arrays("synthetic", xtr, ytr, xte, yte, tasks, seed,
+                       info={"generator": "prototype+shift+contrast+noise", "noise": noise,
+                             "per_class": per_class})
+
+
+STREAMS = ("split-digits", "mnist", "fashion-mnist", "cifar10", "cifar100", "folder", "synthetic")
+
+
+def make_stream(name: str, tasks: Optional[int] = None, seed: int = 0, data_dir: Optional[str] = None,
+                download: bool = False, **kw) -> Stream:
+    if name == "split-digits":
+        return split_digits(tasks or 5, seed)
+    if name in _TV:
+        return torchvision_stream(name, data_dir, tasks or (10 if name == "cifar100" else 5), seed, download)
+    if name == "folder":
+        return folder_stream(data_dir, tasks, seed)
+    if name == "synthetic":
+        return synthetic(tasks or 5, seed, **kw)
+    raise StreamError(f"unknown stream {name!r}; choose one of {', '.join(STREAMS)}")

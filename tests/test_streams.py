@@ -1,0 +1,103 @@
+"""Streams: determinism, class splits, user folders, and bad input named by task and sample."""
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from miro_runtime import StreamError, from_arrays, make_stream
+
+
+def test_split_digits_is_seeded_and_relabelled_in_arrival_order():
+    a, b = make_stream("split-digits", seed=0), make_stream("split-digits", seed=0)
+    assert [t.classes for t in a.tasks] == [[0, 1], [2, 3], [4, 5], [6, 7], [8, 9]]
+    assert a.shape == (1, 8, 8) and a.train[0][0].dtype == np.uint8
+    np.testing.assert_array_equal(a.train[2][0], b.train[2][0])
+    c = make_stream("split-digits", seed=3)
+    assert c.describe()["class_order"] != a.describe()["class_order"]
+    for t in range(5):
+        assert set(np.unique(a.train[t][1])) == set(a.tasks[t].classes)
+    # the held-out split is fixed and disjoint from training data
+    assert sum(len(y) for _, y in a.test) + sum(len(y) for _, y in a.train) == 1797
+    assert sum(len(y) for _, y in a.test) == sum(len(y) for _, y in c.test)
+
+
+def test_synthetic_is_deterministic_any_shape():
+    s = make_stream("synthetic", tasks=4, seed=1, shape=(3, 12, 10), num_classes=8, per_class=20)
+    t = make_stream("synthetic", tasks=4, seed=1, shape=(3, 12, 10), num_classes=8, per_class=20)
+    assert s.shape == (3, 12, 10) and len(s.tasks) == 4 and s.num_classes == 8
+    np.testing.assert_array_equal(s.train[3][0], t.train[3][0])
+    assert not np.array_equal(s.train[0][0], make_stream("synthetic", tasks=4, seed=2, shape=(3, 12, 10),
+                                                         num_classes=8, per_class=20).train[0][0])
+
+
+def _png(path, size=(8, 8), value=100):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.full(size[::-1], value, np.uint8)).save(path)
+
+
+def test_folder_stream_both_layouts(tmp_path):
+    for t, classes in enumerate([["cat", "dog"], ["fox"]]):
+        for c in classes:
+            for i in range(6):
+                _png(tmp_path / "a" / f"t{t}" / c / f"{i}.png", value=10 * i)
+    s = make_stream("folder", data_dir=str(tmp_path / "a"))
+    assert [t.classes for t in s.tasks] == [[0, 1], [2]] and s.shape == (1, 8, 8)
+    assert s.info["class_names"] == ["cat", "dog", "fox"]
+    for c in ["x", "y", "z"]:
+        for i in range(5):
+            _png(tmp_path / "b" / c / f"{i}.png")
+    (tmp_path / "b" / "tasks.json").write_text(json.dumps([["z"], ["x", "y"]]))
+    s = make_stream("folder", data_dir=str(tmp_path / "b"))
+    assert [t.classes for t in s.tasks] == [[0], [1, 2]] and s.info["class_names"] == ["z", "x", "y"]
+
+
+def test_folder_image_of_another_shape_names_task_and_file(tmp_path):
+    for i in range(4):
+        _png(tmp_path / "t0" / "a" / f"{i}.png")
+        _png(tmp_path / "t1" / "b" / f"{i}.png")
+    _png(tmp_path / "t1" / "b" / "odd.png", size=(9, 8))
+    with pytest.raises(StreamError, match=r"task 1, sample .*odd.png: shape \[1, 8, 9\]"):
+        make_stream("folder", data_dir=str(tmp_path))
+
+
+def test_missing_data_dirs_are_clear_errors(tmp_path):
+    with pytest.raises(StreamError, match="--data-dir"):
+        make_stream("mnist")
+    with pytest.raises(StreamError, match="does not exist"):
+        make_stream("cifar10", data_dir=str(tmp_path / "nope"))
+    with pytest.raises(StreamError, match="MNIST not found"):
+        make_stream("mnist", data_dir=str(tmp_path))
+    with pytest.raises(StreamError, match="folder stream: data dir"):
+        make_stream("folder", data_dir=str(tmp_path / "nope"))
+    with pytest.raises(StreamError, match="unknown stream 'imagenet'"):
+        make_stream("imagenet")
+
+
+def _arrays(n=40, shape=(1, 4, 4), classes=4):
+    rng = np.random.default_rng(0)
+    y = np.arange(n) % classes
+    return rng.integers(0, 255, (n, *shape), dtype=np.uint8), y
+
+
+def test_validate_task_names_task_and_sample():
+    x, y = _arrays()
+    s = from_arrays("t", x, y, x, y, tasks=2)
+    s.validate_task(0)
+    bad = s.train[1][0].astype(np.float32) / 255
+    bad[3, 0, 1, 1] = np.nan
+    s.train[1] = (bad, s.train[1][1])
+    with pytest.raises(StreamError, match=r"task 1 \(train\), sample 3: holds NaN"):
+        s.validate_task(1)
+    s = from_arrays("t", x, y, x, y, tasks=2)
+    lab = s.train[1][1].copy()
+    lab[5] = 0  # a class of task 0 inside task 1
+    s.train[1] = (s.train[1][0], lab)
+    with pytest.raises(StreamError, match=r"task 1 \(train\), sample 5: label 0 is outside"):
+        s.validate_task(1)
+    s.train[1] = (np.zeros((0, 1, 4, 4), np.uint8), np.zeros(0, np.int64))
+    with pytest.raises(StreamError, match="task 1 \\(train\\) of stream 't' is empty"):
+        s.validate_task(1)
+    s.train[1] = (np.zeros((3, 1, 5, 4), np.uint8), np.array([2, 2, 3]))
+    with pytest.raises(StreamError, match=r"task 1 \(train\): images of shape \[1, 5, 4\]"):
+        s.validate_task(1)
