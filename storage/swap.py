@@ -62,6 +62,32 @@ class SwapEngine:
                 self._cond.notify_all()
             return False
 
+    def request_swap_lazy(self, choose, expected: int = 0) -> bool:
+        """Like ``request_swap``, but ``choose() -> (slots, classes)`` runs on the worker, so a
+        caller whose choice itself costs CPU (CarM's entropy ranking) pays only the enqueue."""
+        job = (choose, expected, self.ram.generation, time.perf_counter())
+        with self._cond:
+            self._pending += 1
+        try:
+            self._q.put_nowait(job)
+            return True
+        except queue.Full:
+            with self._cond:
+                self.counters["requested"] += expected
+                self.counters["dropped"] += expected
+                self._pending -= 1
+                self._cond.notify_all()
+            return False
+
+    def _resolve(self, job):
+        if not callable(job[0]):
+            return job
+        slots, classes = job[0]()
+        slots, classes = np.asarray(slots, dtype=np.int64), np.asarray(classes, dtype=np.int64)
+        with self._cond:
+            self.counters["requested"] += int(slots.size)
+        return (slots, classes, job[2], job[3])
+
     def swap_now(self, slots: Sequence[int], classes: Sequence[int]) -> int:
         """Blocking swap in the caller's thread (the carm-sync baseline). Returns slots filled."""
         slots = np.asarray(slots, dtype=np.int64)
@@ -116,7 +142,7 @@ class SwapEngine:
                 return
             self._running.wait()
             try:
-                self._do(job)
+                self._do(self._resolve(job))
             finally:
                 with self._cond:
                     self._pending -= 1

@@ -14,29 +14,26 @@ from miro_runtime.storage import SwapEngine
 
 
 def select_swap_out(logits: torch.Tensor, labels: torch.Tensor, ratio: float) -> np.ndarray:
-    """Indices (into the replay batch) to swap out, by CarM's hybrid rule."""
+    """Indices (into the replay batch) to swap out, by CarM's hybrid rule. A replay batch is tens
+    of samples: one tensor->list conversion, then plain Python (cheaper than numpy calls here)."""
     n = len(labels)
     quota_total = int(round(ratio * n))
     if quota_total == 0 or n == 0:
         return np.empty(0, dtype=np.int64)
     p = torch.softmax(logits.float(), dim=1)  # (R, K)
-    ent = -(p * torch.log(p.clamp_min(1e-12))).sum(1).cpu().numpy()  # (R,)
-    y = labels.cpu().numpy()
-    correct = (p.argmax(1).cpu().numpy() == y)
-    # one sort key: correct ones by rising entropy, then wrong ones by falling entropy
-    key = np.where(correct, ent, 1e6 - ent)
-    classes, counts = np.unique(y, return_counts=True)
-    share = quota_total * counts / n
-    quota = np.floor(share).astype(np.int64)
-    left = quota_total - quota.sum()
-    quota[np.argsort(-(share - quota), kind="stable")[:left]] += 1  # largest remainders
-    order = np.lexsort((key, y))  # by class, then key
-    ys = y[order]
-    first = np.searchsorted(ys, ys, side="left")
-    rank = np.arange(n) - first
-    q = dict(zip(classes.tolist(), quota.tolist()))
-    take = rank < np.array([q[c] for c in ys])
-    return order[take]
+    ent = -(p * torch.log(p.clamp_min(1e-12))).sum(1)  # (R,)
+    ent_l, pred_l, y = ent.tolist(), p.argmax(1).tolist(), labels.tolist()
+    # one sort key per class: correct ones by rising entropy, then wrong ones by falling entropy
+    by_class: dict = {}
+    for i in range(n):
+        by_class.setdefault(y[i], []).append((ent_l[i] if pred_l[i] == y[i] else 1e6 - ent_l[i], i))
+    shares = {c: quota_total * len(m) / n for c, m in by_class.items()}
+    quota = {c: int(v) for c, v in shares.items()}
+    left = quota_total - sum(quota.values())
+    for c in sorted(shares, key=lambda c: quota[c] - shares[c])[:left]:  # largest remainders
+        quota[c] += 1
+    out = [i for c, m in by_class.items() for _, i in sorted(m)[: quota[c]]]
+    return np.asarray(sorted(out), dtype=np.int64)
 
 
 class CarM:
@@ -56,13 +53,16 @@ class CarM:
         rep = self.base.last_replay
         if self.base.task > 0 and rep is not None and self.base.cfg.swap_ratio > 0:
             slots, logits, labels = rep
-            pick = select_swap_out(logits, labels, self.base.cfg.swap_ratio)
-            if pick.size:
-                out_slots, classes = slots[pick], labels.numpy()[pick]
-                if self.sync:
-                    self.engine.swap_now(out_slots, classes)
-                else:
-                    self.engine.request_swap(out_slots, classes)
+            ratio = self.base.cfg.swap_ratio
+
+            def choose():  # runs on a swap worker in async mode: the step only enqueues
+                pick = select_swap_out(logits, labels, ratio)
+                return slots[pick], labels.numpy()[pick]
+
+            if self.sync:
+                self.engine.swap_now(*choose())
+            else:
+                self.engine.request_swap_lazy(choose, expected=int(round(ratio * len(slots))))
         return loss
 
     def end_task(self, *a, **kw):
