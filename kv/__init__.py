@@ -1,1 +1,1 @@
-"""placeholder"""
+"""KV-cache inference path over the RAM + flash tiers (not built yet; a later issue)."""

@@ -36,6 +36,7 @@ class RunConfig:
     run_dir: Optional[str] = None
     checkpoint_every: int = 200  # steps; a checkpoint is also written at every task end
     sync_mode: str = "sync"
+    energy_source: str = "auto"  # auto | nvml | rapl | jetson | pi5 | estimate
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)

@@ -18,6 +18,7 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
+from miro_runtime.profilers import make_meter
 from miro_runtime.storage import FlashTier, SampleSpec
 
 from .checkpoint import load_checkpoint, save_checkpoint
@@ -118,7 +119,9 @@ class Experiment:
         self.flash.declare_samples(NS, SampleSpec(shape=stream.shape, dtype="uint8", num_classes=stream.num_classes,
                                                   policy=cfg.flash_policy, budget_records=cfg.flash_budget))
         self.strategy = make_strategy(cfg.strategy, model, cfg, self.flash, stream, self.device)
+        self.meter = make_meter(cfg.energy_source)
         self.acc, self.per_task, self.steps = [], [], 0
+        self.peak_anon = anon_rss_mb()
         pos = self._restore() if self.resume else {"task": 0, "epoch": 0, "batch": 0}
         self.log.event("run_begin", config=json.loads(cfg.to_json()), stream=stream.describe(),
                        resumed=self.resume, position=pos)
@@ -128,6 +131,7 @@ class Experiment:
         finally:
             self.strategy.close()
             self.flash.close()
+            self.meter.close()
         summary = self._summary(time.perf_counter() - t_start)
         with open(os.path.join(cfg.run_dir, "summary.json"), "w") as fh:
             json.dump(summary, fh, indent=1)
@@ -140,6 +144,7 @@ class Experiment:
         fresh = pos["epoch"] == 0 and pos["batch"] == 0
         stream.validate_task(t)  # bad input stops here: nothing of this task is stored yet
         wall0 = time.perf_counter()
+        self.meter.begin_window(f"task{t}")
         if fresh:
             strat.begin_task(t)
         if self.hooks is not None and fresh:
@@ -178,12 +183,15 @@ class Experiment:
                     samples += len(idx)
                     self._step({"task": t, "epoch": e, "batch": b + 1})
         strat.end_task(t, torch.from_numpy(x_task), y_task, ids_task, cfg.online)
+        energy = self.meter.end_window(f"task{t}")  # ingest + training + memory update, not evaluation
         row = evaluate(strat.model, stream, t, self.device)
         self.acc.append(row)
         rec = {"task": t, "acc": row, "avg_acc": float(np.mean(row)), "wall_s": time.perf_counter() - wall0,
                "train_s": train_s, "train_samples": samples,
                "train_samples_per_s": samples / train_s if train_s else None,
-               "peak_rss_mb": peak_rss_mb(), "anon_rss_mb": anon_rss_mb(),
+               "energy_j": energy.joules, "energy_components_j": energy.components,
+               "energy_provenance": energy.summary(), "energy_warnings": energy.warnings,
+               "peak_rss_mb": peak_rss_mb(), "peak_anon_rss_mb": max(self.peak_anon, anon_rss_mb()),
                "flash_records": int(self.flash.class_counts(NS).sum()), **strat.stats()}
         if self.hooks is not None:
             self.hooks.task_end(self, t, rec)
@@ -196,6 +204,8 @@ class Experiment:
 
     def _step(self, pos):
         self.steps += 1
+        if self.steps % 25 == 0:  # a /proc read: cheap enough every few steps for a true peak
+            self.peak_anon = max(self.peak_anon, anon_rss_mb())
         self._emit("step", **pos)
         if self.cfg.checkpoint_every and self.steps % self.cfg.checkpoint_every == 0:
             self._checkpoint(pos)
@@ -207,8 +217,9 @@ class Experiment:
         samples = sum(r["train_samples"] for r in self.per_task)
         out = {"final_avg_acc": final_avg_acc(self.acc), "forgetting": forgetting(self.acc), "bwt": bwt(self.acc),
                "acc_matrix": acc, "train_samples_per_s": samples / train_s if train_s else None,
-               "peak_rss_mb": peak_rss_mb(), "peak_anon_rss_mb": max((r["anon_rss_mb"] for r in self.per_task),
+               "peak_rss_mb": peak_rss_mb(), "peak_anon_rss_mb": max((r["peak_anon_rss_mb"] for r in self.per_task),
                                                                      default=None),
+               "energy_j": self._energy_total(), "energy_provenance": self._provenance(),
                "wall_s": wall_s, "train_s": train_s, "steps": self.steps,
                "config": json.loads(self.cfg.to_json()), "stream": self.stream.describe(),
                "per_task": self.per_task}
@@ -216,6 +227,14 @@ class Experiment:
         if "swap" in last:
             out["swap"] = last["swap"]
         return out
+
+
+    def _energy_total(self):
+        vals = [r["energy_j"] for r in self.per_task]
+        return None if not vals or any(v is None for v in vals) else float(sum(vals))
+
+    def _provenance(self):
+        return "; ".join(sorted({r["energy_provenance"] for r in self.per_task})) or None
 
 
 def run(cfg: RunConfig, **kw) -> dict:

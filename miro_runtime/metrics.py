@@ -22,7 +22,7 @@ def forgetting(acc) -> float:
     t = len(acc) - 1
     if t < 1:
         return 0.0
-    return float(np.mean([max(acc[l][j] for l in range(j, t)) - acc[t][j] for j in range(t)]))
+    return float(np.mean([max(acc[i][j] for i in range(j, t)) - acc[t][j] for j in range(t)]))
 
 
 def bwt(acc) -> float:

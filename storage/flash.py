@@ -19,7 +19,7 @@ import os
 import queue
 import threading
 from concurrent.futures import Future
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Callable, Optional, Sequence
 
 import lmdb
@@ -627,7 +627,7 @@ class FlashTier(Tier):
         data_db = self._db(f"{ns}.data", create=False)
         after = b""
         while True:
-            def page(txn):
+            def page(txn, after=after):
                 out, cur = [], txn.cursor(db=data_db)
                 if not cur.set_range(after):
                     return out

@@ -35,6 +35,10 @@ class RamTier:
         self.tasks = torch.full((n,), -1, dtype=torch.int64)  # (N,)
         self.aux = torch.zeros((n, self.aux_dim), dtype=torch.float32)  # (N, A)
         self.sample_ids = np.full(n, -1, dtype=np.int64)  # (N,) id in the flash tier, -1: none
+        # (N,) bumped whenever a slot gets a new owner (append / replace: the memory's insertion,
+        # which may change its class). A swap planned against an older version is not applied;
+        # swaps themselves keep the class and do not bump it, so back-to-back swaps still land
+        self.versions = np.zeros(n, dtype=np.int64)
 
     @property
     def capacity(self) -> int:
@@ -57,6 +61,7 @@ class RamTier:
         self.labels[slot] = int(label)
         self.tasks[slot] = int(task)
         self.sample_ids[slot] = int(sample_id)
+        self.versions[slot] += 1
         if self.aux_dim and aux is not None:
             self.aux[slot].copy_(torch.as_tensor(aux, dtype=torch.float32).reshape(-1)[: self.aux_dim])
 
@@ -84,9 +89,10 @@ class RamTier:
             return True
 
     def replace_many(self, slots, x, labels, sample_ids, tasks, aux=None,
-                     generation: Optional[int] = None) -> int:
+                     generation: Optional[int] = None, versions=None) -> int:
         """Overwrite several filled slots under one lock hold (the swap engine's write).
-        ``x`` is (K, *shape) of the tier's dtype. Returns how many slots were written."""
+        ``x`` is (K, *shape) of the tier's dtype. With ``versions``, a slot written since those
+        versions were read is left alone. Returns how many slots were written."""
         x = torch.as_tensor(x)
         if tuple(x.shape[1:]) != self.sample_shape or x.dtype != self.dtype:
             raise BadRecordError(f"RAM tier holds {self.dtype}{list(self.sample_shape)}, "
@@ -97,6 +103,8 @@ class RamTier:
             if generation is not None and generation != self.generation:
                 return 0
             ok = (slots >= 0) & (slots < self.size)
+            if versions is not None:
+                ok &= self.versions[np.clip(slots, 0, max(self.size - 1, 0))] == np.asarray(versions)
             if not ok.all():
                 slots, x = slots[ok], x[ok]
                 labels, sample_ids, tasks = (np.asarray(a)[ok] for a in (labels, sample_ids, tasks))
@@ -120,7 +128,7 @@ class RamTier:
                 raise IndexError(f"slot {int(idx.max())} is not filled (size {self.size})")
             return {"x": self.data.index_select(0, idx), "y": self.labels.index_select(0, idx),
                     "task": self.tasks.index_select(0, idx), "aux": self.aux.index_select(0, idx),
-                    "ids": self.sample_ids[idx.numpy()].copy()}
+                    "ids": self.sample_ids[idx.numpy()].copy(), "versions": self.versions[idx.numpy()].copy()}
 
     def sample_slots(self, k: int, rng: np.random.Generator) -> np.ndarray:
         with self.lock:
@@ -170,6 +178,7 @@ class RamTier:
             self.tasks[:m] = old[2].index_select(0, k)
             self.aux[:m] = old[3].index_select(0, k)
             self.sample_ids[:m] = old[4][keep]
+            self.versions[:m] = 1
             self.size = m
             self.generation += 1
             return n - m
@@ -193,5 +202,6 @@ class RamTier:
             if self.aux_dim:
                 self.aux[:n] = st["aux"]
             self.sample_ids[:n] = st["sample_ids"].numpy()
+            self.versions[:n] += 1
             self.size = n
             self.generation += 1

@@ -41,14 +41,16 @@ class SwapEngine:
             t.start()
 
     # -------------------------------------------------------------- caller side (never blocks)
-    def request_swap(self, slots: Sequence[int], classes: Sequence[int]) -> bool:
+    def request_swap(self, slots: Sequence[int], classes: Sequence[int], versions=None) -> bool:
+        """Queue a refill of ``slots`` with stored samples of ``classes``. ``versions`` (from
+        ``RamTier.gather``) make the swap skip any slot rewritten before the worker reaches it."""
         slots = np.asarray(slots, dtype=np.int64)
         classes = np.asarray(classes, dtype=np.int64)
         if slots.shape != classes.shape:
             raise ValueError(f"slots {slots.shape} and classes {classes.shape} differ in shape")
         if not slots.size:
             return True
-        job = (slots, classes, self.ram.generation, time.perf_counter())
+        job = (slots, classes, self.ram.generation, time.perf_counter(), versions)
         with self._cond:
             self.counters["requested"] += int(slots.size)
             self._pending += 1
@@ -63,7 +65,7 @@ class SwapEngine:
             return False
 
     def request_swap_lazy(self, choose, expected: int = 0) -> bool:
-        """Like ``request_swap``, but ``choose() -> (slots, classes)`` runs on the worker, so a
+        """Like ``request_swap``, but ``choose() -> (slots, classes, versions)`` runs on the worker, so a
         caller whose choice itself costs CPU (CarM's entropy ranking) pays only the enqueue."""
         job = (choose, expected, self.ram.generation, time.perf_counter())
         with self._cond:
@@ -82,18 +84,19 @@ class SwapEngine:
     def _resolve(self, job):
         if not callable(job[0]):
             return job
-        slots, classes = job[0]()
+        slots, classes, versions = job[0]()
         slots, classes = np.asarray(slots, dtype=np.int64), np.asarray(classes, dtype=np.int64)
         with self._cond:
             self.counters["requested"] += int(slots.size)
-        return (slots, classes, job[2], job[3])
+        return (slots, classes, job[2], job[3], versions)
 
-    def swap_now(self, slots: Sequence[int], classes: Sequence[int]) -> int:
+    def swap_now(self, slots: Sequence[int], classes: Sequence[int], versions=None) -> int:
         """Blocking swap in the caller's thread (the carm-sync baseline). Returns slots filled."""
         slots = np.asarray(slots, dtype=np.int64)
         with self._cond:
             self.counters["requested"] += int(slots.size)
-        return self._do((slots, np.asarray(classes, dtype=np.int64), self.ram.generation, time.perf_counter()))
+        return self._do((slots, np.asarray(classes, dtype=np.int64), self.ram.generation, time.perf_counter(),
+                         versions))
 
     def drain(self, timeout: float = 30.0) -> bool:
         """Wait until every queued request is done (task ends, checkpoints, tests)."""
@@ -149,15 +152,17 @@ class SwapEngine:
                     self._cond.notify_all()
 
     def _do(self, job) -> int:
-        slots, classes, generation, t0 = job
+        slots, classes, generation, t0, versions = job
         in_ram = set(self.ram.ids_snapshot().tolist())
-        picks_slot, picks_id = [], []
+        picks_slot, picks_id, picks_ver = [], [], []
         with self._rng_lock:
             for c in np.unique(classes):
                 want = slots[classes == c]
                 ids = self.flash.random_ids(self.namespace, int(c), want.size, self._rng, exclude=in_ram)
                 picks_slot.extend(want[: ids.size].tolist())
                 picks_id.extend(ids.tolist())
+                if versions is not None:
+                    picks_ver.extend(np.asarray(versions)[classes == c][: ids.size].tolist())
         dropped = slots.size - len(picks_id)
         done, nbytes = 0, 0
         if picks_id:
@@ -167,7 +172,8 @@ class SwapEngine:
             sl = np.asarray(picks_slot, dtype=np.int64)[ok]
             done = self.ram.replace_many(sl, torch.from_numpy(b["x"][ok]), b["labels"][ok], b["ids"][ok],
                                          b["tasks"][ok], None if b["aux"] is None else b["aux"][ok],
-                                         generation=generation)
+                                         generation=generation,
+                                         versions=None if versions is None else np.asarray(picks_ver)[ok])
             dropped += len(picks_id) - done
         with self._cond:
             self.counters["completed"] += done

@@ -7,7 +7,6 @@ import time
 
 import numpy as np
 
-from conftest import REPO
 from miro_runtime import RunConfig, run
 
 MIRO = [os.path.join(os.path.dirname(os.path.realpath(__import__("sys").executable)), "miro")]

@@ -27,7 +27,7 @@ def test_summary_metrics_and_files(tmp_path):
     last = acc[4]
     assert s["final_avg_acc"] == pytest.approx(np.mean(last))
     assert s["bwt"] == pytest.approx(np.mean([acc[4][j] - acc[j][j] for j in range(4)]))
-    assert s["forgetting"] == pytest.approx(np.mean([max(acc[l][j] for l in range(j, 4)) - acc[4][j]
+    assert s["forgetting"] == pytest.approx(np.mean([max(acc[i][j] for i in range(j, 4)) - acc[4][j]
                                                      for j in range(4)]))
     for k in ("train_samples_per_s", "peak_rss_mb", "wall_s", "config"):
         assert s[k]

@@ -131,3 +131,19 @@ def test_resize_during_swaps_drops_stale_requests(flash):
     assert eng.stats()["completed"] == 0 and ram.size == 8
     assert eng.swap_now([0, 1], [4, 4]) == 2 and ram.gather([0, 1])["y"].tolist() == [4, 4]
     eng.close()
+
+
+def test_swap_skips_a_slot_rewritten_after_the_request(flash):
+    ram = filled_ram(8)
+    eng = SwapEngine(flash, ram, workers=1)
+    versions = ram.gather([2, 3])["versions"]
+    eng.pause()
+    eng.request_swap([2, 3], [5, 5], versions=versions)
+    # the memory's own insertion rewrites slot 2 before the worker gets there
+    ram.replace(2, torch.from_numpy(fill_for(7, SHAPE)), 1, 7)
+    eng.resume()
+    eng.drain(10)
+    g = ram.gather([2, 3])
+    assert g["ids"][0] == 7 and int(g["y"][0]) == 1  # untouched by the stale swap
+    assert int(g["y"][1]) == 5 and eng.stats()["completed"] == 1 and eng.stats()["dropped"] == 1
+    eng.close()

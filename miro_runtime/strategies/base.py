@@ -22,7 +22,7 @@ class Strategy:
         self.rng = np.random.default_rng(cfg.seed + 17)
         self.task = -1
         self.opt = None
-        self.last_replay = None  # (slots, replay logits, replay labels) of the last step, for CarM
+        self.last_replay = None  # (slots, replay logits, labels, slot versions) of the last step, for CarM
         self.memory = None
         self.skipped_steps = 0
         if self.uses_memory:

@@ -52,12 +52,12 @@ class CarM:
         loss = self.base.observe(x, y)
         rep = self.base.last_replay
         if self.base.task > 0 and rep is not None and self.base.cfg.swap_ratio > 0:
-            slots, logits, labels = rep
+            slots, logits, labels, versions = rep
             ratio = self.base.cfg.swap_ratio
 
             def choose():  # runs on a swap worker in async mode: the step only enqueues
                 pick = select_swap_out(logits, labels, ratio)
-                return slots[pick], labels.numpy()[pick]
+                return slots[pick], labels.numpy()[pick], versions[pick]
 
             if self.sync:
                 self.engine.swap_now(*choose())

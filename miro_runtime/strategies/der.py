@@ -46,5 +46,5 @@ class DER(Strategy):
         loss = loss + self.cfg.der_alpha * (((o1 - target) ** 2) * mask).sum() / mask.sum().clamp(min=1)
         loss = loss + self.cfg.der_beta * F.cross_entropy(out[b + n1:], m2["y"].to(self.device))
         value = self.step(loss)
-        self.last_replay = (s1, o1.detach(), m1["y"])
+        self.last_replay = (s1, o1.detach(), m1["y"], m1["versions"])
         return value

@@ -21,5 +21,5 @@ class ER(Strategy):
         out = self.model(x.to(self.device))  # (B + R, K)
         loss = F.cross_entropy(out, y.to(self.device))
         value = self.step(loss)
-        self.last_replay = None if mem is None else (slots, out[b:].detach(), mem["y"])
+        self.last_replay = None if mem is None else (slots, out[b:].detach(), mem["y"], mem["versions"])
         return value

@@ -1,0 +1,273 @@
+"""Energy meters. RAPL, NVML, Jetson and Pi 5 hardware is absent here: their real parsing and
+integration code runs against fixture sysfs trees and recorded outputs (tests/fixtures). The
+estimate meter runs for real on this machine."""
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from miro_runtime.profilers import (EstimateMeter, JetsonMeter, MeterUnavailable, MultiMeter, Pi5Meter, RaplMeter,
+                                    ResourceMonitor, battery_state, make_meter, nvml_meter, parse_pmic)
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+PI5 = open(os.path.join(HERE, "fixtures", "pi5_pmic_read_adc.txt")).read()
+
+
+def write(path, value):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as fh:
+        fh.write(f"{value}\n")
+
+
+# ---------------------------------------------------------------- RAPL
+def rapl_tree(root, pkg=1_000_000, dram=500_000, max_uj=262143328850):
+    z = os.path.join(root, "intel-rapl:0")
+    write(f"{z}/name", "package-0")
+    write(f"{z}/energy_uj", pkg)
+    write(f"{z}/max_energy_range_uj", max_uj)
+    write(f"{z}/intel-rapl:0:0/name", "core")  # nested, not a top-level entry: never double counted
+    write(f"{root}/intel-rapl:0:0/name", "dram")  # a Xeon's dram is subzone 0: names, not numbers
+    write(f"{root}/intel-rapl:0:0/energy_uj", dram)
+    write(f"{root}/intel-rapl:0:0/max_energy_range_uj", max_uj)
+    write(f"{root}/intel-rapl:0:1/name", "core")
+    write(f"{root}/intel-rapl:0:1/energy_uj", 7)
+    write(f"{root}/intel-rapl:0:1/max_energy_range_uj", max_uj)
+    write(f"{root}/intel-rapl-mmio:0/name", "package-0")  # duplicate of the package via MMIO
+    write(f"{root}/intel-rapl-mmio:0/energy_uj", 123)
+    write(f"{root}/intel-rapl-mmio:0/max_energy_range_uj", max_uj)
+
+
+def test_rapl_counts_package_and_dram_with_wraparound(tmp_path):
+    root = str(tmp_path)
+    max_uj = 262143328850
+    rapl_tree(root, pkg=max_uj - 2_000_000, max_uj=max_uj)
+    m = RaplMeter(root)
+    assert sorted(c for c, _, _ in m.zones) == ["cpu", "dram"]
+    m.begin_window("w")
+    m.begin_window("inner")  # overlapping windows
+    write(f"{root}/intel-rapl:0/energy_uj", 3_000_000)  # wrapped: 2 J before the wrap + 3 J after
+    write(f"{root}/intel-rapl:0:0/energy_uj", 1_500_000)
+    inner = m.end_window("inner")
+    write(f"{root}/intel-rapl:0/energy_uj", 4_000_000)
+    time.sleep(0.002)
+    w = m.end_window("w")
+    assert inner.components == {"cpu": pytest.approx(5.0), "dram": pytest.approx(1.0)}
+    assert w.components == {"cpu": pytest.approx(6.0), "dram": pytest.approx(1.0)}
+    assert w.joules == pytest.approx(7.0) and w.measured
+    assert "measured: RAPL" in w.provenance["cpu"] and "intel-rapl:0/energy_uj" in w.provenance["cpu"]
+    m.close()
+
+
+def test_rapl_missing_and_permission_denied(tmp_path):
+    with pytest.raises(MeterUnavailable, match="no RAPL domains"):
+        RaplMeter(str(tmp_path / "none"))
+    root = tmp_path / "tree"
+    rapl_tree(str(root))
+    os.chmod(root / "intel-rapl:0" / "energy_uj", 0o000)
+    code = ("import sys, os\n"
+            "from miro_runtime.profilers import RaplMeter, MeterUnavailable\n"
+            "if os.geteuid() == 0: os.setgid(65534); os.setuid(65534)  # root reads anything: drop to nobody\n"
+            f"try: RaplMeter({str(root)!r})\n"
+            "except MeterUnavailable as e: print(e); sys.exit(3)\n")
+    for p in [tmp_path, *tmp_path.parents][:4]:  # let nobody walk to the fixture
+        os.chmod(p, os.stat(p).st_mode | 0o055)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 3, r.stderr
+    assert "permission denied" in r.stdout and "0444" in r.stdout and "CAP_DAC_READ_SEARCH" in r.stdout
+
+
+# ---------------------------------------------------------------- NVML
+class RecordedNvml:
+    """Replays recorded NVML answers (mJ counters / mW power) in the shape of pynvml."""
+
+    class NVMLError(Exception):
+        pass
+
+    class NVMLError_NotSupported(NVMLError):
+        pass
+
+    def __init__(self, energy_mj=None, power_mw=None):
+        self.energy, self.power = list(energy_mj or []), list(power_mw or [])
+
+    def nvmlInit(self):
+        pass
+
+    def nvmlDeviceGetHandleByIndex(self, i):
+        return ("gpu", i)
+
+    def nvmlDeviceGetTotalEnergyConsumption(self, h):
+        if not self.energy:
+            raise self.NVMLError_NotSupported("Not Supported")
+        return self.energy.pop(0) if len(self.energy) > 1 else self.energy[0]
+
+    def nvmlDeviceGetPowerUsage(self, h):
+        return self.power[0]
+
+
+def test_nvml_energy_counter_and_power_polling():
+    nv = RecordedNvml(energy_mj=[5_000_000, 5_000_000, 5_012_500, 5_030_000])
+    m = nvml_meter(0, nv)
+    m.begin_window("w")
+    w = m.end_window("w")
+    assert w.components["gpu"] == pytest.approx(12.5) and "TotalEnergyConsumption" in w.provenance["gpu"]
+    old = nvml_meter(0, RecordedNvml(power_mw=[75_000]))  # pre-Volta: no counter -> 75 W polled
+    old.begin_window("w")
+    time.sleep(0.3)
+    w = old.end_window("w")
+    old.close()
+    assert w.components["gpu"] == pytest.approx(75 * w.seconds, rel=0.02)
+    assert "PowerUsage polled" in w.provenance["gpu"]
+
+
+def test_nvml_on_this_machine():
+    try:
+        m = nvml_meter(0)
+    except MeterUnavailable as e:  # what a machine without an NVIDIA driver says
+        assert "NVML" in str(e)
+        return
+    m.begin_window("w")  # a machine with a GPU: the real counter must answer
+    time.sleep(0.2)
+    assert m.end_window("w").joules is not None
+
+
+# ---------------------------------------------------------------- Jetson
+def orin_nx_hwmon(root, mv=(19000, 19000, 19000), ma=(400, 150, 100)):
+    hw = os.path.join(root, "ina3221", "1-0040", "hwmon", "hwmon3")
+    write(f"{hw}/name", "ina3221")
+    for n, label in enumerate(["VDD_IN", "VDD_CPU_GPU_CV", "VDD_SOC"], start=1):
+        write(f"{hw}/in{n}_label", label)
+        write(f"{hw}/in{n}_input", mv[n - 1])
+        write(f"{hw}/curr{n}_input", ma[n - 1])
+    write(f"{hw}/in7_label", "sum of shunt voltages")
+    write(f"{hw}/in7_input", 1234)
+    return hw
+
+
+def test_jetson_hwmon_layout_total_is_input_rail(tmp_path):
+    orin_nx_hwmon(str(tmp_path))
+    m = JetsonMeter(str(tmp_path), hz=50)
+    assert sorted(r[0] for r in m.rails) == ["VDD_CPU_GPU_CV", "VDD_IN", "VDD_SOC"]
+    m.begin_window("w")
+    time.sleep(0.3)
+    w = m.end_window("w")
+    m.close()
+    # VDD_IN = 19 V x 0.4 A = 7.6 W already contains the other rails: the total is not their sum
+    assert w.joules == pytest.approx(7.6 * w.seconds, rel=0.03)
+    assert w.components["cpu"] == pytest.approx(19 * 0.15 * w.seconds, rel=0.03)
+    assert "input rail" in w.provenance["board"] and w.measured
+
+
+def test_jetson_agx_orin_without_input_rail_sums_and_skips_nc(tmp_path):
+    hw = os.path.join(tmp_path, "ina3221", "1-0041", "hwmon", "hwmon5")
+    for n, (label, mv, ma) in enumerate([("NC", 0, 0), ("VDDQ_VDD2_1V8AO", 1800, 500), ("NC", 0, 0)], start=1):
+        write(f"{hw}/in{n}_label", label)
+        write(f"{hw}/in{n}_input", mv)
+        write(f"{hw}/curr{n}_input", ma)
+    hw0 = os.path.join(tmp_path, "ina3221", "1-0040", "hwmon", "hwmon4")
+    for n, (label, mv, ma) in enumerate([("VDD_GPU_SOC", 5000, 1000), ("VDD_CPU_CV", 5000, 600),
+                                         ("VIN_SYS_5V0", 5000, 400)], start=1):
+        write(f"{hw0}/in{n}_label", label)
+        write(f"{hw0}/curr{n}_input", ma)
+        if n != 3:
+            write(f"{hw0}/in{n}_input", mv)
+    os.makedirs(f"{hw0}/in3_input")  # a channel whose reading fails (ENODATA on real boards): skipped
+    m = JetsonMeter(str(tmp_path), hz=50)
+    assert sorted(r[0] for r in m.rails) == ["VDDQ_VDD2_1V8AO", "VDD_CPU_CV", "VDD_GPU_SOC"]
+    m.begin_window("w")
+    time.sleep(0.3)
+    w = m.end_window("w")
+    m.close()
+    assert w.joules == pytest.approx((0.9 + 5.0 + 3.0) * w.seconds, rel=0.03)
+    assert "sum of rails" in w.provenance["gpu"]
+
+
+def test_jetson_legacy_iio_layout(tmp_path):
+    dev = os.path.join(tmp_path, "ina3221x", "6-0040", "iio:device0")
+    for n, (name, mw) in enumerate([("POM_5V_IN", 5000), ("POM_5V_GPU", 1000), ("POM_5V_CPU", 2000)]):
+        write(f"{dev}/rail_name_{n}", name)
+        write(f"{dev}/in_power{n}_input", mw)
+    m = JetsonMeter(str(tmp_path), hz=50)
+    m.begin_window("w")
+    time.sleep(0.25)
+    w = m.end_window("w")
+    m.close()
+    assert w.joules == pytest.approx(5.0 * w.seconds, rel=0.03)
+    assert w.components["gpu"] == pytest.approx(1.0 * w.seconds, rel=0.03)
+    with pytest.raises(MeterUnavailable, match="no INA3221 rails"):
+        JetsonMeter(str(tmp_path / "none"))
+
+
+# ---------------------------------------------------------------- Raspberry Pi 5
+def test_pi5_parse_pairs_rails_by_name():
+    rails = parse_pmic(PI5)
+    assert len(rails) == 12 and "EXT5V" not in rails and "BATT" not in rails
+    assert rails["VDD_CORE"] == pytest.approx(6.22421 * 0.861733)
+    assert rails["3V7_WL_SW"] == pytest.approx(0.09368929 * 3.699776)  # current(0) with volt(8)
+    stripped = "\n".join(line.strip() for line in PI5.splitlines()).replace("0V8_AON", "0V8_SYS")
+    assert parse_pmic(stripped).keys() == rails.keys() - {"0V8_AON"} | {"0V8_SYS"}
+    with pytest.raises(MeterUnavailable, match="not supported"):
+        parse_pmic('error=1 error_msg="Command not registered"')
+
+
+def test_pi5_meter_integrates_recorded_output():
+    m = Pi5Meter(run=lambda: PI5, hz=20)
+    board = sum(parse_pmic(PI5).values())
+    m.begin_window("w")
+    time.sleep(0.3)
+    w = m.end_window("w")
+    m.close()
+    assert w.joules == pytest.approx(board * w.seconds, rel=0.03)
+    assert w.components["cpu"] == pytest.approx(6.22421 * 0.861733 * w.seconds, rel=0.03)
+    assert w.provenance["board"].startswith("measured: Pi 5 PMIC")
+
+
+# ---------------------------------------------------------------- estimate (real, on this machine)
+def test_estimate_meter_for_real_and_short_windows_are_flagged():
+    m = EstimateMeter()
+    m.begin_window("busy")
+    t0 = time.process_time()
+    x = 0
+    while time.process_time() - t0 < 0.3:
+        x += 1
+    w = m.end_window("busy")
+    assert w.components["cpu"] == pytest.approx(4.0 * 0.3, rel=0.25)
+    assert w.joules > w.components["cpu"] and not w.measured
+    assert all(p.startswith("estimated") for p in w.provenance.values()) and "4 W/core" in w.summary()
+    m.begin_window("blink")
+    short = m.end_window("blink")
+    assert short.warnings and "shorter than" in short.warnings[0]
+    assert short.components["cpu"] is None and short.joules is None  # never a silent 0 J
+    with pytest.raises(ValueError, match="never begun"):
+        m.end_window("nope")
+
+
+def test_auto_meter_here_is_the_estimate():
+    m = make_meter("auto")
+    assert isinstance(m, (EstimateMeter, MultiMeter)) or m.name in ("rapl", "nvml")
+    if isinstance(m, EstimateMeter):
+        m.begin_window("w")
+        time.sleep(0.05)
+        assert "estimated" in m.end_window("w").summary()
+    with pytest.raises(ValueError, match="unknown energy source"):
+        make_meter("tesla-coil")
+
+
+# ---------------------------------------------------------------- battery and resources
+def test_battery_and_monitor_fixtures(tmp_path):
+    bat = tmp_path / "ps" / "BAT0"
+    for k, v in dict(capacity=99, status="Discharging", power_now=12875000, voltage_now=12875000).items():
+        write(str(bat / k), v)
+    b = battery_state(str(tmp_path / "ps"))
+    assert b["percent"] == 99 and not b["plugged"] and b["power_w"] == pytest.approx(12.875)
+    write(str(tmp_path / "th" / "thermal_zone0" / "type"), "cpu-thermal")
+    write(str(tmp_path / "th" / "thermal_zone0" / "temp"), 71500)
+    write(str(tmp_path / "cpu" / "cpu0" / "cpufreq" / "scaling_max_freq"), 1500000)
+    write(str(tmp_path / "cpu" / "cpu0" / "cpufreq" / "cpuinfo_max_freq"), 2400000)
+    mon = ResourceMonitor(str(tmp_path / "th"), str(tmp_path / "cpu"), str(tmp_path / "ps"))
+    s = mon.snapshot()
+    assert s.temperatures_c == {"cpu-thermal": 71.5} and s.throttled is True
+    assert s.battery["percent"] == 99 and s.rss_mb > 10 and s.available_ram_mb > 100
+    live = ResourceMonitor().snapshot()  # the real machine
+    assert live.rss_mb > 10 and live.disk_read_bytes is not None
