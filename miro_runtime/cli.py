@@ -32,6 +32,10 @@ def print_table(summary: dict, out=sys.stdout):
              ("wall time", f"{summary['wall_s']:.1f} s")]
     if summary.get("energy_j") is not None:
         lines.append(("energy", f"{summary['energy_j']:.1f} J ({summary['energy_provenance']})"))
+    if summary.get("miro_decisions"):
+        lines.append(("miro profiling", f"{summary['profiling_energy_j']:.1f} J (counted in energy)"))
+        for d in summary["miro_decisions"]:
+            lines.append((f"  task {d['task']} chose", f"{d['winner']} of {len(d['candidates'])} candidates"))
     if "swap" in summary:
         s = summary["swap"]
         lines.append(("swaps", f"{s['completed']} done, {s['dropped']} dropped, {s['bytes_read']} B read"))
@@ -103,6 +107,12 @@ def main(verbose):
 @click.option("--run-dir", default=None, help="Where the store, metrics and checkpoints go (default: runs/<time>).")
 @click.option("--checkpoint-every", default=200, show_default=True, help="Steps between checkpoints.")
 @click.option("--resume", is_flag=True, help="Continue the run in --run-dir from its last checkpoint.")
+@click.option("--energy-source", default="auto", show_default=True, help="auto | nvml | rapl | jetson | pi5 | estimate")
+@click.option("--miro", is_flag=True, help="Retune memory, flash, swap ratio, epochs per task for accuracy per joule.")
+@click.option("--miro-rule", default="top-half-acc-per-joule", show_default=True,
+              help="top-half-acc-per-joule | lowest-energy | highest-accuracy | zeus")
+@click.option("--miro-search", default="bandit", show_default=True, help="bandit | grid")
+@click.option("--miro-budget", default=0.10, show_default=True, help="Profiling energy cap (share of last task's).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON summary as the last stdout line.")
 def run(**o):
     """Run a whole continual-learning experiment in-process (no daemon needed)."""
@@ -127,7 +137,9 @@ def run(**o):
                             epochs=o["epochs"], online=o["online"], batch_size=o["batch_size"], lr=o["lr"],
                             model=o["model"], tasks=o["tasks"], seed=o["seed"], data_dir=o["data_dir"],
                             download=o["download"], device=o["device"], run_dir=run_dir,
-                            checkpoint_every=o["checkpoint_every"],
+                            checkpoint_every=o["checkpoint_every"], energy_source=o["energy_source"],
+                            miro=o["miro"], miro_rule=o["miro_rule"], miro_search=o["miro_search"],
+                            miro_budget=o["miro_budget"],
                             synthetic={"shape": shape, "num_classes": o["synthetic_classes"],
                                        "per_class": o["synthetic_per_class"]} if o["stream"] == "synthetic" else {})
             exp = Experiment(cfg, on_event=progress)

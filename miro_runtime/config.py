@@ -37,6 +37,10 @@ class RunConfig:
     checkpoint_every: int = 200  # steps; a checkpoint is also written at every task end
     sync_mode: str = "sync"
     energy_source: str = "auto"  # auto | nvml | rapl | jetson | pi5 | estimate
+    miro: bool = False  # retune memory, flash, swap ratio and epochs per task for accuracy per joule
+    miro_rule: str = "top-half-acc-per-joule"  # | lowest-energy | highest-accuracy | zeus
+    miro_search: str = "bandit"  # | grid
+    miro_budget: float = 0.10  # profiling energy cap, share of the previous task's energy
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)

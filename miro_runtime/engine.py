@@ -42,6 +42,9 @@ class Experiment:
         if not cfg.run_dir:
             raise ValueError("RunConfig.run_dir is required (where the store, metrics and checkpoints live)")
         self.cfg, self.resume, self.on_event = cfg, resume, on_event
+        if hooks is None and cfg.miro:
+            from .miro import MiroController
+            hooks = MiroController(cfg, rule=cfg.miro_rule, search=cfg.miro_search, budget_frac=cfg.miro_budget)
         self.hooks = hooks  # optional object with task_begin(exp, t) / task_end(exp, t, record)
         os.makedirs(cfg.run_dir, exist_ok=True)
         self.stream = stream or make_stream(cfg.stream, cfg.tasks, cfg.seed, cfg.data_dir, cfg.download,
@@ -89,6 +92,8 @@ class Experiment:
         st = {"version": 1, "config": self.cfg.to_json(), "position": pos,
               "strategy": self.strategy.state_dict(), "torch_rng": torch.get_rng_state(),
               "metrics": json.dumps({"acc": self.acc, "per_task": self.per_task, "steps": self.steps})}
+        if self.hooks is not None:
+            st["hooks"] = json.dumps(self.hooks.state())
         save_checkpoint(os.path.join(self.cfg.run_dir, CHECKPOINT), st)
         self.log.event("checkpoint", **pos, steps=self.steps)
         self._emit("checkpoint", **pos)
@@ -103,6 +108,8 @@ class Experiment:
         torch.set_rng_state(st["torch_rng"])
         m = json.loads(st["metrics"])
         self.acc, self.per_task, self.steps = m["acc"], m["per_task"], m["steps"]
+        if self.hooks is not None and "hooks" in st:
+            self.hooks.load_state(self, json.loads(st["hooks"]))
         self.log.event("resume", found_checkpoint=True, **st["position"])
         return dict(st["position"])
 
@@ -144,11 +151,11 @@ class Experiment:
         fresh = pos["epoch"] == 0 and pos["batch"] == 0
         stream.validate_task(t)  # bad input stops here: nothing of this task is stored yet
         wall0 = time.perf_counter()
-        self.meter.begin_window(f"task{t}")
         if fresh:
             strat.begin_task(t)
         if self.hooks is not None and fresh:
-            self.hooks.task_begin(self, t)
+            self.hooks.task_begin(self, t)  # Miro profiles here: its energy is metered on its own
+        self.meter.begin_window(f"task{t}")
         train_s, samples = 0.0, 0
         x_task, y_task = stream.train[t]
         chunk = cfg.batch_size if cfg.online else 256
@@ -223,6 +230,8 @@ class Experiment:
                "wall_s": wall_s, "train_s": train_s, "steps": self.steps,
                "config": json.loads(self.cfg.to_json()), "stream": self.stream.describe(),
                "per_task": self.per_task}
+        if self.hooks is not None:
+            out.update(self.hooks.summary())
         last = self.per_task[-1] if self.per_task else {}
         if "swap" in last:
             out["swap"] = last["swap"]
@@ -230,7 +239,7 @@ class Experiment:
 
 
     def _energy_total(self):
-        vals = [r["energy_j"] for r in self.per_task]
+        vals = [r["energy_j"] for r in self.per_task] + [r.get("profiling_energy_j") or 0.0 for r in self.per_task]
         return None if not vals or any(v is None for v in vals) else float(sum(vals))
 
     def _provenance(self):

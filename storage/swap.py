@@ -11,7 +11,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
@@ -22,10 +22,11 @@ from .ram import RamTier
 
 class SwapEngine:
     def __init__(self, flash: FlashTier, ram: RamTier, namespace: str = "samples", workers: int = 1,
-                 max_queue: int = 64, seed: int = 0):
+                 max_queue: int = 64, seed: int = 0, pool: Optional[dict] = None):
         if not 1 <= workers <= 4:
             raise ValueError(f"swap workers must be 1..4, got {workers}")
         self.flash, self.ram, self.namespace = flash, ram, namespace
+        self.pool = pool  # optional {class: stored ids} to draw from instead of the whole namespace
         self._q: "queue.Queue" = queue.Queue(maxsize=max_queue)
         self._rng = np.random.default_rng(seed)
         self._rng_lock = threading.Lock()
@@ -51,32 +52,25 @@ class SwapEngine:
         if not slots.size:
             return True
         job = (slots, classes, self.ram.generation, time.perf_counter(), versions)
-        with self._cond:
-            self.counters["requested"] += int(slots.size)
-            self._pending += 1
-        try:
-            self._q.put_nowait(job)
-            return True
-        except queue.Full:
-            with self._cond:
-                self.counters["dropped"] += int(slots.size)
-                self._pending -= 1
-                self._cond.notify_all()
-            return False
+        return self._enqueue(job, requested=int(slots.size), lost_if_full=int(slots.size))
 
     def request_swap_lazy(self, choose, expected: int = 0) -> bool:
         """Like ``request_swap``, but ``choose() -> (slots, classes, versions)`` runs on the worker, so a
         caller whose choice itself costs CPU (CarM's entropy ranking) pays only the enqueue."""
         job = (choose, expected, self.ram.generation, time.perf_counter())
+        return self._enqueue(job, requested=0, lost_if_full=expected)  # counted when resolved
+
+    def _enqueue(self, job, requested: int, lost_if_full: int) -> bool:
         with self._cond:
+            self.counters["requested"] += requested
             self._pending += 1
         try:
             self._q.put_nowait(job)
             return True
         except queue.Full:
             with self._cond:
-                self.counters["requested"] += expected
-                self.counters["dropped"] += expected
+                self.counters["requested"] += lost_if_full - requested
+                self.counters["dropped"] += lost_if_full
                 self._pending -= 1
                 self._cond.notify_all()
             return False
@@ -158,7 +152,11 @@ class SwapEngine:
         with self._rng_lock:
             for c in np.unique(classes):
                 want = slots[classes == c]
-                ids = self.flash.random_ids(self.namespace, int(c), want.size, self._rng, exclude=in_ram)
+                if self.pool is not None:  # a restricted pool (a smaller flash tier, emulated)
+                    cand = self.pool.get(int(c), np.empty(0, dtype=np.int64))
+                    ids = cand[self._rng.permutation(cand.size)[: want.size]] if cand.size else cand
+                else:
+                    ids = self.flash.random_ids(self.namespace, int(c), want.size, self._rng, exclude=in_ram)
                 picks_slot.extend(want[: ids.size].tolist())
                 picks_id.extend(ids.tolist())
                 if versions is not None:

@@ -15,6 +15,15 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 PI5 = open(os.path.join(HERE, "fixtures", "pi5_pmic_read_adc.txt")).read()
 
 
+def metered(meter, seconds):
+    """One real window over a polling meter's background integration, then close it."""
+    meter.begin_window("w")
+    time.sleep(seconds)
+    w = meter.end_window("w")
+    meter.close()
+    return w
+
+
 def write(path, value):
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "w") as fh:
@@ -113,10 +122,7 @@ def test_nvml_energy_counter_and_power_polling():
     w = m.end_window("w")
     assert w.components["gpu"] == pytest.approx(12.5) and "TotalEnergyConsumption" in w.provenance["gpu"]
     old = nvml_meter(0, RecordedNvml(power_mw=[75_000]))  # pre-Volta: no counter -> 75 W polled
-    old.begin_window("w")
-    time.sleep(0.3)
-    w = old.end_window("w")
-    old.close()
+    w = metered(old, 0.3)
     assert w.components["gpu"] == pytest.approx(75 * w.seconds, rel=0.02)
     assert "PowerUsage polled" in w.provenance["gpu"]
 
@@ -149,10 +155,7 @@ def test_jetson_hwmon_layout_total_is_input_rail(tmp_path):
     orin_nx_hwmon(str(tmp_path))
     m = JetsonMeter(str(tmp_path), hz=50)
     assert sorted(r[0] for r in m.rails) == ["VDD_CPU_GPU_CV", "VDD_IN", "VDD_SOC"]
-    m.begin_window("w")
-    time.sleep(0.3)
-    w = m.end_window("w")
-    m.close()
+    w = metered(m, 0.3)
     # VDD_IN = 19 V x 0.4 A = 7.6 W already contains the other rails: the total is not their sum
     assert w.joules == pytest.approx(7.6 * w.seconds, rel=0.03)
     assert w.components["cpu"] == pytest.approx(19 * 0.15 * w.seconds, rel=0.03)
@@ -175,10 +178,7 @@ def test_jetson_agx_orin_without_input_rail_sums_and_skips_nc(tmp_path):
     os.makedirs(f"{hw0}/in3_input")  # a channel whose reading fails (ENODATA on real boards): skipped
     m = JetsonMeter(str(tmp_path), hz=50)
     assert sorted(r[0] for r in m.rails) == ["VDDQ_VDD2_1V8AO", "VDD_CPU_CV", "VDD_GPU_SOC"]
-    m.begin_window("w")
-    time.sleep(0.3)
-    w = m.end_window("w")
-    m.close()
+    w = metered(m, 0.3)
     assert w.joules == pytest.approx((0.9 + 5.0 + 3.0) * w.seconds, rel=0.03)
     assert "sum of rails" in w.provenance["gpu"]
 
@@ -189,10 +189,7 @@ def test_jetson_legacy_iio_layout(tmp_path):
         write(f"{dev}/rail_name_{n}", name)
         write(f"{dev}/in_power{n}_input", mw)
     m = JetsonMeter(str(tmp_path), hz=50)
-    m.begin_window("w")
-    time.sleep(0.25)
-    w = m.end_window("w")
-    m.close()
+    w = metered(m, 0.25)
     assert w.joules == pytest.approx(5.0 * w.seconds, rel=0.03)
     assert w.components["gpu"] == pytest.approx(1.0 * w.seconds, rel=0.03)
     with pytest.raises(MeterUnavailable, match="no INA3221 rails"):
@@ -214,10 +211,7 @@ def test_pi5_parse_pairs_rails_by_name():
 def test_pi5_meter_integrates_recorded_output():
     m = Pi5Meter(run=lambda: PI5, hz=20)
     board = sum(parse_pmic(PI5).values())
-    m.begin_window("w")
-    time.sleep(0.3)
-    w = m.end_window("w")
-    m.close()
+    w = metered(m, 0.3)
     assert w.joules == pytest.approx(board * w.seconds, rel=0.03)
     assert w.components["cpu"] == pytest.approx(6.22421 * 0.861733 * w.seconds, rel=0.03)
     assert w.provenance["board"].startswith("measured: Pi 5 PMIC")

@@ -1,0 +1,131 @@
+"""Miro benchmark: accuracy per joule of the Miro controller (profiling included) against every
+static configuration of the same grid run to completion, on split-digits and a synthetic stream.
+Writes the accuracy-vs-joules plot next to BENCHMARKS.md. Last line of stdout: one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import emit, machine  # noqa: E402
+
+from miro_runtime import RunConfig, run  # noqa: E402
+from miro_runtime.miro import default_grid  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PLOT = "miro_accuracy_vs_energy.png"
+STREAMS = {"split-digits": {"stream": "split-digits"},
+           "synthetic": {"stream": "synthetic", "model": "cnn",
+                         "synthetic": {"shape": [1, 16, 16], "num_classes": 10, "per_class": 200}}}
+
+
+def one(sk, seed, root, tag, **kw):
+    cfg = RunConfig(**sk, strategy="carm", seed=seed, checkpoint_every=0, run_dir=os.path.join(root, tag), **kw)
+    s = run(cfg)
+    return {"acc": s["final_avg_acc"], "energy_j": s["energy_j"], "provenance": s["energy_provenance"],
+            "profiling_energy_j": s.get("profiling_energy_j"), "decisions": [d["winner"] for d in
+                                                                           s.get("miro_decisions", [])]}
+
+
+def agg(runs):
+    acc = np.array([r["acc"] for r in runs])
+    j = np.array([r["energy_j"] for r in runs])
+    return {"acc": float(acc.mean()), "acc_std": float(acc.std()), "energy_j": float(j.mean()),
+            "energy_std": float(j.std()), "acc_per_j": float(np.mean(acc / j))}
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--seeds", type=int, default=3)
+    args = ap.parse_args(argv)
+    seeds = list(range(args.seeds))
+    root = tempfile.mkdtemp(prefix="miro-bench-miro-")
+    default = RunConfig()
+    grid = default_grid(default)
+    out = {"machine": machine(), "seeds": seeds, "grid": [k.key() for k in grid], "streams": {}}
+    t0 = time.time()
+    for sname, sk in STREAMS.items():
+        static = {}
+        for kn in grid:
+            runs = [one(sk, s, root, f"{sname}-{kn.key()}-{s}", memory=kn.memory, flash_budget=kn.flash_budget,
+                        swap_ratio=kn.swap_ratio, epochs=kn.epochs) for s in seeds]
+            static[kn.key()] = agg(runs)
+            print(f"[static] {sname} {kn.key()}: {static[kn.key()]}", file=sys.stderr, flush=True)
+        mruns = [one(sk, s, root, f"{sname}-miro-{s}", miro=True) for s in seeds]
+        m = agg(mruns)
+        m["profiling_energy_j"] = float(np.mean([r["profiling_energy_j"] for r in mruns]))
+        m["decisions"] = [r["decisions"] for r in mruns]
+        print(f"[miro] {sname}: {m}", file=sys.stderr, flush=True)
+        best_key = max(static, key=lambda k: static[k]["acc_per_j"])
+        dkey = next(k.key() for k in grid if (k.memory, k.flash_budget, k.swap_ratio, k.epochs) ==
+                    (default.memory, default.flash_budget, default.swap_ratio, default.epochs))
+        out["streams"][sname] = {
+            "static": static, "miro": m, "best_static": best_key, "default_static": dkey,
+            "miro_vs_best": m["acc_per_j"] / static[best_key]["acc_per_j"],
+            "miro_vs_default": m["acc_per_j"] / static[dkey]["acc_per_j"],
+            "provenance": mruns[0]["provenance"]}
+    out["acceptance"] = {"miro_ge_0.9x_best_static": all(s["miro_vs_best"] >= 0.9 for s in out["streams"].values()),
+                         "miro_ge_1.2x_default": all(s["miro_vs_default"] >= 1.2 for s in out["streams"].values())}
+    out["plot"] = PLOT
+    out["bench_s"] = time.time() - t0
+    plot(out)
+    emit(out)
+
+
+def plot(out):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, len(out["streams"]), figsize=(6 * len(out["streams"]), 4.5))
+    for ax, (sname, s) in zip(np.atleast_1d(axes), out["streams"].items()):
+        for key, v in s["static"].items():
+            mk = "s" if key == s["default_static"] else "o"
+            ax.errorbar(v["energy_j"], 100 * v["acc"], xerr=v["energy_std"], yerr=100 * v["acc_std"], fmt=mk,
+                        color="tab:blue", alpha=0.8, capsize=2)
+            ax.annotate(key.replace("swap=0.5,", "").replace("flash=", "f").replace("mem=", "m")
+                        .replace("epochs=", "e"), (v["energy_j"], 100 * v["acc"]), fontsize=6, alpha=0.7)
+        m = s["miro"]
+        ax.errorbar(m["energy_j"], 100 * m["acc"], xerr=m["energy_std"], yerr=100 * m["acc_std"], fmt="*",
+                    color="tab:red", markersize=14, capsize=2, label="Miro (profiling included)")
+        ax.plot([], [], "o", color="tab:blue", label="static grid (square: default)")
+        ax.set_xlabel("energy per run, J (estimated: CPU-seconds x 4 W/core)")
+        ax.set_ylabel("final average accuracy, %")
+        ax.set_title(sname)
+        ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(os.path.join(ROOT, PLOT), dpi=110)
+
+
+def render(r: dict) -> str:
+    lines = [f"CarM runs, seeds {r['seeds']}; static grid = {len(r['grid'])} configurations "
+             f"({', '.join(r['grid'])}); accuracy per joule = mean over seeds of final accuracy / run energy. "
+             f"Energy is **estimated**: {next(iter(r['streams'].values()))['provenance']}. Plot: `{r['plot']}`.", "",
+             f"![accuracy vs energy]({r['plot']})", ""]
+    for sname, s in r["streams"].items():
+        lines += [f"**{sname}**", "", "| configuration | accuracy % | energy J | accuracy / kJ |",
+                  "|---|---:|---:|---:|"]
+        rows = sorted(s["static"].items(), key=lambda kv: -kv[1]["acc_per_j"])
+        for key, v in rows:
+            tag = (" (best static)" if key == s["best_static"]
+                   else " (default)" if key == s["default_static"] else "")
+            lines.append(f"| {key}{tag} | {100 * v['acc']:.1f} ± {100 * v['acc_std']:.1f} | "
+                         f"{v['energy_j']:.1f} | {1000 * v['acc_per_j']:.1f} |")
+        m = s["miro"]
+        lines.append(f"| **Miro** (profiling {m['profiling_energy_j']:.1f} J included) | {100 * m['acc']:.1f} ± "
+                     f"{100 * m['acc_std']:.1f} | {m['energy_j']:.1f} | **{1000 * m['acc_per_j']:.1f}** |")
+        lines += ["", f"Miro vs best static in hindsight: **{s['miro_vs_best']:.2f}×**; vs default: "
+                      f"**{s['miro_vs_default']:.2f}×**. Choices per task (seed 0): {m['decisions'][0]}.", ""]
+    a = r["acceptance"]
+    lines.append("Acceptance: " + ", ".join(f"{k}: **{'met' if v else 'NOT met'}**" for k, v in a.items()) + ".")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,291 @@
+"""Miro (Ma et al., MobiCom): at each task boundary, profile candidate memory-hierarchy settings
+online on a small subsample and adopt the most cost-effective one (accuracy per joule).
+
+Knobs: RAM episodic memory size, flash budget, swap ratio, epochs per task. A candidate is profiled
+by training a copy of the current model on ``profile_fraction`` of the new task (plus replay from a
+copy of the memory resized to the candidate's size, swapping from a flash pool cut to the
+candidate's budget) for the candidate's epochs, metered by the energy meter; its accuracy is taken
+on a held-out slice of the new task plus stored samples of the past classes. Its full-task energy is
+predicted as profiled joules / profile_fraction. Selection (default, as in Miro): among candidates
+in the top half by accuracy, the best accuracy per joule. Profiling energy is capped (default 10% of
+the previous task's energy) and always counted. Arms to profile are chosen by a Gaussian Thompson-
+sampling bandit over a sliding window, so not every task re-profiles everything (a grid when it fits).
+Every decision goes to the event log.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import math
+from dataclasses import asdict, dataclass
+from typing import Optional
+
+import numpy as np
+import torch
+
+from .memory import EpisodicMemory
+
+RULES = ("top-half-acc-per-joule", "lowest-energy", "highest-accuracy", "zeus")
+
+
+@dataclass(frozen=True)
+class Knobs:
+    memory: int
+    flash_budget: Optional[int]
+    swap_ratio: float
+    epochs: int
+
+    def key(self) -> str:
+        return f"mem={self.memory},flash={self.flash_budget},swap={self.swap_ratio},epochs={self.epochs}"
+
+
+def default_grid(cfg) -> list:
+    mems = sorted({max(2, cfg.memory // 2), cfg.memory, cfg.memory * 2})
+    flashes = sorted({b for b in (cfg.flash_budget and cfg.flash_budget // 4, cfg.flash_budget) if b})
+    epochs = sorted({1, cfg.epochs})
+    return [Knobs(m, f, cfg.swap_ratio, e) for m, f, e in itertools.product(mems, flashes or [None], epochs)]
+
+
+def select(cands: list, rule: str = "top-half-acc-per-joule", eta: float = 0.5) -> dict:
+    """cands: [{"knobs", "acc", "joules", "seconds"}] (joules = predicted full-task energy)."""
+    if not cands:
+        raise ValueError("no profiled candidate to choose from")
+    if rule == "lowest-energy":
+        return min(cands, key=lambda c: c["joules"])
+    if rule == "highest-accuracy":
+        return max(cands, key=lambda c: (c["acc"], -c["joules"]))
+    if rule == "zeus":  # cost = eta * E + (1 - eta) * P_max * T, per unit of accuracy
+        pmax = max(c["joules"] / max(c["seconds"], 1e-9) for c in cands)
+        return min(cands, key=lambda c: (eta * c["joules"] + (1 - eta) * pmax * c["seconds"]) / max(c["acc"], 1e-6))
+    if rule != "top-half-acc-per-joule":
+        raise ValueError(f"unknown selection rule {rule!r}; choose one of {RULES}")
+    ranked = sorted(cands, key=lambda c: -c["acc"])
+    top = ranked[: max(1, math.ceil(len(ranked) / 2))]
+    return max(top, key=lambda c: c["acc"] / max(c["joules"], 1e-9))
+
+
+class ThompsonBandit:
+    """Gaussian Thompson sampling over discrete arms with a sliding window of recent rewards
+    (conjugate normal update; arms with fewer than ``min_obs`` observations go first)."""
+
+    def __init__(self, arms: list, window: int = 4, min_obs: int = 2, seed: int = 0):
+        self.arms, self.window, self.min_obs = arms, window, min_obs
+        self.obs: dict = {a: [] for a in arms}
+        self.rng = np.random.default_rng(seed)
+
+    def observe(self, arm: str, reward: float):
+        self.obs[arm] = (self.obs[arm] + [float(reward)])[-self.window:]
+
+    def order(self) -> list:
+        """Arms in the order to profile them now."""
+        under = [a for a in self.arms if len(self.obs[a]) < self.min_obs]
+        self.rng.shuffle(under)
+        under.sort(key=lambda a: len(self.obs[a]))
+        seen = [a for a in self.arms if len(self.obs[a]) >= self.min_obs]
+        all_r = [r for a in seen for r in self.obs[a]]
+        prior_sd = float(np.std(all_r)) if len(all_r) > 1 else 1.0
+        draws = {}
+        for a in seen:
+            r = np.asarray(self.obs[a])
+            sd = max(float(r.std()) if r.size > 1 else prior_sd, 1e-6)
+            draws[a] = self.rng.normal(r.mean(), sd / math.sqrt(r.size))
+        return under + sorted(seen, key=lambda a: -draws[a])
+
+    def state(self) -> dict:
+        return {"obs": self.obs}
+
+    def load_state(self, st: dict):
+        self.obs = {a: list(st["obs"].get(a, [])) for a in self.arms}
+
+
+class MiroController:
+    """Engine hooks: ``task_begin`` profiles and adopts, ``task_end`` books energy."""
+
+    def __init__(self, cfg, grid: Optional[list] = None, rule: str = "top-half-acc-per-joule",
+                 search: str = "bandit", budget_frac: float = 0.10, profile_fraction: float = 0.05,
+                 profile_min: int = 16, window: int = 4, eta: float = 0.5):
+        if rule not in RULES:
+            raise ValueError(f"unknown selection rule {rule!r}; choose one of {RULES}")
+        if search not in ("grid", "bandit"):
+            raise ValueError(f"search must be grid or bandit, got {search!r}")
+        self.grid = grid or default_grid(cfg)
+        self.rule, self.search, self.eta = rule, search, eta
+        self.budget_frac, self.fraction, self.profile_min = budget_frac, profile_fraction, profile_min
+        self.by_key = {k.key(): k for k in self.grid}
+        self.bandit = ThompsonBandit(list(self.by_key), window=window, seed=cfg.seed + 101)
+        self.history: dict = {k: [] for k in self.by_key}  # recent (acc, joules, seconds) per arm
+        self.current = Knobs(cfg.memory, cfg.flash_budget, cfg.swap_ratio, cfg.epochs)
+        self.decisions: list = []
+        self.prev_task_j: Optional[float] = None
+        self.j_per_epoch_unit: Optional[float] = None  # profiling joules per (epoch x sample)
+        self._profiling_j = 0.0
+
+    # ------------------------------------------------------------------ engine hooks
+    def task_begin(self, exp, t: int):
+        self._profiling_j = 0.0
+        cands = self._profile_round(exp, t)
+        if cands:
+            best = select(cands, self.rule, self.eta)
+            winner = best["knobs"]
+        else:
+            best, winner = None, self.current
+        self._apply(exp, winner)
+        d = {"task": t, "rule": self.rule, "search": self.search, "winner": winner.key(),
+             "candidates": [{"knobs": c["knobs"].key(), "acc": c["acc"], "predicted_task_j": c["joules"],
+                             "profile_j": c["profile_j"]} for c in cands],
+             "profiling_energy_j": self._profiling_j,
+             "budget_j": self._budget(), "provenance": exp.meter.provenance()}
+        self.decisions.append(d)
+        exp.log.event("miro_decision", **d)
+
+    def task_end(self, exp, t: int, rec: dict):
+        rec["profiling_energy_j"] = self._profiling_j
+        rec["knobs"] = asdict(self.current)
+        self.prev_task_j = rec["energy_j"]
+
+    def state(self) -> dict:
+        return {"current": asdict(self.current), "decisions": self.decisions, "prev_task_j": self.prev_task_j,
+                "j_per_epoch_unit": self.j_per_epoch_unit, "bandit": self.bandit.state(),
+                "history": {k: v for k, v in self.history.items()}}
+
+    def load_state(self, exp, st: dict):
+        self.decisions, self.prev_task_j = st["decisions"], st["prev_task_j"]
+        self.j_per_epoch_unit = st["j_per_epoch_unit"]
+        self.bandit.load_state(st["bandit"])
+        self.history = {k: [tuple(x) for x in st["history"].get(k, [])] for k in self.by_key}
+        self._apply(exp, Knobs(**st["current"]), log=False)
+
+    def summary(self) -> dict:
+        return {"profiling_energy_j": float(sum(d["profiling_energy_j"] for d in self.decisions)),
+                "miro_decisions": self.decisions}
+
+    # ------------------------------------------------------------------ profiling
+    def _budget(self) -> Optional[float]:
+        return None if self.prev_task_j is None else self.budget_frac * self.prev_task_j
+
+    def _profile_round(self, exp, t: int) -> list:
+        stream = exp.stream
+        x, y = stream.train[t]
+        n = len(y)
+        rng = np.random.default_rng([exp.cfg.seed, t, 7])
+        perm = rng.permutation(n)
+        k = min(n // 2, max(self.profile_min, int(round(self.fraction * n))))
+        sub, held = perm[:k], perm[k:k + max(20, k // 2)]
+        frac = k / n
+        val = self._validation(exp, t, x[held], y[held], rng)
+        if t == 0:  # no replay yet: memory, flash and swaps do not act; only epochs matter
+            arms = sorted({kn.epochs for kn in self.grid})
+            order = [Knobs(self.current.memory, self.current.flash_budget, self.current.swap_ratio, e) for e in arms]
+        elif self.search == "grid":
+            order = list(self.grid)
+        else:
+            order = [self.by_key[a] for a in self.bandit.order()]
+        # the cap: 10% of the previous task's energy; at task 0, 10% of the default's predicted energy
+        cands = []
+        for kn in order:
+            budget = self._budget()
+            if self.j_per_epoch_unit is not None:
+                predicted = self.j_per_epoch_unit * kn.epochs * k
+                if budget is None:
+                    budget = self.budget_frac * self.j_per_epoch_unit * self.current.epochs * n
+                if self._profiling_j + predicted > budget:
+                    continue  # over the cap: a cheaper arm may still fit
+            c = self._profile(exp, t, kn, x[sub], y[sub], val, frac)
+            cands.append(c)
+            self.j_per_epoch_unit = c["profile_j"] / (kn.epochs * k)
+            if t > 0:  # task 0 profiles have no replay: not comparable with later ones
+                self.history[kn.key()] = (self.history[kn.key()] + [(c["acc"], c["joules"], c["seconds"])])[
+                    -self.bandit.window:]
+                self.bandit.observe(kn.key(), c["acc"] / max(c["joules"], 1e-9))
+        if t > 0 and self.search == "bandit":
+            # decide on every arm's recent mean, not only this round's: the window remembers
+            cands_now = {c["knobs"].key(): c for c in cands}
+            for key, hist in self.history.items():
+                if key not in cands_now and hist:
+                    a, j, s = (float(np.mean([h[i] for h in hist])) for i in range(3))
+                    cands.append({"knobs": self.by_key[key], "acc": a, "joules": j, "seconds": s, "profile_j": 0.0,
+                                  "from_window": True})
+        return cands
+
+    def _validation(self, exp, t, xh, yh, rng):
+        """Held-out slice of the new task + up to 10 stored samples per past class (from flash)."""
+        xs, ys = [xh], [yh]
+        past = [c for c in exp.stream.classes_upto(t - 1)] if t > 0 else []
+        ids = []
+        for c in past:
+            cid = exp.flash.class_ids("samples", c)
+            ids.extend(cid[rng.permutation(cid.size)[:10]].tolist())
+        if ids:
+            b = exp.flash.read_batch("samples", ids)
+            xs.append(b["x"])
+            ys.append(b["labels"])
+        return torch.from_numpy(np.concatenate(xs)), torch.from_numpy(np.concatenate(ys))
+
+    def _profile(self, exp, t, kn: Knobs, xs, ys, val, frac) -> dict:
+        from .strategies import make_strategy
+        live = exp.strategy
+        cfg = copy.copy(exp.cfg)
+        cfg.memory, cfg.flash_budget, cfg.swap_ratio, cfg.epochs = kn.memory, kn.flash_budget, kn.swap_ratio, kn.epochs
+        name = "carm-sync" if exp.cfg.strategy in ("carm", "carm-sync") else exp.cfg.strategy
+        exp.meter.begin_window("miro-profile")
+        trial = make_strategy(name, copy.deepcopy(live.model), cfg, exp.flash, exp.stream, exp.device)
+        try:
+            if trial.memory is not None and live.memory is not None:
+                self._copy_memory(live.memory, trial.memory, kn.memory)
+            if hasattr(trial, "engine") and kn.flash_budget is not None:
+                trial.engine.pool = self._flash_pool(exp, t, kn.flash_budget)
+            trial.begin_task(t)
+            X, Y = torch.from_numpy(xs), torch.from_numpy(ys)
+            bs = cfg.batch_size
+            for e in range(kn.epochs):
+                perm = torch.from_numpy(np.random.default_rng([cfg.seed, t, e, 13]).permutation(len(Y)))
+                for i in range(0, len(Y), bs):
+                    idx = perm[i:i + bs]
+                    trial.observe(X[idx], Y[idx])
+            m = exp.meter.end_window("miro-profile")
+            trial.model.eval()
+            with torch.no_grad():
+                acc = float((trial.model(val[0].to(exp.device)).argmax(1).cpu() == val[1]).float().mean())
+        finally:
+            trial.close()
+        joules = m.joules if m.joules is not None else 0.0
+        self._profiling_j += joules
+        return {"knobs": kn, "acc": acc, "joules": joules / frac, "seconds": m.seconds / frac, "profile_j": joules}
+
+    @staticmethod
+    def _copy_memory(src: EpisodicMemory, dst: EpisodicMemory, capacity: int):
+        st = src.state()
+        n = int(st["ram.labels"].shape[0])
+        dst.load_state({**st, "capacity": max(capacity, n)})
+        if n > capacity:
+            dst.resize(capacity)
+
+    def _flash_pool(self, exp, t, budget: int) -> dict:
+        """A class-balanced random subset of what is stored, as a flash tier of ``budget`` would hold."""
+        classes = exp.stream.classes_upto(t)
+        per = max(1, budget // max(1, len(classes)))
+        rng = np.random.default_rng([exp.cfg.seed, t, 11])
+        pool = {}
+        for c in classes:
+            ids = exp.flash.class_ids("samples", c)
+            pool[c] = ids[rng.permutation(ids.size)[:per]]
+        return pool
+
+    # ------------------------------------------------------------------ adoption
+    def _apply(self, exp, kn: Knobs, log: bool = True):
+        """Adopt knobs live: the RAM tier and flash budget are resized in place (only what the
+        eviction policies drop by design is lost)."""
+        cfg, strat = exp.cfg, exp.strategy
+        dropped = evicted = 0
+        if strat.memory is not None and strat.memory.capacity != kn.memory:
+            if hasattr(strat, "engine"):
+                strat.engine.drain()
+            dropped = strat.memory.resize(kn.memory)
+        if kn.flash_budget != cfg.flash_budget:
+            evicted = exp.flash.set_budget("samples", budget_records=kn.flash_budget)
+        cfg.memory, cfg.flash_budget, cfg.swap_ratio, cfg.epochs = kn.memory, kn.flash_budget, kn.swap_ratio, kn.epochs
+        if log and kn != self.current:
+            exp.log.event("miro_adopt", old=self.current.key(), new=kn.key(), em_dropped=dropped,
+                          flash_evicted=evicted)
+        self.current = kn
