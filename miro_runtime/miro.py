@@ -26,7 +26,7 @@ import torch
 
 from .memory import EpisodicMemory
 
-RULES = ("top-half-acc-per-joule", "lowest-energy", "highest-accuracy", "zeus")
+RULES = ("top-half-acc-per-joule", "acc-per-joule", "lowest-energy", "highest-accuracy", "zeus")
 
 
 @dataclass(frozen=True)
@@ -53,6 +53,8 @@ def select(cands: list, rule: str = "top-half-acc-per-joule", eta: float = 0.5) 
         raise ValueError("no profiled candidate to choose from")
     if rule == "lowest-energy":
         return min(cands, key=lambda c: c["joules"])
+    if rule == "acc-per-joule":  # the objective itself, with no accuracy floor
+        return max(cands, key=lambda c: c["acc"] / max(c["joules"], 1e-9))
     if rule == "highest-accuracy":
         return max(cands, key=lambda c: (c["acc"], -c["joules"]))
     if rule == "zeus":  # cost = eta * E + (1 - eta) * P_max * T, per unit of accuracy

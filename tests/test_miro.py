@@ -17,6 +17,7 @@ def test_selection_rules():
     # top half by accuracy = {0.90, 0.85}; best accuracy per joule among them: 0.85 / 4
     assert select(cs)["knobs"].memory == 2
     assert select(cs, "lowest-energy")["knobs"].memory == 3
+    assert select(cs, "acc-per-joule")["knobs"].memory == 3  # 0.5 / 1.0 beats 0.8 / 2.0
     assert select(cs, "highest-accuracy")["knobs"].memory == 1
     assert select(cs, "zeus", eta=1.0)["knobs"].memory == 3  # pure energy per accuracy: 1.0 / 0.5
     with pytest.raises(ValueError, match="unknown selection rule"):
