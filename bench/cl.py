@@ -169,7 +169,9 @@ def main(argv=None):
         "carm_beats_er": all(acc[s]["carm"]["mean"] > acc[s]["er"]["mean"] + 2 * acc[s]["er"]["std"] for s in acc),
         "carm_close_to_large_em_er": all(abs(acc[s]["carm"]["mean"] - acc[s]["er_em_as_large_as_flash"]["mean"]) <= 0.05
                                          for s in acc),
-        "carm_overhead_ok": res["overhead"]["ratio_vs_er"]["carm"]["median"] >= 0.95,
+        # both measurements: the interleaved blocks and the whole runs of every stream
+        "carm_overhead_ok": res["overhead"]["ratio_vs_er"]["carm"]["median"] >= 0.95 and all(
+            a["whole_run_samples_per_s"]["carm"] >= 0.95 * a["whole_run_samples_per_s"]["er"] for a in acc.values()),
         # process memory must not grow with flash: the 20x-1x difference of anonymous RSS stays
         # within two standard deviations of run-to-run noise (or 1%)
         "anon_rss_flat": res["memory"]["anon_delta_mb"] <= max(
@@ -201,6 +203,14 @@ def render(r: dict) -> str:
     lines.append("Whole runs of the accuracy table (ingest and evaluation excluded), samples/s er → carm: " +
                  "; ".join(f"{s} {v['er']:.0f} → {v['carm']:.0f} ({v['carm'] / v['er']:.3f}×)"
                            for s, v in w.items()) + ".")
+    slow = [s for s, v in w.items() if v["carm"] / v["er"] < 0.95]
+    if slow:
+        lines.append(f"\n**Where we lose:** whole runs on {', '.join(slow)} stay under 0.95×. The swap worker is a "
+                     "third runnable thread beside torch's two intra-op threads on this 2-core machine; with steps "
+                     "of a few milliseconds (8×8 digits) each wake-up stalls an OpenMP barrier, so the step itself "
+                     "slows (measured: the replay step inside carm takes ~2× er's, while the swap bookkeeping on the "
+                     "training thread is ~0.04 ms). The interleaved measurement above, on 16×16 steps, does not "
+                     "show it at that size. Not solved yet: a swap process instead of a thread, or pinning.")
     m = r["memory"]
     lines += ["", f"Memory (carm, RAM EM {m['ram_em_samples']} samples of {m['sample']}, 1 epoch, "
                   f"a fresh process per run, mean ± std over {len(m['flash_1x']['peak_rss_mb']['runs'])} seeds):", "",
