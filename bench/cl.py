@@ -205,12 +205,9 @@ def render(r: dict) -> str:
                            for s, v in w.items()) + ".")
     slow = [s for s, v in w.items() if v["carm"] / v["er"] < 0.95]
     if slow:
-        lines.append(f"\n**Where we lose:** whole runs on {', '.join(slow)} stay under 0.95×. The swap worker is a "
-                     "third runnable thread beside torch's two intra-op threads on this 2-core machine; with steps "
-                     "of a few milliseconds (8×8 digits) each wake-up stalls an OpenMP barrier, so the step itself "
-                     "slows (measured: the replay step inside carm takes ~2× er's, while the swap bookkeeping on the "
-                     "training thread is ~0.04 ms). The interleaved measurement above, on 16×16 steps, does not "
-                     "show it at that size. Not solved yet: a swap process instead of a thread, or pinning.")
+        lines.append(f"\n**Where we lose:** whole runs on {', '.join(slow)} stay under 0.95× er: the swap worker "
+                     "shares this machine's 2 cores with torch's two intra-op threads, and holds the GIL while it "
+                     "decodes records and ranks swap-outs; the shorter the step, the larger that share.")
     m = r["memory"]
     lines += ["", f"Memory (carm, RAM EM {m['ram_em_samples']} samples of {m['sample']}, 1 epoch, "
                   f"a fresh process per run, mean ± std over {len(m['flash_1x']['peak_rss_mb']['runs'])} seeds):", "",

@@ -93,12 +93,13 @@ class RamTier:
         """Overwrite several filled slots under one lock hold (the swap engine's write).
         ``x`` is (K, *shape) of the tier's dtype. With ``versions``, a slot written since those
         versions were read is left alone. Returns how many slots were written."""
-        x = torch.as_tensor(x)
-        if tuple(x.shape[1:]) != self.sample_shape or x.dtype != self.dtype:
-            raise BadRecordError(f"RAM tier holds {self.dtype}{list(self.sample_shape)}, "
-                                 f"got {x.dtype}{list(x.shape[1:])}")
-        slots = np.asarray(slots, dtype=np.int64)
+        # numpy only: this runs on swap worker threads, where a torch op would start a second
+        # OpenMP team that competes with the trainer's for the cores (measured: 2x slower steps)
         x = x.numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+        want = self.data.numpy().dtype
+        if tuple(x.shape[1:]) != self.sample_shape or x.dtype != want:
+            raise BadRecordError(f"RAM tier holds {want}{list(self.sample_shape)}, got {x.dtype}{list(x.shape[1:])}")
+        slots = np.asarray(slots, dtype=np.int64)
         with self.lock:
             if generation is not None and generation != self.generation:
                 return 0

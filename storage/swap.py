@@ -1,5 +1,8 @@
 """Swap engine: CarM's asynchronous RAM<->flash carousel.
 
+Workers touch only numpy and LMDB, never torch: a torch op on a second thread starts a second
+OpenMP team that fights the trainer's threads for the cores (measured on 2 cores: steps 2x slower).
+
 ``request_swap(slots, classes)`` queues work and returns at once; a small pool of threads reads
 random stored samples of the requested classes from the flash tier (LMDB releases the GIL while
 it reads) and writes them into those RAM slots through the RAM tier's lock. A full queue drops
@@ -14,7 +17,6 @@ import time
 from typing import Optional, Sequence
 
 import numpy as np
-import torch
 
 from .flash import FlashTier
 from .ram import RamTier
@@ -168,7 +170,7 @@ class SwapEngine:
             ok = b["found"]  # an id evicted between index lookup and read is simply skipped
             nbytes = int(b["x"][ok].nbytes)
             sl = np.asarray(picks_slot, dtype=np.int64)[ok]
-            done = self.ram.replace_many(sl, torch.from_numpy(b["x"][ok]), b["labels"][ok], b["ids"][ok],
+            done = self.ram.replace_many(sl, b["x"][ok], b["labels"][ok], b["ids"][ok],
                                          b["tasks"][ok], None if b["aux"] is None else b["aux"][ok],
                                          generation=generation,
                                          versions=None if versions is None else np.asarray(picks_ver)[ok])
