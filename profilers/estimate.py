@@ -40,7 +40,3 @@ class EstimateMeter(Meter):
     def provenance(self) -> dict:
         return {"cpu": f"estimated: process CPU-seconds x {self.watts_per_core:g} W/core (CodeCarbon fallback model)",
                 "dram": f"estimated: process RSS x {self.dram_watts_per_gb:.3f} W/GB (3 W per 8 GB)"}
-
-    def system_load(self) -> float:
-        """Whole-machine CPU utilisation (0..1), recorded beside estimates as context."""
-        return psutil.cpu_percent(interval=None) / 100.0

@@ -622,29 +622,6 @@ class FlashTier(Tier):
         out.extend(spare[: k - len(out)])
         return np.asarray(out, dtype=np.int64)
 
-    def iter_samples(self, ns: str, batch: int = 256):
-        """Yield lists of records in id order (checkpoint-free replays, the `joint` baseline)."""
-        data_db = self._db(f"{ns}.data", create=False)
-        after = b""
-        while True:
-            def page(txn, after=after):
-                out, cur = [], txn.cursor(db=data_db)
-                if not cur.set_range(after):
-                    return out
-                for k, v in cur:
-                    if bytes(k) == after:
-                        continue
-                    out.append((bytes(k), decode_record(v, key=f"{ns}/{int.from_bytes(k, 'big')}")))
-                    if len(out) >= batch:
-                        break
-                return out
-
-            recs = self._read(page)
-            if not recs:
-                return
-            after = recs[-1][0]
-            yield [r for _, r in recs]
-
     def stats(self, ns: Optional[str] = None) -> dict:
         info = self.env.info()
         out = {"path": self.path, "map_size": info["map_size"], "schema_version": SCHEMA_VERSION,
