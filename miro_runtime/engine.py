@@ -72,7 +72,6 @@ class Experiment:
     def _ingest(self, t: int, chunk: int):
         """Store task t in the flash tier, skipping batches a previous (killed) run acknowledged.
         Yields (batch index, x, y, ids) for batches as they become durable."""
-        x_all, _ = self.stream.train[t]
         pos = self.flash.get_meta("ingest_pos")
         done_t, done_b = (int(v) for v in pos.split(":")) if pos else (-1, 0)
         first = self.flash.get_meta(f"task{t}_first_id")

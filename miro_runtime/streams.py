@@ -69,12 +69,11 @@ class Stream:
             else:
                 self.test[t] = pair
 
-    def batches(self, t: int, batch_size: int, start: int = 0) -> Iterator[tuple]:
-        """The task's samples in arrival order, from batch index ``start``: (batch_index, x, y)."""
+    def batches(self, t: int, batch_size: int) -> Iterator[tuple]:
+        """The task's samples in arrival order: (batch_index, x, y)."""
         x, y = self.train[t]
         for b, i in enumerate(range(0, len(y), batch_size)):
-            if b >= start:
-                yield b, x[i:i + batch_size], y[i:i + batch_size]
+            yield b, x[i:i + batch_size], y[i:i + batch_size]
 
     def classes_upto(self, t: int) -> list:
         return [c for task in self.tasks[: t + 1] for c in task.classes]

@@ -80,7 +80,8 @@ class Strategy:
 
     def stats(self) -> dict:
         return {"memory": None if self.memory is None else {"size": len(self.memory),
-                                                            "capacity": self.memory.capacity}}
+                                                            "capacity": self.memory.capacity},
+                "skipped_steps": self.skipped_steps}
 
     # ---------------------------------------------------------------- checkpoints
     def state_dict(self) -> dict:
