@@ -229,8 +229,17 @@ def test_estimate_meter_for_real_and_short_windows_are_flagged():
     assert w.components["cpu"] == pytest.approx(4.0 * 0.3, rel=0.25)
     assert w.joules > w.components["cpu"] and not w.measured
     assert all(p.startswith("estimated") for p in w.provenance.values()) and "4 W/core" in w.summary()
-    m.begin_window("blink")
-    short = m.end_window("blink")
+    # this process is metered on the ns CPU clock: a 5 ms busy window resolves
+    m.begin_window("short")
+    t0 = time.process_time()
+    while time.process_time() - t0 < 0.005:
+        x += 1
+    w = m.end_window("short")
+    assert not w.warnings and w.components["cpu"] == pytest.approx(4.0 * 0.005, rel=0.5)
+    # another process (here: ourselves by pid) is read in 10 ms /proc ticks: a blink is unresolved
+    ticks = EstimateMeter(pid=os.getpid())
+    ticks.begin_window("blink")
+    short = ticks.end_window("blink")
     assert short.warnings and "shorter than" in short.warnings[0]
     assert short.components["cpu"] is None and short.joules is None  # never a silent 0 J
     with pytest.raises(ValueError, match="never begun"):
