@@ -87,24 +87,29 @@ def encode_record(array: np.ndarray, label: int, task: int, sample_id: int,
     return head[:_CRC_OFFSET] + struct.pack("<I", crc) + payload + aux_bytes
 
 
+def _name(key) -> str:
+    """How an error names a record: a (namespace, id) pair is only formatted when it is needed."""
+    return repr(f"{key[0]}/{key[1]}" if isinstance(key, tuple) else key)
+
+
 def _verify(view, key):
     """Check header and crc; return the unpacked header fields."""
     if len(view) < HEADER_SIZE:
-        raise CorruptRecordError(f"record {key!r}: {len(view)} bytes, shorter than the {HEADER_SIZE}-byte header")
+        raise CorruptRecordError(f"record {_name(key)}: {len(view)} bytes, shorter than the {HEADER_SIZE}-byte header")
     (magic, version, code, ndim, _flags, s0, s1, s2, s3, label, task, sample_id, ts,
      n_aux, n_payload, crc) = _HEADER.unpack_from(view, 0)
     if magic != MAGIC:
-        raise CorruptRecordError(f"record {key!r}: bad magic {bytes(magic)!r}")
+        raise CorruptRecordError(f"record {_name(key)}: bad magic {bytes(magic)!r}")
     if version > VERSION:
-        raise CorruptRecordError(f"record {key!r}: record version {version} is newer than {VERSION}")
+        raise CorruptRecordError(f"record {_name(key)}: record version {version} is newer than {VERSION}")
     if code not in _DTYPES or ndim > MAX_NDIM:
-        raise CorruptRecordError(f"record {key!r}: unknown dtype code {code} or ndim {ndim}")
+        raise CorruptRecordError(f"record {_name(key)}: unknown dtype code {code} or ndim {ndim}")
     end = HEADER_SIZE + n_payload + 4 * n_aux
     if len(view) != end:
-        raise CorruptRecordError(f"record {key!r}: length {len(view)} != {end} declared by its header")
+        raise CorruptRecordError(f"record {_name(key)}: length {len(view)} != {end} declared by its header")
     got = zlib.crc32(view[HEADER_SIZE:end], zlib.crc32(view[:_CRC_OFFSET]))
     if got != crc:
-        raise CorruptRecordError(f"record {key!r}: crc32 mismatch (stored {crc:#010x}, computed {got:#010x})")
+        raise CorruptRecordError(f"record {_name(key)}: crc32 mismatch (stored {crc:#010x}, computed {got:#010x})")
     return code, ndim, (s0, s1, s2, s3), label, task, sample_id, ts, n_aux, n_payload
 
 
@@ -115,7 +120,7 @@ def decode_record(buf, key=None) -> Record:
     dtype = _DTYPES[code]
     shape = (s0, s1, s2, s3)[:ndim]
     if int(np.prod(shape, dtype=np.int64)) * dtype.itemsize != n_payload:
-        raise CorruptRecordError(f"record {key!r}: shape {shape} does not match {n_payload} payload bytes")
+        raise CorruptRecordError(f"record {_name(key)}: shape {shape} does not match {n_payload} payload bytes")
     arr = np.frombuffer(view, dtype=dtype, count=n_payload // dtype.itemsize, offset=HEADER_SIZE).reshape(shape)
     aux = None
     if n_aux:
@@ -130,7 +135,7 @@ def decode_into(buf, out: memoryview, key=None):
     view = memoryview(buf)
     code, ndim, shape, label, task, sample_id, ts, n_aux, n_payload = _verify(view, key)
     if n_payload != len(out):
-        raise CorruptRecordError(f"record {key!r}: {n_payload} payload bytes, expected {len(out)}")
+        raise CorruptRecordError(f"record {_name(key)}: {n_payload} payload bytes, expected {len(out)}")
     out[:] = view[HEADER_SIZE:HEADER_SIZE + n_payload]
     aux = np.frombuffer(view, np.float32, n_aux, HEADER_SIZE + n_payload) if n_aux else None
     return label, task, sample_id, aux

@@ -82,24 +82,68 @@ class PutResult:
     evicted: int = 0  # older samples removed to make room
 
 
-class _ClassIndex:
+class ClassIndex:
     """Per-class arrays of stored sample ids, so class-balanced sampling never scans LMDB."""
 
     def __init__(self, num_classes: int):
         self.ids = [np.empty(0, dtype=np.int64) for _ in range(num_classes)]
+        self._flat = None  # (all ids, class offsets, class sizes), rebuilt after a change
+
+    @classmethod
+    def from_pools(cls, pools: dict) -> "ClassIndex":
+        """An index over given {class: ids} (a subset of what is stored: a smaller tier, emulated)."""
+        idx = cls(max(pools, default=-1) + 1)
+        for c, ids in pools.items():
+            idx.ids[int(c)] = np.asarray(ids, dtype=np.int64)
+        return idx
 
     def grow(self, num_classes: int):
         while len(self.ids) < num_classes:
             self.ids.append(np.empty(0, dtype=np.int64))
+        self._flat = None
 
     def counts(self) -> np.ndarray:
         return np.array([a.size for a in self.ids], dtype=np.int64)
 
     def add(self, cls: int, ids: np.ndarray):
         self.ids[cls] = np.concatenate([self.ids[cls], ids])
+        self._flat = None
 
     def remove(self, cls: int, ids: np.ndarray):
         self.ids[cls] = self.ids[cls][~np.isin(self.ids[cls], ids)]
+        self._flat = None
+
+    def draw(self, classes: np.ndarray, rng: np.random.Generator, exclude: np.ndarray, tries: int = 3) -> np.ndarray:
+        """One random stored id per entry of ``classes`` (-1 where the class has none), avoiding
+        ``exclude`` (the ids already in RAM) and repeats within the call when the class has enough
+        others. Vectorised: this is the swap worker's per-step draw, and its CPU time is taken from
+        the trainer's cores."""
+        if self._flat is None:
+            sizes = self.counts()
+            self._flat = (np.concatenate(self.ids) if self.ids else np.empty(0, dtype=np.int64),
+                          np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64), sizes)
+        flat, offsets, sizes = self._flat
+        n = classes.size
+        known = classes < sizes.size
+        size = np.where(known, sizes[np.where(known, classes, 0)], 0)  # (n,)
+        off = offsets[np.where(known, classes, 0)] if sizes.size else np.zeros(n, dtype=np.int64)
+        if flat.size:
+            at = off[:, None] + (rng.random((n, tries)) * size[:, None]).astype(np.int64)  # (n, tries)
+            cand = flat[np.minimum(at, flat.size - 1)]  # an empty class's rows are masked below
+        else:
+            cand = np.full((n, tries), -1, dtype=np.int64)
+        # a quota is tens of rows: a set walk beats numpy's set operations at this size
+        ex, seen = set(exclude.tolist()), set()
+        pick = np.full(n, -1, dtype=np.int64)
+        for i, (row, ok) in enumerate(zip(cand.tolist(), (size > 0).tolist())):
+            if not ok:
+                continue
+            fresh = [c for c in row if c not in seen]
+            best = next((c for c in fresh if c not in ex), fresh[0] if fresh else -1)
+            if best >= 0:  # nothing fresh drawn: this slot keeps its sample
+                pick[i] = best
+                seen.add(best)
+        return pick
 
 
 class _RWLock:
@@ -166,7 +210,7 @@ class FlashTier(Tier):
         self._rng = np.random.default_rng(seed)
         self._dbs: dict = {}
         self._specs: dict[str, SampleSpec] = {}
-        self._index: dict[str, _ClassIndex] = {}
+        self._index: dict[str, ClassIndex] = {}
         self._index_lock = threading.Lock()
         self._id_lock = threading.Lock()
         self._next_id: dict[str, int] = {}
@@ -304,7 +348,7 @@ class FlashTier(Tier):
             return by_class, int(self._meta_get(txn, f"ns/{ns}/next_id") or 0), last or b""
 
         by_class, next_id, last = self._read(scan)
-        idx = _ClassIndex(spec.num_classes)
+        idx = ClassIndex(spec.num_classes)
         for c, ids in by_class.items():
             idx.grow(c + 1)
             idx.add(c, np.asarray(ids, dtype=np.int64))
@@ -348,7 +392,7 @@ class FlashTier(Tier):
             def after():
                 self._specs[ns] = spec
                 with self._index_lock:
-                    self._index.setdefault(ns, _ClassIndex(spec.num_classes)).grow(spec.num_classes)
+                    self._index.setdefault(ns, ClassIndex(spec.num_classes)).grow(spec.num_classes)
                 self._next_id.setdefault(ns, 0)
                 self._last_key.setdefault(ns, b"")
             return None, after
@@ -578,11 +622,11 @@ class FlashTier(Tier):
 
         def read(txn):
             get = txn.get
-            for i, sid in enumerate(ids):
-                buf = get(int(sid).to_bytes(8, "big"), db=data_db)
+            for i, sid in enumerate(np.asarray(ids, dtype=np.int64).tolist()):
+                buf = get(sid.to_bytes(8, "big"), db=data_db)
                 if buf is None:
                     continue
-                lab, task, _, a = decode_into(buf, mv[i * row:(i + 1) * row], key=f"{ns}/{int(sid)}")
+                lab, task, _, a = decode_into(buf, mv[i * row:(i + 1) * row], key=(ns, sid))
                 labels[i], tasks[i], found[i] = lab, task, True
                 if aux is not None and a is not None:
                     aux[i] = a
@@ -601,26 +645,13 @@ class FlashTier(Tier):
             idx = self._index[ns]
             return idx.ids[cls].copy() if cls < len(idx.ids) else np.empty(0, dtype=np.int64)
 
-    def random_ids(self, ns: str, cls: int, k: int, rng: np.random.Generator,
-                   exclude=()) -> np.ndarray:
-        """Up to ``k`` distinct random stored ids of class ``cls``, avoiding ids in ``exclude``
-        (a set: the samples already in RAM) when the class has enough others."""
+    def draw_ids(self, ns: str, classes: np.ndarray, rng: np.random.Generator, exclude: np.ndarray) -> np.ndarray:
+        """One random stored id per entry of ``classes`` (see ``ClassIndex.draw``): the swap path."""
         with self._index_lock:
             idx = self._index.get(ns)
-            pool = idx.ids[cls] if idx is not None and cls < len(idx.ids) else None
-            if pool is None or pool.size == 0 or k <= 0:
-                return np.empty(0, dtype=np.int64)
-            draws = pool[rng.integers(0, pool.size, 3 * k + 8)].tolist()
-        out, seen, spare = [], set(), []
-        for sid in draws:  # k is a swap quota (tens): plain Python beats numpy set ops here
-            if sid in seen:
-                continue
-            seen.add(sid)
-            (spare if sid in exclude else out).append(sid)
-            if len(out) == k:
-                break
-        out.extend(spare[: k - len(out)])
-        return np.asarray(out, dtype=np.int64)
+            if idx is None:
+                return np.full(classes.size, -1, dtype=np.int64)
+            return idx.draw(classes, rng, exclude)
 
     def stats(self, ns: Optional[str] = None) -> dict:
         info = self.env.info()

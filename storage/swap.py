@@ -18,7 +18,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from .flash import FlashTier
+from .flash import ClassIndex, FlashTier
 from .ram import RamTier
 
 
@@ -42,6 +42,14 @@ class SwapEngine:
                          for i in range(workers)]
         for t in self._threads:
             t.start()
+
+    @property
+    def pool(self) -> Optional[ClassIndex]:
+        return self._pool
+
+    @pool.setter
+    def pool(self, pools: Optional[dict]):
+        self._pool = None if pools is None else ClassIndex.from_pools(pools)
 
     # -------------------------------------------------------------- caller side (never blocks)
     def request_swap(self, slots: Sequence[int], classes: Sequence[int], versions=None) -> bool:
@@ -149,32 +157,28 @@ class SwapEngine:
 
     def _do(self, job) -> int:
         slots, classes, generation, t0, versions = job
-        in_ram = set(self.ram.ids_snapshot().tolist())
-        picks_slot, picks_id, picks_ver = [], [], []
+        in_ram = self.ram.ids_snapshot()
         with self._rng_lock:
-            for c in np.unique(classes):
-                want = slots[classes == c]
-                if self.pool is not None:  # a restricted pool (a smaller flash tier, emulated)
-                    cand = self.pool.get(int(c), np.empty(0, dtype=np.int64))
-                    ids = cand[self._rng.permutation(cand.size)[: want.size]] if cand.size else cand
-                else:
-                    ids = self.flash.random_ids(self.namespace, int(c), want.size, self._rng, exclude=in_ram)
-                picks_slot.extend(want[: ids.size].tolist())
-                picks_id.extend(ids.tolist())
-                if versions is not None:
-                    picks_ver.extend(np.asarray(versions)[classes == c][: ids.size].tolist())
-        dropped = slots.size - len(picks_id)
-        done, nbytes = 0, 0
-        if picks_id:
-            b = self.flash.read_batch(self.namespace, picks_id)
-            ok = b["found"]  # an id evicted between index lookup and read is simply skipped
-            nbytes = int(b["x"][ok].nbytes)
-            sl = np.asarray(picks_slot, dtype=np.int64)[ok]
-            done = self.ram.replace_many(sl, b["x"][ok], b["labels"][ok], b["ids"][ok],
-                                         b["tasks"][ok], None if b["aux"] is None else b["aux"][ok],
-                                         generation=generation,
-                                         versions=None if versions is None else np.asarray(picks_ver)[ok])
-            dropped += len(picks_id) - done
+            if self._pool is not None:  # a restricted pool (a smaller flash tier, emulated)
+                ids = self._pool.draw(classes, self._rng, in_ram)
+            else:
+                ids = self.flash.draw_ids(self.namespace, classes, self._rng, in_ram)
+        versions = None if versions is None else np.asarray(versions)
+        found = ids >= 0
+        if not found.all():
+            slots, ids = slots[found], ids[found]
+            versions = None if versions is None else versions[found]
+        dropped, done, nbytes = int(found.size - ids.size), 0, 0
+        if ids.size:
+            b = self.flash.read_batch(self.namespace, ids)
+            x, labels, tasks, aux, ok = b["x"], b["labels"], b["tasks"], b["aux"], b["found"]
+            if not ok.all():  # an id evicted between the draw and the read is simply skipped
+                slots, ids, x, labels, tasks = slots[ok], ids[ok], x[ok], labels[ok], tasks[ok]
+                aux = None if aux is None else aux[ok]
+                versions = None if versions is None else versions[ok]
+            nbytes = int(x.nbytes)
+            done = self.ram.replace_many(slots, x, labels, ids, tasks, aux, generation=generation, versions=versions)
+            dropped += int(found.sum()) - done
         with self._cond:
             self.counters["completed"] += done
             self.counters["dropped"] += dropped

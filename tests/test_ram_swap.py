@@ -147,3 +147,23 @@ def test_swap_skips_a_slot_rewritten_after_the_request(flash):
     assert g["ids"][0] == 7 and int(g["y"][0]) == 1  # untouched by the stale swap
     assert int(g["y"][1]) == 5 and eng.stats()["completed"] == 1 and eng.stats()["dropped"] == 1
     eng.close()
+
+
+def test_class_index_draw_is_per_class_distinct_and_avoids_ram():
+    from miro_runtime.storage.flash import ClassIndex
+    idx = ClassIndex.from_pools({0: np.arange(0, 50), 1: np.arange(100, 103), 3: np.arange(300, 400)})
+    rng = np.random.default_rng(0)
+    classes = np.array([0, 0, 0, 1, 1, 2, 3, 3, 9])  # class 2 has nothing stored, class 9 is unknown
+    in_ram_picks = filled = 0
+    for _ in range(300):
+        in_ram = rng.choice(np.arange(0, 50), 10, replace=False)
+        ids = idx.draw(classes, rng, np.concatenate([in_ram, [100, 101]]))
+        assert ids[5] == -1 and ids[8] == -1
+        got = ids[ids >= 0]
+        assert np.unique(got).size == got.size  # never the same sample into two slots
+        for c, i in zip(classes, ids):
+            assert i == -1 or i in idx.ids[c]
+        in_ram_picks += int(np.isin(ids[:3], in_ram).sum())
+        filled += int((ids[[0, 1, 2, 6, 7]] >= 0).sum())
+    assert in_ram_picks / 900 < 0.03  # class 0 has 40 samples not in RAM: those are drawn
+    assert filled == 300 * 5  # classes with plenty stored fill every slot
