@@ -4,13 +4,17 @@ online on a small subsample and adopt the most cost-effective one (accuracy per 
 Knobs: RAM episodic memory size, flash budget, swap ratio, epochs per task. A candidate is profiled
 by training a copy of the current model on ``profile_fraction`` of the new task (plus replay from a
 copy of the memory resized to the candidate's size, swapping from a flash pool cut to the
-candidate's budget) for the candidate's epochs, metered by the energy meter; its accuracy is taken
-on a held-out slice of the new task plus stored samples of the past classes. Its full-task energy is
-predicted as profiled joules / profile_fraction. Selection (default, as in Miro): among candidates
-in the top half by accuracy, the best accuracy per joule. Profiling energy is capped (default 10% of
-the previous task's energy) and always counted. Arms to profile are chosen by a Gaussian Thompson-
-sampling bandit over a sliding window, so not every task re-profiles everything (a grid when it fits).
-Every decision goes to the event log.
+candidate's budget) for the candidate's epochs; its accuracy is taken on a held-out slice of the new
+task plus stored samples of the past classes, and its task energy is predicted from the metered
+training window (joules per trained sample x epochs x task size). Selection (default, as in Miro):
+among candidates in the top half by accuracy, the best accuracy per joule; ties a short profile
+cannot resolve go to the larger memory. Profiling energy -- the whole round, validation reads and
+set-up included -- is capped (default 10% of the previous task's energy) and always counted; arms
+go cheapest first, under rule acc-per-joule an arm that could not win even at 100% accuracy is not
+profiled, and a round that
+could only re-measure the incumbent is skipped. Arms are ordered by a Gaussian Thompson-sampling
+bandit over a sliding window, so not every task re-profiles everything (a grid when it fits).
+Every decision, with what was not profiled and why, goes to the event log.
 """
 
 from __future__ import annotations
@@ -48,9 +52,27 @@ def default_grid(cfg) -> list:
 
 
 def select(cands: list, rule: str = "top-half-acc-per-joule", eta: float = 0.5) -> dict:
-    """cands: [{"knobs", "acc", "joules", "seconds"}] (joules = predicted full-task energy)."""
+    """cands: [{"knobs", "acc", "joules", "seconds", optional "n_val"}] (joules = predicted task energy).
+
+    The rule picks a winner; then ties the profile cannot resolve go to the larger memory
+    hierarchy: among arms with the winner's epochs, at most 1.5x its predicted energy, whose accuracy
+    lies within one binomial standard error (on ``n_val`` held-out samples) of the winner's, the one
+    with the most RAM and flash (not under ``lowest-energy``, which asks for the cheapest). A
+    short profile cannot show what a bigger episodic memory buys over a whole task (less forgetting),
+    while the cheaper step of a smaller one always shows."""
     if not cands:
         raise ValueError("no profiled candidate to choose from")
+    w = _rule_winner(cands, rule, eta)
+    n_val = w.get("n_val")
+    if not n_val or rule == "lowest-energy":
+        return w
+    se = max(math.sqrt(w["acc"] * (1 - w["acc"]) / n_val), 1.0 / n_val)
+    tied = [c for c in cands if c["knobs"].epochs == w["knobs"].epochs and c["acc"] >= w["acc"] - se
+            and c["joules"] <= 1.5 * w["joules"]]
+    return max(tied, key=lambda c: (c["knobs"].memory, c["knobs"].flash_budget or 0, c is w))
+
+
+def _rule_winner(cands: list, rule: str, eta: float) -> dict:
     if rule == "lowest-energy":
         return min(cands, key=lambda c: c["joules"])
     if rule == "acc-per-joule":  # the objective itself, with no accuracy floor
@@ -120,23 +142,27 @@ class MiroController:
         self.current = Knobs(cfg.memory, cfg.flash_budget, cfg.swap_ratio, cfg.epochs)
         self.decisions: list = []
         self.prev_task_j: Optional[float] = None
-        self.j_per_epoch_unit: Optional[float] = None  # profiling joules per (epoch x sample)
-        self._profiling_j = 0.0
+        self.j_per_sample: Optional[float] = None  # profiled training joules per trained sample
+        self._unit_j, self._unit_n = 0.0, 0
+        self.overhead_j = 0.0  # last profile's joules outside its training window (copy, set-up, eval)
+        self._profiling_j, self._task_n, self._n_val = 0.0, 1, 0
 
     # ------------------------------------------------------------------ engine hooks
     def task_begin(self, exp, t: int):
+        # the whole round is metered (validation reads, copies, profiles): all of it is profiling
         self._profiling_j = 0.0
-        cands = self._profile_round(exp, t)
-        if cands:
-            best = select(cands, self.rule, self.eta)
-            winner = best["knobs"]
-        else:
-            best, winner = None, self.current
+        exp.meter.begin_window("miro-round")
+        cands, skipped = self._profile_round(exp, t)
+        round_m = exp.meter.end_window("miro-round")
+        if cands and round_m.joules is not None:
+            self._profiling_j = max(self._profiling_j, round_m.joules)
+        winner = select(cands, self.rule, self.eta)["knobs"] if cands else self.current
         self._apply(exp, winner)
         d = {"task": t, "rule": self.rule, "search": self.search, "winner": winner.key(),
              "candidates": [{"knobs": c["knobs"].key(), "acc": c["acc"], "predicted_task_j": c["joules"],
-                             "profile_j": c["profile_j"]} for c in cands],
-             "profiling_energy_j": self._profiling_j,
+                             "profile_j": c["profile_j"], "from_window": c.get("from_window", False)}
+                            for c in cands],
+             "not_profiled": skipped, "profiling_energy_j": self._profiling_j,
              "budget_j": self._budget(), "provenance": exp.meter.provenance()}
         self.decisions.append(d)
         exp.log.event("miro_decision", **d)
@@ -148,12 +174,14 @@ class MiroController:
 
     def state(self) -> dict:
         return {"current": asdict(self.current), "decisions": self.decisions, "prev_task_j": self.prev_task_j,
-                "j_per_epoch_unit": self.j_per_epoch_unit, "bandit": self.bandit.state(),
+                "unit": [self._unit_j, self._unit_n], "overhead_j": self.overhead_j, "bandit": self.bandit.state(),
                 "history": {k: v for k, v in self.history.items()}}
 
     def load_state(self, exp, st: dict):
         self.decisions, self.prev_task_j = st["decisions"], st["prev_task_j"]
-        self.j_per_epoch_unit = st["j_per_epoch_unit"]
+        self._unit_j, self._unit_n = st["unit"]
+        self.j_per_sample = self._unit_j / self._unit_n if self._unit_n else None
+        self.overhead_j = st["overhead_j"]
         self.bandit.load_state(st["bandit"])
         self.history = {k: [tuple(x) for x in st["history"].get(k, [])] for k in self.by_key}
         self._apply(exp, Knobs(**st["current"]), log=False)
@@ -166,36 +194,75 @@ class MiroController:
     def _budget(self) -> Optional[float]:
         return None if self.prev_task_j is None else self.budget_frac * self.prev_task_j
 
-    def _profile_round(self, exp, t: int) -> list:
+    def _predicted_j(self, kn: Knobs, samples: int) -> Optional[float]:
+        """Training joules for ``samples`` passes at these knobs: the arm's own last profile when it
+        has one, else the run's mean joules per trained sample (None before the first profile)."""
+        hist = self.history.get(kn.key())
+        if hist:
+            return hist[-1][1] * samples / self._task_n
+        if self.j_per_sample is None:
+            return None
+        return self.j_per_sample * kn.epochs * samples
+
+    def _profile_round(self, exp, t: int) -> tuple:
+        """-> (candidates to choose from, arms not profiled with why)."""
         stream = exp.stream
         x, y = stream.train[t]
-        n = len(y)
+        n = self._task_n = len(y)
         rng = np.random.default_rng([exp.cfg.seed, t, 7])
         perm = rng.permutation(n)
         k = min(n // 2, max(self.profile_min, int(round(self.fraction * n))))
-        sub, held = perm[:k], perm[k:k + max(20, k // 2)]
-        frac = k / n
-        val = self._validation(exp, t, x[held], y[held], rng)
+        sub, held = perm[:k], perm[k:k + max(20, k)]
         if t == 0:  # no replay yet: memory, flash and swaps do not act; only epochs matter
-            arms = sorted({kn.epochs for kn in self.grid})
-            order = [Knobs(self.current.memory, self.current.flash_budget, self.current.swap_ratio, e) for e in arms]
+            arms = [Knobs(self.current.memory, self.current.flash_budget, self.current.swap_ratio, e)
+                    for e in sorted({kn.epochs for kn in self.grid})]
         elif self.search == "grid":
-            order = list(self.grid)
+            arms = list(self.grid)
         else:
-            order = [self.by_key[a] for a in self.bandit.order()]
-        # the cap: 10% of the previous task's energy; at task 0, 10% of the default's predicted energy
-        cands = []
+            arms = [self.by_key[a] for a in self.bandit.order()]
+        # arms never profiled go cheapest first: the cheap ones calibrate the cost of the rest. After
+        # task 0 an incumbent with no measurement goes first of all: a switch is only taken against a
+        # measurement of what runs now, never because the one arm the cap allowed happened to be
+        # another; once measured, the incumbent competes through its window like every arm.
+        fresh = sorted((kn for kn in arms if not self.history.get(kn.key())), key=lambda kn: kn.epochs)
+        order = fresh + [kn for kn in arms if self.history.get(kn.key())]
+        unmeasured_incumbent = t > 0 and self.current in fresh
+        if unmeasured_incumbent:
+            order.remove(self.current)
+            order.insert(0, self.current)
+        cands, skipped = [], []
+        best_score = None
+        unit = self.j_per_sample
+
+        def cost(kn):  # a profile's predicted joules
+            return unit * kn.epochs * k + self.overhead_j
+
+        def budget():  # at task 0: 10% of the current setting's predicted task energy
+            b = self._budget()
+            return b if b is not None else self.budget_frac * unit * self.current.epochs * n
+
+        if unmeasured_incumbent and unit is not None and len(order) > 1 and \
+                cost(order[0]) + min(cost(kn) for kn in order[1:]) > budget():
+            # one profile would only re-measure the incumbent, with nothing to compare it against
+            return [], [{"knobs": kn.key(), "why": "the cap fits fewer than two profiles"} for kn in order]
+        val = None
         for kn in order:
-            budget = self._budget()
-            if self.j_per_epoch_unit is not None:
-                predicted = self.j_per_epoch_unit * kn.epochs * k
-                if budget is None:
-                    budget = self.budget_frac * self.j_per_epoch_unit * self.current.epochs * n
-                if self._profiling_j + predicted > budget:
-                    continue  # over the cap: a cheaper arm may still fit
-            c = self._profile(exp, t, kn, x[sub], y[sub], val, frac)
+            if unit is not None:
+                if self._profiling_j + cost(kn) > budget():
+                    skipped.append({"knobs": kn.key(), "why": "over the profiling cap"})
+                    continue
+                if self.rule == "acc-per-joule" and best_score is not None and \
+                        1.0 / self._predicted_j(kn, n) <= best_score:
+                    # even at 100% accuracy this arm's accuracy per joule cannot beat the best so far
+                    skipped.append({"knobs": kn.key(), "why": "cannot win at 100% accuracy"})
+                    continue
+            if val is None:
+                val = self._validation(exp, t, x[held], y[held], rng)
+                self._n_val = len(val[1])
+            c = self._profile(exp, t, kn, x[sub], y[sub], val, k / n)
+            unit = self.j_per_sample
             cands.append(c)
-            self.j_per_epoch_unit = c["profile_j"] / (kn.epochs * k)
+            best_score = max(best_score or 0.0, c["acc"] / max(c["joules"], 1e-9))
             if t > 0:  # task 0 profiles have no replay: not comparable with later ones
                 self.history[kn.key()] = (self.history[kn.key()] + [(c["acc"], c["joules"], c["seconds"])])[
                     -self.bandit.window:]
@@ -207,17 +274,18 @@ class MiroController:
                 if key not in cands_now and hist:
                     a, j, s = (float(np.mean([h[i] for h in hist])) for i in range(3))
                     cands.append({"knobs": self.by_key[key], "acc": a, "joules": j, "seconds": s, "profile_j": 0.0,
-                                  "from_window": True})
-        return cands
+                                  "n_val": self._n_val * len(hist), "from_window": True})
+        return cands, skipped
 
     def _validation(self, exp, t, xh, yh, rng):
-        """Held-out slice of the new task + up to 10 stored samples per past class (from flash)."""
+        """Held-out slice of the new task + up to 5 stored samples per past class (from flash): its
+        forward pass is part of every profile's cost, so it stays about as large as two steps."""
         xs, ys = [xh], [yh]
         past = [c for c in exp.stream.classes_upto(t - 1)] if t > 0 else []
         ids = []
         for c in past:
             cid = exp.flash.class_ids("samples", c)
-            ids.extend(cid[rng.permutation(cid.size)[:10]].tolist())
+            ids.extend(cid[rng.permutation(cid.size)[:5]].tolist())
         if ids:
             b = exp.flash.read_batch("samples", ids)
             xs.append(b["x"])
@@ -225,6 +293,9 @@ class MiroController:
         return torch.from_numpy(np.concatenate(xs)), torch.from_numpy(np.concatenate(ys))
 
     def _profile(self, exp, t, kn: Knobs, xs, ys, val, frac) -> dict:
+        """Train a copy for the arm's epochs on the subsample. Everything (copy, set-up, training,
+        evaluation) is metered and counted as profiling; only the training window predicts the
+        task's energy, so set-up costs do not blur the difference between arms."""
         from .strategies import make_strategy
         live = exp.strategy
         cfg = copy.copy(exp.cfg)
@@ -240,20 +311,28 @@ class MiroController:
             trial.begin_task(t)
             X, Y = torch.from_numpy(xs), torch.from_numpy(ys)
             bs = cfg.batch_size
+            exp.meter.begin_window("miro-profile-train")
             for e in range(kn.epochs):
                 perm = torch.from_numpy(np.random.default_rng([cfg.seed, t, e, 13]).permutation(len(Y)))
                 for i in range(0, len(Y), bs):
                     idx = perm[i:i + bs]
                     trial.observe(X[idx], Y[idx])
-            m = exp.meter.end_window("miro-profile")
+            tm = exp.meter.end_window("miro-profile-train")
             trial.model.eval()
             with torch.no_grad():
                 acc = float((trial.model(val[0].to(exp.device)).argmax(1).cpu() == val[1]).float().mean())
         finally:
             trial.close()
-        joules = m.joules if m.joules is not None else 0.0
-        self._profiling_j += joules
-        return {"knobs": kn, "acc": acc, "joules": joules / frac, "seconds": m.seconds / frac, "profile_j": joules}
+            m = exp.meter.end_window("miro-profile")
+        profile_j = m.joules if m.joules is not None else 0.0
+        train_j = tm.joules if tm.joules is not None else profile_j
+        self._profiling_j += profile_j
+        self._unit_j += train_j
+        self._unit_n += kn.epochs * len(ys)
+        self.j_per_sample = self._unit_j / self._unit_n
+        self.overhead_j = max(0.0, profile_j - train_j)
+        return {"knobs": kn, "acc": acc, "joules": train_j / frac, "seconds": tm.seconds / frac, "profile_j": profile_j,
+                "n_val": self._n_val}
 
     @staticmethod
     def _copy_memory(src: EpisodicMemory, dst: EpisodicMemory, capacity: int):

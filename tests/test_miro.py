@@ -24,6 +24,17 @@ def test_selection_rules():
         select(cs, "cheapest")
 
 
+def test_ties_the_profile_cannot_resolve_go_to_the_larger_memory():
+    def c(mem, acc, joules, epochs=1):
+        return {"knobs": Knobs(mem, 100, 0.5, epochs), "acc": acc, "joules": joules, "seconds": 1.0, "n_val": 100}
+    cs = [c(10, 0.80, 0.8), c(20, 0.79, 1.0), c(40, 0.78, 1.0), c(80, 0.60, 1.0), c(160, 0.80, 5.0, epochs=5)]
+    # acc-per-joule alone picks mem 10 (the cheaper step); 0.78 lies within one standard error
+    # (0.04 on 100 samples) of 0.80, so the largest memory of the same epochs and similar cost wins
+    assert select(cs, "acc-per-joule")["knobs"].memory == 40
+    assert select(cs, "lowest-energy")["knobs"].memory == 10  # asks for the cheapest: no tie-break
+    assert select([{**x, "n_val": None} for x in cs], "acc-per-joule")["knobs"].memory == 10
+
+
 def test_bandit_explores_then_prefers_the_better_arm():
     b = ThompsonBandit(["a", "b", "c"], window=3, min_obs=2, seed=0)
     assert sorted(b.order()) == ["a", "b", "c"]
@@ -71,3 +82,19 @@ def test_miro_run_retunes_live_and_counts_its_energy(tmp_path):
 def test_without_miro_energy_is_still_reported(tmp_path):
     s = run(RunConfig(strategy="er", epochs=1, run_dir=str(tmp_path / "e"), checkpoint_every=0))
     assert s["energy_j"] > 0 and s["energy_provenance"] and "miro_decisions" not in s
+
+
+def test_acc_per_joule_skips_arms_that_cannot_win_and_rounds_too_small_to_compare(tmp_path):
+    s = run(RunConfig(strategy="carm", miro=True, miro_rule="acc-per-joule", epochs=5, run_dir=str(tmp_path / "a"),
+                      checkpoint_every=0))
+    d0 = s["miro_decisions"][0]
+    assert [c["knobs"] for c in d0["candidates"]] == ["mem=20,flash=2000,swap=0.5,epochs=1"]  # cheapest first
+    assert d0["not_profiled"] == [{"knobs": "mem=20,flash=2000,swap=0.5,epochs=5",
+                                   "why": "cannot win at 100% accuracy"}]  # 5x the joules of an arm at > 20%
+    assert all(d["profiling_energy_j"] <= d["budget_j"] * 1.5 for d in s["miro_decisions"][1:] if d["candidates"])
+    tiny = run(RunConfig(strategy="carm", miro=True, miro_rule="acc-per-joule", miro_budget=0.001, epochs=5,
+                         run_dir=str(tmp_path / "b"), checkpoint_every=0))
+    for d in tiny["miro_decisions"][1:]:  # one profile would only re-measure the incumbent: none is run
+        assert d["candidates"] == [] and d["profiling_energy_j"] == 0.0
+        assert {x["why"] for x in d["not_profiled"]} == {"the cap fits fewer than two profiles"}
+        assert d["winner"] == tiny["miro_decisions"][0]["winner"]
