@@ -97,6 +97,28 @@ def test_select_swap_out_hybrid_rule():
     assert only_wrong.tolist() == [1]  # among wrong ones, the highest entropy goes first
 
 
+def test_select_swap_out_on_random_batches_keeps_the_rule():
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        r, k = int(rng.integers(1, 40)), int(rng.integers(2, 12))
+        logits, labels = rng.normal(0, 3, (r, k)), rng.integers(0, k, r)
+        ratio = float(rng.choice([0.1, 0.25, 0.5, 1.0]))
+        pick = select_swap_out(logits, labels, ratio)
+        quota = int(round(ratio * r))
+        assert pick.size == quota and np.unique(pick).size == pick.size
+        p = np.exp(logits - logits.max(1, keepdims=True))
+        p /= p.sum(1, keepdims=True)
+        ent = -(p * np.log(p)).sum(1)
+        key = np.where(p.argmax(1) == labels, ent, 1e6 - ent)
+        for c in np.unique(labels):
+            members = np.nonzero(labels == c)[0]
+            chosen = np.intersect1d(pick, members)
+            share = quota * members.size / r
+            assert np.floor(share) <= chosen.size <= np.ceil(share)  # proportional, largest remainders
+            if chosen.size:  # the chosen ones are the class's first by the hybrid key
+                assert key[chosen].max() <= np.sort(key[members])[chosen.size - 1] + 1e-9
+
+
 def test_class_balanced_memory():
     mem = EpisodicMemory(12, (1, 2, 2), num_classes=6, seed=0)
     x = torch.zeros((1, 1, 2, 2), dtype=torch.uint8)
