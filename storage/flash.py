@@ -87,7 +87,6 @@ class ClassIndex:
 
     def __init__(self, num_classes: int):
         self.ids = [np.empty(0, dtype=np.int64) for _ in range(num_classes)]
-        self._flat = None  # (all ids, class offsets, class sizes), rebuilt after a change
 
     @classmethod
     def from_pools(cls, pools: dict) -> "ClassIndex":
@@ -100,50 +99,44 @@ class ClassIndex:
     def grow(self, num_classes: int):
         while len(self.ids) < num_classes:
             self.ids.append(np.empty(0, dtype=np.int64))
-        self._flat = None
 
     def counts(self) -> np.ndarray:
         return np.array([a.size for a in self.ids], dtype=np.int64)
 
     def add(self, cls: int, ids: np.ndarray):
         self.ids[cls] = np.concatenate([self.ids[cls], ids])
-        self._flat = None
 
     def remove(self, cls: int, ids: np.ndarray):
         self.ids[cls] = self.ids[cls][~np.isin(self.ids[cls], ids)]
-        self._flat = None
 
     def draw(self, classes: np.ndarray, rng: np.random.Generator, exclude: np.ndarray, tries: int = 3) -> np.ndarray:
         """One random stored id per entry of ``classes`` (-1 where the class has none), avoiding
         ``exclude`` (the ids already in RAM) and repeats within the call when the class has enough
-        others. Vectorised: this is the swap worker's per-step draw, and its CPU time is taken from
-        the trainer's cores."""
-        if self._flat is None:
-            sizes = self.counts()
-            self._flat = (np.concatenate(self.ids) if self.ids else np.empty(0, dtype=np.int64),
-                          np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64), sizes)
-        flat, offsets, sizes = self._flat
-        n = classes.size
-        known = classes < sizes.size
-        size = np.where(known, sizes[np.where(known, classes, 0)], 0)  # (n,)
-        off = offsets[np.where(known, classes, 0)] if sizes.size else np.zeros(n, dtype=np.int64)
-        if flat.size:
-            at = off[:, None] + (rng.random((n, tries)) * size[:, None]).astype(np.int64)  # (n, tries)
-            cand = flat[np.minimum(at, flat.size - 1)]  # an empty class's rows are masked below
-        else:
-            cand = np.full((n, tries), -1, dtype=np.int64)
-        # a quota is tens of rows: a set walk beats numpy's set operations at this size
+        others. This is the swap worker's per-step draw and its CPU time is taken from the trainer's
+        cores: a quota is tens of rows, where plain Python over cached lists beats numpy calls."""
         ex, seen = set(exclude.tolist()), set()
-        pick = np.full(n, -1, dtype=np.int64)
-        for i, (row, ok) in enumerate(zip(cand.tolist(), (size > 0).tolist())):
-            if not ok:
-                continue
-            fresh = [c for c in row if c not in seen]
-            best = next((c for c in fresh if c not in ex), fresh[0] if fresh else -1)
-            if best >= 0:  # nothing fresh drawn: this slot keeps its sample
-                pick[i] = best
-                seen.add(best)
-        return pick
+        r = rng.random(classes.size * tries).tolist()
+        out = []
+        for i, c in enumerate(classes.tolist()):
+            pool = self.ids[c] if 0 <= c < len(self.ids) else None
+            size = 0 if pool is None else pool.size
+            best = -1
+            if size:
+                fallback = -1
+                for u in r[i * tries:(i + 1) * tries]:
+                    sid = int(pool[int(u * size)])
+                    if sid in seen:
+                        continue
+                    if sid not in ex:
+                        best = sid
+                        break
+                    if fallback < 0:
+                        fallback = sid  # in RAM already: taken only when nothing else was drawn
+                best = best if best >= 0 else fallback
+                if best >= 0:
+                    seen.add(best)
+            out.append(best)
+        return np.asarray(out, dtype=np.int64)
 
 
 class _RWLock:

@@ -17,17 +17,18 @@ def select_swap_out(logits, labels, ratio: float) -> np.ndarray:
     """Indices (into the replay batch) to swap out, by CarM's hybrid rule. A replay batch is tens
     of samples: numpy and plain Python, no torch op -- this runs on a swap worker thread, where a
     torch op would start a second OpenMP team competing with the trainer's for the cores."""
-    lg = np.asarray(logits.numpy() if isinstance(logits, torch.Tensor) else logits, dtype=np.float64)  # (R, K)
+    lg = logits.numpy() if isinstance(logits, torch.Tensor) else np.asarray(logits)  # (R, K)
     y = (labels.numpy() if isinstance(labels, torch.Tensor) else np.asarray(labels)).tolist()
     n = len(y)
     quota_total = int(round(ratio * n))
     if quota_total == 0 or n == 0:
         return np.empty(0, dtype=np.int64)
-    z = lg - lg.max(axis=1, keepdims=True)
-    p = np.exp(z)
-    p /= p.sum(axis=1, keepdims=True)
-    ent_l = (-(p * np.log(np.clip(p, 1e-12, None))).sum(axis=1)).tolist()  # (R,)
-    pred_l = p.argmax(axis=1).tolist()
+    z = lg - lg.max(axis=1, keepdims=True)  # (R, K), <= 0
+    e = np.exp(z)
+    s = e.sum(axis=1)  # (R,)
+    # entropy of softmax(z) = log s - sum(p z), with no log of a vanishing probability
+    ent_l = (np.log(s) - (e * z).sum(axis=1) / s).tolist()  # (R,)
+    pred_l = z.argmax(axis=1).tolist()
     # one sort key per class: correct ones by rising entropy, then wrong ones by falling entropy
     by_class: dict = {}
     for i in range(n):
