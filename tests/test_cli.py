@@ -89,7 +89,7 @@ def test_sigkill_then_resume_finishes_within_seed_noise(tmp_path):
     accs = [full_acc] + [run(RunConfig(strategy="carm", epochs=4, seed=s, checkpoint_every=0,
                                        run_dir=str(tmp_path / f"s{s}")))["final_avg_acc"] for s in (1, 2)]
     # three seeds estimate the spread poorly, and carm's asynchronous swaps make even one seed vary
-    # by a few points between runs: a 5-point floor. A broken resume (fresh model, lost memory)
-    # costs 20+ points on this stream.
-    noise = max(3 * float(np.std(accs)), 0.05)
+    # between runs (seed 0 uninterrupted: 0.91-0.96 over six runs; killed and resumed: 0.89-0.96
+    # over five): an 8-point floor. A broken resume (fresh model, lost memory) costs 20+ points.
+    noise = max(3 * float(np.std(accs)), 0.08)
     assert abs(res["final_avg_acc"] - full_acc) <= noise, (res["final_avg_acc"], full_acc, accs)
