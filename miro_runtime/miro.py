@@ -248,13 +248,13 @@ class MiroController:
         val = None
         for kn in order:
             if unit is not None:
-                if self._profiling_j + cost(kn) > budget():
-                    skipped.append({"knobs": kn.key(), "why": "over the profiling cap"})
-                    continue
                 if self.rule == "acc-per-joule" and best_score is not None and \
                         1.0 / self._predicted_j(kn, n) <= best_score:
                     # even at 100% accuracy this arm's accuracy per joule cannot beat the best so far
                     skipped.append({"knobs": kn.key(), "why": "cannot win at 100% accuracy"})
+                    continue
+                if self._profiling_j + cost(kn) > budget():
+                    skipped.append({"knobs": kn.key(), "why": "over the profiling cap"})
                     continue
             if val is None:
                 val = self._validation(exp, t, x[held], y[held], rng)
