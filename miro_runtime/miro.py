@@ -11,9 +11,9 @@ among candidates in the top half by accuracy, the best accuracy per joule; ties 
 cannot resolve go to the larger memory. Profiling energy -- the whole round, validation reads and
 set-up included -- is capped (default 10% of the previous task's energy) and always counted; arms
 go cheapest first, under rule acc-per-joule an arm that could not win even at 100% accuracy is not
-profiled, and a round that
-could only re-measure the incumbent is skipped. Arms are ordered by a Gaussian Thompson-sampling
-bandit over a sliding window, so not every task re-profiles everything (a grid when it fits).
+profiled, and a round that could only re-measure the incumbent is skipped. Arms are ordered by a
+Gaussian Thompson-sampling bandit over a sliding window, so not every task re-profiles everything
+(a grid when it fits).
 Every decision, with what was not profiled and why, goes to the event log.
 """
 
@@ -145,7 +145,7 @@ class MiroController:
         self.j_per_sample: Optional[float] = None  # profiled training joules per trained sample
         self._unit_j, self._unit_n = 0.0, 0
         self.overhead_j = 0.0  # last profile's joules outside its training window (copy, set-up, eval)
-        self._profiling_j, self._task_n, self._n_val = 0.0, 1, 0
+        self._profiling_j, self._n_val = 0.0, 0
 
     # ------------------------------------------------------------------ engine hooks
     def task_begin(self, exp, t: int):
@@ -194,21 +194,21 @@ class MiroController:
     def _budget(self) -> Optional[float]:
         return None if self.prev_task_j is None else self.budget_frac * self.prev_task_j
 
-    def _predicted_j(self, kn: Knobs, samples: int) -> Optional[float]:
-        """Training joules for ``samples`` passes at these knobs: the arm's own last profile when it
-        has one, else the run's mean joules per trained sample (None before the first profile)."""
+    def _predicted_j(self, kn: Knobs, n: int) -> Optional[float]:
+        """Training joules of a task of ``n`` samples at these knobs: the arm's own last profile when
+        it has one, else the run's mean joules per trained sample (None before the first profile)."""
         hist = self.history.get(kn.key())
         if hist:
-            return hist[-1][1] * samples / self._task_n
+            return hist[-1][1]
         if self.j_per_sample is None:
             return None
-        return self.j_per_sample * kn.epochs * samples
+        return self.j_per_sample * kn.epochs * n
 
     def _profile_round(self, exp, t: int) -> tuple:
         """-> (candidates to choose from, arms not profiled with why)."""
         stream = exp.stream
         x, y = stream.train[t]
-        n = self._task_n = len(y)
+        n = len(y)
         rng = np.random.default_rng([exp.cfg.seed, t, 7])
         perm = rng.permutation(n)
         k = min(n // 2, max(self.profile_min, int(round(self.fraction * n))))
