@@ -46,7 +46,7 @@ RULES = ("acc-per-joule", "top-half-acc-per-joule")  # the first is judged: its 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--seeds", type=int, default=8)
+    ap.add_argument("--seeds", type=int, default=16)
     args = ap.parse_args(argv)
     seeds = list(range(args.seeds))
     root = tempfile.mkdtemp(prefix="miro-bench-miro-")

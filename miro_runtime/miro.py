@@ -300,7 +300,9 @@ class MiroController:
         live = exp.strategy
         cfg = copy.copy(exp.cfg)
         cfg.memory, cfg.flash_budget, cfg.swap_ratio, cfg.epochs = kn.memory, kn.flash_budget, kn.swap_ratio, kn.epochs
-        name = "carm-sync" if exp.cfg.strategy in ("carm", "carm-sync") else exp.cfg.strategy
+        name = exp.cfg.strategy
+        if name in ("carm", "carm-sync"):  # swaps in the trial are synchronous: its cost is its own;
+            name = "carm-sync" if t > 0 else exp.cfg.replay  # and there are none during task 0
         exp.meter.begin_window("miro-profile")
         trial = make_strategy(name, copy.deepcopy(live.model), cfg, exp.flash, exp.stream, exp.device)
         try:
