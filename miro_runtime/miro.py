@@ -245,8 +245,18 @@ class MiroController:
                 cost(order[0]) + min(cost(kn) for kn in order[1:]) > budget():
             # one profile would only re-measure the incumbent, with nothing to compare it against
             return [], [{"knobs": kn.key(), "why": "the cap fits fewer than two profiles"} for kn in order]
+        if t > 0:  # what the window already knows bounds what a new profile must beat
+            means = [np.mean([h[0] for h in hist]) / max(np.mean([h[1] for h in hist]), 1e-9)
+                     for hist in self.history.values() if hist]
+            best_score = max(means, default=None)
+        # a bandit round pulls one challenger (plus the incumbent when it has no measurement yet);
+        # a grid round profiles whatever the cap allows
+        pulls = (2 if unmeasured_incumbent else 1) if t > 0 and self.search == "bandit" else len(order)
         val = None
         for kn in order:
+            if len(cands) >= pulls:
+                skipped.append({"knobs": kn.key(), "why": "bandit: one challenger per round"})
+                continue
             if unit is not None:
                 if self.rule == "acc-per-joule" and best_score is not None and \
                         1.0 / self._predicted_j(kn, n) <= best_score:
