@@ -91,7 +91,10 @@ def test_acc_per_joule_skips_arms_that_cannot_win_and_rounds_too_small_to_compar
     assert [c["knobs"] for c in d0["candidates"]] == ["mem=20,flash=2000,swap=0.5,epochs=1"]  # cheapest first
     assert d0["not_profiled"] == [{"knobs": "mem=20,flash=2000,swap=0.5,epochs=5",
                                    "why": "cannot win at 100% accuracy"}]  # 5x the joules of an arm at > 20%
-    assert all(d["profiling_energy_j"] <= d["budget_j"] * 1.5 for d in s["miro_decisions"][1:] if d["candidates"])
+    for d in s["miro_decisions"][1:]:
+        profiled = [c for c in d["candidates"] if not c["from_window"]]
+        assert len(profiled) <= 2  # a bandit round pulls one challenger (+ an unmeasured incumbent)
+        assert not profiled or d["profiling_energy_j"] <= d["budget_j"] * 1.5  # the cap holds on predicted cost
     tiny = run(RunConfig(strategy="carm", miro=True, miro_rule="acc-per-joule", miro_budget=0.001, epochs=5,
                          run_dir=str(tmp_path / "b"), checkpoint_every=0))
     for d in tiny["miro_decisions"][1:]:  # one profile would only re-measure the incumbent: none is run
