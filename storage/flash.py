@@ -113,7 +113,7 @@ class ClassIndex:
         """One random stored id per entry of ``classes`` (-1 where the class has none), avoiding
         ``exclude`` (the ids already in RAM) and repeats within the call when the class has enough
         others. This is the swap worker's per-step draw and its CPU time is taken from the trainer's
-        cores: a quota is tens of rows, where plain Python over cached lists beats numpy calls."""
+        cores: a quota is tens of rows, where plain Python over the class arrays beats numpy calls."""
         ex, seen = set(exclude.tolist()), set()
         r = rng.random(classes.size * tries).tolist()
         out = []
