@@ -91,6 +91,9 @@ def main(verbose):
 @click.option("--em-policy", default="class-balanced", show_default=True, help="class-balanced | reservoir")
 @click.option("--swap-ratio", default=0.5, show_default=True, help="Share of replayed samples swapped per step.")
 @click.option("--swap-workers", default=1, show_default=True)
+@click.option("--swap-group-ms", default=15.0, show_default=True,
+              help="Async CarM: fold the swaps of steps spanning this much training into one worker job "
+                   "(0: one job per step).")
 @click.option("--epochs", default=5, show_default=True, help="Epochs per task (ignored with --online).")
 @click.option("--online", is_flag=True, help="Single pass: train as each batch arrives.")
 @click.option("--batch-size", default=16, show_default=True)
@@ -134,6 +137,7 @@ def run(**o):
             cfg = RunConfig(stream=o["stream"], strategy=o["strategy"], replay=o["replay"], memory=o["memory"],
                             flash_budget=o["flash_budget"] or None, flash_policy=o["flash_policy"],
                             em_policy=o["em_policy"], swap_ratio=o["swap_ratio"], swap_workers=o["swap_workers"],
+                            swap_group_ms=o["swap_group_ms"],
                             epochs=o["epochs"], online=o["online"], batch_size=o["batch_size"], lr=o["lr"],
                             model=o["model"], tasks=o["tasks"], seed=o["seed"], data_dir=o["data_dir"],
                             download=o["download"], device=o["device"], run_dir=run_dir,

@@ -18,6 +18,7 @@ class RunConfig:
     em_policy: str = "class-balanced"  # or reservoir
     swap_ratio: float = 0.5
     swap_workers: int = 1
+    swap_group_ms: float = 15.0  # async CarM: one swap job per this much training (0: one per step)
     epochs: int = 5
     online: bool = False  # single pass as batches arrive (the daemon's setting)
     batch_size: int = 16
@@ -67,6 +68,8 @@ class RunConfig:
             problems.append(f"flash budget must be >= 1 sample, got {self.flash_budget}")
         if not 0.0 <= self.swap_ratio <= 1.0:
             problems.append(f"swap ratio must lie in [0, 1], got {self.swap_ratio}")
+        if self.swap_group_ms < 0:
+            problems.append(f"swap group must be >= 0 ms, got {self.swap_group_ms}")
         if self.epochs < 1 or self.batch_size < 1:
             problems.append("epochs and batch size must be >= 1")
         if self.lr <= 0:

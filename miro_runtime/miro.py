@@ -372,8 +372,8 @@ class MiroController:
         cfg, strat = exp.cfg, exp.strategy
         dropped = evicted = 0
         if strat.memory is not None and strat.memory.capacity != kn.memory:
-            if hasattr(strat, "engine"):
-                strat.engine.drain()
+            if hasattr(strat, "settle"):
+                strat.settle()
             dropped = strat.memory.resize(kn.memory)
         if kn.flash_budget != cfg.flash_budget:
             evicted = exp.flash.set_budget("samples", budget_records=kn.flash_budget)

@@ -36,7 +36,8 @@ class SwapEngine:
         self._pending = 0
         self._running = threading.Event()
         self._running.set()
-        self.counters = {"requested": 0, "completed": 0, "dropped": 0, "bytes_read": 0, "swap_s": 0.0}
+        self.counters = {"requested": 0, "completed": 0, "dropped": 0, "bytes_read": 0, "swap_s": 0.0,
+                         "jobs": 0}
         self._latencies: list = []
         self._threads = [threading.Thread(target=self._loop, name=f"swap-{i}", daemon=True)
                          for i in range(workers)]
@@ -181,6 +182,7 @@ class SwapEngine:
             dropped += int(found.sum()) - done
         with self._cond:
             self.counters["completed"] += done
+            self.counters["jobs"] += 1
             self.counters["dropped"] += dropped
             self.counters["bytes_read"] += nbytes
             self.counters["swap_s"] += time.perf_counter() - t0

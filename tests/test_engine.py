@@ -10,6 +10,7 @@ from miro_runtime import RunConfig, StreamError, from_arrays, run
 from miro_runtime.memory import EpisodicMemory
 from miro_runtime.storage import FlashTier
 from miro_runtime.strategies import select_swap_out
+from miro_runtime.strategies.carm import MAX_GROUP, choose_group, select_swap_out_many
 
 
 def cfg(tmp_path, **kw):
@@ -48,6 +49,7 @@ def test_carm_swaps_only_after_the_first_task_and_beats_er(tmp_path):
     assert carm["swap"]["completed"] > 0 and carm["swap"]["dropped"] <= carm["swap"]["requested"] * 0.05
     # the flash tier turns a 2-per-class memory into replay over every stored sample
     assert carm["final_avg_acc"] > er["final_avg_acc"] + 0.05, (carm["final_avg_acc"], er["final_avg_acc"])
+    assert carm["swap"]["requested"] == carm["swap"]["completed"] + carm["swap"]["dropped"]
 
 
 @pytest.mark.parametrize("strategy", ["finetune", "joint", "der", "carm-sync"])
@@ -61,9 +63,14 @@ def test_other_strategies_run(tmp_path, strategy):
 
 
 def test_online_single_pass(tmp_path):
-    s = run(cfg(tmp_path, strategy="carm", online=True, batch_size=10))
-    assert s["steps"] == sum(-(-n // 10) for n in s["stream"]["train_sizes"])
+    # a long swap group: the async swaps of up to MAX_GROUP consecutive steps go as one worker job
+    s = run(cfg(tmp_path, strategy="carm", online=True, batch_size=10, swap_group_ms=1e4))
+    sizes = s["stream"]["train_sizes"]
+    assert s["steps"] == sum(-(-n // 10) for n in sizes)
     assert s["swap"]["completed"] > 0 and s["final_avg_acc"] > 0.2
+    steps_with_swaps = s["steps"] - -(-sizes[0] // 10)
+    assert steps_with_swaps / MAX_GROUP <= s["swap"]["jobs"] <= steps_with_swaps / MAX_GROUP + len(sizes), \
+        (s["swap"]["jobs"], steps_with_swaps)
 
 
 def test_bad_task_stops_before_storing_it(tmp_path):
@@ -117,6 +124,25 @@ def test_select_swap_out_on_random_batches_keeps_the_rule():
             assert np.floor(share) <= chosen.size <= np.ceil(share)  # proportional, largest remainders
             if chosen.size:  # the chosen ones are the class's first by the hybrid key
                 assert key[chosen].max() <= np.sort(key[members])[chosen.size - 1] + 1e-9
+
+
+def test_group_selection_is_each_steps_own_rule_and_refills_a_slot_once():
+    rng = np.random.default_rng(1)
+    batches = [(rng.normal(0, 3, (r, 6)), rng.integers(0, 6, r)) for r in (16, 16, 9, 1)]
+    grouped = select_swap_out_many(batches, 0.5)
+    assert [g.tolist() for g in grouped] == [select_swap_out(lg, lb, 0.5).tolist() for lg, lb in batches]
+    # the head grew inside the group: rows of different widths are ranked apart, same answers
+    mixed = batches[:2] + [(rng.normal(0, 3, (16, 8)), rng.integers(0, 8, 16))]
+    assert [g.tolist() for g in select_swap_out_many(mixed, 0.5)] == \
+        [select_swap_out(lg, lb, 0.5).tolist() for lg, lb in mixed]
+    # two steps that replayed the same slots: each slot is refilled once, under its latest version
+    lg = torch.tensor([[5.0, 0], [4, 0], [0, 3], [0, 2]])
+    lb = torch.tensor([0, 0, 1, 1])
+    step1 = (np.array([7, 8, 9, 10]), lg, lb, np.array([1, 1, 1, 1]))
+    step2 = (np.array([7, 8, 9, 10]), lg, lb, np.array([2, 2, 2, 2]))
+    slots, classes, versions = choose_group([step1, step2], 0.5)
+    assert sorted(slots.tolist()) == np.unique(slots).tolist() and slots.size == 2
+    assert versions.tolist() == [2, 2] and classes.tolist() == [0, 1]
 
 
 def test_class_balanced_memory():

@@ -7,32 +7,58 @@ replaced by random stored samples of the same class. No swap during the first ta
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import torch
 
 from miro_runtime.storage import SwapEngine
 
+MAX_GROUP = 8  # steps folded into one swap job at most: bounds how stale a chosen slot may get
+
+
+def _np(a) -> np.ndarray:
+    return a.numpy() if isinstance(a, torch.Tensor) else np.asarray(a)
+
 
 def select_swap_out(logits, labels, ratio: float) -> np.ndarray:
-    """Indices (into the replay batch) to swap out, by CarM's hybrid rule. A replay batch is tens
-    of samples: numpy and plain Python, no torch op -- this runs on a swap worker thread, where a
-    torch op would start a second OpenMP team competing with the trainer's for the cores."""
-    lg = logits.numpy() if isinstance(logits, torch.Tensor) else np.asarray(logits)  # (R, K)
-    y = (labels.numpy() if isinstance(labels, torch.Tensor) else np.asarray(labels)).tolist()
+    """Indices (into the replay batch) to swap out, by CarM's hybrid rule."""
+    return select_swap_out_many([(logits, labels)], ratio)[0]
+
+
+def select_swap_out_many(batches, ratio: float) -> list:
+    """``select_swap_out`` for several steps' replay batches [(logits (R, K), labels (R,)), ...]
+    with one numpy pass over all their rows: a replay batch is tens of samples, so numpy's fixed
+    per-call cost, not the arithmetic, is what a swap worker spends. Numpy and plain Python, no
+    torch op -- this runs on a swap worker thread, where a torch op would start a second OpenMP
+    team competing with the trainer's for the cores."""
+    lgs = [_np(lg) for lg, _ in batches]
+    if len({lg.shape[1:] for lg in lgs}) > 1:  # the head grew between two steps: rank them apart
+        return [p for lg, (_, lb) in zip(lgs, batches) for p in select_swap_out_many([(lg, lb)], ratio)]
+    lg = np.concatenate(lgs) if len(lgs) > 1 else lgs[0]  # (sum R, K)
+    z = lg - lg.max(axis=1, keepdims=True)  # (sum R, K), <= 0
+    e = np.exp(z)
+    s = e.sum(axis=1)  # (sum R,)
+    # entropy of softmax(z) = log s - sum(p z), with no log of a vanishing probability
+    ent = (np.log(s) - (e * z).sum(axis=1) / s).tolist()
+    pred = z.argmax(axis=1).tolist()
+    out, at = [], 0
+    for lgi, (_, labels) in zip(lgs, batches):
+        n = len(lgi)
+        out.append(_pick(ent[at:at + n], pred[at:at + n], _np(labels).tolist(), ratio))
+        at += n
+    return out
+
+
+def _pick(ent: list, pred: list, y: list, ratio: float) -> np.ndarray:
     n = len(y)
     quota_total = int(round(ratio * n))
     if quota_total == 0 or n == 0:
         return np.empty(0, dtype=np.int64)
-    z = lg - lg.max(axis=1, keepdims=True)  # (R, K), <= 0
-    e = np.exp(z)
-    s = e.sum(axis=1)  # (R,)
-    # entropy of softmax(z) = log s - sum(p z), with no log of a vanishing probability
-    ent_l = (np.log(s) - (e * z).sum(axis=1) / s).tolist()  # (R,)
-    pred_l = z.argmax(axis=1).tolist()
     # one sort key per class: correct ones by rising entropy, then wrong ones by falling entropy
     by_class: dict = {}
     for i in range(n):
-        by_class.setdefault(y[i], []).append((ent_l[i] if pred_l[i] == y[i] else 1e6 - ent_l[i], i))
+        by_class.setdefault(y[i], []).append((ent[i] if pred[i] == y[i] else 1e6 - ent[i], i))
     shares = {c: quota_total * len(m) / n for c, m in by_class.items()}
     quota = {c: int(v) for c, v in shares.items()}
     left = quota_total - sum(quota.values())
@@ -42,41 +68,75 @@ def select_swap_out(logits, labels, ratio: float) -> np.ndarray:
     return np.asarray(sorted(out), dtype=np.int64)
 
 
+def choose_group(group, ratio: float):
+    """(slots, classes, versions) to refill for a group of steps' replays [(slots, logits, labels,
+    versions), ...]. A slot picked in several steps of the group is refilled once, under its
+    latest pick's version (an earlier one may predate a swap that already landed)."""
+    picks = select_swap_out_many([(lg, lb) for _, lg, lb, _ in group], ratio)
+    slots = np.concatenate([_np(g[0])[p] for g, p in zip(group, picks)]).astype(np.int64)
+    classes = np.concatenate([_np(g[2])[p] for g, p in zip(group, picks)]).astype(np.int64)
+    versions = np.concatenate([_np(g[3])[p] for g, p in zip(group, picks)])
+    if len(group) > 1:
+        _, first_from_end = np.unique(slots[::-1], return_index=True)
+        keep = np.sort(len(slots) - 1 - first_from_end)
+        slots, classes, versions = slots[keep], classes[keep], versions[keep]
+    return slots, classes, versions
+
+
 class CarM:
-    """Wraps a replay strategy; forwards everything and adds the swap after each step."""
+    """Wraps a replay strategy; forwards everything and adds the swap after each step.
+
+    Async mode folds the swaps of consecutive steps into one worker job spanning about
+    ``cfg.swap_group_ms`` of training (at most ``MAX_GROUP`` steps): on short steps (a few ms on
+    an 8x8 stream) one wake, one LMDB read transaction and one RAM write per group instead of per
+    step halves the worker's CPU, which on a 2-core board is taken straight from the trainer.
+    Each step's replay is still ranked on its own logits by CarM's rule."""
 
     def __init__(self, base, sync: bool = False):
         self.base, self.sync = base, sync
         self.name = "carm-sync" if sync else "carm"
         self.engine = SwapEngine(base.flash, base.memory.ram, "samples", workers=base.cfg.swap_workers,
                                  seed=base.cfg.seed + 29)
+        self._group: list = []
+        self._group_s = 0.0
 
     def __getattr__(self, item):  # begin_task, remember, training_data, memory, model, ...
         return getattr(self.base, item)
 
     def observe(self, x, y):
+        t0 = time.perf_counter()
         loss = self.base.observe(x, y)
         rep = self.base.last_replay
         if self.base.task > 0 and rep is not None and self.base.cfg.swap_ratio > 0:
-            slots, logits, labels, versions = rep
-            ratio = self.base.cfg.swap_ratio
-
-            def choose():  # runs on a swap worker in async mode: the step only enqueues
-                pick = select_swap_out(logits, labels, ratio)
-                return slots[pick], labels.numpy()[pick], versions[pick]
-
             if self.sync:
-                self.engine.swap_now(*choose())
+                self.engine.swap_now(*choose_group([rep], self.base.cfg.swap_ratio))
             else:
-                self.engine.request_swap_lazy(choose, expected=int(round(ratio * len(slots))))
+                self._group.append(rep)
+                self._group_s += time.perf_counter() - t0
+                if self._group_s * 1e3 >= self.base.cfg.swap_group_ms or len(self._group) >= MAX_GROUP:
+                    self.flush()
         return loss
 
+    def flush(self):
+        """Hand the steps gathered so far to a swap worker (the step only enqueues)."""
+        if not self._group:
+            return
+        group, ratio = self._group, self.base.cfg.swap_ratio
+        self._group, self._group_s = [], 0.0
+        self.engine.request_swap_lazy(lambda: choose_group(group, ratio),
+                                      expected=sum(int(round(ratio * len(g[0]))) for g in group))
+
+    def settle(self):
+        """Every swap chosen so far has landed (task ends, checkpoints, resizes)."""
+        self.flush()
+        self.engine.drain()
+
     def end_task(self, *a, **kw):
-        self.engine.drain()  # the memory update below must see settled slots
+        self.settle()  # the memory update below must see settled slots
         return self.base.end_task(*a, **kw)
 
     def state_dict(self):
-        self.engine.drain()
+        self.settle()
         st = self.base.state_dict()
         st["swap_counters"] = {k: float(v) for k, v in self.engine.counters.items()}
         return st
@@ -84,10 +144,12 @@ class CarM:
     def load_state_dict(self, st):
         self.base.load_state_dict(st)
         for k, v in st.get("swap_counters", {}).items():
-            self.engine.counters[k] = type(self.engine.counters[k])(v)
+            if k in self.engine.counters:
+                self.engine.counters[k] = type(self.engine.counters[k])(v)
 
     def stats(self):
         return {**self.base.stats(), "swap": self.engine.stats()}
 
     def close(self):
+        self.flush()
         self.engine.close()
