@@ -135,14 +135,26 @@ def test_group_selection_is_each_steps_own_rule_and_refills_a_slot_once():
     mixed = batches[:2] + [(rng.normal(0, 3, (16, 8)), rng.integers(0, 8, 16))]
     assert [g.tolist() for g in select_swap_out_many(mixed, 0.5)] == \
         [select_swap_out(lg, lb, 0.5).tolist() for lg, lb in mixed]
-    # two steps that replayed the same slots: each slot is refilled once, under its latest version
+    # two steps that replayed the same four slots (versions 1, then 2): the latest step picks by
+    # the rule under its version; the earlier one passes over those and takes its next by the rule
     lg = torch.tensor([[5.0, 0], [4, 0], [0, 3], [0, 2]])
     lb = torch.tensor([0, 0, 1, 1])
     step1 = (np.array([7, 8, 9, 10]), lg, lb, np.array([1, 1, 1, 1]))
     step2 = (np.array([7, 8, 9, 10]), lg, lb, np.array([2, 2, 2, 2]))
     slots, classes, versions = choose_group([step1, step2], 0.5)
-    assert sorted(slots.tolist()) == np.unique(slots).tolist() and slots.size == 2
-    assert versions.tolist() == [2, 2] and classes.tolist() == [0, 1]
+    assert slots.tolist() == [7, 9, 8, 10] and classes.tolist() == [0, 1, 0, 1]  # lowest entropy first
+    assert versions.tolist() == [2, 2, 1, 1]
+    # random groups: no slot twice, and as many slots as the steps' quotas allow
+    for _ in range(50):
+        em = int(rng.integers(4, 30))
+        group = []
+        for v in range(int(rng.integers(1, 6))):
+            sl = rng.choice(em, size=min(em, 16), replace=False)
+            group.append((sl, torch.from_numpy(rng.normal(0, 3, (sl.size, 5))), torch.from_numpy(rng.integers(0, 5, sl.size)),
+                          np.full(sl.size, v)))
+        slots, _, _ = choose_group(group, 0.5)
+        assert np.unique(slots).size == slots.size
+        assert slots.size >= min(round(0.5 * len(group[-1][0])), em)
 
 
 def test_class_balanced_memory():

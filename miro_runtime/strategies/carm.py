@@ -27,14 +27,18 @@ def select_swap_out(logits, labels, ratio: float) -> np.ndarray:
 
 
 def select_swap_out_many(batches, ratio: float) -> list:
-    """``select_swap_out`` for several steps' replay batches [(logits (R, K), labels (R,)), ...]
-    with one numpy pass over all their rows: a replay batch is tens of samples, so numpy's fixed
-    per-call cost, not the arithmetic, is what a swap worker spends. Numpy and plain Python, no
-    torch op -- this runs on a swap worker thread, where a torch op would start a second OpenMP
-    team competing with the trainer's for the cores."""
+    """``select_swap_out`` for several steps' replay batches [(logits (R, K), labels (R,)), ...]."""
+    return [_pick(ent, pred, _np(lb).tolist(), ratio) for (ent, pred), (_, lb) in zip(_rank(batches), batches)]
+
+
+def _rank(batches) -> list:
+    """[(entropy list, prediction list)] per batch, from one numpy pass over all their rows: a replay
+    batch is tens of samples, so numpy's fixed per-call cost, not the arithmetic, is what a swap
+    worker spends. Numpy and plain Python, no torch op -- this runs on a swap worker thread, where
+    a torch op would start a second OpenMP team competing with the trainer's for the cores."""
     lgs = [_np(lg) for lg, _ in batches]
     if len({lg.shape[1:] for lg in lgs}) > 1:  # the head grew between two steps: rank them apart
-        return [p for lg, (_, lb) in zip(lgs, batches) for p in select_swap_out_many([(lg, lb)], ratio)]
+        return [_rank([b])[0] for b in batches]
     lg = np.concatenate(lgs) if len(lgs) > 1 else lgs[0]  # (sum R, K)
     z = lg - lg.max(axis=1, keepdims=True)  # (sum R, K), <= 0
     e = np.exp(z)
@@ -43,14 +47,15 @@ def select_swap_out_many(batches, ratio: float) -> list:
     ent = (np.log(s) - (e * z).sum(axis=1) / s).tolist()
     pred = z.argmax(axis=1).tolist()
     out, at = [], 0
-    for lgi, (_, labels) in zip(lgs, batches):
-        n = len(lgi)
-        out.append(_pick(ent[at:at + n], pred[at:at + n], _np(labels).tolist(), ratio))
-        at += n
+    for lgi in lgs:
+        out.append((ent[at:at + len(lgi)], pred[at:at + len(lgi)]))
+        at += len(lgi)
     return out
 
 
-def _pick(ent: list, pred: list, y: list, ratio: float) -> np.ndarray:
+def _pick(ent: list, pred: list, y: list, ratio: float, skip=()) -> np.ndarray:
+    """CarM's hybrid rule on one replay batch; rows in ``skip`` are passed over (their quota goes
+    to the class's next row by the rule)."""
     n = len(y)
     quota_total = int(round(ratio * n))
     if quota_total == 0 or n == 0:
@@ -64,23 +69,28 @@ def _pick(ent: list, pred: list, y: list, ratio: float) -> np.ndarray:
     left = quota_total - sum(quota.values())
     for c in sorted(shares, key=lambda c: quota[c] - shares[c])[:left]:  # largest remainders
         quota[c] += 1
-    out = [i for c, m in by_class.items() for _, i in sorted(m)[: quota[c]]]
+    out = [i for c, m in by_class.items() for i in [i for _, i in sorted(m) if i not in skip][: quota[c]]]
     return np.asarray(sorted(out), dtype=np.int64)
 
 
 def choose_group(group, ratio: float):
     """(slots, classes, versions) to refill for a group of steps' replays [(slots, logits, labels,
-    versions), ...]. A slot picked in several steps of the group is refilled once, under its
-    latest pick's version (an earlier one may predate a swap that already landed)."""
-    picks = select_swap_out_many([(lg, lb) for _, lg, lb, _ in group], ratio)
-    slots = np.concatenate([_np(g[0])[p] for g, p in zip(group, picks)]).astype(np.int64)
-    classes = np.concatenate([_np(g[2])[p] for g, p in zip(group, picks)]).astype(np.int64)
-    versions = np.concatenate([_np(g[3])[p] for g, p in zip(group, picks)])
-    if len(group) > 1:
-        _, first_from_end = np.unique(slots[::-1], return_index=True)
-        keep = np.sort(len(slots) - 1 - first_from_end)
-        slots, classes, versions = slots[keep], classes[keep], versions[keep]
-    return slots, classes, versions
+    versions), ...], each step ranked on its own logits. Latest step first: a slot it picks is
+    refilled under its newest version, and an earlier step that ranks the same slot high (it is
+    still there: no swap has landed yet) gives that quota to its next slot by the rule, so the
+    group refreshes as many distinct slots as its steps would one by one."""
+    taken: set = set()
+    slots, classes, versions = [], [], []
+    for (sl, _, lb, ver), (ent, pred) in zip(group[::-1], _rank([(g[1], g[2]) for g in group[::-1]])):
+        sl_l = _np(sl).tolist()
+        skip = {i for i, s in enumerate(sl_l) if s in taken} if taken else ()
+        p = _pick(ent, pred, _np(lb).tolist(), ratio, skip)
+        taken.update(sl_l[i] for i in p.tolist())
+        slots.append(_np(sl)[p])
+        classes.append(_np(lb)[p])
+        versions.append(_np(ver)[p])
+    return (np.concatenate(slots).astype(np.int64), np.concatenate(classes).astype(np.int64),
+            np.concatenate(versions))
 
 
 class CarM:
