@@ -166,7 +166,7 @@ def memory(seeds, root):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--seeds", type=int, default=5)
+    ap.add_argument("--seeds", type=int, default=8)
     ap.add_argument("--epochs", type=int, default=5)
     ap.add_argument("--blocks", type=int, default=10)
     ap.add_argument("--steps", type=int, default=60)
