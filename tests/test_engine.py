@@ -150,8 +150,8 @@ def test_group_selection_is_each_steps_own_rule_and_refills_a_slot_once():
         group = []
         for v in range(int(rng.integers(1, 6))):
             sl = rng.choice(em, size=min(em, 16), replace=False)
-            group.append((sl, torch.from_numpy(rng.normal(0, 3, (sl.size, 5))), torch.from_numpy(rng.integers(0, 5, sl.size)),
-                          np.full(sl.size, v)))
+            logits, labels = rng.normal(0, 3, (sl.size, 5)), rng.integers(0, 5, sl.size)
+            group.append((sl, torch.from_numpy(logits), torch.from_numpy(labels), np.full(sl.size, v)))
         slots, _, _ = choose_group(group, 0.5)
         assert np.unique(slots).size == slots.size
         assert slots.size >= min(round(0.5 * len(group[-1][0])), em)
