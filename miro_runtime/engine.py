@@ -90,12 +90,26 @@ class Experiment:
     def _checkpoint(self, pos: dict):
         st = {"version": 1, "config": self.cfg.to_json(), "position": pos,
               "strategy": self.strategy.state_dict(), "torch_rng": torch.get_rng_state(),
-              "metrics": json.dumps({"acc": self.acc, "per_task": self.per_task, "steps": self.steps})}
+              "metrics": json.dumps({"acc": self.acc, "per_task": self.per_task, "steps": self.steps,
+                                     "wall_s": self._wall_before + time.perf_counter() - self._t_start,
+                                     "partial": self._partial(pos)})}
         if self.hooks is not None:
             st["hooks"] = json.dumps(self.hooks.state())
         save_checkpoint(os.path.join(self.cfg.run_dir, CHECKPOINT), st)
         self.log.event("checkpoint", **pos, steps=self.steps)
         self._emit("checkpoint", **pos)
+
+    def _partial(self, pos: dict) -> Optional[dict]:
+        """What the task in progress has spent so far (a checkpoint in its middle), so a resumed
+        run reports the task's whole cost, not only the part after the restart."""
+        cur = self._cur
+        if cur is None or pos["task"] != cur["task"] or (pos["epoch"] == 0 and pos["batch"] == 0):
+            return None
+        m = self.meter.peek(f"task{cur['task']}")
+        part = {"task": cur["task"], "energy_j": m.joules, "components": m.components,
+                "wall_s": time.perf_counter() - cur["wall0"], "train_s": cur["train_s"], "samples": cur["samples"],
+                "restarts": 0}
+        return _add_partial(part, self._carry) if self._carry and self._carry["task"] == cur["task"] else part
 
     def _restore(self) -> dict:
         path = os.path.join(self.cfg.run_dir, CHECKPOINT)
@@ -107,6 +121,10 @@ class Experiment:
         torch.set_rng_state(st["torch_rng"])
         m = json.loads(st["metrics"])
         self.acc, self.per_task, self.steps = m["acc"], m["per_task"], m["steps"]
+        self._wall_before = m.get("wall_s", 0.0)
+        part = m.get("partial")
+        if part and part["task"] == st["position"]["task"]:
+            self._carry = dict(part, restarts=part["restarts"] + 1)
         if self.hooks is not None and "hooks" in st:
             self.hooks.load_state(self, json.loads(st["hooks"]))
         self.log.event("resume", found_checkpoint=True, **st["position"])
@@ -127,6 +145,7 @@ class Experiment:
         self.strategy = make_strategy(cfg.strategy, model, cfg, self.flash, stream, self.device)
         self.meter = make_meter(cfg.energy_source)
         self.acc, self.per_task, self.steps = [], [], 0
+        self._t_start, self._wall_before, self._cur, self._carry = t_start, 0.0, None, None
         self.peak_anon = anon_rss_mb()
         pos = self._restore() if self.resume else {"task": 0, "epoch": 0, "batch": 0}
         self.log.event("run_begin", config=json.loads(cfg.to_json()), stream=stream.describe(),
@@ -138,7 +157,7 @@ class Experiment:
             self.strategy.close()
             self.flash.close()
             self.meter.close()
-        summary = self._summary(time.perf_counter() - t_start)
+        summary = self._summary(self._wall_before + time.perf_counter() - t_start)
         with open(os.path.join(cfg.run_dir, "summary.json"), "w") as fh:
             json.dump(summary, fh, indent=1)
         self.log.event("run_end", final_avg_acc=summary["final_avg_acc"], forgetting=summary["forgetting"])
@@ -155,7 +174,7 @@ class Experiment:
         if self.hooks is not None and fresh:
             self.hooks.task_begin(self, t)  # Miro profiles here: its energy is metered on its own
         self.meter.begin_window(f"task{t}")
-        train_s, samples = 0.0, 0
+        cur = self._cur = {"task": t, "wall0": wall0, "train_s": 0.0, "samples": 0}
         x_task, y_task = stream.train[t]
         chunk = cfg.batch_size if cfg.online else 256
         n_batches = math.ceil(len(y_task) / cfg.batch_size)
@@ -171,8 +190,8 @@ class Experiment:
                 t0 = time.perf_counter()
                 strat.observe(xt, yt)
                 strat.remember(xt, y, ids, t)
-                train_s += time.perf_counter() - t0
-                samples += len(y)
+                cur["train_s"] += time.perf_counter() - t0
+                cur["samples"] += len(y)
                 self._step({"task": t, "epoch": 0, "batch": b + 1})
         ids_task = np.concatenate(all_ids)
         if not cfg.online:
@@ -185,20 +204,29 @@ class Experiment:
                     idx = perm[b * cfg.batch_size:(b + 1) * cfg.batch_size]
                     t0 = time.perf_counter()
                     strat.observe(X[idx], Y[idx])
-                    train_s += time.perf_counter() - t0
-                    samples += len(idx)
+                    cur["train_s"] += time.perf_counter() - t0
+                    cur["samples"] += len(idx)
                     self._step({"task": t, "epoch": e, "batch": b + 1})
         strat.end_task(t, torch.from_numpy(x_task), y_task, ids_task, cfg.online)
         energy = self.meter.end_window(f"task{t}")  # ingest + training + memory update, not evaluation
+        here = {"energy_j": energy.joules, "components": energy.components, "wall_s": time.perf_counter() - wall0,
+                "train_s": cur["train_s"], "samples": cur["samples"]}
+        carry = self._carry if self._carry and self._carry["task"] == t else None
+        self._carry = self._cur = None
+        done = _add_partial(here, carry) if carry else here
         row = evaluate(strat.model, stream, t, self.device)
         self.acc.append(row)
-        rec = {"task": t, "acc": row, "avg_acc": float(np.mean(row)), "wall_s": time.perf_counter() - wall0,
-               "train_s": train_s, "train_samples": samples,
-               "train_samples_per_s": samples / train_s if train_s else None,
-               "energy_j": energy.joules, "energy_components_j": energy.components,
+        rec = {"task": t, "acc": row, "avg_acc": float(np.mean(row)), "wall_s": done["wall_s"],
+               "train_s": done["train_s"], "train_samples": done["samples"],
+               "train_samples_per_s": done["samples"] / done["train_s"] if done["train_s"] else None,
+               "energy_j": done["energy_j"], "energy_components_j": done["components"],
                "energy_provenance": energy.summary(), "energy_warnings": energy.warnings,
                "peak_rss_mb": peak_rss_mb(), "peak_anon_rss_mb": max(self.peak_anon, anon_rss_mb()),
                "flash_records": int(self.flash.class_counts(NS).sum()), **strat.stats()}
+        if carry:  # resumed in this task: its figures add what was metered before the restart
+            rec["before_restart"] = {k: carry[k] for k in ("energy_j", "wall_s", "train_s", "samples", "restarts")}
+            rec["before_restart"]["note"] = ("metered up to the last checkpoint before the restart; work between that "
+                                             "checkpoint and the kill is not known and was redone (metered again)")
         if self.hooks is not None:
             self.hooks.task_end(self, t, rec)
         self.per_task.append(rec)
@@ -243,6 +271,19 @@ class Experiment:
 
     def _provenance(self):
         return "; ".join(sorted({r["energy_provenance"] for r in self.per_task})) or None
+
+
+def _add_partial(a: dict, b: dict) -> dict:
+    """Sum two parts of one task's cost (energy None if either part is unresolved)."""
+    def add(x, y):
+        return None if x is None or y is None else x + y
+    out = dict(a)
+    out["energy_j"] = add(a["energy_j"], b["energy_j"])
+    out["components"] = {k: add(v, b["components"].get(k)) for k, v in a["components"].items()}
+    for k in ("wall_s", "train_s", "samples"):
+        out[k] = a[k] + b[k]
+    out["restarts"] = max(a.get("restarts", 0), b.get("restarts", 0))
+    return out
 
 
 def run(cfg: RunConfig, **kw) -> dict:

@@ -76,12 +76,19 @@ class Meter:
             self._windows[name] = (time.monotonic(), snap)
 
     def end_window(self, name: str) -> Measurement:
+        return self._measure(name, close=True)
+
+    def peek(self, name: str) -> Measurement:
+        """What an open window holds so far, leaving it open (a checkpoint in the middle of a task)."""
+        return self._measure(name, close=False)
+
+    def _measure(self, name: str, close: bool) -> Measurement:
         snap = self._cumulative()
         now = time.monotonic()
         with self._lock:
             if name not in self._windows:
                 raise ValueError(f"energy window {name!r} was never begun")
-            t0, start = self._windows.pop(name)
+            t0, start = self._windows.pop(name) if close else self._windows[name]
         seconds = now - t0
         comps = {k: snap[k] - start.get(k, 0.0) for k in snap}
         warnings = []

@@ -84,6 +84,14 @@ def test_sigkill_then_resume_finishes_within_seed_noise(tmp_path):
     kinds = [json.loads(line) for line in events.read_text().splitlines()]
     resume_ev = [e for e in kinds if e["event"] == "resume"][0]
     assert resume_ev["found_checkpoint"] and resume_ev["task"] >= 2
+    # the task it resumed in reports its whole cost: what was metered before the restart, plus after
+    rec = res["per_task"][resume_ev["task"]]
+    before = rec["before_restart"]
+    assert before["restarts"] == 1 and before["samples"] > 0 and before["wall_s"] > 0
+    assert rec["energy_j"] > before["energy_j"] > 0 and rec["train_samples"] > before["samples"]
+    assert all("before_restart" not in r for i, r in enumerate(res["per_task"]) if i != resume_ev["task"])
+    # and the run's wall time spans both processes (tasks 0-1 ran in the killed one)
+    assert res["wall_s"] >= sum(r["wall_s"] for r in res["per_task"])
 
     # seed noise of this configuration, measured here: the same run under other seeds
     accs = [full_acc] + [run(RunConfig(strategy="carm", epochs=4, seed=s, checkpoint_every=0,

@@ -59,9 +59,13 @@ def test_rapl_counts_package_and_dram_with_wraparound(tmp_path):
     write(f"{root}/intel-rapl:0/energy_uj", 3_000_000)  # wrapped: 2 J before the wrap + 3 J after
     write(f"{root}/intel-rapl:0:0/energy_uj", 1_500_000)
     inner = m.end_window("inner")
+    so_far = m.peek("w")  # a checkpoint mid-task: what the window holds now, and it stays open
     write(f"{root}/intel-rapl:0/energy_uj", 4_000_000)
     time.sleep(0.002)
     w = m.end_window("w")
+    assert so_far.components == {"cpu": pytest.approx(5.0), "dram": pytest.approx(1.0)}
+    with pytest.raises(ValueError, match="never begun"):
+        m.peek("w")
     assert inner.components == {"cpu": pytest.approx(5.0), "dram": pytest.approx(1.0)}
     assert w.components == {"cpu": pytest.approx(6.0), "dram": pytest.approx(1.0)}
     assert w.joules == pytest.approx(7.0) and w.measured
