@@ -28,7 +28,13 @@ def machine() -> dict:
     import torch
     return {"cpu": cpu, "cores": os.cpu_count(), "ram_gib": ram_gib, "os": platform.platform(),
             "python": platform.python_version(), "torch": torch.__version__, "lmdb": lmdb.__version__,
-            "torch_threads": torch.get_num_threads()}
+            "torch_threads_per_run": _run_threads()}
+
+
+def _run_threads():
+    from miro_runtime import RunConfig
+    n = RunConfig().threads
+    return n if n else f"{os.cpu_count()} (one per core)"
 
 
 def median(xs):

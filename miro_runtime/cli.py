@@ -107,6 +107,8 @@ def main(verbose):
 @click.option("--synthetic-classes", default=10, show_default=True)
 @click.option("--synthetic-per-class", default=200, show_default=True)
 @click.option("--device", default="cpu", show_default=True, help="cpu | cuda | auto")
+@click.option("--threads", default=1, show_default=True,
+              help="Torch intra-op threads on the CPU (0: one per core). One is cheaper per joule for small models.")
 @click.option("--run-dir", default=None, help="Where the store, metrics and checkpoints go (default: runs/<time>).")
 @click.option("--checkpoint-every", default=200, show_default=True, help="Steps between checkpoints.")
 @click.option("--resume", is_flag=True, help="Continue the run in --run-dir from its last checkpoint.")
@@ -140,7 +142,7 @@ def run(**o):
                             swap_group_ms=o["swap_group_ms"],
                             epochs=o["epochs"], online=o["online"], batch_size=o["batch_size"], lr=o["lr"],
                             model=o["model"], tasks=o["tasks"], seed=o["seed"], data_dir=o["data_dir"],
-                            download=o["download"], device=o["device"], run_dir=run_dir,
+                            download=o["download"], device=o["device"], threads=o["threads"], run_dir=run_dir,
                             checkpoint_every=o["checkpoint_every"], energy_source=o["energy_source"],
                             miro=o["miro"], miro_rule=o["miro_rule"], miro_search=o["miro_search"],
                             miro_budget=o["miro_budget"],

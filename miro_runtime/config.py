@@ -34,6 +34,7 @@ class RunConfig:
     download: bool = False
     synthetic: dict = field(default_factory=dict)  # shape, num_classes, per_class, noise
     device: str = "cpu"
+    threads: int = 1  # torch intra-op threads on the CPU (0: torch's default, one per core)
     run_dir: Optional[str] = None
     checkpoint_every: int = 200  # steps; a checkpoint is also written at every task end
     sync_mode: str = "sync"
@@ -42,6 +43,10 @@ class RunConfig:
     miro_rule: str = "top-half-acc-per-joule"  # | lowest-energy | highest-accuracy | zeus
     miro_search: str = "bandit"  # | grid
     miro_budget: float = 0.10  # profiling energy cap, share of the previous task's energy
+    # resource pressure: Miro re-decides mid-task when one of these newly holds
+    miro_ram_floor_mb: float = 256.0  # available RAM under this: move to a smaller RAM memory
+    miro_battery_floor: float = 20.0  # battery % under this, unplugged: move to a cheaper arm
+    monitor_every_s: float = 2.0  # how often the resources are read during a task (0: every step)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -70,6 +75,11 @@ class RunConfig:
             problems.append(f"swap ratio must lie in [0, 1], got {self.swap_ratio}")
         if self.swap_group_ms < 0:
             problems.append(f"swap group must be >= 0 ms, got {self.swap_group_ms}")
+        for name in ("miro_ram_floor_mb", "miro_battery_floor", "monitor_every_s"):
+            if getattr(self, name) < 0:
+                problems.append(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.threads < 0:
+            problems.append(f"threads must be >= 0 (0: one per core), got {self.threads}")
         if self.epochs < 1 or self.batch_size < 1:
             problems.append("epochs and batch size must be >= 1")
         if self.lr <= 0:

@@ -18,7 +18,7 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
-from miro_runtime.profilers import make_meter
+from miro_runtime.profilers import ResourceMonitor, make_meter
 from miro_runtime.storage import FlashTier, SampleSpec
 
 from .checkpoint import load_checkpoint, save_checkpoint
@@ -37,7 +37,7 @@ class Experiment:
     """One continual-learning run. ``Experiment(cfg).run()`` returns the summary dict."""
 
     def __init__(self, cfg: RunConfig, stream: Optional[Stream] = None, resume: bool = False,
-                 on_event: Optional[Callable] = None, hooks=None):
+                 on_event: Optional[Callable] = None, hooks=None, monitor: Optional[ResourceMonitor] = None):
         cfg.validate()
         if not cfg.run_dir:
             raise ValueError("RunConfig.run_dir is required (where the store, metrics and checkpoints live)")
@@ -46,6 +46,11 @@ class Experiment:
             from .miro import MiroController
             hooks = MiroController(cfg, rule=cfg.miro_rule, search=cfg.miro_search, budget_frac=cfg.miro_budget)
         self.hooks = hooks  # optional object with task_begin(exp, t) / task_end(exp, t, record)
+        # hooks that react to resources (Miro) get snapshots between steps; tests pass a monitor
+        # reading fixture sysfs trees
+        wants = hooks is not None and hasattr(hooks, "on_resources")
+        self.monitor = (monitor or ResourceMonitor()) if wants else None
+        self._last_watch = -math.inf
         os.makedirs(cfg.run_dir, exist_ok=True)
         self.stream = stream or make_stream(cfg.stream, cfg.tasks, cfg.seed, cfg.data_dir, cfg.download,
                                             **cfg.synthetic)
@@ -150,6 +155,12 @@ class Experiment:
         pos = self._restore() if self.resume else {"task": 0, "epoch": 0, "batch": 0}
         self.log.event("run_begin", config=json.loads(cfg.to_json()), stream=stream.describe(),
                        resumed=self.resume, position=pos)
+        # intra-op threads are process-wide: set for this run, given back after it (in-process callers).
+        # One thread by default: the small models trained here gain little wall time from a second
+        # one and pay for it in joules (its spin-waits are CPU time; README has the measurement)
+        threads_before = torch.get_num_threads()
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
         try:
             for t in range(pos["task"], len(stream.tasks)):
                 self._task(t, pos if t == pos["task"] else {"task": t, "epoch": 0, "batch": 0})
@@ -157,6 +168,7 @@ class Experiment:
             self.strategy.close()
             self.flash.close()
             self.meter.close()
+            torch.set_num_threads(threads_before)
         summary = self._summary(self._wall_before + time.perf_counter() - t_start)
         with open(os.path.join(cfg.run_dir, "summary.json"), "w") as fh:
             json.dump(summary, fh, indent=1)
@@ -198,7 +210,8 @@ class Experiment:
             X, Y, _ = strat.training_data(t, torch.from_numpy(x_task), torch.from_numpy(y_task), ids_task)
             n = len(Y)
             nb = math.ceil(n / cfg.batch_size)
-            for e in range(pos["epoch"], cfg.epochs):
+            e = pos["epoch"]
+            while e < cfg.epochs:  # re-read each epoch: Miro may change the epochs mid-task
                 perm = torch.from_numpy(np.random.default_rng([cfg.seed, t, e]).permutation(n))
                 for b in range(pos["batch"] if e == pos["epoch"] else 0, nb):
                     idx = perm[b * cfg.batch_size:(b + 1) * cfg.batch_size]
@@ -207,6 +220,7 @@ class Experiment:
                     cur["train_s"] += time.perf_counter() - t0
                     cur["samples"] += len(idx)
                     self._step({"task": t, "epoch": e, "batch": b + 1})
+                e += 1
         strat.end_task(t, torch.from_numpy(x_task), y_task, ids_task, cfg.online)
         energy = self.meter.end_window(f"task{t}")  # ingest + training + memory update, not evaluation
         here = {"energy_j": energy.joules, "components": energy.components, "wall_s": time.perf_counter() - wall0,
@@ -222,7 +236,8 @@ class Experiment:
                "energy_j": done["energy_j"], "energy_components_j": done["components"],
                "energy_provenance": energy.summary(), "energy_warnings": energy.warnings,
                "peak_rss_mb": peak_rss_mb(), "peak_anon_rss_mb": max(self.peak_anon, anon_rss_mb()),
-               "flash_records": int(self.flash.class_counts(NS).sum()), **strat.stats()}
+               "flash_records": int(self.flash.class_counts(NS).sum()), "torch_threads": torch.get_num_threads(),
+               **strat.stats()}
         if carry:  # resumed in this task: its figures add what was metered before the restart
             rec["before_restart"] = {k: carry[k] for k in ("energy_j", "wall_s", "train_s", "samples", "restarts")}
             rec["before_restart"]["note"] = ("metered up to the last checkpoint before the restart; work between that "
@@ -241,8 +256,21 @@ class Experiment:
         if self.steps % 25 == 0:  # a /proc read: cheap enough every few steps for a true peak
             self.peak_anon = max(self.peak_anon, anon_rss_mb())
         self._emit("step", **pos)
+        self._watch(pos["task"])
         if self.cfg.checkpoint_every and self.steps % self.cfg.checkpoint_every == 0:
             self._checkpoint(pos)
+
+    def _watch(self, t: int):
+        """Between steps, every ``monitor_every_s``: hand a resource snapshot to the hooks (Miro
+        re-decides when RAM, battery or thermals newly press; what it adopts applies from the next
+        step on, the epochs of this task included)."""
+        if self.monitor is None:
+            return
+        now = time.perf_counter()
+        if now - self._last_watch < self.cfg.monitor_every_s:
+            return
+        self._last_watch = now
+        self.hooks.on_resources(self, t, self.monitor.snapshot())
 
     def _summary(self, wall_s: float) -> dict:
         T = len(self.stream.tasks)

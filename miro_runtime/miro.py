@@ -8,12 +8,16 @@ candidate's budget) for the candidate's epochs; its accuracy is taken on a held-
 task plus stored samples of the past classes, and its task energy is predicted from the metered
 training window (joules per trained sample x epochs x task size). Selection (default, as in Miro):
 among candidates in the top half by accuracy, the best accuracy per joule; ties a short profile
-cannot resolve go to the larger memory. Profiling energy -- the whole round, validation reads and
+cannot resolve go to the larger memory (in task 0, with no replay yet, every memory and flash
+size is such a tie). Profiling energy -- the whole round, validation reads and
 set-up included -- is capped (default 10% of the previous task's energy) and always counted; arms
 go cheapest first, under rule acc-per-joule an arm that could not win even at 100% accuracy is not
 profiled, and a round that could only re-measure the incumbent is skipped. Arms are ordered by a
 Gaussian Thompson-sampling bandit over a sliding window, so not every task re-profiles everything
 (a grid when it fits).
+Between steps the engine hands it resource snapshots: when a pressure begins (available RAM under
+a floor, battery under a floor and unplugged, thermal throttling) it re-decides mid-task among the
+arms that relieve it (less RAM; lower predicted energy), profiling as the task's cap still allows.
 Every decision, with what was not profiled and why, goes to the event log.
 """
 
@@ -142,21 +146,30 @@ class MiroController:
         self.current = Knobs(cfg.memory, cfg.flash_budget, cfg.swap_ratio, cfg.epochs)
         self.decisions: list = []
         self.prev_task_j: Optional[float] = None
-        self.j_per_sample: Optional[float] = None  # profiled training joules per trained sample
-        self._unit_j, self._unit_n = 0.0, 0
+        self.batch_size, self.replay = cfg.batch_size, (cfg.replay if cfg.strategy in ("carm", "carm-sync")
+                                                        else cfg.strategy)
+        # profiled training joules per new sample per epoch, kept apart for task 0 (no replay) and
+        # later tasks (a step also trains on replayed samples): [joules, samples] each
+        self._units = {"no-replay": [0.0, 0], "replay": [0.0, 0]}
         self.overhead_j = 0.0  # last profile's joules outside its training window (copy, set-up, eval)
         self._profiling_j, self._n_val = 0.0, 0
+        self.ram_floor_mb, self.battery_floor = cfg.miro_ram_floor_mb, cfg.miro_battery_floor
+        self._pressed: set = set()  # resource pressures in force (a reaction fires when one begins)
+        self._inside_j = 0.0  # this task's reaction profiling, metered inside the task's own window
 
     # ------------------------------------------------------------------ engine hooks
     def task_begin(self, exp, t: int):
         # the whole round is metered (validation reads, copies, profiles): all of it is profiling
-        self._profiling_j = 0.0
+        self._profiling_j, self._inside_j = 0.0, 0.0
         exp.meter.begin_window("miro-round")
         cands, skipped = self._profile_round(exp, t)
         round_m = exp.meter.end_window("miro-round")
         if cands and round_m.joules is not None:
             self._profiling_j = max(self._profiling_j, round_m.joules)
         winner = select(cands, self.rule, self.eta)["knobs"] if cands else self.current
+        tie = None
+        if t == 0 and cands:
+            winner, tie = self._task0_hierarchy(winner)
         self._apply(exp, winner)
         d = {"task": t, "rule": self.rule, "search": self.search, "winner": winner.key(),
              "candidates": [{"knobs": c["knobs"].key(), "acc": c["acc"], "predicted_task_j": c["joules"],
@@ -164,23 +177,124 @@ class MiroController:
                             for c in cands],
              "not_profiled": skipped, "profiling_energy_j": self._profiling_j,
              "budget_j": self._budget(), "provenance": exp.meter.provenance()}
+        if tie:
+            d["tie"] = tie
         self.decisions.append(d)
         exp.log.event("miro_decision", **d)
 
+    def on_resources(self, exp, t: int, snap):
+        """Engine hook between steps. A pressure that begins (available RAM under the floor, the
+        battery under its floor and unplugged, thermal throttling) triggers one re-decision now; one
+        that persists does not fire again, one that clears re-arms."""
+        now = self._pressures(snap)
+        new = {k: v for k, v in now.items() if k not in self._pressed}
+        self._pressed = set(now)
+        if new:
+            self._react(exp, t, new, snap)
+
+    def _pressures(self, snap) -> dict:
+        out = {}
+        if snap.available_ram_mb is not None and snap.available_ram_mb < self.ram_floor_mb:
+            out["ram"] = f"available RAM {snap.available_ram_mb:.0f} MB < floor {self.ram_floor_mb:g} MB"
+        bat = snap.battery
+        if bat and not bat.get("plugged") and bat.get("percent") is not None and bat["percent"] < self.battery_floor:
+            out["battery"] = f"battery {bat['percent']:g}% < floor {self.battery_floor:g}%, unplugged ({bat['source']})"
+        if snap.throttled:
+            out["throttled"] = f"thermal throttling ({snap.throttle_source})"
+        return out
+
+    def _react(self, exp, t: int, why: dict, snap):
+        """Re-decide under pressure among the arms that relieve it: less RAM for a RAM pressure, a
+        lower predicted task energy for battery or throttling. Profiles run as the task's cap still
+        allows (under battery pressure the rule is lowest-energy); when none fits, the arm is chosen
+        on prediction: the largest smaller memory, or the cheapest arm."""
+        n = len(exp.stream.train[t][1])
+        cur_j = self._predicted_j(self.current, n, t)
+
+        def relieves(kn):
+            if "ram" in why and kn.memory >= self.current.memory:
+                return False
+            if "battery" in why or "throttled" in why:
+                j = self._predicted_j(kn, n, t)
+                if j is None or cur_j is None:  # nothing measured yet: fewer epochs, or less replay
+                    return (kn.epochs, kn.memory) < (self.current.epochs, self.current.memory)
+                return j < cur_j
+            return True
+
+        arms = sorted((kn for kn in self.grid if relieves(kn)), key=lambda kn: (kn.epochs, kn.memory))
+        rule = "lowest-energy" if "battery" in why else self.rule
+        before = self._profiling_j
+        cands, skipped = [], []
+        if arms:
+            exp.meter.begin_window("miro-react")
+            cands, skipped = self._profile_round(exp, t, arms=arms)
+            m = exp.meter.end_window("miro-react")
+            spent = self._profiling_j - before
+            if cands and m.joules is not None:
+                spent = max(spent, m.joules)
+            self._profiling_j = before + spent
+            self._inside_j += spent
+        if cands:
+            winner, how = select(cands, rule, self.eta)["knobs"], f"rule {rule} on the profiles"
+        elif arms and "ram" in why:
+            same = [kn for kn in arms if kn.epochs == self.current.epochs] or arms
+            winner = max(same, key=lambda kn: (kn.memory, kn.flash_budget or 0))
+            how = "predicted: largest smaller memory"
+        elif arms:
+            # equal predictions (task 0: memory does not act yet) keep the larger memory, as select does
+            winner = min(arms, key=lambda kn: (self._predicted_j(kn, n, t) or 0.0, kn.epochs, -kn.memory,
+                                               -(kn.flash_budget or 0)))
+            how = "predicted: cheapest arm"
+        else:
+            winner, how = self.current, "no arm relieves it: kept"
+        self._apply(exp, winner)
+        d = {"task": t, "mid_task": True, "trigger": why, "rule": rule, "search": self.search, "how": how,
+             "winner": winner.key(),
+             "candidates": [{"knobs": c["knobs"].key(), "acc": c["acc"], "predicted_task_j": c["joules"],
+                             "profile_j": c["profile_j"], "from_window": c.get("from_window", False)}
+                            for c in cands],
+             "not_profiled": skipped, "profiling_energy_j": self._profiling_j - before,
+             "budget_j": self._budget(), "resources": snap.to_dict(), "provenance": exp.meter.provenance()}
+        self.decisions.append(d)
+        exp.log.event("miro_decision", **d)
+
+    def _task0_hierarchy(self, w: Knobs) -> tuple:
+        """Task 0 has no replay: memory, flash and swaps do not act in it, so the profile of an epochs
+        setting stands for every arm with those epochs, all tied. The tie goes as ``select`` breaks
+        ties the profile cannot resolve: to the largest memory hierarchy (to the smallest under
+        lowest-energy); later rounds profile the others once replay makes them differ."""
+        same = [kn for kn in self.grid if kn.epochs == w.epochs]
+        if len(same) < 2:
+            return w, None
+        if self.rule == "lowest-energy":
+            pick = min(same, key=lambda kn: (kn.memory, kn.flash_budget or 0, kn.swap_ratio != w.swap_ratio))
+        else:
+            pick = max(same, key=lambda kn: (kn.memory, kn.flash_budget or 0, kn.swap_ratio == w.swap_ratio))
+        why = (f"task 0 has no replay: the profile of {w.key()} stands for the {len(same)} arms with "
+               f"epochs={w.epochs}; the tie goes to the {'smallest' if self.rule == 'lowest-energy' else 'largest'}"
+               f" memory hierarchy, {pick.key()}")
+        return pick, why
+
     def task_end(self, exp, t: int, rec: dict):
+        if self._inside_j and rec.get("energy_j"):
+            # a mid-task reaction's profiles ran inside the task's window: count them once, as profiling
+            keep = max(0.0, rec["energy_j"] - self._inside_j) / rec["energy_j"]
+            rec["energy_j"] *= keep
+            rec["energy_components_j"] = {k: None if v is None else v * keep
+                                          for k, v in rec["energy_components_j"].items()}
+            rec["reaction_profiling_j"] = self._inside_j
         rec["profiling_energy_j"] = self._profiling_j
         rec["knobs"] = asdict(self.current)
         self.prev_task_j = rec["energy_j"]
 
     def state(self) -> dict:
         return {"current": asdict(self.current), "decisions": self.decisions, "prev_task_j": self.prev_task_j,
-                "unit": [self._unit_j, self._unit_n], "overhead_j": self.overhead_j, "bandit": self.bandit.state(),
+                "units": self._units, "overhead_j": self.overhead_j, "bandit": self.bandit.state(),
                 "history": {k: v for k, v in self.history.items()}}
 
     def load_state(self, exp, st: dict):
         self.decisions, self.prev_task_j = st["decisions"], st["prev_task_j"]
-        self._unit_j, self._unit_n = st["unit"]
-        self.j_per_sample = self._unit_j / self._unit_n if self._unit_n else None
+        self._units = {k: list(v) for k, v in st["units"].items()}
         self.overhead_j = st["overhead_j"]
         self.bandit.load_state(st["bandit"])
         self.history = {k: [tuple(x) for x in st["history"].get(k, [])] for k in self.by_key}
@@ -194,18 +308,34 @@ class MiroController:
     def _budget(self) -> Optional[float]:
         return None if self.prev_task_j is None else self.budget_frac * self.prev_task_j
 
-    def _predicted_j(self, kn: Knobs, n: int) -> Optional[float]:
+    def _unit(self, t: int, kn: Knobs) -> Optional[float]:
+        """Training joules per new sample and epoch of a profile at task ``t`` with these knobs: what
+        profiles of the same kind measured (task 0 has no replay, later tasks do); before the first
+        profile with replay, task 0's figure times the samples a replay step trains on ((b + r) / b:
+        er replays up to a batch, der two), so the first rounds after task 0 do not plan on half
+        their cost. None before any profile."""
+        j, n = self._units["replay" if t > 0 else "no-replay"]
+        if n:
+            return j / n
+        j0, n0 = self._units["no-replay"]
+        if not n0:
+            return None
+        r = min(self.batch_size, kn.memory) * (2 if self.replay == "der" else 1)
+        return j0 / n0 * (self.batch_size + r) / self.batch_size
+
+    def _predicted_j(self, kn: Knobs, n: int, t: int) -> Optional[float]:
         """Training joules of a task of ``n`` samples at these knobs: the arm's own last profile when
-        it has one, else the run's mean joules per trained sample (None before the first profile)."""
+        it has one, else the measured joules per sample (None before the first profile)."""
         hist = self.history.get(kn.key())
         if hist:
             return hist[-1][1]
-        if self.j_per_sample is None:
-            return None
-        return self.j_per_sample * kn.epochs * n
+        unit = self._unit(t, kn)
+        return None if unit is None else unit * kn.epochs * n
 
-    def _profile_round(self, exp, t: int) -> tuple:
-        """-> (candidates to choose from, arms not profiled with why)."""
+    def _profile_round(self, exp, t: int, arms: Optional[list] = None) -> tuple:
+        """-> (candidates to choose from, arms not profiled with why). ``arms``: a reaction to a
+        resource pressure, profiling only those (the incumbent is not among them)."""
+        react = arms is not None
         stream = exp.stream
         x, y = stream.train[t]
         n = len(y)
@@ -213,7 +343,9 @@ class MiroController:
         perm = rng.permutation(n)
         k = min(n // 2, max(self.profile_min, int(round(self.fraction * n))))
         sub, held = perm[:k], perm[k:k + max(20, k)]
-        if t == 0:  # no replay yet: memory, flash and swaps do not act; only epochs matter
+        if react:
+            pass
+        elif t == 0:  # no replay yet: memory, flash and swaps do not act; only epochs matter
             arms = [Knobs(self.current.memory, self.current.flash_budget, self.current.swap_ratio, e)
                     for e in sorted({kn.epochs for kn in self.grid})]
         elif self.search == "grid":
@@ -226,40 +358,39 @@ class MiroController:
         # another; once measured, the incumbent competes through its window like every arm.
         fresh = sorted((kn for kn in arms if not self.history.get(kn.key())), key=lambda kn: kn.epochs)
         order = fresh + [kn for kn in arms if self.history.get(kn.key())]
-        unmeasured_incumbent = t > 0 and self.current in fresh
+        unmeasured_incumbent = not react and t > 0 and self.current in fresh
         if unmeasured_incumbent:
             order.remove(self.current)
             order.insert(0, self.current)
         cands, skipped = [], []
         best_score = None
-        unit = self.j_per_sample
 
         def cost(kn):  # a profile's predicted joules
-            return unit * kn.epochs * k + self.overhead_j
+            return self._unit(t, kn) * kn.epochs * k + self.overhead_j
 
         def budget():  # at task 0: 10% of the current setting's predicted task energy
             b = self._budget()
-            return b if b is not None else self.budget_frac * unit * self.current.epochs * n
+            return b if b is not None else self.budget_frac * self._unit(t, self.current) * self.current.epochs * n
 
-        if unmeasured_incumbent and unit is not None and len(order) > 1 and \
+        if unmeasured_incumbent and self._unit(t, self.current) is not None and len(order) > 1 and \
                 cost(order[0]) + min(cost(kn) for kn in order[1:]) > budget():
             # one profile would only re-measure the incumbent, with nothing to compare it against
             return [], [{"knobs": kn.key(), "why": "the cap fits fewer than two profiles"} for kn in order]
-        if t > 0:  # what the window already knows bounds what a new profile must beat
+        if t > 0 and not react:  # what the window already knows bounds what a new profile must beat
             means = [np.mean([h[0] for h in hist]) / max(np.mean([h[1] for h in hist]), 1e-9)
                      for hist in self.history.values() if hist]
             best_score = max(means, default=None)
         # a bandit round pulls one challenger (plus the incumbent when it has no measurement yet);
         # a grid round profiles whatever the cap allows
-        pulls = (2 if unmeasured_incumbent else 1) if t > 0 and self.search == "bandit" else len(order)
+        pulls = (2 if unmeasured_incumbent else 1) if t > 0 and self.search == "bandit" and not react else len(order)
         val = None
         for kn in order:
             if len(cands) >= pulls:
                 skipped.append({"knobs": kn.key(), "why": "bandit: one challenger per round"})
                 continue
-            if unit is not None:
+            if self._unit(t, kn) is not None:
                 if self.rule == "acc-per-joule" and best_score is not None and \
-                        1.0 / self._predicted_j(kn, n) <= best_score:
+                        1.0 / self._predicted_j(kn, n, t) <= best_score:
                     # even at 100% accuracy this arm's accuracy per joule cannot beat the best so far
                     skipped.append({"knobs": kn.key(), "why": "cannot win at 100% accuracy"})
                     continue
@@ -270,7 +401,6 @@ class MiroController:
                 val = self._validation(exp, t, x[held], y[held], rng)
                 self._n_val = len(val[1])
             c = self._profile(exp, t, kn, x[sub], y[sub], val, k / n)
-            unit = self.j_per_sample
             cands.append(c)
             best_score = max(best_score or 0.0, c["acc"] / max(c["joules"], 1e-9))
             if t > 0:  # task 0 profiles have no replay: not comparable with later ones
@@ -281,7 +411,7 @@ class MiroController:
             # decide on every arm's recent mean, not only this round's: the window remembers
             cands_now = {c["knobs"].key(): c for c in cands}
             for key, hist in self.history.items():
-                if key not in cands_now and hist:
+                if key not in cands_now and hist and (not react or self.by_key[key] in arms):
                     a, j, s = (float(np.mean([h[i] for h in hist])) for i in range(3))
                     cands.append({"knobs": self.by_key[key], "acc": a, "joules": j, "seconds": s, "profile_j": 0.0,
                                   "n_val": self._n_val * len(hist), "from_window": True})
@@ -339,9 +469,9 @@ class MiroController:
         profile_j = m.joules if m.joules is not None else 0.0
         train_j = tm.joules if tm.joules is not None else profile_j
         self._profiling_j += profile_j
-        self._unit_j += train_j
-        self._unit_n += kn.epochs * len(ys)
-        self.j_per_sample = self._unit_j / self._unit_n
+        u = self._units["replay" if t > 0 else "no-replay"]
+        u[0] += train_j
+        u[1] += kn.epochs * len(ys)
         self.overhead_j = max(0.0, profile_j - train_j)
         return {"knobs": kn, "acc": acc, "joules": train_j / frac, "seconds": tm.seconds / frac, "profile_j": profile_j,
                 "n_val": self._n_val}

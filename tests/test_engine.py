@@ -21,7 +21,16 @@ def cfg(tmp_path, **kw):
 
 
 def test_summary_metrics_and_files(tmp_path):
-    s = run(cfg(tmp_path, strategy="er", epochs=1))
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        s = run(cfg(tmp_path, strategy="er", epochs=1))  # threads=1 by default
+        assert torch.get_num_threads() == 2  # the process-wide setting is given back after the run
+    finally:
+        torch.set_num_threads(before)
+    assert [r["torch_threads"] for r in s["per_task"]] == [1] * 5
+    with pytest.raises(ValueError, match="threads must be >= 0"):
+        run(cfg(tmp_path, threads=-1))
     acc = s["acc_matrix"]
     assert len(acc) == 5 and all(len(r) == 5 for r in acc)
     assert acc[0][1] is None and acc[4][4] is not None

@@ -6,6 +6,7 @@ import pytest
 
 from miro_runtime import RunConfig, run
 from miro_runtime.miro import Knobs, MiroController, ThompsonBandit, default_grid, select
+from miro_runtime.profilers import ResourceMonitor
 
 
 def cand(mem, acc, joules, seconds=1.0):
@@ -33,6 +34,17 @@ def test_ties_the_profile_cannot_resolve_go_to_the_larger_memory():
     assert select(cs, "acc-per-joule")["knobs"].memory == 40
     assert select(cs, "lowest-energy")["knobs"].memory == 10  # asks for the cheapest: no tie-break
     assert select([{**x, "n_val": None} for x in cs], "acc-per-joule")["knobs"].memory == 10
+
+
+def test_task0_tie_goes_to_the_largest_hierarchy_or_the_smallest_under_lowest_energy():
+    cfg = RunConfig()
+    w = Knobs(20, 2000, 0.5, 1)
+    pick, why = MiroController(cfg, rule="acc-per-joule")._task0_hierarchy(w)
+    assert pick == Knobs(40, 2000, 0.5, 1) and "largest" in why
+    pick, why = MiroController(cfg, rule="lowest-energy")._task0_hierarchy(Knobs(20, 2000, 0.5, 5))
+    assert pick == Knobs(10, 500, 0.5, 5) and "smallest" in why
+    alone = MiroController(cfg, grid=[w, Knobs(20, 2000, 0.5, 5)])._task0_hierarchy(w)
+    assert alone == (w, None)  # nothing tied with it: nothing to say
 
 
 def test_bandit_explores_then_prefers_the_better_arm():
@@ -91,6 +103,10 @@ def test_acc_per_joule_skips_arms_that_cannot_win_and_rounds_too_small_to_compar
     assert [c["knobs"] for c in d0["candidates"]] == ["mem=20,flash=2000,swap=0.5,epochs=1"]  # cheapest first
     assert d0["not_profiled"] == [{"knobs": "mem=20,flash=2000,swap=0.5,epochs=5",
                                    "why": "cannot win at 100% accuracy"}]  # 5x the joules of an arm at > 20%
+    # task 0 has no replay: the one-epoch profile stands for every memory and flash size; the tie goes
+    # to the largest hierarchy of the grid, and what was adopted is what ran
+    assert d0["winner"] == "mem=40,flash=2000,swap=0.5,epochs=1" and "no replay" in d0["tie"]
+    assert s["per_task"][0]["memory"]["capacity"] == 40
     for d in s["miro_decisions"][1:]:
         profiled = [c for c in d["candidates"] if not c["from_window"]]
         assert len(profiled) <= 2  # a bandit round pulls one challenger (+ an unmeasured incumbent)
@@ -101,3 +117,81 @@ def test_acc_per_joule_skips_arms_that_cannot_win_and_rounds_too_small_to_compar
         assert d["candidates"] == [] and d["profiling_energy_j"] == 0.0
         assert {x["why"] for x in d["not_profiled"]} == {"the cap fits fewer than two profiles"}
         assert d["winner"] == tiny["miro_decisions"][0]["winner"]
+
+
+def _sysfs(root, battery=None, throttled=False):
+    """A fixture sysfs tree (no battery or cpufreq here): power_supply/BAT0 and cpu0/cpufreq."""
+    ps, cpu, th = root / "power_supply", root / "cpu", root / "thermal"
+    for d in (ps, cpu, th):
+        d.mkdir(parents=True, exist_ok=True)
+    if battery is not None:
+        (ps / "BAT0").mkdir(exist_ok=True)
+        (ps / "BAT0" / "capacity").write_text(f"{battery}\n")
+        (ps / "BAT0" / "status").write_text("Discharging\n")
+    f = cpu / "cpu0" / "cpufreq"
+    f.mkdir(parents=True, exist_ok=True)
+    (f / "cpuinfo_max_freq").write_text("2000000\n")
+    (f / "scaling_max_freq").write_text("1000000\n" if throttled else "2000000\n")
+    return ResourceMonitor(thermal_root=str(th), cpufreq_root=str(cpu), power_supply_root=str(ps))
+
+
+def _check_accounting(s):
+    task_j = sum(r["energy_j"] for r in s["per_task"])
+    assert s["energy_j"] == pytest.approx(task_j + s["profiling_energy_j"])  # reactions counted once
+    assert s["profiling_energy_j"] == pytest.approx(sum(d["profiling_energy_j"] for d in s["miro_decisions"]))
+    sizes = s["stream"]["train_sizes"]
+    for r, n in zip(s["per_task"], sizes):  # what was adopted is what ran, epochs cut mid-task included
+        assert r["train_samples"] == n * r["knobs"]["epochs"]
+        assert r["memory"]["capacity"] == r["knobs"]["memory"]
+
+
+def test_ram_pressure_shrinks_the_memory_mid_task_once(tmp_path):
+    mon = _sysfs(tmp_path / "sys")
+    s = run(RunConfig(strategy="carm", miro=True, miro_rule="acc-per-joule", miro_ram_floor_mb=1e9,
+                      monitor_every_s=0, run_dir=str(tmp_path / "r"), checkpoint_every=0), monitor=mon)
+    react = [d for d in s["miro_decisions"] if d.get("mid_task")]
+    assert len(react) == 1  # the pressure persists: it does not fire again
+    d = react[0]
+    assert d["task"] == 0 and "available RAM" in d["trigger"]["ram"] and d["resources"]["available_ram_mb"] > 0
+    before = s["miro_decisions"][0]["winner"]  # task 0's round: the largest memory (the tie)
+    assert before.startswith("mem=40,") and int(d["winner"].split(",")[0][4:]) < 40
+    assert all(r["memory"]["capacity"] < 40 for r in s["per_task"])
+    _check_accounting(s)
+    events = [json.loads(line) for line in open(os.path.join(tmp_path, "r", "events.jsonl"))]
+    assert any(e["event"] == "miro_decision" and e.get("mid_task") for e in events)
+
+
+def test_battery_low_mid_run_and_throttling_move_to_cheaper_arms(tmp_path):
+    mon = _sysfs(tmp_path / "sys", battery=80)
+    bat = tmp_path / "sys" / "power_supply" / "BAT0" / "capacity"
+
+    def drain(kind, ev):  # the battery drops while the run goes on: task 2 starts at 12%
+        if kind == "task_begin" and ev.get("task") == 2:
+            bat.write_text("12\n")
+
+    from miro_runtime.engine import Experiment
+    cfg = RunConfig(strategy="carm", miro=True, monitor_every_s=0, run_dir=str(tmp_path / "b"), checkpoint_every=0)
+    s = Experiment(cfg, on_event=drain, monitor=mon).run()
+    react = [d for d in s["miro_decisions"] if d.get("mid_task")]
+    assert [d["task"] for d in react] == [2] and "battery 12% < floor 20%" in react[0]["trigger"]["battery"]
+    assert react[0]["rule"] == "lowest-energy"
+    _check_accounting(s)
+
+    hot = _sysfs(tmp_path / "hot", throttled=True)
+    s = run(RunConfig(strategy="carm", miro=True, monitor_every_s=0, run_dir=str(tmp_path / "t"),
+                      checkpoint_every=0), monitor=hot)
+    react = [d for d in s["miro_decisions"] if d.get("mid_task")]
+    assert len(react) == 1 and "cpufreq" in react[0]["trigger"]["throttled"]
+    prev = s["miro_decisions"][0]["winner"]
+    if react[0]["how"] != "no arm relieves it: kept":  # the arm adopted is cheaper than the one before
+        assert react[0]["winner"] != prev
+    _check_accounting(s)
+
+
+def test_a_roomier_cap_lets_the_bandit_pull_challengers_and_remember_them(tmp_path):
+    s = run(RunConfig(strategy="carm", miro=True, miro_budget=0.5, run_dir=str(tmp_path / "w"), checkpoint_every=0))
+    later = s["miro_decisions"][1:]
+    fresh = [[c for c in d["candidates"] if not c["from_window"]] for d in later]
+    assert all(1 <= len(f) <= 2 for f in fresh)  # the incumbent once, then one challenger per round
+    assert any(c["from_window"] for c in later[-1]["candidates"])  # earlier rounds' profiles still count
+    assert len({c["knobs"] for f in fresh for c in f}) >= 3  # different arms get pulled
