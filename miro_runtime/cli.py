@@ -118,6 +118,10 @@ def main(verbose):
               help="top-half-acc-per-joule | lowest-energy | highest-accuracy | zeus")
 @click.option("--miro-search", default="bandit", show_default=True, help="bandit | grid")
 @click.option("--miro-budget", default=0.10, show_default=True, help="Profiling energy cap (share of last task's).")
+@click.option("--miro-ram-floor-mb", default=256.0, show_default=True,
+              help="Available RAM under which Miro moves to a smaller RAM memory, mid-task.")
+@click.option("--miro-battery-floor", default=20.0, show_default=True,
+              help="Battery %% under which (unplugged) Miro moves to a cheaper arm, mid-task.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON summary as the last stdout line.")
 def run(**o):
     """Run a whole continual-learning experiment in-process (no daemon needed)."""
@@ -145,7 +149,8 @@ def run(**o):
                             download=o["download"], device=o["device"], threads=o["threads"], run_dir=run_dir,
                             checkpoint_every=o["checkpoint_every"], energy_source=o["energy_source"],
                             miro=o["miro"], miro_rule=o["miro_rule"], miro_search=o["miro_search"],
-                            miro_budget=o["miro_budget"],
+                            miro_budget=o["miro_budget"], miro_ram_floor_mb=o["miro_ram_floor_mb"],
+                            miro_battery_floor=o["miro_battery_floor"],
                             synthetic={"shape": shape, "num_classes": o["synthetic_classes"],
                                        "per_class": o["synthetic_per_class"]} if o["stream"] == "synthetic" else {})
             exp = Experiment(cfg, on_event=progress)

@@ -30,6 +30,18 @@ def test_run_json_has_the_promised_fields(tmp_path):
     assert s["stream"]["tasks"] == [[0, 1], [2, 3], [4, 5], [6, 7], [8, 9]]
 
 
+def test_miro_reacts_to_this_machines_ram_under_a_floor(tmp_path):
+    # a floor above any machine's RAM: the real monitor's reading is under it from the first step
+    r = miro("run", "--miro", "--miro-rule", "acc-per-joule", "--miro-ram-floor-mb", "1e12", "--json",
+             "--run-dir", str(tmp_path / "m"))
+    assert r.returncode == 0, r.stderr
+    s = json.loads(r.stdout.strip().splitlines()[-1])
+    react = [d for d in s["miro_decisions"] if d.get("mid_task")]
+    assert len(react) == 1 and "ram" in react[0]["trigger"] and react[0]["resources"]["available_ram_mb"] > 0
+    assert all(t["memory"]["capacity"] < 40 for t in s["per_task"])
+    assert s["config"]["threads"] == 1 and s["config"]["miro_ram_floor_mb"] == 1e12
+
+
 def test_readable_output_and_inspect(tmp_path):
     r = miro("run", "--strategy", "er", "--epochs", "1", "--run-dir", str(tmp_path / "r"))
     assert r.returncode == 0, r.stderr
@@ -46,6 +58,10 @@ def test_bad_flags_are_clear_errors(tmp_path):
     assert r.returncode != 0 and "swap ratio must lie in [0, 1], got 2.0" in r.stderr
     r = miro("run", "--stream", "mnist", "--run-dir", str(tmp_path / "b"))
     assert r.returncode != 0 and "--data-dir" in r.stderr and "Traceback" not in r.stderr
+    r = miro("run", "--miro-battery-floor", "-1", "--run-dir", str(tmp_path / "c"))
+    assert r.returncode != 0 and "miro_battery_floor must be >= 0, got -1.0" in r.stderr
+    r = miro("run", "--threads", "-2", "--run-dir", str(tmp_path / "d"))
+    assert r.returncode != 0 and "threads must be >= 0" in r.stderr
     r = miro("run", "--resume", "--run-dir", str(tmp_path / "none"))
     assert r.returncode != 0 and "no run to resume" in r.stderr
     r = miro("inspect", str(tmp_path / "none"))
