@@ -231,9 +231,10 @@ def render(r: dict) -> str:
     acc = r["accuracy"]
     gap = "; ".join(f"{s} {100 * (a['carm']['mean'] - a['carm_swap_per_step']['mean']):+.1f} points"
                     for s, a in acc.items())
-    lines.append(f"\n**Where we lose:** {lead}: the swap worker shares this machine's 2 cores with torch's "
-                 "intra-op threads, and each time it wakes it runs cold (caches, branch predictors of an idle "
-                 "vCPU): a swap job of 8 samples that takes ~75 µs in a warm loop takes ~250-300 µs after a 4 ms "
+    lines.append(f"\n**Where we lose:** {lead}: the swap worker shares this machine's 2 cores with the "
+                 "trainer (one torch thread per run by default), and each time it wakes it runs cold (caches, "
+                 "branch predictors of an idle vCPU): a swap job of 8 samples that takes ~75 µs in a warm loop "
+                 "takes ~250-300 µs after a 4 ms "
                  "sleep. One job per step therefore costs a 4 ms step ~7%; carm folds the swaps of ~15 ms of "
                  "steps into one job (each step still ranked on its own logits, a slot refilled once). The price "
                  "is freshness on a tiny EM: within a group the trainer replays the same 20 samples, so fewer "

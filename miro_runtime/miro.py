@@ -294,7 +294,8 @@ class MiroController:
 
     def load_state(self, exp, st: dict):
         self.decisions, self.prev_task_j = st["decisions"], st["prev_task_j"]
-        self._units = {k: list(v) for k, v in st["units"].items()}
+        units = st.get("units") or {"no-replay": st["unit"], "replay": [0.0, 0]}  # checkpoints before the split
+        self._units = {k: list(v) for k, v in units.items()}
         self.overhead_j = st["overhead_j"]
         self.bandit.load_state(st["bandit"])
         self.history = {k: [tuple(x) for x in st["history"].get(k, [])] for k in self.by_key}
