@@ -171,14 +171,16 @@ class MiroController:
         if t == 0 and cands:
             winner, tie = self._task0_hierarchy(winner)
         self._apply(exp, winner)
-        d = {"task": t, "rule": self.rule, "search": self.search, "winner": winner.key(),
+        self._decide(exp, t, self.rule, winner, cands, skipped, self._profiling_j, **({"tie": tie} if tie else {}))
+
+    def _decide(self, exp, t, rule, winner, cands, skipped, profiling_j, **extra):
+        """One decision record, kept in the summary and written to the event log."""
+        d = {"task": t, **extra, "rule": rule, "search": self.search, "winner": winner.key(),
              "candidates": [{"knobs": c["knobs"].key(), "acc": c["acc"], "predicted_task_j": c["joules"],
                              "profile_j": c["profile_j"], "from_window": c.get("from_window", False)}
                             for c in cands],
-             "not_profiled": skipped, "profiling_energy_j": self._profiling_j,
+             "not_profiled": skipped, "profiling_energy_j": profiling_j,
              "budget_j": self._budget(), "provenance": exp.meter.provenance()}
-        if tie:
-            d["tie"] = tie
         self.decisions.append(d)
         exp.log.event("miro_decision", **d)
 
@@ -248,15 +250,8 @@ class MiroController:
         else:
             winner, how = self.current, "no arm relieves it: kept"
         self._apply(exp, winner)
-        d = {"task": t, "mid_task": True, "trigger": why, "rule": rule, "search": self.search, "how": how,
-             "winner": winner.key(),
-             "candidates": [{"knobs": c["knobs"].key(), "acc": c["acc"], "predicted_task_j": c["joules"],
-                             "profile_j": c["profile_j"], "from_window": c.get("from_window", False)}
-                            for c in cands],
-             "not_profiled": skipped, "profiling_energy_j": self._profiling_j - before,
-             "budget_j": self._budget(), "resources": snap.to_dict(), "provenance": exp.meter.provenance()}
-        self.decisions.append(d)
-        exp.log.event("miro_decision", **d)
+        self._decide(exp, t, rule, winner, cands, skipped, self._profiling_j - before, mid_task=True, trigger=why,
+                     how=how, resources=snap.to_dict())
 
     def _task0_hierarchy(self, w: Knobs) -> tuple:
         """Task 0 has no replay: memory, flash and swaps do not act in it, so the profile of an epochs

@@ -195,3 +195,17 @@ def test_a_roomier_cap_lets_the_bandit_pull_challengers_and_remember_them(tmp_pa
     assert all(1 <= len(f) <= 2 for f in fresh)  # the incumbent once, then one challenger per round
     assert any(c["from_window"] for c in later[-1]["candidates"])  # earlier rounds' profiles still count
     assert len({c["knobs"] for f in fresh for c in f}) >= 3  # different arms get pulled
+
+
+def test_profiling_leaves_the_live_run_as_the_static_run_of_what_it_adopts(tmp_path):
+    # carm-sync: no async timing in the run; a Miro run that adopts the same knobs on every task
+    # must then be the static run of those knobs, step for step (profiles train copies, draw their
+    # own random numbers, and put the memory back as they found it)
+    m = run(RunConfig(strategy="carm-sync", miro=True, miro_rule="acc-per-joule", run_dir=str(tmp_path / "m"),
+                      checkpoint_every=0))
+    knobs = {tuple(r["knobs"].values()) for r in m["per_task"]}
+    assert len(knobs) == 1
+    mem, flash, swap, epochs = knobs.pop()
+    s = run(RunConfig(strategy="carm-sync", memory=mem, flash_budget=flash, swap_ratio=swap, epochs=epochs,
+                      run_dir=str(tmp_path / "s"), checkpoint_every=0))
+    assert m["acc_matrix"] == s["acc_matrix"]
