@@ -159,13 +159,8 @@ class MiroController:
 
     # ------------------------------------------------------------------ engine hooks
     def task_begin(self, exp, t: int):
-        # the whole round is metered (validation reads, copies, profiles): all of it is profiling
         self._profiling_j, self._inside_j = 0.0, 0.0
-        exp.meter.begin_window("miro-round")
-        cands, skipped = self._profile_round(exp, t)
-        round_m = exp.meter.end_window("miro-round")
-        if cands and round_m.joules is not None:
-            self._profiling_j = max(self._profiling_j, round_m.joules)
+        cands, skipped, _ = self._metered_round(exp, t)
         winner = select(cands, self.rule, self.eta)["knobs"] if cands else self.current
         tie = None
         if t == 0 and cands:
@@ -225,16 +220,9 @@ class MiroController:
 
         arms = sorted((kn for kn in self.grid if relieves(kn)), key=lambda kn: (kn.epochs, kn.memory))
         rule = "lowest-energy" if "battery" in why else self.rule
-        before = self._profiling_j
-        cands, skipped = [], []
+        cands, skipped, spent = [], [], 0.0
         if arms:
-            exp.meter.begin_window("miro-react")
-            cands, skipped = self._profile_round(exp, t, arms=arms)
-            m = exp.meter.end_window("miro-react")
-            spent = self._profiling_j - before
-            if cands and m.joules is not None:
-                spent = max(spent, m.joules)
-            self._profiling_j = before + spent
+            cands, skipped, spent = self._metered_round(exp, t, arms)
             self._inside_j += spent
         if cands:
             winner, how = select(cands, rule, self.eta)["knobs"], f"rule {rule} on the profiles"
@@ -250,8 +238,8 @@ class MiroController:
         else:
             winner, how = self.current, "no arm relieves it: kept"
         self._apply(exp, winner)
-        self._decide(exp, t, rule, winner, cands, skipped, self._profiling_j - before, mid_task=True, trigger=why,
-                     how=how, resources=snap.to_dict())
+        self._decide(exp, t, rule, winner, cands, skipped, spent, mid_task=True, trigger=why, how=how,
+                     resources=snap.to_dict())
 
     def _task0_hierarchy(self, w: Knobs) -> tuple:
         """Task 0 has no replay: memory, flash and swaps do not act in it, so the profile of an epochs
@@ -328,6 +316,19 @@ class MiroController:
         unit = self._unit(t, kn)
         return None if unit is None else unit * kn.epochs * n
 
+    def _metered_round(self, exp, t: int, arms: Optional[list] = None) -> tuple:
+        """A profile round metered whole (validation reads, copies, profiles: all of it is profiling)
+        -> (candidates, arms not profiled with why, its joules, also added to this task's profiling)."""
+        before = self._profiling_j
+        exp.meter.begin_window("miro-round")
+        cands, skipped = self._profile_round(exp, t, arms)
+        m = exp.meter.end_window("miro-round")
+        spent = self._profiling_j - before
+        if cands and m.joules is not None:
+            spent = max(spent, m.joules)
+        self._profiling_j = before + spent
+        return cands, skipped, spent
+
     def _profile_round(self, exp, t: int, arms: Optional[list] = None) -> tuple:
         """-> (candidates to choose from, arms not profiled with why). ``arms``: a reaction to a
         resource pressure, profiling only those (the incumbent is not among them)."""
@@ -340,14 +341,12 @@ class MiroController:
         k = min(n // 2, max(self.profile_min, int(round(self.fraction * n))))
         sub, held = perm[:k], perm[k:k + max(20, k)]
         if react:
-            pass
+            pass  # the arms that relieve the pressure, as given
         elif t == 0:  # no replay yet: memory, flash and swaps do not act; only epochs matter
             arms = [Knobs(self.current.memory, self.current.flash_budget, self.current.swap_ratio, e)
                     for e in sorted({kn.epochs for kn in self.grid})]
-        elif self.search == "grid":
-            arms = list(self.grid)
         else:
-            arms = [self.by_key[a] for a in self.bandit.order()]
+            arms = list(self.grid) if self.search == "grid" else [self.by_key[a] for a in self.bandit.order()]
         # arms never profiled go cheapest first: the cheap ones calibrate the cost of the rest. After
         # task 0 an incumbent with no measurement goes first of all: a switch is only taken against a
         # measurement of what runs now, never because the one arm the cap allowed happened to be
