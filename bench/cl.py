@@ -15,14 +15,13 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import time
 
 import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import emit, machine, median  # noqa: E402
+from common import emit, machine, median, scratch  # noqa: E402
 
 from miro_runtime import RunConfig, run  # noqa: E402
 
@@ -172,7 +171,7 @@ def main(argv=None):
     ap.add_argument("--steps", type=int, default=60)
     args = ap.parse_args(argv)
     seeds = list(range(args.seeds))
-    root = tempfile.mkdtemp(prefix="miro-bench-cl-")
+    root = scratch("miro-bench-cl-")
     t0 = time.time()
     res = {"machine": machine(), "seeds": seeds, "epochs": args.epochs,
            "accuracy": accuracy(seeds, args.epochs, root),

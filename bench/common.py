@@ -2,11 +2,24 @@
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import platform
+import shutil
 import statistics
 import sys
+import tempfile
+
+
+def scratch(prefix: str) -> str:
+    """A directory for a bench's run dirs, removed when the bench exits, failed or interrupted included.
+
+    Each run leaves ~2 MB of LMDB files; a full `make bench` runs ~900 of them, and leaving them behind
+    once filled this machine's disk (the next CI's venv install then failed with ENOSPC)."""
+    root = tempfile.mkdtemp(prefix=prefix)
+    atexit.register(shutil.rmtree, root, ignore_errors=True)
+    return root
 
 
 def machine() -> dict:

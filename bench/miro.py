@@ -8,13 +8,12 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 import time
 
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import emit, machine  # noqa: E402
+from common import emit, machine, scratch  # noqa: E402
 
 from miro_runtime import RunConfig, run  # noqa: E402
 from miro_runtime.miro import default_grid  # noqa: E402
@@ -73,7 +72,7 @@ def main(argv=None):
     ap.add_argument("--seeds", type=int, default=16)
     args = ap.parse_args(argv)
     seeds = list(range(args.seeds))
-    root = tempfile.mkdtemp(prefix="miro-bench-miro-")
+    root = scratch("miro-bench-miro-")
     default = RunConfig()
     grid = default_grid(default)
     out = {"machine": machine(), "seeds": seeds, "grid": [k.key() for k in grid], "rules": list(RULES),
