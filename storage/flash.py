@@ -2,7 +2,9 @@
 storage tier, with raw records instead of one PNG per sample).
 
 One environment per state directory. Named databases:
-  ``meta``            schema version, namespace specs (JSON), counters (ASCII ints)
+  ``meta``            schema version, namespace specs (JSON), counters (ASCII ints), the eviction
+                      RNG's state (JSON, committed with the evictions it drew: a reopened store
+                      evicts exactly as the store that never closed would have)
   ``<ns>.data``       sample id (8-byte big-endian) -> encoded record (see codec.py)
   ``<ns>.class``      class (4 B) + sample id (8 B) -> b"" : per-class index, scanned once at open
   ``<ns>.blob``       opaque blobs for generic namespaces (the KV-cache path)
@@ -37,6 +39,7 @@ SYNC_MODES = {
     "nosync": dict(sync=False, metasync=False),  # a crash may lose the last commits
 }
 POLICIES = ("class-balanced", "reservoir")
+RNG_KEY = "eviction_rng"
 
 
 @dataclass
@@ -172,7 +175,8 @@ class _RWLock:
 
 
 class FlashTier(Tier):
-    """LMDB-backed flash tier. ``readonly=True`` opens it for inspection from another process."""
+    """LMDB-backed flash tier. ``readonly=True`` opens it for inspection from another process.
+    ``seed`` seeds the eviction draws of a new store; a reopened one continues its stored stream."""
 
     def __init__(self, path: str, sync_mode: str = "sync", initial_map_bytes: int = 16 << 20,
                  max_map_bytes: int = 64 << 30, readonly: bool = False, seed: int = 0):
@@ -211,6 +215,9 @@ class FlashTier(Tier):
         self._meta = self._db("meta", create=not readonly)
         self._check_schema()
         self._load_namespaces()
+        saved = self._read(lambda txn: self._meta_get(txn, RNG_KEY))
+        if saved is not None:
+            self._rng.bit_generator.state = json.loads(saved)
         self._queue: "queue.Queue" = queue.Queue()
         self._writer = None
         if not readonly:
@@ -274,14 +281,26 @@ class FlashTier(Tier):
 
     def _run_write(self, job):
         while True:
+            # a job may draw evictions; a transaction that does not commit must not use up draws,
+            # or the stored RNG state and the next job's draws would no longer match
+            rng_before = self._rng.bit_generator.state
             try:
                 with self.env.begin(write=True) as txn:
                     result, after = job(txn)
-                if after is not None:
-                    after()  # in-memory state changes only once the commit succeeded
-                return result
             except lmdb.MapFullError:
+                self._rng.bit_generator.state = rng_before
                 self._grow_map()
+                continue
+            except BaseException:
+                self._rng.bit_generator.state = rng_before
+                raise
+            if after is not None:
+                after()  # in-memory state changes only once the commit succeeded
+            return result
+
+    def _put_rng(self, txn):
+        """Commit the eviction RNG's state with the evictions that drew from it."""
+        txn.put(RNG_KEY.encode(), json.dumps(self._rng.bit_generator.state).encode(), db=self._meta)
 
     def _grow_map(self):
         size = self.env.info()["map_size"]
@@ -456,6 +475,8 @@ class FlashTier(Tier):
 
         def job(txn):
             drop_new, evict_old = self._plan_eviction(txn, ns, spec, ids, labels)
+            if spec.capacity is not None:
+                self._put_rng(txn)
             keep = ~np.isin(ids, list(drop_new)) if drop_new else np.ones(n, dtype=bool)
             for cls, sid in evict_old:
                 txn.delete(int(sid).to_bytes(8, "big"), db=data_db)
@@ -569,6 +590,7 @@ class FlashTier(Tier):
 
         def job(txn):
             _, evict_old = self._plan_eviction(txn, ns, new, empty, empty)
+            self._put_rng(txn)
             for cls, sid in evict_old:
                 txn.delete(int(sid).to_bytes(8, "big"), db=data_db)
                 txn.delete(int(cls).to_bytes(4, "big") + int(sid).to_bytes(8, "big"), db=cls_db)

@@ -120,6 +120,16 @@ class SwapEngine:
     def resume(self):
         self._running.set()
 
+    def rng_state(self) -> dict:
+        """The draw stream's position (JSON-safe): a checkpoint that keeps it resumes the same draws.
+        Take it after ``drain()``; a queued job would draw after it."""
+        with self._rng_lock:
+            return self._rng.bit_generator.state
+
+    def set_rng_state(self, state: dict) -> None:
+        with self._rng_lock:
+            self._rng.bit_generator.state = state
+
     @property
     def queue_depth(self) -> int:
         return self._q.qsize()

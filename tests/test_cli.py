@@ -5,10 +5,6 @@ import signal
 import subprocess
 import time
 
-import numpy as np
-
-from miro_runtime import RunConfig, run
-
 MIRO = [os.path.join(os.path.dirname(os.path.realpath(__import__("sys").executable)), "miro")]
 if not os.path.exists(MIRO[0]):
     MIRO = [__import__("sys").executable, "-m", "miro_runtime.cli"]
@@ -68,11 +64,13 @@ def test_bad_flags_are_clear_errors(tmp_path):
     assert r.returncode != 0 and "no flash store" in r.stderr
 
 
-def test_sigkill_then_resume_finishes_within_seed_noise(tmp_path):
-    args = ["run", "--strategy", "carm", "--epochs", "4", "--checkpoint-every", "10", "--json"]
+def test_sigkill_then_resume_is_the_run_that_never_stopped(tmp_path):
+    # carm-sync: async carm's swap groups depend on timing, so only the synchronous variant can be
+    # held to the bit (every random stream continues from the checkpoint; test_engine has the why)
+    args = ["run", "--strategy", "carm-sync", "--epochs", "4", "--checkpoint-every", "10", "--json"]
     full = miro(*args, "--run-dir", str(tmp_path / "full"))
     assert full.returncode == 0, full.stderr
-    full_acc = json.loads(full.stdout.strip().splitlines()[-1])["final_avg_acc"]
+    full = json.loads(full.stdout.strip().splitlines()[-1])
 
     run_dir = tmp_path / "killed"
     child = subprocess.Popen(MIRO + args + ["--run-dir", str(run_dir)], stdout=subprocess.PIPE,
@@ -109,14 +107,6 @@ def test_sigkill_then_resume_finishes_within_seed_noise(tmp_path):
     # and the run's wall time spans both processes (tasks 0-1 ran in the killed one)
     assert res["wall_s"] >= sum(r["wall_s"] for r in res["per_task"])
 
-    # seed noise of this configuration, measured here: the same run under other seeds
-    accs = [full_acc] + [run(RunConfig(strategy="carm", epochs=4, seed=s, checkpoint_every=0,
-                                       run_dir=str(tmp_path / f"s{s}")))["final_avg_acc"] for s in (1, 2)]
-    # three seeds estimate the spread poorly, and carm's asynchronous swaps make even one seed vary
-    # between runs (seed 0, one torch thread: uninterrupted 0.887-0.967 over seven runs; killed and
-    # resumed 0.836-0.942 over seven, the same spread with one low draw): the resumed run is held to
-    # the mean of the three runs with a 12-point floor. A broken resume (fresh model, lost memory)
-    # costs 20+ points.
-    ref = float(np.mean(accs))
-    noise = max(3 * float(np.std(accs)), 0.12)
-    assert abs(res["final_avg_acc"] - ref) <= noise, (res["final_avg_acc"], ref, accs)
+    # the work between the checkpoint and the kill was redone exactly as it first ran
+    assert res["acc_matrix"] == full["acc_matrix"], (res["final_avg_acc"], full["final_avg_acc"])
+    assert res["steps"] == full["steps"]

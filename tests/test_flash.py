@@ -191,6 +191,38 @@ def test_reservoir_keeps_a_uniform_sample_of_the_stream(tmp_path):
     f.close()
 
 
+@pytest.mark.parametrize("policy", ["class-balanced", "reservoir"])
+def test_eviction_draws_survive_reopen_and_map_growth(tmp_path, policy):
+    """What a store keeps does not depend on whether it was closed and reopened between batches
+    (the eviction RNG's state is committed with the evictions it drew; the reopen's seed is not
+    used) or had to grow its map in the middle of a batch (the retried transaction draws again
+    from the same state). A resumed run relies on both."""
+    rng = np.random.default_rng(1)
+    batches = [rng.integers(0, 10, 200).tolist() for _ in range(6)]
+
+    def kept(f):
+        return sorted(np.concatenate([f.class_ids("samples", c) for c in range(10)]).tolist())
+
+    def fill(name, reopen_each=False, **kw):
+        f = None
+        for i, b in enumerate(batches):
+            if f is None or reopen_each:
+                if f is not None:
+                    f.close()
+                f = open_store(tmp_path / name, budget_records=400, policy=policy, seed=5 if i == 0 else 99, **kw)
+            put(f, b)
+        f.set_budget("samples", budget_records=150)  # draws too
+        out, grown = kept(f), f.env.info()["map_size"] > kw.get("initial_map_bytes", 1 << 62)
+        f.close()
+        return out, grown
+
+    want, _ = fill("ref")
+    assert len(want) == 150
+    assert fill("reopened", reopen_each=True)[0] == want
+    got, grown = fill("small-map", initial_map_bytes=1 << 16)
+    assert grown and got == want
+
+
 def test_bad_input_is_rejected_and_nothing_is_written(tmp_path):
     f = open_store(tmp_path, budget_records=100)
     put(f, [0, 1, 2])

@@ -7,6 +7,7 @@ replaced by random stored samples of the same class. No swap during the first ta
 
 from __future__ import annotations
 
+import json
 import time
 
 import numpy as np
@@ -150,6 +151,7 @@ class CarM:
         self.settle()
         st = self.base.state_dict()
         st["swap_counters"] = {k: float(v) for k, v in self.engine.counters.items()}
+        st["swap_rng"] = json.dumps(self.engine.rng_state())  # settled: no queued job draws after it
         return st
 
     def load_state_dict(self, st):
@@ -157,6 +159,8 @@ class CarM:
         for k, v in st.get("swap_counters", {}).items():
             if k in self.engine.counters:
                 self.engine.counters[k] = type(self.engine.counters[k])(v)
+        if "swap_rng" in st:
+            self.engine.set_rng_state(json.loads(st["swap_rng"]))
 
     def stats(self):
         return {**self.base.stats(), "swap": self.engine.stats()}
