@@ -121,10 +121,12 @@ class ThompsonBandit:
         return under + sorted(seen, key=lambda a: -draws[a])
 
     def state(self) -> dict:
-        return {"obs": self.obs}
+        return {"obs": self.obs, "rng": self.rng.bit_generator.state}  # a resumed run draws on
 
     def load_state(self, st: dict):
         self.obs = {a: list(st["obs"].get(a, [])) for a in self.arms}
+        if "rng" in st:  # checkpoints from before it was kept start the stream afresh
+            self.rng.bit_generator.state = st["rng"]
 
 
 class MiroController:

@@ -59,6 +59,10 @@ def test_bandit_explores_then_prefers_the_better_arm():
     for _ in range(3):  # the sliding window forgets: b drifts down
         b.observe("b", 0.1)
     assert b.order()[0] != "b"
+    # its state goes through a JSON checkpoint and the restored bandit draws what this one draws
+    c = ThompsonBandit(["a", "b", "c"], window=3, min_obs=2, seed=7)
+    c.load_state(json.loads(json.dumps(b.state())))
+    assert [c.order() for _ in range(20)] == [b.order() for _ in range(20)]
 
 
 def test_default_grid_holds_the_default_config():
