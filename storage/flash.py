@@ -217,7 +217,12 @@ class FlashTier(Tier):
         self._load_namespaces()
         saved = self._read(lambda txn: self._meta_get(txn, RNG_KEY))
         if saved is not None:
-            self._rng.bit_generator.state = json.loads(saved)
+            try:
+                self._rng.bit_generator.state = json.loads(saved)
+            except (ValueError, TypeError, KeyError) as e:  # JSONDecodeError is a ValueError
+                raise StoreError(f"{self.path}: meta key {RNG_KEY!r} holds no {type(self._rng.bit_generator).__name__} "
+                                 f"state ({e}); the store's data is intact, but its eviction draws cannot "
+                                 f"continue") from e
         self._queue: "queue.Queue" = queue.Queue()
         self._writer = None
         if not readonly:

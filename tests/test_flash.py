@@ -222,6 +222,13 @@ def test_eviction_draws_survive_reopen_and_map_growth(tmp_path, policy):
     got, grown = fill("small-map", initial_map_bytes=1 << 16)
     assert grown and got == want
 
+    env = lmdb.open(str(tmp_path / "ref"), max_dbs=64)  # a damaged state is named, not a traceback
+    with env.begin(write=True) as txn:
+        txn.put(b"eviction_rng", b"{not json", db=env.open_db(b"meta", txn=txn))
+    env.close()
+    with pytest.raises(StoreError, match="eviction_rng"):
+        open_store(tmp_path / "ref")
+
 
 def test_bad_input_is_rejected_and_nothing_is_written(tmp_path):
     f = open_store(tmp_path, budget_records=100)
