@@ -1,13 +1,22 @@
 """miro-runtime: on-device continual learning over a RAM + flash memory hierarchy.
 
-Library first: ``run(RunConfig(...))`` runs a whole experiment in-process; the CLI (`miro`) and
-the daemon (`mirod`) are thin shells over it.
+Library first: ``run(RunConfig(...))`` runs a whole experiment in-process, ``Session`` learns from
+data as it arrives; the CLI (`miro`) and the daemon (`mirod`) are thin shells over them. Names are
+imported on first use, so control commands (`miro status`) never load torch.
 """
 
 __version__ = "0.1.0"
 
-from .config import RunConfig  # noqa: E402
-from .engine import Experiment, run  # noqa: E402
-from .streams import Stream, StreamError, from_arrays, make_stream  # noqa: E402
+_LAZY = {"RunConfig": "config", "Experiment": "engine", "run": "engine", "Learner": "learner",
+         "Session": "session", "Stream": "streams", "StreamError": "streams", "from_arrays": "streams",
+         "make_stream": "streams", "Client": "client"}
 
-__all__ = ["RunConfig", "Experiment", "run", "Stream", "StreamError", "from_arrays", "make_stream", "__version__"]
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module 'miro_runtime' has no attribute {name!r}")
+
+
+__all__ = sorted(_LAZY) + ["__version__"]

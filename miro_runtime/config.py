@@ -7,6 +7,10 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Optional
 
 
+# the strategies' names without importing them (and torch): control commands validate configs too
+STRATEGY_NAMES = ("finetune", "joint", "er", "der", "carm", "carm-sync")
+
+
 @dataclass
 class RunConfig:
     stream: str = "split-digits"
@@ -61,10 +65,9 @@ class RunConfig:
         return cls(**data)
 
     def validate(self) -> None:
-        from .strategies import STRATEGIES
         problems = []
-        if self.strategy not in STRATEGIES:
-            problems.append(f"strategy {self.strategy!r} is not one of {sorted(STRATEGIES)}")
+        if self.strategy not in STRATEGY_NAMES:
+            problems.append(f"strategy {self.strategy!r} is not one of {sorted(STRATEGY_NAMES)}")
         if self.replay not in ("er", "der"):
             problems.append(f"replay {self.replay!r} must be er or der")
         if self.memory < 0:

@@ -60,6 +60,8 @@ class EpisodicMemory:
         ids = np.asarray(ids, dtype=np.int64)
         tasks = np.broadcast_to(np.asarray(tasks, dtype=np.int64), y.shape)
         taken = 0
+        if len(y) and int(y.max()) >= self.num_classes:  # a live stream's classes grow as labels arrive
+            self._grow(int(y.max()) + 1)
         for i in range(len(y)):
             c = int(y[i])
             self.seen[c] += 1
@@ -75,6 +77,12 @@ class EpisodicMemory:
             self.counts[c] += 1
             taken += 1
         return taken
+
+    def _grow(self, num_classes: int):
+        pad = num_classes - self.num_classes
+        self.seen = np.concatenate([self.seen, np.zeros(pad, dtype=np.int64)])
+        self.counts = np.concatenate([self.counts, np.zeros(pad, dtype=np.int64)])
+        self.num_classes = num_classes
 
     def sample(self, k: int):
         """k random slots and their contents (copied atomically): (slots, batch dict)."""
@@ -97,4 +105,7 @@ class EpisodicMemory:
             self.ram.resize(st["capacity"])
         self.ram.load_state({k[4:]: v for k, v in st.items() if k.startswith("ram.")})
         self.seen = st["seen"].numpy().copy()
+        self.num_classes = max(self.num_classes, len(self.seen))
+        if len(self.seen) < self.num_classes:
+            self.seen = np.concatenate([self.seen, np.zeros(self.num_classes - len(self.seen), dtype=np.int64)])
         self.counts = self.ram.class_counts(self.num_classes)

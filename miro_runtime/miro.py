@@ -179,7 +179,7 @@ class MiroController:
              "not_profiled": skipped, "profiling_energy_j": profiling_j,
              "budget_j": self._budget(), "provenance": exp.meter.provenance()}
         self.decisions.append(d)
-        exp.log.event("miro_decision", **d)
+        exp.event("miro_decision", **d)
 
     def on_resources(self, exp, t: int, snap):
         """Engine hook between steps. A pressure that begins (available RAM under the floor, the
@@ -207,7 +207,7 @@ class MiroController:
         lower predicted task energy for battery or throttling. Profiles run as the task's cap still
         allows (under battery pressure the rule is lowest-energy); when none fits, the arm is chosen
         on prediction: the largest smaller memory, or the cheapest arm."""
-        n = len(exp.stream.train[t][1])
+        n = len(exp.task_data(t)[1])
         cur_j = self._predicted_j(self.current, n, t)
 
         def relieves(kn):
@@ -335,8 +335,7 @@ class MiroController:
         """-> (candidates to choose from, arms not profiled with why). ``arms``: a reaction to a
         resource pressure, profiling only those (the incumbent is not among them)."""
         react = arms is not None
-        stream = exp.stream
-        x, y = stream.train[t]
+        x, y = exp.task_data(t)
         n = len(y)
         rng = np.random.default_rng([exp.cfg.seed, t, 7])
         perm = rng.permutation(n)
@@ -506,6 +505,6 @@ class MiroController:
             evicted = exp.flash.set_budget("samples", budget_records=kn.flash_budget)
         cfg.memory, cfg.flash_budget, cfg.swap_ratio, cfg.epochs = kn.memory, kn.flash_budget, kn.swap_ratio, kn.epochs
         if log and kn != self.current:
-            exp.log.event("miro_adopt", old=self.current.key(), new=kn.key(), em_dropped=dropped,
+            exp.event("miro_adopt", old=self.current.key(), new=kn.key(), em_dropped=dropped,
                           flash_evicted=evicted)
         self.current = kn

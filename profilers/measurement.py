@@ -78,6 +78,11 @@ class Meter:
     def end_window(self, name: str) -> Measurement:
         return self._measure(name, close=True)
 
+    def cancel_window(self, name: str) -> None:
+        """Forget an open window without measuring it (the work it covered raised); no-op if not open."""
+        with self._lock:
+            self._windows.pop(name, None)
+
     def peek(self, name: str) -> Measurement:
         """What an open window holds so far, leaving it open (a checkpoint in the middle of a task)."""
         return self._measure(name, close=False)

@@ -16,13 +16,14 @@ class DER(Strategy):
 
     @property
     def aux_dim(self):
-        return self.stream.num_classes
+        # a live stream does not know its class count: logits are padded to its cap (max_classes)
+        return getattr(self.stream, "max_classes", self.stream.num_classes)
 
     def aux_for(self, x, t):
         self.model.eval()
         with torch.no_grad():
             out = self.model(x.to(self.device)).float().cpu()  # (N, K_now)
-        pad = torch.zeros((len(x), self.stream.num_classes))
+        pad = torch.zeros((len(x), self.aux_dim))
         pad[:, : out.shape[1]] = out
         return pad
 

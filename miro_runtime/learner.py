@@ -1,0 +1,356 @@
+"""The CL engine as an open-ended learner: stream -> store -> memory -> step -> metrics, one call at
+a time, for callers that never know a stream's length (the daemon) and for ``Experiment`` (a whole
+known stream, ``miro run``), which drives the same calls in order.
+
+A task's life: ``begin_task`` (the strategy's, the controller's, an energy window) -> ``store``
+batches (durable in the flash tier) and, online, ``observe`` each as it arrives -> ``train_epochs``
+(epoch mode) -> ``finish_task`` (memory update, window closed, evaluation, metrics line, atomic
+checkpoint). ``predict``, ``evaluate``, ``status`` and ``checkpoint`` work between any two calls of
+the thread that trains. Controllers (Miro) see the learner through the ``Controller`` protocol of
+``hooks.py``: ``cfg``, ``stream``, ``flash``, ``strategy``, ``meter``, ``device``, ``task_data(t)``,
+``event(kind, **fields)``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+
+from miro_runtime.profilers import ResourceMonitor, make_meter
+from miro_runtime.storage import FlashTier, SampleSpec
+
+from .checkpoint import load_checkpoint, save_checkpoint
+from .config import RunConfig
+from .log import EventLog
+from .metrics import anon_rss_mb, bwt, evaluate, final_avg_acc, forgetting, peak_rss_mb
+from .models import make_model
+from .strategies import make_strategy
+
+NS = "samples"
+CHECKPOINT = "checkpoint.pt"
+
+
+class Learner:
+    """One continual learner over a RAM + flash memory hierarchy, driven step by step.
+
+    ``stream`` is anything with the ``Stream`` surface the strategies read: ``shape``,
+    ``num_classes``, ``tasks[t].classes``, ``classes_upto(t)``, ``train[t]`` / ``test[t]`` arrays
+    (``LiveStream`` grows them as data arrives)."""
+
+    def __init__(self, cfg: RunConfig, stream, hooks=None, monitor: Optional[ResourceMonitor] = None,
+                 on_event: Optional[Callable] = None, log: Optional[EventLog] = None, extra_state=None):
+        cfg.validate()
+        if not cfg.run_dir:
+            raise ValueError("RunConfig.run_dir is required (where the store, metrics and checkpoints live)")
+        self.cfg, self.stream, self.on_event = cfg, stream, on_event
+        if hooks is None and cfg.miro:
+            from .miro import MiroController
+            hooks = MiroController(cfg, rule=cfg.miro_rule, search=cfg.miro_search, budget_frac=cfg.miro_budget)
+        self.hooks = hooks  # a Controller (hooks.py) or None
+        # controllers that react to resources (Miro) get snapshots between steps; tests pass a monitor
+        # reading fixture sysfs trees
+        wants = hooks is not None and hasattr(hooks, "on_resources")
+        self.monitor = (monitor or ResourceMonitor()) if wants else None
+        self._last_watch = -math.inf
+        os.makedirs(cfg.run_dir, exist_ok=True)
+        self.device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+        self.log = log or EventLog(os.path.join(cfg.run_dir, "events.jsonl"))
+        self.metrics_path = os.path.join(cfg.run_dir, "metrics.jsonl")
+        self.extra_state = extra_state  # callable -> JSON-able dict kept in every checkpoint (the daemon's)
+        self.flash = self.strategy = self.meter = None
+        self.acc, self.per_task, self.steps = [], [], 0
+        self._cur = self._carry = None
+        self._window = None
+        self._wall_before = 0.0
+        self.restored: dict = {}
+
+    # ------------------------------------------------------------------ the controller's view
+    def task_data(self, t: int):
+        """(x uint8 (N, C, H, W), y int64 (N,)): the training samples task t delivered."""
+        return self.stream.train[t]
+
+    def event(self, kind: str, **fields) -> dict:
+        return self.log.event(kind, **fields)
+
+    def _emit(self, kind, **payload):
+        if self.on_event:
+            self.on_event(kind, payload)
+
+    # ------------------------------------------------------------------ open / close
+    def open(self, resume: bool = False) -> dict:
+        """Build model, flash tier, strategy and meter; on ``resume`` load the last checkpoint.
+        Returns the position to continue from: {"task", "epoch", "batch"}."""
+        cfg, stream = self.cfg, self.stream
+        self._t_start = time.perf_counter()
+        torch.manual_seed(cfg.seed)
+        model = make_model(cfg.model, stream.shape).to(self.device)
+        self.flash = FlashTier(os.path.join(cfg.run_dir, "state"), sync_mode=cfg.sync_mode, seed=cfg.seed)
+        self.flash.declare_samples(NS, SampleSpec(shape=stream.shape, dtype="uint8", num_classes=stream.num_classes,
+                                                  policy=cfg.flash_policy, budget_records=cfg.flash_budget))
+        self.strategy = make_strategy(cfg.strategy, model, cfg, self.flash, stream, self.device)
+        self.meter = make_meter(cfg.energy_source)
+        self.peak_anon = anon_rss_mb()
+        # intra-op threads are process-wide: set while open, given back at close (in-process callers).
+        # One thread by default: the small models trained here gain little wall time from a second
+        # one and pay for it in joules (its spin-waits are CPU time; README has the measurement)
+        self._threads_before = torch.get_num_threads()
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        return self._restore() if resume else {"task": 0, "epoch": 0, "batch": 0}
+
+    def close(self):
+        if self._window is not None:  # a task that raised: its energy window is cancelled, not leaked
+            self.meter.cancel_window(self._window)
+            self._window = None
+        if self.strategy is not None:
+            self.strategy.close()
+        if self.flash is not None:
+            self.flash.close()
+        if self.meter is not None:
+            self.meter.close()
+            torch.set_num_threads(self._threads_before)
+        self.log.close()
+
+    def grow_classes(self) -> bool:
+        """Online: classes arrived mid-task; grow the flash spec and the head (a new optimizer)."""
+        self.flash.declare_samples(NS, SampleSpec(shape=self.stream.shape, dtype="uint8",
+                                                  num_classes=self.stream.num_classes, policy=self.cfg.flash_policy,
+                                                  budget_records=self.cfg.flash_budget))
+        strat = self.strategy
+        if strat.model.head.grow(len(self.stream.classes_upto(max(strat.task, 0)))):
+            strat.model.to(strat.device)
+            strat.opt = torch.optim.SGD(strat.model.parameters(), lr=self.cfg.lr, momentum=self.cfg.momentum)
+            return True
+        return False
+
+    # ------------------------------------------------------------------ a task, step by step
+    def begin_task(self, t: int, pos: dict):
+        fresh = pos["epoch"] == 0 and pos["batch"] == 0
+        wall0 = time.perf_counter()
+        if fresh:
+            self.strategy.begin_task(t)
+        if self.hooks is not None and fresh:
+            if len(self.task_data(t)[1]):
+                self.hooks.task_begin(self, t)  # Miro profiles here: its energy is metered on its own
+            else:  # online in the daemon: the task's data has not arrived yet
+                self.event("controller_skipped", task=t, why="no samples of the task yet to profile on (online)")
+        self._window = f"task{t}"
+        self.meter.begin_window(self._window)
+        self._cur = {"task": t, "wall0": wall0, "train_s": 0.0, "samples": 0}
+
+    def store(self, t: int, x, y, meta: Optional[dict] = None, ns: str = NS):
+        """Write samples durably to the flash tier (returns once fsynced); -> PutResult."""
+        return self.flash.put_batch(ns, list(x), y, np.full(len(y), t), meta=meta)
+
+    def observe(self, t: int, x, y, ids, pos: Optional[dict] = None):
+        """Online: one step on an arriving batch (plus replay), then offer it to the memory."""
+        cur = self._cur
+        xt, yt = torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(np.asarray(y))
+        t0 = time.perf_counter()
+        self.strategy.observe(xt, yt)
+        self.strategy.remember(xt, y, ids, t)
+        cur["train_s"] += time.perf_counter() - t0
+        cur["samples"] += len(y)
+        self._step(pos or {"task": t, "epoch": 0, "batch": 0})
+
+    def train_epochs(self, t: int, x_task, y_task, ids_task, pos: dict, should_stop=None) -> bool:
+        """Epoch mode: the task's epochs from ``pos`` on. ``should_stop()`` is asked between steps
+        (the daemon's shutdown): then a checkpoint at the current position is written and False
+        returned; True once every epoch ran."""
+        cfg, strat, cur = self.cfg, self.strategy, self._cur
+        X, Y, _ = strat.training_data(t, torch.from_numpy(x_task), torch.from_numpy(y_task), ids_task)
+        n = len(Y)
+        nb = math.ceil(n / cfg.batch_size)
+        e = pos["epoch"]
+        while e < cfg.epochs:  # re-read each epoch: Miro may change the epochs mid-task
+            perm = torch.from_numpy(np.random.default_rng([cfg.seed, t, e]).permutation(n))
+            for b in range(pos["batch"] if e == pos["epoch"] else 0, nb):
+                if should_stop is not None and should_stop():
+                    self.checkpoint({"task": t, "epoch": e, "batch": b})
+                    return False
+                idx = perm[b * cfg.batch_size:(b + 1) * cfg.batch_size]
+                t0 = time.perf_counter()
+                strat.observe(X[idx], Y[idx])
+                cur["train_s"] += time.perf_counter() - t0
+                cur["samples"] += len(idx)
+                self._step({"task": t, "epoch": e, "batch": b + 1})
+            e += 1
+        return True
+
+    def finish_task(self, t: int, x_task, y_task, ids_task) -> dict:
+        """Memory update, energy window closed, evaluation, metrics line, checkpoint -> the record."""
+        cfg, strat, cur = self.cfg, self.strategy, self._cur
+        strat.end_task(t, torch.from_numpy(x_task), y_task, ids_task, cfg.online)
+        energy = self.meter.end_window(f"task{t}")  # ingest + training + memory update, not evaluation
+        self._window = None
+        here = {"energy_j": energy.joules, "components": energy.components,
+                "wall_s": time.perf_counter() - cur["wall0"], "train_s": cur["train_s"], "samples": cur["samples"]}
+        carry = self._carry if self._carry and self._carry["task"] == t else None
+        self._carry = self._cur = None
+        done = _add_partial(here, carry) if carry else here
+        row = evaluate(strat.model, self.stream, t, self.device)
+        self.acc.append(row)
+        known = [a for a in row if a is not None]
+        rec = {"task": t, "acc": row, "avg_acc": float(np.mean(known)) if known else None, "wall_s": done["wall_s"],
+               "train_s": done["train_s"], "train_samples": done["samples"],
+               "train_samples_per_s": done["samples"] / done["train_s"] if done["train_s"] else None,
+               "energy_j": done["energy_j"], "energy_components_j": done["components"],
+               "energy_provenance": energy.summary(), "energy_warnings": energy.warnings,
+               "peak_rss_mb": peak_rss_mb(), "peak_anon_rss_mb": max(self.peak_anon, anon_rss_mb()),
+               "flash_records": int(self.flash.class_counts(NS).sum()), "torch_threads": torch.get_num_threads(),
+               **strat.stats()}
+        if carry:  # resumed in this task: its figures add what was metered before the restart
+            rec["before_restart"] = {k: carry[k] for k in ("energy_j", "wall_s", "train_s", "samples", "restarts")}
+            rec["before_restart"]["note"] = ("metered up to the last checkpoint before the restart; work between that "
+                                             "checkpoint and the kill is not known and was redone (metered again)")
+        if self.hooks is not None:
+            self.hooks.task_end(self, t, rec)
+        self.per_task.append(rec)
+        with open(self.metrics_path, "a") as fh:
+            fh.write(json.dumps(rec) + "\n")
+        self.log.event("task_end", **{k: v for k, v in rec.items()})
+        self._emit("task_end", **rec)
+        self.checkpoint({"task": t + 1, "epoch": 0, "batch": 0})
+        return rec
+
+    def abort_task(self):
+        """A task that raised: cancel its energy window (nothing half-metered is reported)."""
+        if self._window is not None:
+            self.meter.cancel_window(self._window)
+            self._window = None
+        self._cur = None
+
+    def _step(self, pos):
+        self.steps += 1
+        if self.steps % 25 == 0:  # a /proc read: cheap enough every few steps for a true peak
+            self.peak_anon = max(self.peak_anon, anon_rss_mb())
+        self._emit("step", **pos)
+        self._watch(pos["task"])
+        if self.cfg.checkpoint_every and self.steps % self.cfg.checkpoint_every == 0:
+            self.checkpoint(pos)
+
+    def _watch(self, t: int):
+        """Between steps, every ``monitor_every_s``: hand a resource snapshot to the controller (Miro
+        re-decides when RAM, battery or thermals newly press; what it adopts applies from the next
+        step on, the epochs of this task included)."""
+        if self.monitor is None:
+            return
+        now = time.perf_counter()
+        if now - self._last_watch < self.cfg.monitor_every_s:
+            return
+        self._last_watch = now
+        self.hooks.on_resources(self, t, self.monitor.snapshot())
+
+    # ------------------------------------------------------------------ reading the model
+    @torch.no_grad()
+    def predict(self, x, k: int = 3, model=None):
+        """Top-k over the classes seen: (labels (N, k) int64, probs (N, k) float32), from ``model``
+        (a snapshot) or the live model."""
+        m = model or self.strategy.model
+        m.eval()
+        out = m(torch.from_numpy(np.ascontiguousarray(x)).to(self.device)).float()  # (N, K)
+        p = torch.softmax(out, dim=1)
+        k = min(k, p.shape[1])
+        probs, labels = p.topk(k, dim=1)  # (N, k) each
+        return labels.cpu().numpy(), probs.cpu().numpy()
+
+    def evaluate(self, upto: Optional[int] = None) -> list:
+        upto = len(self.stream.tasks) - 1 if upto is None else upto
+        return evaluate(self.strategy.model, self.stream, upto, self.device)
+
+    # ------------------------------------------------------------------ checkpoints
+    def checkpoint(self, pos: dict):
+        st = {"version": 1, "config": self.cfg.to_json(), "position": pos,
+              "strategy": self.strategy.state_dict(), "torch_rng": torch.get_rng_state(),
+              "metrics": json.dumps({"acc": self.acc, "per_task": self.per_task, "steps": self.steps,
+                                     "wall_s": self._wall_before + time.perf_counter() - self._t_start,
+                                     "partial": self._partial(pos)})}
+        if self.hooks is not None:
+            st["hooks"] = json.dumps(self.hooks.state())
+        if self.extra_state is not None:
+            st["extra"] = json.dumps(self.extra_state())
+        save_checkpoint(os.path.join(self.cfg.run_dir, CHECKPOINT), st)
+        self.log.event("checkpoint", **pos, steps=self.steps)
+        self._emit("checkpoint", **pos)
+
+    def _partial(self, pos: dict) -> Optional[dict]:
+        """What the task in progress has spent so far (a checkpoint in its middle), so a resumed
+        run reports the task's whole cost, not only the part after the restart."""
+        cur = self._cur
+        if cur is None or pos["task"] != cur["task"] or (pos["epoch"] == 0 and pos["batch"] == 0):
+            return None
+        m = self.meter.peek(f"task{cur['task']}")
+        part = {"task": cur["task"], "energy_j": m.joules, "components": m.components,
+                "wall_s": time.perf_counter() - cur["wall0"], "train_s": cur["train_s"], "samples": cur["samples"],
+                "restarts": 0}
+        return _add_partial(part, self._carry) if self._carry and self._carry["task"] == cur["task"] else part
+
+    def _restore(self) -> dict:
+        path = os.path.join(self.cfg.run_dir, CHECKPOINT)
+        if not os.path.exists(path):
+            self.log.event("resume", found_checkpoint=False)
+            return {"task": 0, "epoch": 0, "batch": 0}
+        st = load_checkpoint(path)
+        self.strategy.load_state_dict(st["strategy"])
+        torch.set_rng_state(st["torch_rng"])
+        m = json.loads(st["metrics"])
+        self.acc, self.per_task, self.steps = m["acc"], m["per_task"], m["steps"]
+        self._wall_before = m.get("wall_s", 0.0)
+        part = m.get("partial")
+        if part and part["task"] == st["position"]["task"]:
+            self._carry = dict(part, restarts=part["restarts"] + 1)
+        if self.hooks is not None and "hooks" in st:
+            self.hooks.load_state(self, json.loads(st["hooks"]))
+        self.restored = json.loads(st["extra"]) if "extra" in st else {}
+        self.log.event("resume", found_checkpoint=True, **st["position"])
+        return dict(st["position"])
+
+    # ------------------------------------------------------------------ summaries
+    def wall_s(self) -> float:
+        return self._wall_before + time.perf_counter() - self._t_start
+
+    def summary(self, wall_s: Optional[float] = None) -> dict:
+        T = len(self.stream.tasks)
+        acc = [row + [None] * (T - len(row)) for row in self.acc]
+        train_s = sum(r["train_s"] for r in self.per_task)
+        samples = sum(r["train_samples"] for r in self.per_task)
+        out = {"final_avg_acc": final_avg_acc(self.acc), "forgetting": forgetting(self.acc), "bwt": bwt(self.acc),
+               "acc_matrix": acc, "train_samples_per_s": samples / train_s if train_s else None,
+               "peak_rss_mb": peak_rss_mb(), "peak_anon_rss_mb": max((r["peak_anon_rss_mb"] for r in self.per_task),
+                                                                     default=None),
+               "energy_j": self.energy_total(), "energy_provenance": self.provenance(),
+               "wall_s": self.wall_s() if wall_s is None else wall_s, "train_s": train_s, "steps": self.steps,
+               "config": json.loads(self.cfg.to_json()), "stream": self.stream.describe(),
+               "per_task": self.per_task}
+        if self.hooks is not None:
+            out.update(self.hooks.summary())
+        last = self.per_task[-1] if self.per_task else {}
+        if "swap" in last:
+            out["swap"] = last["swap"]
+        return out
+
+    def energy_total(self):
+        vals = [r["energy_j"] for r in self.per_task] + [r.get("profiling_energy_j") or 0.0 for r in self.per_task]
+        return None if not vals or any(v is None for v in vals) else float(sum(vals))
+
+    def provenance(self):
+        return "; ".join(sorted({r["energy_provenance"] for r in self.per_task})) or None
+
+
+def _add_partial(a: dict, b: dict) -> dict:
+    """Sum two parts of one task's cost (energy None if either part is unresolved)."""
+    def add(x, y):
+        return None if x is None or y is None else x + y
+    out = dict(a)
+    out["energy_j"] = add(a["energy_j"], b["energy_j"])
+    out["components"] = {k: add(v, b["components"].get(k)) for k, v in a["components"].items()}
+    for k in ("wall_s", "train_s", "samples"):
+        out[k] = a[k] + b[k]
+    out["restarts"] = max(a.get("restarts", 0), b.get("restarts", 0))
+    return out
