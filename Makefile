@@ -18,8 +18,9 @@ $(STAMP): setup.cfg pyproject.toml
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
+# the daemon demo: mirod on a temp state dir, split-digits streamed through its socket, stopped cleanly
 run: $(STAMP)
-	$(BIN)/miro run --stream split-digits --strategy carm --memory 20 --flash-budget 2000 --swap-ratio 0.5 --epochs 5 --seed 0
+	$(BIN)/miro demo
 
 bench: $(STAMP)
 	$(BIN)/python bench/run_all.py

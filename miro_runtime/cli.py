@@ -1,4 +1,6 @@
-"""`miro` command line: a thin shell over the library (``miro_runtime.run``)."""
+"""`miro` command line: a thin shell over the library. ``miro run`` and ``miro inspect`` work
+in-process; every other command is a client of mirod's control socket and imports neither torch
+nor the engine (``miro status`` answers in a fraction of a second)."""
 
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ def _fmt(v):
     return "  -  " if v is None else f"{100 * v:5.1f}"
 
 
-def print_table(summary: dict, out=sys.stdout):
+def print_table(summary: dict, out=sys.stdout, short: bool = False):
     acc = summary["acc_matrix"]
     T = len(acc[0]) if acc else 0
     click.echo("\nAccuracy (%) on task j's classes after training task i:", file=out)
@@ -26,10 +28,11 @@ def print_table(summary: dict, out=sys.stdout):
         click.echo(f"task {i:<5} " + " ".join(f"{_fmt(v)} " for v in row), file=out)
     lines = [("final average accuracy", f"{100 * summary['final_avg_acc']:.1f} %"),
              ("average forgetting", f"{100 * summary['forgetting']:.1f} points"),
-             ("backward transfer", f"{100 * summary['bwt']:+.1f} points"),
-             ("training samples/s", f"{summary['train_samples_per_s']:.0f}"),
-             ("peak RSS", f"{summary['peak_rss_mb']:.0f} MB"),
-             ("wall time", f"{summary['wall_s']:.1f} s")]
+             ("backward transfer", f"{100 * summary['bwt']:+.1f} points")]
+    if not short:
+        lines += [("training samples/s", f"{summary['train_samples_per_s']:.0f}"),
+                  ("peak RSS", f"{summary['peak_rss_mb']:.0f} MB"),
+                  ("wall time", f"{summary['wall_s']:.1f} s")]
     if summary.get("energy_j") is not None:
         lines.append(("energy", f"{summary['energy_j']:.1f} J ({summary['energy_provenance']})"))
     if summary.get("miro_decisions"):
@@ -41,7 +44,8 @@ def print_table(summary: dict, out=sys.stdout):
         lines.append(("swaps", f"{s['completed']} done, {s['dropped']} dropped, {s['bytes_read']} B read"))
     for k, v in lines:
         click.echo(f"{k:<24}{v}", file=out)
-    click.echo(f"run directory           {summary['config']['run_dir']}", file=out)
+    if not short:
+        click.echo(f"run directory           {summary['config']['run_dir']}", file=out)
 
 
 class Progress:
@@ -71,13 +75,27 @@ class Progress:
             self.bar = None
 
 
+# exit codes of the control commands (sysexits.h)
+EXIT_NO_DAEMON = 69  # EX_UNAVAILABLE: nothing listens on the socket
+EXIT_DAEMON_ERROR = 65  # the daemon refused the request (bad input, conflict)
+EXIT_DENIED = 77  # EX_NOPERM: the socket or the method is not for this user
+
+
 @click.group()
 @click.version_option(package_name="miro-runtime")
 @click.option("-v", "--verbose", is_flag=True, help="Log every decision to stderr.")
-def main(verbose):
+@click.option("--state-dir", envvar="MIRO_STATE_DIR", default=None,
+              help="The daemon's state directory [env MIRO_STATE_DIR; default $STATE_DIRECTORY or "
+                   "~/.local/state/miro].")
+@click.option("--socket", "socket_path", envvar="MIRO_SOCKET", default=None,
+              help="The control socket [env MIRO_SOCKET; default $RUNTIME_DIRECTORY/mirod.sock, else "
+                   "STATE_DIR/mirod.sock].")
+@click.pass_context
+def main(ctx, verbose, state_dir, socket_path):
     """miro: on-device continual learning over RAM + flash (CarM) with energy-aware tuning (Miro)."""
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
+    ctx.obj = {"state_dir": state_dir, "socket": socket_path}
 
 
 @main.command()
@@ -190,3 +208,391 @@ def inspect(state_dir, as_json):
 
 if __name__ == "__main__":
     main()
+
+
+# ---------------------------------------------------------------------------- daemon control
+def _sock(ctx) -> str:
+    from .client import default_socket
+    o = ctx.find_root().obj or {}
+    return o["socket"] or default_socket(o["state_dir"])
+
+
+def _call(ctx, method, **params):
+    """One request to mirod; a clear message and a distinct exit code when it cannot be served."""
+    from .client import Client, DaemonError, NoDaemon
+    path = _sock(ctx)
+    try:
+        with Client(path) as c:
+            return c.call(method, **params)
+    except NoDaemon as e:
+        click.echo(f"miro: {e}", err=True)
+        sys.exit(EXIT_NO_DAEMON)
+    except PermissionError:
+        click.echo(f"miro: permission denied on {path}: this user is not in the socket's group", err=True)
+        sys.exit(EXIT_DENIED)
+    except DaemonError as e:
+        click.echo(f"miro: {method}: {e.message}", err=True)
+        sys.exit(EXIT_DENIED if e.code == -32002 else EXIT_DAEMON_ERROR)
+    except (ConnectionError, OSError) as e:
+        click.echo(f"miro: lost the daemon on {path}: {e}", err=True)
+        sys.exit(EXIT_NO_DAEMON)
+
+
+def _out(obj, as_json, human):
+    if as_json:
+        click.echo(json.dumps(obj))
+    else:
+        human(obj)
+
+
+@main.command()
+@click.option("--config", "config_path", default=None, help="TOML configuration file.")
+@click.option("--set", "sets", multiple=True, metavar="TABLE.KEY=VALUE", help="Override a config key.")
+@click.pass_context
+def daemon(ctx, config_path, sets):
+    """Run mirod in the foreground (what the systemd unit runs)."""
+    from .daemon import run_daemon
+    o = ctx.find_root().obj
+    pairs = []
+    for item in sets:
+        if "=" not in item:
+            raise click.UsageError(f"--set {item!r}: expected TABLE.KEY=VALUE")
+        pairs.append(tuple(item.split("=", 1)))
+    sys.exit(run_daemon(config_path, o["state_dir"], o["socket"], pairs))
+
+
+def _fmt_j(v):
+    return "-" if v is None else f"{v:.1f} J"
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def status(ctx, as_json):
+    """What the daemon is doing: task, classes, memory, flash, swaps, energy, Miro, accuracy."""
+    def human(s):
+        d = s.get("daemon", {})
+        rows = [("state", s["state"] + (f"  (paused: {s['paused']})" if s.get("paused") else "")),
+                ("uptime", f"{s['uptime_s']:.0f} s  (pid {d.get('pid')})"),
+                ("current task", f"{s['current_task']}  (open {s['open_task']}, trained {s['tasks_trained']}, "
+                                 f"mode {s['mode']}, strategy {s['strategy']})"),
+                ("classes seen", f"{s['classes_seen']}  {s['class_labels'][:20]}"),
+                ("samples", f"{s['counters']['ingested_train']} train, {s['counters']['ingested_test']} test, "
+                            f"{s['counters']['online_pending']} pending online")]
+        if s.get("memory"):
+            rows.append(("RAM memory", f"{s['memory']['size']} / {s['memory']['capacity']} samples"))
+        if s.get("flash"):
+            f = s["flash"]
+            rows.append(("flash", f"{f['records']} samples ({f['bytes'] / 2**20:.1f} MiB), budget "
+                                  f"{f['budget_records'] or 'unbounded'}"))
+        if s.get("swap"):
+            w = s["swap"]
+            rows.append(("swaps", f"{w.get('completed')} done, {w.get('dropped')} dropped"))
+        if s.get("energy"):
+            e = s["energy"]
+            rows.append(("energy", f"{_fmt_j(e['total_j'])}  ({e['provenance']})"))
+        if s.get("miro"):
+            m = s["miro"]
+            rows.append(("miro", f"{m['knobs']}; last decision {m['last_decision']}"))
+        if s.get("last_acc"):
+            rows.append(("last accuracies", " ".join("-" if a is None else f"{100 * a:.1f}" for a in s["last_acc"])))
+        for k, v in rows:
+            click.echo(f"{k:<16}{v}")
+    _out(_call(ctx, "status"), as_json, human)
+
+
+@main.command(name="eval")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def eval_(ctx, as_json):
+    """Accuracy matrix, final average accuracy, forgetting, backward transfer (as `miro run --json`)."""
+    r = _call(ctx, "eval")
+
+    def human(r):
+        print_table({**r, "train_samples_per_s": None, "peak_rss_mb": None, "wall_s": None, "config": None},
+                    short=True)
+        for t in r["per_task"]:
+            click.echo(f"  task {t['task']}: {_fmt_j(t['energy_j'])} ({t['energy_provenance']})")
+    _out({k: r[k] for k in ("acc_matrix", "final_avg_acc", "forgetting", "bwt", "energy_j", "energy_provenance",
+                            "per_task")}, as_json, human)
+
+
+def _load_arrays(path):
+    import numpy as np
+    with np.load(path, allow_pickle=False) as z:
+        if "x" not in z:
+            raise click.ClickException(f"{path}: an .npz needs an array 'x' (and 'y' to ingest)")
+        x = z["x"]
+        y = z["y"] if "y" in z else None
+        extra = {k: z[k] for k in ("task", "split") if k in z}
+    return (x[:, None] if x.ndim == 3 else x), y, extra
+
+
+@main.command()
+@click.argument("path", type=click.Path(exists=True))
+@click.option("--task", type=int, default=None, help="Task to ingest into (default: the open task, or the .npz's).")
+@click.option("--split", type=click.Choice(["train", "test"]), default=None)
+@click.option("--end", is_flag=True, help="End the task afterwards.")
+@click.option("--batch", default=1024, show_default=True, help="Samples per request.")
+@click.option("--server-side", is_flag=True, help="Let the daemon read PATH itself (a path on its machine).")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def ingest(ctx, path, task, split, end, batch, server_side, as_json):
+    """Send samples: an .npz (arrays x, y, optional task, split) or an image folder (the folder
+    stream's layouts; each task is ended after it)."""
+    import base64
+
+    if server_side or os.path.isdir(path):
+        r = _call(ctx, "ingest", path=os.path.abspath(path), **({"task": task} if task is not None else {}),
+                  **({"split": split} if split else {}))
+    else:
+        x, y, extra = _load_arrays(path)
+        if y is None:
+            raise click.ClickException(f"{path}: no labels (array 'y')")
+        st = _call(ctx, "status")
+        if task is None:
+            task = int(extra["task"]) if "task" in extra else (
+                st["open_task"] if st["open_task"] >= 0 and st["open_task"] not in st["ended_tasks"]
+                else st["open_task"] + 1)
+        split = split or (str(extra["split"]) if "split" in extra else "train")
+        acked = 0
+        with click.progressbar(length=len(y), label=f"ingest into task {task} ({split})", file=sys.stderr) as bar:
+            for i in range(0, len(y), batch):
+                xb = x[i:i + batch]
+                import numpy as np
+                xb = np.ascontiguousarray(xb)
+                r = _call(ctx, "ingest", task=task, split=split, dtype=str(xb.dtype), shape=list(xb.shape),
+                          labels=[int(v) for v in y[i:i + batch]], data=base64.b64encode(xb.tobytes()).decode())
+                acked += r["acked"]
+                bar.update(r["acked"])
+        r = {"acked": acked, "task": task, "split": split}
+        if end:
+            r["task_end"] = _call(ctx, "task_end", task=task)
+    _out(r, as_json, lambda r: click.echo(f"acknowledged {r['acked']} samples (durable in the flash tier)"))
+
+
+@main.group()
+def task():
+    """End tasks, list them."""
+
+
+@task.command(name="end")
+@click.argument("task_id", type=int, required=False)
+@click.option("--wait", is_flag=True, help="Return once the task is trained and evaluated.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def task_end(ctx, task_id, wait, as_json):
+    """End TASK_ID (default: the open task): the daemon trains (epoch mode) and evaluates it."""
+    params = {"wait": wait}
+    if task_id is not None:
+        params["task"] = task_id
+    r = _call(ctx, "task_end", **params)
+    _out(r, as_json, lambda r: click.echo(f"task {r['task']} ended" + (
+        f"; accuracy per task {[round(100 * a, 1) if a is not None else None for a in r['acc']]}"
+        if r.get("trained") else "")))
+
+
+@task.command(name="list")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def task_list(ctx, as_json):
+    """Every task: its classes, state, test samples, accuracy and energy."""
+    def human(r):
+        for t in r["tasks"]:
+            acc = "-" if t["avg_acc"] is None else f"{100 * t['avg_acc']:.1f}%"
+            click.echo(f"task {t['task']:<3} {t['state']:<8} classes {t['classes']}  test {t['test_samples']}  "
+                       f"avg acc {acc}  energy {_fmt_j(t['energy_j'])}")
+    _out(_call(ctx, "task_list"), as_json, human)
+
+
+@main.command()
+@click.argument("path", type=click.Path(exists=True))
+@click.option("-k", default=3, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def predict(ctx, path, k, as_json):
+    """Predict the labels of the images in an .npz (array x) or an image file."""
+    import base64
+
+    import numpy as np
+    if path.endswith(".npz"):
+        x, _, _ = _load_arrays(path)
+    else:
+        from PIL import Image
+        with Image.open(path) as im:
+            a = np.asarray(im.convert("L") if im.mode in ("L", "1", "P", "I;16") else im.convert("RGB"))
+        x = (a[None] if a.ndim == 2 else a.transpose(2, 0, 1))[None]
+    x = np.ascontiguousarray(x)
+    r = _call(ctx, "predict", k=k, dtype=str(x.dtype), shape=list(x.shape), data=base64.b64encode(x.tobytes()).decode())
+
+    def human(r):
+        for i, (lab, top, p) in enumerate(zip(r["labels"], r["topk"], r["probs"])):
+            click.echo(f"{i:>4}: {lab}   top-{len(top)} " + ", ".join(f"{a} ({100 * b:.1f}%)" for a, b in zip(top, p)))
+    _out(r, as_json, human)
+
+
+@main.group()
+def config():
+    """Show, set or reload the daemon's configuration."""
+
+
+@config.command(name="show")
+@click.option("--defaults", is_flag=True, help="Print the documented default TOML (no daemon needed).")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def config_show(ctx, defaults, as_json):
+    if defaults:
+        from .daemon_config import default_toml
+        click.echo(default_toml())
+        return
+
+    def human(r):
+        for table, values in r["config"].items():
+            click.echo(f"[{table}]")
+            for k, v in values.items():
+                live = "  (live)" if k in r["live_keys"][table] else ""
+                click.echo(f"{k} = {json.dumps(v)}{live}")
+            click.echo("")
+        click.echo(f"# sources: {', '.join(r['sources']) or 'defaults only'}")
+    _out(_call(ctx, "config_show"), as_json, human)
+
+
+@config.command(name="set")
+@click.argument("key")
+@click.argument("value")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def config_set(ctx, key, value, as_json):
+    """Set TABLE.KEY to VALUE, kept in STATE_DIR/overrides.toml; applied live where it can be."""
+    r = _call(ctx, "config_set", key=key, value=value)
+    _out(r, as_json, lambda r: click.echo(f"{r['key']} = {r['value']} ({'applied now' if r['applied_live'] else 'takes effect after a restart'}; kept in {r['persisted']})"))  # noqa: E501
+
+
+@config.command(name="reload")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def config_reload(ctx, as_json):
+    """Re-read the configuration (as SIGHUP does)."""
+    r = _call(ctx, "config_reload")
+    _out(r, as_json, lambda r: click.echo(f"applied: {r['applied'] or 'nothing'}; needs a restart: "
+                                          f"{r['restart_needed'] or 'nothing'}" + (f"; error: {r['error']}"
+                                                                                     if r.get("error") else "")))
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def profile(ctx, as_json):
+    """Run a Miro profile round now, on the open task's samples."""
+    _out(_call(ctx, "profile"), as_json, lambda r: click.echo(f"task {r['task']}: rule {r['rule']} chose {r['winner']} "
+                                                              f"({r['profiling_energy_j']:.2f} J of profiling)"))
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def checkpoint(ctx, as_json):
+    """Write a checkpoint now (or at the next step boundary while a task trains)."""
+    _out(_call(ctx, "checkpoint"), as_json, lambda r: click.echo(json.dumps(r)))
+
+
+def _when(text):
+    """Unix seconds, an ISO time, or an age such as 90s, 15m, 2h, 1d."""
+    if text is None:
+        return None
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    try:
+        if text[-1] in units and text[:-1].replace(".", "", 1).isdigit():
+            return time.time() - float(text[:-1]) * units[text[-1]]
+        return float(text)
+    except ValueError:
+        pass
+    import datetime
+    try:
+        return datetime.datetime.fromisoformat(text).timestamp()
+    except ValueError:
+        raise click.BadParameter(f"{text!r}: give unix seconds, an ISO time or an age like 15m") from None
+
+
+@main.command()
+@click.option("--level", type=click.Choice(["debug", "info", "warning", "error"]), default="info",
+              show_default=True, help="Minimum level.")
+@click.option("--component", default=None, help="daemon | engine | trainer | socket | inbox | metrics")
+@click.option("--task", "task_id", type=int, default=None)
+@click.option("--since", default=None, help="Unix seconds, ISO time, or an age (15m, 2h).")
+@click.option("--until", default=None)
+@click.option("-n", "--limit", default=50, show_default=True)
+@click.option("-f", "--follow", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+@click.pass_context
+def logs(ctx, level, component, task_id, since, until, limit, follow, as_json):
+    """The daemon's structured log, filtered."""
+    params = {"level": level, "limit": limit}
+    for k, v in (("component", component), ("task", task_id), ("since", _when(since)), ("until", _when(until))):
+        if v is not None:
+            params[k] = v
+
+    def show(lines):
+        for rec in lines:
+            if as_json:
+                click.echo(json.dumps(rec))
+            else:
+                rest = {k: v for k, v in rec.items() if k not in ("ts", "level", "component", "event")}
+                ts = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(rec.get("ts", 0)))
+                click.echo(f"{ts} {rec.get('level', ''):<7} {rec.get('component', ''):<8} {rec.get('event')} "
+                           f"{json.dumps(rest)[:300]}")
+    r = _call(ctx, "logs", **params)
+    show(r["lines"])
+    while follow:
+        time.sleep(0.5)
+        r = _call(ctx, "logs", **{**params, "after": r["offset"], "limit": 10000})
+        show(r["lines"])
+
+
+@main.group()
+def service():
+    """systemd: print, install or remove the mirod unit."""
+
+
+@service.command()
+@click.option("--user", "user", default=None, help="User= for the unit (default: a DynamicUser).")
+@click.option("--group", "group", default="miro", show_default=True, help="Group owning the socket.")
+@click.option("--config", "config_path", default="/etc/miro/mirod.toml", show_default=True)
+def unit(user, group, config_path):
+    """Print the unit file."""
+    from .service import unit_file
+    click.echo(unit_file(user=user, group=group, config=config_path), nl=False)
+
+
+@service.command()
+@click.option("--path", default="/etc/systemd/system/mirod.service", show_default=True)
+@click.option("--user", "user", default=None)
+@click.option("--group", "group", default="miro", show_default=True)
+@click.option("--config", "config_path", default="/etc/miro/mirod.toml", show_default=True)
+@click.option("--no-reload", is_flag=True, help="Do not run systemctl daemon-reload.")
+def install(path, user, group, config_path, no_reload):
+    """Write the unit (and run systemctl daemon-reload when systemd is there)."""
+    from .service import install_unit
+    for line in install_unit(path, user=user, group=group, config=config_path, reload=not no_reload):
+        click.echo(line)
+
+
+@service.command()
+@click.option("--path", default="/etc/systemd/system/mirod.service", show_default=True)
+@click.option("--no-reload", is_flag=True)
+def uninstall(path, no_reload):
+    """Remove the unit (the state directory is left alone)."""
+    from .service import uninstall_unit
+    for line in uninstall_unit(path, reload=not no_reload):
+        click.echo(line)
+
+
+@main.command()
+@click.option("--tasks", default=5, show_default=True)
+@click.option("--epochs", default=3, show_default=True)
+@click.option("--keep", is_flag=True, help="Keep the temporary state directory.")
+def demo(tasks, epochs, keep):
+    """Start mirod on a temporary state dir, stream split-digits through its socket, show the
+    accuracy matrix, energy per task and a few predictions, stop it cleanly."""
+    from .demo import run_demo
+    sys.exit(run_demo(tasks=tasks, epochs=epochs, keep=keep))
