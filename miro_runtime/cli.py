@@ -206,9 +206,6 @@ def inspect(state_dir, as_json):
         click.echo(f"    per class: {s['class_counts']}")
 
 
-if __name__ == "__main__":
-    main()
-
 
 # ---------------------------------------------------------------------------- daemon control
 def _sock(ctx) -> str:
@@ -596,3 +593,7 @@ def demo(tasks, epochs, keep):
     accuracy matrix, energy per task and a few predictions, stop it cleanly."""
     from .demo import run_demo
     sys.exit(run_demo(tasks=tasks, epochs=epochs, keep=keep))
+
+
+if __name__ == "__main__":
+    main()

@@ -15,6 +15,7 @@ import itertools
 import json
 import os
 import socket
+import time
 
 from .protocol import DEFAULT_MAX_MESSAGE, HEADER, frame
 
@@ -55,7 +56,14 @@ class Client:
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.sock.settimeout(timeout)
         try:
-            self.sock.connect(path)
+            for attempt in range(50):
+                try:
+                    self.sock.connect(path)
+                    break
+                except BlockingIOError:  # the listen backlog is full for a moment: a burst of clients
+                    if attempt == 49:
+                        raise
+                    time.sleep(0.01 * (attempt + 1))
         except (FileNotFoundError, ConnectionRefusedError) as e:
             self.sock.close()
             raise NoDaemon(f"no daemon answers on {path} ({e.strerror}); start one with `miro daemon` "

@@ -73,8 +73,9 @@ def _gid(name: str):
 
 
 class Daemon:
-    def __init__(self, cfg: DaemonConfig, config_path=None):
+    def __init__(self, cfg: DaemonConfig, config_path=None, overrides=()):
         self.cfg, self.config_path = cfg, config_path
+        self.overrides = list(overrides)  # command-line settings: they win over the file on every reload
         d = cfg.daemon
         self.state_dir = os.path.abspath(d.state_dir)
         self.logs_dir = os.path.abspath(d.logs_dir or os.environ.get("LOGS_DIRECTORY", "").split(":")[0] or
@@ -145,9 +146,13 @@ class Daemon:
         loop.add_signal_handler(signal.SIGHUP, self.reload_requested.set)
         systemd.notify("STATUS=opening the state directory")
         await loop.run_in_executor(None, self._open_session)  # torch and the store: seconds on a board
+        # before READY, with nothing competing: a fresh state dir would otherwise pay torch's one-time
+        # imports at the first sample, where ingest threads starve them of the GIL (measured: >4 s)
+        await loop.run_in_executor(None, _warm_engine)
         self.trainer = threading.Thread(target=self.session.run_trainer, name="mirod-trainer", daemon=True)
         self.trainer.start()
-        self.server = await asyncio.start_unix_server(self._serve, path=self.sock_path, limit=1 << 16)
+        self.server = await asyncio.start_unix_server(self._serve, path=self.sock_path, limit=1 << 16,
+                                                     backlog=1024)
         os.chmod(self.sock_path, int(d.socket_mode, 8))
         if self.read_gid is not None:
             os.chown(self.sock_path, -1, self.read_gid)
@@ -208,7 +213,7 @@ class Daemon:
         """SIGHUP / config_reload: apply what can change live, say what needs a restart."""
         systemd.reloading()
         try:
-            new = load(self.config_path, self.state_dir)
+            new = self._load()
         except ConfigError as e:
             self.log.event("config_rejected", error=str(e))
             systemd.notify("READY=1")
@@ -227,6 +232,13 @@ class Daemon:
         self.log.event("config_reloaded", applied=applied, restart_needed=restart, sources=new.source)
         systemd.notify("READY=1")
         return {"applied": applied, "restart_needed": restart}
+
+    def _load(self) -> DaemonConfig:
+        new = load(self.config_path, self.state_dir)
+        for k, v in self.overrides:
+            new.set(k, v, "command line")
+        new.validate()
+        return new
 
     def _apply(self, table, key, value):
         setattr(self.cfg.section(table), key, value)
@@ -353,7 +365,7 @@ class Daemon:
     async def m_status(self, params):
         st = self.session.status()
         st["daemon"] = {"pid": os.getpid(), "uptime_s": round(time.time() - self.started, 3), "socket": self.sock_path,
-                        "state_dir": self.state_dir, "logs_dir": self.logs_dir, "connections": self.conns,
+                        "state_dir": self.state_dir, "logs_dir": self.logs_dir, "open_connections": self.conns,
                         **self.counters}
         return st
 
@@ -518,7 +530,7 @@ class Daemon:
         ov = read_overrides(path)
         ov.setdefault(table, {})[name] = new
         try:  # the whole configuration must still validate before the override is kept
-            trial = load(self.config_path, self.state_dir, env={**os.environ})
+            trial = self._load()
             trial.set(key, new, "config set")
             trial.validate()
         except ConfigError as e:
@@ -666,6 +678,15 @@ class Daemon:
         write_to_textfile(path, reg)
 
 
+def _warm_engine():
+    """Pay torch's one-time costs before the first sample arrives: importing the engine, and the
+    first optimizer (torch.optim imports its compiler stack lazily: 1.5 s on a 2-core x86 box)."""
+    import torch
+
+    import miro_runtime.learner  # noqa: F401
+    torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1, momentum=0.9)
+
+
 def _signature(path):
     if os.path.isdir(path):
         tot, n = 0, 0
@@ -698,18 +719,21 @@ def run_daemon(config_path=None, state_dir=None, socket_path=None, overrides=())
     from .client import default_state_dir
     try:
         cfg = load(config_path, state_dir or os.environ.get("MIRO_STATE_DIR") or None)
+        overrides = list(overrides)
+        if socket_path:
+            overrides.append(("daemon.socket", socket_path))
         for k, v in overrides:
             cfg.set(k, v, "command line")
         if not cfg.daemon.state_dir:
             cfg.daemon.state_dir = default_state_dir()
-        if socket_path:
-            cfg.daemon.socket = socket_path
         cfg.validate()
     except ConfigError as e:
         print(f"mirod: configuration error: {e}", file=sys.stderr)
         return EXIT_CONFIG
     setup_logging(cfg.daemon.log_level)
-    d = Daemon(cfg, config_path)
+    import faulthandler
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1`: every thread's stack on stderr
+    d = Daemon(cfg, config_path, overrides)
     try:
         return asyncio.run(d.main())
     except ConfigError as e:

@@ -86,10 +86,8 @@ class Experiment:
             lr.abort_task()
             raise
         finally:
-            log = lr.log
-            lr.log = _Deferred(log)  # the run_end line below still goes to the file
+            lr._own_log = False  # the run_end line below still goes to the file
             lr.close()
-            lr.log = log
         summary = lr.summary(lr._wall_before + time.perf_counter() - t_start)
         with open(os.path.join(cfg.run_dir, "summary.json"), "w") as fh:
             json.dump(summary, fh, indent=1)
@@ -117,19 +115,6 @@ class Experiment:
         if not cfg.online:
             lr.train_epochs(t, x_task, y_task, ids_task, pos)
         lr.finish_task(t, x_task, y_task, ids_task)
-
-
-class _Deferred:
-    """Stands in for the event log while the learner closes, so closing does not close the log."""
-
-    def __init__(self, log):
-        self._log = log
-
-    def event(self, *a, **kw):
-        return self._log.event(*a, **kw)
-
-    def close(self):
-        pass
 
 
 def run(cfg: RunConfig, **kw) -> dict:

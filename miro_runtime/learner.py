@@ -60,6 +60,7 @@ class Learner:
         self._last_watch = -math.inf
         os.makedirs(cfg.run_dir, exist_ok=True)
         self.device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+        self._own_log = log is None  # a log handed in (the daemon's) is its owner's to close
         self.log = log or EventLog(os.path.join(cfg.run_dir, "events.jsonl"))
         self.metrics_path = os.path.join(cfg.run_dir, "metrics.jsonl")
         self.extra_state = extra_state  # callable -> JSON-able dict kept in every checkpoint (the daemon's)
@@ -115,7 +116,8 @@ class Learner:
         if self.meter is not None:
             self.meter.close()
             torch.set_num_threads(self._threads_before)
-        self.log.close()
+        if self._own_log:
+            self.log.close()
 
     def grow_classes(self) -> bool:
         """Online: classes arrived mid-task; grow the flash spec and the head (a new optimizer)."""

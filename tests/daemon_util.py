@@ -1,0 +1,90 @@
+"""A real mirod in a subprocess on a temporary state directory, for the daemon tests."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+from miro_runtime.client import Client, NoDaemon
+
+PY = sys.executable
+
+
+class Mirod:
+    def __init__(self, state_dir, *sets, config=None, env=None, sock=None):
+        self.state_dir = str(state_dir)
+        self.sock = sock or os.path.join(self.state_dir, "mirod.sock")
+        self.sets, self.config, self.env = list(sets), config, env or {}
+        self.proc = None
+
+    def start(self, timeout=120.0):
+        os.makedirs(self.state_dir, exist_ok=True)
+        cmd = [PY, "-m", "miro_runtime.daemon", "--state-dir", self.state_dir, "--socket", self.sock]
+        if self.config:
+            cmd += ["--config", str(self.config)]
+        for s in self.sets:
+            cmd += ["--set", s]
+        env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "MIRO_SOCKET")}
+        env.update(self.env)
+        self.err = open(os.path.join(self.state_dir, "stderr.log"), "ab")
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=self.err, env=env)
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < timeout:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"mirod exited {self.proc.returncode}: {self.stderr()[-3000:]}")
+            try:
+                with Client(self.sock, timeout=10) as c:
+                    c.call("ping")
+                return self
+            except (NoDaemon, ConnectionError, OSError):
+                time.sleep(0.05)
+        raise RuntimeError("mirod did not answer")
+
+    def stderr(self):
+        with open(os.path.join(self.state_dir, "stderr.log")) as fh:
+            return fh.read()
+
+    def client(self, timeout=60):
+        return Client(self.sock, timeout=timeout)
+
+    def call(self, method, **params):
+        with self.client() as c:
+            return c.call(method, **params)
+
+    def kill(self, sig=signal.SIGKILL, wait=60):
+        self.proc.send_signal(sig)
+        rc = self.proc.wait(wait)
+        self.err.close()
+        return rc
+
+    def alive(self):
+        return self.proc is not None and self.proc.poll() is None
+
+    def logs(self):
+        path = os.path.join(self.state_dir, "logs", "mirod.jsonl")
+        out = []
+        with open(path) as fh:
+            for line in fh:
+                try:
+                    out.append(json.loads(line))
+                except ValueError:
+                    pass  # a line cut by SIGKILL
+        return out
+
+
+def samples(k0, n, shape=(1, 8, 8)):
+    """n samples whose every byte and label derive from their global index k: (x, labels, ks)."""
+    ks = np.arange(k0, k0 + n)
+    x = np.broadcast_to((ks % 251).astype(np.uint8)[:, None, None, None], (n, *shape)).copy()
+    return x, (ks % 4).tolist(), ks
+
+
+def socket_dir():
+    """A directory other uids can traverse (pytest's tmp dirs are 0700)."""
+    d = tempfile.mkdtemp(prefix="mirod-test-")
+    os.chmod(d, 0o755)
+    return d
