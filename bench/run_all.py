@@ -15,7 +15,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 BENCHES = [("storage", "Tiered store (`bench/storage.py`)"),
            ("cl", "Continual learning with CarM (`bench/cl.py`)"),
-           ("miro", "Miro: energy-aware reconfiguration (`bench/miro.py`)")]
+           ("miro", "Miro: energy-aware reconfiguration (`bench/miro.py`)"),
+           ("daemon", "mirod: socket ingest while training, latency, CLI cost (`bench/daemon.py`)")]
 
 
 def main():

@@ -528,8 +528,8 @@ class Session:
         return self._stop.is_set()
 
     def _snap(self):
-        if self.learner is None:
-            return
+        if self.learner is None or self.learner.strategy.model.head.num_classes == 0:
+            return  # nothing trained yet: predict says not-ready rather than answer from an empty head
         m = copy.deepcopy(self.learner.strategy.model).eval()
         self.snapshot = (m, list(self.stream.inv), self.learner.steps, self.done)
 
