@@ -290,7 +290,9 @@ def status(ctx, as_json):
             rows.append(("energy", f"{_fmt_j(e['total_j'])}  ({e['provenance']})"))
         if s.get("miro"):
             m = s["miro"]
-            rows.append(("miro", f"{m['knobs']}; last decision {m['last_decision']}"))
+            rows.append(("miro", f"{'on' if m['enabled'] else 'off'}: {m['knobs']}" +
+                         (f"; last decision: task {m['last_decision']['task']} chose {m['last_decision']['winner']}"
+                          if m.get("last_decision") else "")))
         if s.get("last_acc"):
             rows.append(("last accuracies", " ".join("-" if a is None else f"{100 * a:.1f}" for a in s["last_acc"])))
         for k, v in rows:

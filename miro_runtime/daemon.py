@@ -37,6 +37,7 @@ MUTATING = {"ingest", "task_end", "config_set", "config_reload", "profile", "che
 DTYPES = ("uint8", "float32", "float64", "int16", "int32", "int64", "uint16")
 EXIT_ALREADY_RUNNING = 3
 EXIT_CONFIG = 78  # EX_CONFIG
+EXIT_STATE = 65  # EX_DATAERR: the state directory cannot be resumed as it is
 
 
 class Peer:
@@ -145,7 +146,17 @@ class Daemon:
             loop.add_signal_handler(sig, self.stopping.set)  # handlers only enqueue; main() acts
         loop.add_signal_handler(signal.SIGHUP, self.reload_requested.set)
         systemd.notify("STATUS=opening the state directory")
-        await loop.run_in_executor(None, self._open_session)  # torch and the store: seconds on a board
+        try:
+            await loop.run_in_executor(None, self._open_session)  # torch and the store: seconds on a board
+        except Exception as e:
+            from miro_runtime.storage import StoreError
+            from .session import SessionError
+            if not isinstance(e, (SessionError, StoreError)):
+                raise
+            self.log.event("error", component="daemon", error=str(e), state_dir=self.state_dir)
+            print(f"mirod: {e}", file=sys.stderr)
+            systemd.notify(f"STATUS=cannot open the state directory: {e}")
+            raise SystemExit(EXIT_STATE) from None
         # before READY, with nothing competing: a fresh state dir would otherwise pay torch's one-time
         # imports at the first sample, where ingest threads starve them of the GIL (measured: >4 s)
         await loop.run_in_executor(None, _warm_engine)

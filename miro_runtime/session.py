@@ -191,9 +191,29 @@ class Session:
             meta = {k: f.get_meta(k) for k in ("live/labels", "live/tasks", "live/ended")}
         self._start(spec.shape, resume=True, meta=meta)
 
+    def _check_same_run(self):
+        """A state dir is one learner: what shapes its model and memory cannot change under it."""
+        path = os.path.join(self.cfg.run_dir, "config.json")
+        try:
+            with open(path) as fh:
+                stored = json.load(fh)
+        except (OSError, ValueError) as e:
+            raise SessionError("state", f"{path} is unreadable ({e}); the state directory's configuration is "
+                                        f"unknown: restore the file or start on a fresh state directory") from None
+        if not isinstance(stored, dict):
+            raise SessionError("state", f"{path} holds no configuration object")
+        fixed = ("strategy", "replay", "model", "em_policy", "flash_policy")
+        diff = [f"learning.{k} = {stored[k]!r} there, {getattr(self.cfg, k)!r} here" for k in fixed
+                if k in stored and stored[k] != getattr(self.cfg, k)]
+        if diff:
+            raise SessionError("state", f"state directory {self.cfg.run_dir} was created with another learner: "
+                                        f"{'; '.join(diff)}. Set them back, or start on a fresh state directory")
+
     def _start(self, shape, resume: bool, meta: Optional[dict] = None):
         from .learner import NS, Learner
         from miro_runtime.storage import SampleSpec
+        if resume:
+            self._check_same_run()
         s = LiveStream(shape, self.scfg.max_classes)
         meta = meta or {}
         if meta.get("live/labels"):
@@ -205,7 +225,19 @@ class Session:
         self.ended = json.loads(meta.get("live/ended") or "[]")
         self.stream = s
         lr = Learner(self.cfg, s, log=self.log, extra_state=self._extra_state)
-        self.pos = lr.open(resume=resume)
+        try:
+            self.pos = lr.open(resume=resume)
+        except SessionError:
+            raise
+        except Exception as e:  # a damaged checkpoint: named, never a traceback (salvage: the store issue)
+            lr.close()
+            msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+            if "Weights only load failed" in msg or "weights_only" in msg:
+                # torch's own text suggests weights_only=False: never, for a file read from disk
+                msg = "it is damaged or not a miro checkpoint (torch.load(weights_only=True) refused it)"
+            raise SessionError("state", f"cannot resume from {os.path.join(self.cfg.run_dir, 'checkpoint.pt')}: "
+                                        f"{msg[:300]}. The samples in the flash tier are intact; move the checkpoint "
+                                        f"aside to retrain from them") from e
         if not resume:
             with open(os.path.join(self.cfg.run_dir, "config.json"), "w") as fh:
                 fh.write(self.cfg.to_json())
@@ -592,13 +624,13 @@ class Session:
         out["energy"] = {"tasks_j": energy, "current_task_j": cur,
                          "total_j": None if energy is None and lr.per_task else (energy or 0.0) + (cur or 0.0),
                          "provenance": lr.provenance() or _prov(lr.meter)}
-        if lr.hooks is not None:
-            d = lr.hooks.decisions[-1] if getattr(lr.hooks, "decisions", None) else None
-            out["miro"] = {"knobs": lr.hooks.current.key() if hasattr(lr.hooks, "current") else None,
-                           "last_decision": d and {k: d[k] for k in ("task", "rule", "winner", "profiling_energy_j")
-                                                   if k in d}}
-        else:
-            out["miro"] = None
+        c = self.cfg  # the knobs in force, whether Miro tunes them or not (Knobs.key's format)
+        knobs = f"mem={c.memory},flash={c.flash_budget},swap={c.swap_ratio},epochs={c.epochs}"
+        d = (getattr(lr.hooks, "decisions", None) or [None])[-1] if lr.hooks is not None else None
+        out["miro"] = {"enabled": lr.hooks is not None, "rule": c.miro_rule if lr.hooks is not None else None,
+                       "knobs": lr.hooks.current.key() if hasattr(lr.hooks, "current") else knobs,
+                       "last_decision": d and {k: d[k] for k in ("task", "rule", "winner", "profiling_energy_j")
+                                               if k in d}}
         out["last_acc"] = lr.acc[-1] if lr.acc else None
         out["last_avg_acc"] = lr.per_task[-1]["avg_acc"] if lr.per_task else None
         return out

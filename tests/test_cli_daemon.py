@@ -131,3 +131,28 @@ def test_service_unit_prints(tmp_path):
     assert r.returncode == 0 and (tmp_path / "mirod.service").exists()
     r = miro("service", "uninstall", "--path", str(tmp_path / "mirod.service"), "--no-reload")
     assert r.returncode == 0 and not (tmp_path / "mirod.service").exists()
+
+
+def test_miro_profile_now_and_miro_decisions_at_task_ends(tmp_path):
+    d = Mirod(tmp_path / "s", "learning.online=false", "learning.epochs=2", "learning.miro=true",
+              "learning.miro_rule=acc-per-joule", "learning.strategy=carm-sync").start()
+    try:
+        S = ["--socket", d.sock]
+        r = miro(*S, "profile")
+        assert r.returncode == 65 and "after the first task" in r.stderr
+        st = split_digits(5, 0)
+        with d.client() as c:
+            c.ingest(0, "train", *st.train[0])
+            c.ingest(0, "test", *st.test[0])
+            c.call("task_end", task=0, wait=True)
+            c.ingest(1, "train", *st.train[1])
+        r = miro(*S, "profile", "--json", timeout=300)
+        assert r.returncode == 0, r.stderr
+        dec = json.loads(r.stdout)
+        assert dec["task"] == 1 and dec["rule"] == "acc-per-joule" and dec["winner"].startswith("mem=")
+        s = json.loads(miro(*S, "status", "--json").stdout)
+        assert s["miro"]["knobs"] == dec["winner"] and s["miro"]["last_decision"]["task"] == 1
+        decisions = [e for e in d.logs() if e["event"] == "miro_decision"]
+        assert [e["task"] for e in decisions] == [0, 1] and all("candidates" in e for e in decisions)
+    finally:
+        d.kill(signal.SIGTERM)

@@ -468,3 +468,37 @@ def test_inbox_and_prometheus_metrics(tmp_path):
         assert not list(tmp_path.glob("miro.prom.*"))  # written through a temp file + rename
     finally:
         d.kill(signal.SIGTERM)
+
+
+def test_a_state_dir_it_cannot_resume_is_a_clear_refusal(tmp_path):
+    state = tmp_path / "s"
+    d = Mirod(state, "learning.online=false", "learning.epochs=1", "learning.strategy=er").start()
+    st = split_digits(5, 0)
+    with d.client() as c:
+        c.ingest(0, "train", *st.train[0])
+        c.call("task_end", task=0, wait=True)
+    assert d.kill(signal.SIGTERM) == 0
+
+    def start(*sets):
+        r = subprocess.run([PY, "-m", "miro_runtime.daemon", "--state-dir", str(state), *sum((["--set", s] for s in
+                                                                                               sets), [])],
+                           capture_output=True, text=True, timeout=120)
+        return r
+    r = start("learning.strategy=der")  # another learner than the one that made the state
+    assert r.returncode == 65 and "learning.strategy = 'er' there, 'der' here" in r.stderr
+    assert "Traceback" not in r.stderr
+    good = (state / "checkpoint.pt").read_bytes()
+    (state / "checkpoint.pt").write_bytes(good[:len(good) // 2])  # cut short
+    r = start("learning.strategy=er")
+    assert r.returncode == 65 and "checkpoint.pt" in r.stderr and "Traceback" not in r.stderr
+    assert "weights_only=False" not in r.stderr
+    os.replace(state / "checkpoint.pt", tmp_path / "aside.pt")  # as the message says: retrain from the store
+    d = Mirod(state, "learning.online=false", "learning.epochs=1", "learning.strategy=er").start()
+    try:
+        deadline = time.monotonic() + 60
+        while d.call("status")["tasks_trained"] < 1 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        s = d.call("status")
+        assert s["tasks_trained"] == 1 and s["flash"]["records"] == len(st.train[0][1])
+    finally:
+        d.kill(signal.SIGTERM)
