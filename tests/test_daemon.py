@@ -502,3 +502,56 @@ def test_a_state_dir_it_cannot_resume_is_a_clear_refusal(tmp_path):
         assert s["tasks_trained"] == 1 and s["flash"]["records"] == len(st.train[0][1])
     finally:
         d.kill(signal.SIGTERM)
+
+
+def test_backpressure_is_a_busy_error_with_nothing_stored(tmp_path):
+    # one ingest written at a time, no waiting: a concurrent one must be refused whole, never half-stored
+    d = Mirod(tmp_path / "s", "session.max_inflight=1", "session.ingest_timeout_s=0").start()
+    try:
+        results = []
+
+        def send(k):
+            x, labels, _ = samples(k * 4096, 4096, shape=(1, 28, 28))
+            try:
+                with d.client() as c:
+                    results.append(c.ingest(0, "train", x, labels)["acked"])
+            except DaemonError as e:
+                results.append(e)
+        for _ in range(5):
+            ts = [threading.Thread(target=send, args=(k,)) for k in range(4)]
+            for t in ts:
+                t.start()
+            for t in ts:
+                t.join(60)
+        busy = [r for r in results if isinstance(r, DaemonError)]
+        assert busy and all(e.code == P.BUSY and "nothing was stored" in e.message for e in busy)
+        acked = sum(r for r in results if isinstance(r, int))
+        s = d.call("status")
+        assert s["flash"]["records"] == acked == s["counters"]["ingested_train"]
+    finally:
+        d.kill(signal.SIGTERM)
+
+
+def test_ingest_an_image_folder_by_path(tmp_path):
+    from PIL import Image
+    root = tmp_path / "imgs"
+    rng = np.random.default_rng(0)
+    for t, classes in enumerate([["3", "5"], ["7"]]):
+        for c in classes:
+            (root / f"task{t}" / c).mkdir(parents=True)
+            for i in range(12):
+                Image.fromarray(rng.integers(0, 255, (10, 10), dtype=np.uint8)).save(root / f"task{t}" / c / f"{i}.png")
+    d = Mirod(tmp_path / "s", "learning.online=false", "learning.epochs=1").start()
+    try:
+        r = d.call("ingest", path=str(root))
+        assert r["tasks"] == [0, 1] and r["acked"] == 36
+        deadline = time.monotonic() + 60
+        while d.call("status")["tasks_trained"] < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        tl = d.call("task_list")["tasks"]
+        assert [t["classes"] for t in tl] == [[3, 5], [7]] and all(t["state"] == "trained" for t in tl)
+        with d.client() as c:
+            resp = c.request("ingest", {"path": str(tmp_path / "nope")})
+        assert resp["error"]["code"] == P.INVALID_PARAMS and "does not exist" in resp["error"]["message"]
+    finally:
+        d.kill(signal.SIGTERM)
