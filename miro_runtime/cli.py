@@ -207,6 +207,84 @@ def inspect(state_dir, as_json):
 
 
 
+def _state_path(path: str) -> str:
+    """A run or daemon state directory holds the store in state/; a store directory is itself."""
+    return os.path.join(path, "state") if os.path.isdir(os.path.join(path, "state")) else path
+
+
+@main.group()
+def store():
+    """Check or rescue a flash tier (read-only on the source; safe while a writer runs)."""
+
+
+@store.command()
+@click.argument("path", type=click.Path())
+@click.option("--json", "as_json", is_flag=True)
+def verify(path, as_json):
+    """Every record's crc and header, the class index against the records, counts against meta.
+    Exit 0: intact; 1: damage found; 2: the store cannot be opened at all."""
+    from miro_runtime.storage.integrity import verify as run_verify
+    rep = run_verify(_state_path(path))
+
+    def human(r):
+        click.echo(f"{r['path']}: {'intact' if r['ok'] else 'DAMAGED'}")
+        for ns, n in r["namespaces"].items():
+            click.echo(f"  {ns}: {n['records']} records, {len(n['bad_records'])} failing their checks"
+                       + (f" (ids {[b['id'] for b in n['bad_records']][:20]})" if n["bad_records"] else "")
+                       + f"; index: {n['index_entries']} entries, {len(n['index_missing'])} records missing from "
+                         f"it, {len(n['index_orphans'])} pointing nowhere")
+        for e in r["errors"]:
+            click.echo(f"  error: {e}")
+        if not r["ok"]:
+            click.echo(f"  next: miro store salvage {path} NEW_DIR  (copies every readable record)")
+    _out(rep, as_json, human)
+    sys.exit(0 if rep["ok"] else (2 if not rep.get("openable", True) else 1))
+
+
+@store.command()
+@click.argument("src", type=click.Path(exists=True, file_okay=False))
+@click.argument("dst", type=click.Path())
+@click.option("--json", "as_json", is_flag=True)
+def salvage(src, dst, as_json):
+    """Copy every readable record of SRC's store into a fresh store at DST and say what was lost.
+    When SRC is a run directory, DST becomes one too (config, checkpoints and metrics copied), so
+    `miro run --resume --run-dir DST` continues on what survived."""
+    import shutil
+
+    from miro_runtime.storage import StoreError
+    from miro_runtime.storage.integrity import salvage as run_salvage
+    run = os.path.isdir(os.path.join(src, "state"))
+    if os.path.exists(dst) and os.listdir(dst):
+        raise click.ClickException(f"{dst} exists and is not empty; salvage writes into a new directory")
+    try:
+        rep = run_salvage(_state_path(src), os.path.join(dst, "state") if run else dst)
+    except StoreError as e:
+        raise click.ClickException(str(e)) from e
+    if run:
+        copied = []
+        for name in sorted(os.listdir(src)):
+            p = os.path.join(src, name)
+            if os.path.isfile(p) and not name.startswith("mirod.") and not name.endswith(".sock"):
+                shutil.copy2(p, os.path.join(dst, name))
+                copied.append(name)
+        rep["run_files_copied"] = copied
+
+    def human(r):
+        click.echo(f"salvaged {r['src']} -> {r['dst']}: {r['kept']} records kept, {r['lost']} lost")
+        for ns, n in r["namespaces"].items():
+            click.echo(f"  {ns}: kept {n['kept']}, lost {len(n['lost'])}"
+                       + (f" (ids {n['lost'][:20]})" if n["lost"] else "")
+                       + (f", {n['unreachable']} unreachable" if n.get("unreachable") else ""))
+        if r["padded_bytes"]:
+            click.echo(f"  data.mdb was cut short by {r['padded_bytes']} bytes (read from a zero-padded copy)")
+        for e in r["errors"]:
+            click.echo(f"  damage seen: {e}")
+        if r.get("run_files_copied"):
+            click.echo(f"  run files copied: {', '.join(r['run_files_copied'])}; resume with "
+                       f"`miro run --resume --run-dir {dst}`")
+    _out(rep, as_json, human)
+
+
 # ---------------------------------------------------------------------------- daemon control
 def _sock(ctx) -> str:
     from .client import default_socket

@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Optional
 
 
+_OPTIONAL = {"flash_budget": int, "tasks": int, "data_dir": str, "run_dir": str}  # None allowed
 # the strategies' names without importing them (and torch): control commands validate configs too
 STRATEGY_NAMES = ("finetune", "joint", "er", "der", "carm", "carm-sync")
 
@@ -56,13 +57,30 @@ class RunConfig:
         return json.dumps(asdict(self), sort_keys=True)
 
     @classmethod
-    def from_json(cls, text: str) -> "RunConfig":
-        data = json.loads(text)
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
+    def from_json(cls, text: str, origin: str = "run config") -> "RunConfig":
+        """Parse and type-check a stored configuration; ValueError naming the key otherwise."""
+        try:
+            data = json.loads(text)
+        except (ValueError, UnicodeDecodeError) as e:
+            raise ValueError(f"{origin} is not valid JSON ({e})") from None
+        if not isinstance(data, dict):
+            raise ValueError(f"{origin} holds {type(data).__name__}, not a configuration object")
+        known = {f.name: f for f in fields(cls)}
+        unknown = sorted(set(data) - set(known))
         if unknown:
-            raise ValueError(f"unknown run config keys: {unknown}")
-        return cls(**data)
+            raise ValueError(f"{origin}: unknown run config keys: {unknown}")
+        defaults = cls()
+        for k, v in data.items():
+            want = _OPTIONAL.get(k) or type(getattr(defaults, k))
+            ok = (v is None and k in _OPTIONAL) or (isinstance(v, want) and
+                                                    not (want is not bool and isinstance(v, bool)))
+            if want is float and isinstance(v, int) and not isinstance(v, bool):
+                data[k], ok = float(v), True
+            if not ok:
+                raise ValueError(f"{origin}: {k} = {v!r} must be {want.__name__}{' or null' if k in _OPTIONAL else ''}")
+        cfg = cls(**data)
+        cfg.validate()
+        return cfg
 
     def validate(self) -> None:
         problems = []

@@ -19,7 +19,8 @@ import numpy as np
 from miro_runtime.profilers import ResourceMonitor
 
 from .config import RunConfig
-from .learner import CHECKPOINT, NS, Learner  # noqa: F401  (re-exported for callers of engine)
+from .checkpoint import CHECKPOINT  # noqa: F401  (re-exported for callers of engine)
+from .learner import NS, Learner  # noqa: F401
 from .streams import Stream, make_stream
 
 
@@ -39,12 +40,24 @@ class Experiment:
 
     @classmethod
     def from_run_dir(cls, run_dir: str, **kw) -> "Experiment":
-        """Resume the run kept in ``run_dir`` with the configuration it was started with."""
+        """Resume the run kept in ``run_dir`` with the configuration it was started with: config.json,
+        or, when that file is damaged or gone, the copy inside the latest good checkpoint."""
+        import logging
+
+        from .checkpoint import any_checkpoint, load_latest
         path = os.path.join(run_dir, "config.json")
-        if not os.path.exists(path):
+        if not os.path.isdir(run_dir) or not (os.path.exists(path) or any_checkpoint(run_dir)):
             raise FileNotFoundError(f"no run to resume in {run_dir} (config.json missing)")
-        with open(path) as fh:
-            cfg = RunConfig.from_json(fh.read())
+        try:
+            with open(path, "rb") as fh:
+                cfg = RunConfig.from_json(fh.read().decode("utf-8", "replace"), origin=path)
+        except (OSError, ValueError) as e:
+            st, ck, _ = load_latest(run_dir)
+            if st is None or "config" not in st:
+                raise ValueError(f"{e if not isinstance(e, OSError) else f'{path}: {e.strerror}'}; and no "
+                                 f"usable checkpoint in {run_dir} holds a copy of the configuration") from None
+            cfg = RunConfig.from_json(st["config"], origin=f"the configuration inside {ck}")
+            logging.getLogger("miro").warning("%s; resuming with the copy inside %s", e, ck)
         cfg.run_dir = run_dir
         return cls(cfg, resume=True, **kw)
 

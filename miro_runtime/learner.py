@@ -25,7 +25,7 @@ import torch
 from miro_runtime.profilers import ResourceMonitor, make_meter
 from miro_runtime.storage import FlashTier, SampleSpec
 
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import CHECKPOINT, CheckpointError, load_latest, save_checkpoint
 from .config import RunConfig
 from .log import EventLog
 from .metrics import anon_rss_mb, bwt, evaluate, final_avg_acc, forgetting, peak_rss_mb
@@ -33,7 +33,6 @@ from .models import make_model
 from .strategies import make_strategy
 
 NS = "samples"
-CHECKPOINT = "checkpoint.pt"
 
 
 class Learner:
@@ -68,6 +67,7 @@ class Learner:
         self.acc, self.per_task, self.steps = [], [], 0
         self._cur = self._carry = None
         self._window = None
+        self._n_checkpoints = 0
         self._wall_before = 0.0
         self.restored: dict = {}
 
@@ -277,7 +277,13 @@ class Learner:
             st["hooks"] = json.dumps(self.hooks.state())
         if self.extra_state is not None:
             st["extra"] = json.dumps(self.extra_state())
+        # what the store held at this checkpoint: a resume on a store with fewer samples is refused
+        st["store"] = json.dumps({"seen": self.flash.seen(NS), "checkpoints": self._n_checkpoints + 1})
         save_checkpoint(os.path.join(self.cfg.run_dir, CHECKPOINT), st)
+        self._n_checkpoints += 1
+        # the store remembers that checkpoints exist: losing every checkpoint file is then an error,
+        # not a silent retrain from scratch on samples already stored
+        self.flash.set_meta("checkpoints", str(self._n_checkpoints))
         self.log.event("checkpoint", **pos, steps=self.steps)
         self._emit("checkpoint", **pos)
 
@@ -294,11 +300,28 @@ class Learner:
         return _add_partial(part, self._carry) if self._carry and self._carry["task"] == cur["task"] else part
 
     def _restore(self) -> dict:
-        path = os.path.join(self.cfg.run_dir, CHECKPOINT)
-        if not os.path.exists(path):
+        rd = self.cfg.run_dir
+        st, path, problems = load_latest(rd)
+        for p in problems:
+            self.log.event("checkpoint_damaged", level="warning", problem=p,
+                           using=path or "none")
+        written = int(self.flash.get_meta("checkpoints") or 0)
+        if st is None:
+            if problems:
+                raise CheckpointError(f"no usable checkpoint in {rd}: " + "; ".join(problems) + ". The samples in "
+                                      "the flash tier are intact; move the damaged files aside to retrain from them")
+            if written:
+                raise CheckpointError(f"{os.path.join(rd, CHECKPOINT)} and checkpoint.prev.pt are missing, but the "
+                                      f"store in {rd}/state says {written} checkpoints were written: the run cannot "
+                                      "continue where it stopped. Restore the files, or start a new run")
             self.log.event("resume", found_checkpoint=False)
             return {"task": 0, "epoch": 0, "batch": 0}
-        st = load_checkpoint(path)
+        store = json.loads(st["store"]) if "store" in st else {}
+        if store.get("seen") is not None and self.flash.seen(NS) < store["seen"]:
+            raise CheckpointError(f"{path} was taken after {store['seen']} samples were stored, but the store in "
+                                  f"{rd}/state has seen only {self.flash.seen(NS)}: data.mdb was replaced or lost. "
+                                  f"Restore it (or `miro store salvage` it) before resuming")
+        self._n_checkpoints = max(written, store.get("checkpoints", 0))
         self.strategy.load_state_dict(st["strategy"])
         torch.set_rng_state(st["torch_rng"])
         m = json.loads(st["metrics"])
@@ -310,7 +333,7 @@ class Learner:
         if self.hooks is not None and "hooks" in st:
             self.hooks.load_state(self, json.loads(st["hooks"]))
         self.restored = json.loads(st["extra"]) if "extra" in st else {}
-        self.log.event("resume", found_checkpoint=True, **st["position"])
+        self.log.event("resume", found_checkpoint=True, checkpoint=os.path.basename(path), **st["position"])
         return dict(st["position"])
 
     # ------------------------------------------------------------------ summaries

@@ -119,12 +119,18 @@ def decode_record(buf, key=None) -> Record:
     code, ndim, (s0, s1, s2, s3), label, task, sample_id, ts, n_aux, n_payload = _verify(view, key)
     dtype = _DTYPES[code]
     shape = (s0, s1, s2, s3)[:ndim]
-    if int(np.prod(shape, dtype=np.int64)) * dtype.itemsize != n_payload:
+    n = 1
+    for d in shape:  # exact in Python ints: a hand-made header's huge dims must not wrap around in int64
+        n *= d
+    if n * dtype.itemsize != n_payload or any(s for s in (s0, s1, s2, s3)[ndim:]):
         raise CorruptRecordError(f"record {_name(key)}: shape {shape} does not match {n_payload} payload bytes")
-    arr = np.frombuffer(view, dtype=dtype, count=n_payload // dtype.itemsize, offset=HEADER_SIZE).reshape(shape)
-    aux = None
-    if n_aux:
-        aux = np.frombuffer(view, dtype=np.float32, count=n_aux, offset=HEADER_SIZE + n_payload)
+    try:
+        arr = np.frombuffer(view, dtype=dtype, count=n_payload // dtype.itemsize, offset=HEADER_SIZE).reshape(shape)
+        aux = None
+        if n_aux:
+            aux = np.frombuffer(view, dtype=np.float32, count=n_aux, offset=HEADER_SIZE + n_payload)
+    except (ValueError, TypeError) as e:  # belt and braces: the record's error type, whatever numpy says
+        raise CorruptRecordError(f"record {_name(key)}: cannot be decoded ({e})") from None
     return Record(arr, label, task, sample_id, ts, aux)
 
 

@@ -23,3 +23,8 @@ class BudgetError(StoreError):
 
 class ForkError(StoreError):
     """An LMDB environment was used in a process other than the one that opened it."""
+
+
+class DamagedStoreError(StoreError):
+    """The store's files are damaged (cut short, not LMDB, corrupted pages); the message names the
+    file and the next step (salvage, restore, start afresh)."""

@@ -17,6 +17,7 @@ in this process share a lock that the writer takes exclusively only to grow the 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import queue
 import threading
@@ -29,7 +30,8 @@ import numpy as np
 
 from .codec import (HEADER_SIZE, Record, decode_blob, decode_into, decode_record, dtype_code, encode_blob,
                     encode_record)
-from .errors import BadRecordError, BudgetError, ForkError, SchemaTooNewError, StoreError
+from .errors import BadRecordError, BudgetError, DamagedStoreError, ForkError, SchemaTooNewError, StoreError
+from .integrity import check_data_file
 from .tier import Tier, blob_key
 
 SCHEMA_VERSION = 1
@@ -40,6 +42,7 @@ SYNC_MODES = {
 }
 POLICIES = ("class-balanced", "reservoir")
 RNG_KEY = "eviction_rng"
+log = logging.getLogger("miro.storage")
 
 
 @dataclass
@@ -174,6 +177,13 @@ class _RWLock:
             self._cond.notify_all()
 
 
+def _damaged(path: str, e: Exception, opening: bool = False) -> DamagedStoreError:
+    what = "cannot open the LMDB store" if opening else "the LMDB store is damaged"
+    return DamagedStoreError(f"{path}: {what} ({type(e).__name__}: {e}). `miro store verify {path}` says what is "
+                             f"readable; `miro store salvage {path} NEW_DIR` copies every readable record into a "
+                             f"fresh store")
+
+
 class FlashTier(Tier):
     """LMDB-backed flash tier. ``readonly=True`` opens it for inspection from another process.
     ``seed`` seeds the eviction draws of a new store; a reopened one continues its stored stream."""
@@ -196,12 +206,9 @@ class FlashTier(Tier):
                 raise StoreError(f"cannot create state directory {self.path}: {e.strerror}") from e
             if not os.access(self.path, os.W_OK | os.X_OK):
                 raise StoreError(f"state directory {self.path} is not writable by uid {os.getuid()}")
-        try:
-            self.env = lmdb.open(self.path, map_size=int(initial_map_bytes), max_dbs=64,
-                                 max_readers=1024, readonly=readonly, lock=True,
-                                 **SYNC_MODES[sync_mode])
-        except lmdb.Error as e:
-            raise StoreError(f"cannot open LMDB environment in {self.path}: {e}") from e
+        # never let a file shorter than its own metadata reach the mmap: reading past its end is SIGBUS
+        check_data_file(self.path)
+        self.env = self._open_env(int(initial_map_bytes), readonly, sync_mode)
         self.env.reader_check()  # clear reader slots left by killed processes
         self._rw = _RWLock()
         self._rng = np.random.default_rng(seed)
@@ -212,9 +219,13 @@ class FlashTier(Tier):
         self._id_lock = threading.Lock()
         self._next_id: dict[str, int] = {}
         self._last_key: dict[str, bytes] = {}
-        self._meta = self._db("meta", create=not readonly)
-        self._check_schema()
-        self._load_namespaces()
+        try:
+            self._meta = self._db("meta", create=not readonly)
+            self._check_schema()
+            self._load_namespaces()
+        except lmdb.Error as e:
+            self.env.close()
+            raise _damaged(self.path, e) from None
         saved = self._read(lambda txn: self._meta_get(txn, RNG_KEY))
         if saved is not None:
             try:
@@ -228,6 +239,27 @@ class FlashTier(Tier):
         if not readonly:
             self._writer = threading.Thread(target=self._writer_loop, name="flash-writer", daemon=True)
             self._writer.start()
+
+    def _open_env(self, map_size: int, readonly: bool, sync_mode: str):
+        kw = dict(map_size=map_size, max_dbs=64, max_readers=1024, readonly=readonly, lock=True,
+                  **SYNC_MODES[sync_mode])
+        try:
+            return lmdb.open(self.path, **kw)
+        except lmdb.Error as e:
+            lock = os.path.join(self.path, "lock.mdb")
+            if readonly or not os.path.exists(lock):
+                raise _damaged(self.path, e, opening=True) from None
+            first = e
+        # lock.mdb holds no data, only reader slots: a damaged one is set aside and made afresh
+        os.replace(lock, lock + ".damaged")
+        try:
+            env = lmdb.open(self.path, **kw)
+        except lmdb.Error:
+            os.replace(lock + ".damaged", lock)
+            raise _damaged(self.path, first, opening=True) from None
+        log.warning("%s: lock.mdb could not be used (%s); set aside as lock.mdb.damaged and recreated",
+                    self.path, first)
+        return env
 
     # ------------------------------------------------------------------ plumbing
     def _check_pid(self):
@@ -253,6 +285,8 @@ class FlashTier(Tier):
                     return fn(txn)
             except lmdb.MapResizedError:
                 pass
+            except (lmdb.CorruptedError, lmdb.PageNotFoundError, lmdb.BadTxnError, lmdb.InvalidError) as e:
+                raise _damaged(self.path, e) from None
             finally:
                 self._rw.release_read()
             self._rw.acquire_write()
@@ -296,6 +330,9 @@ class FlashTier(Tier):
                 self._rng.bit_generator.state = rng_before
                 self._grow_map()
                 continue
+            except (lmdb.CorruptedError, lmdb.PageNotFoundError, lmdb.BadTxnError, lmdb.InvalidError) as e:
+                self._rng.bit_generator.state = rng_before
+                raise _damaged(self.path, e) from None
             except BaseException:
                 self._rng.bit_generator.state = rng_before
                 raise
@@ -358,13 +395,14 @@ class FlashTier(Tier):
                     k = bytes(k)
                     by_class.setdefault(int.from_bytes(k[:4], "big"), []).append(int.from_bytes(k[4:], "big"))
             last = b""
+            keys = []
             if data_db is not None:
-                cur = txn.cursor(db=data_db)
-                if cur.last():
-                    last = bytes(cur.key())
-            return by_class, int(self._meta_get(txn, f"ns/{ns}/next_id") or 0), last or b""
+                keys = [int.from_bytes(k, "big") for k in txn.cursor(db=data_db).iternext(keys=True, values=False)]
+                last = keys[-1].to_bytes(8, "big") if keys else b""
+            return by_class, int(self._meta_get(txn, f"ns/{ns}/next_id") or 0), last, keys
 
-        by_class, next_id, last = self._read(scan)
+        by_class, next_id, last, keys = self._read(scan)
+        self._check_index(ns, by_class, keys, next_id)
         idx = ClassIndex(spec.num_classes)
         for c, ids in by_class.items():
             idx.grow(c + 1)
@@ -374,6 +412,29 @@ class FlashTier(Tier):
         with self._id_lock:
             self._next_id[ns] = max(next_id, self._next_id.get(ns, 0))
         self._last_key[ns] = last
+
+    def _check_index(self, ns, by_class: dict, keys: list, next_id: int):
+        """The class index must list exactly the stored records, each once, under a declared class:
+        a flipped bit in an index key would otherwise send swaps to missing or foreign samples."""
+        indexed = np.sort(np.concatenate([np.asarray(v, dtype=np.int64) for v in by_class.values()])) \
+            if by_class else np.empty(0, dtype=np.int64)
+        stored = np.asarray(keys, dtype=np.int64)
+        problems = []
+        if indexed.size != np.unique(indexed).size:
+            problems.append(f"{indexed.size - np.unique(indexed).size} samples listed under two classes")
+        if not np.array_equal(np.unique(indexed), stored):
+            problems.append(f"{np.setdiff1d(indexed, stored).size} index entries point to no record, "
+                            f"{np.setdiff1d(stored, indexed).size} records are missing from the index")
+        bad_cls = [c for c in by_class if c >= max(self._specs[ns].num_classes, 1) or c < 0]
+        if bad_cls:
+            top = self._specs[ns].num_classes - 1
+            problems.append(f"classes {sorted(bad_cls)[:5]} outside the namespace's 0..{top}")
+        if stored.size and next_id and stored[-1] >= next_id:
+            problems.append(f"record id {int(stored[-1])} at or past the next id {next_id}")
+        if problems:
+            raise DamagedStoreError(f"{self.path}: namespace {ns!r}: the class index disagrees with the records ("
+                                    + "; ".join(problems) + f"). `miro store verify {self.path}` lists them; "
+                                    f"`miro store salvage {self.path} NEW_DIR` rebuilds a consistent store")
 
     def refresh(self):
         """Reload namespaces and class indexes (a reader process following a live writer)."""
@@ -428,6 +489,10 @@ class FlashTier(Tier):
             txn.put(f"user/{key}".encode(), str(value).encode(), db=self._meta)
             return None, None
         self._write(job)
+
+    def seen(self, ns: str) -> int:
+        """Samples ever offered to a namespace (stored, evicted or dropped): only ever grows."""
+        return int(self._read(lambda txn: self._meta_get(txn, f"ns/{ns}/seen")) or 0)
 
     def spec(self, ns: str) -> SampleSpec:
         if ns not in self._specs:

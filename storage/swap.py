@@ -18,6 +18,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from .errors import DamagedStoreError
 from .flash import ClassIndex, FlashTier
 from .ram import RamTier
 
@@ -34,6 +35,7 @@ class SwapEngine:
         self._rng_lock = threading.Lock()
         self._cond = threading.Condition()
         self._pending = 0
+        self._error: Optional[Exception] = None  # a worker's failure, raised on the trainer's next call
         self._running = threading.Event()
         self._running.set()
         self.counters = {"requested": 0, "completed": 0, "dropped": 0, "bytes_read": 0, "swap_s": 0.0,
@@ -71,7 +73,15 @@ class SwapEngine:
         job = (choose, expected, self.ram.generation, time.perf_counter())
         return self._enqueue(job, requested=0, lost_if_full=expected)  # counted when resolved
 
+    def _raise_worker_error(self):
+        """A worker that failed (a damaged record) stops training at the trainer's next swap call."""
+        with self._cond:
+            e = self._error
+        if e is not None:
+            raise e
+
     def _enqueue(self, job, requested: int, lost_if_full: int) -> bool:
+        self._raise_worker_error()
         with self._cond:
             self.counters["requested"] += requested
             self._pending += 1
@@ -112,6 +122,7 @@ class SwapEngine:
                 if left <= 0:
                     return False
                 self._cond.wait(left)
+        self._raise_worker_error()
         return True
 
     def pause(self):
@@ -161,6 +172,9 @@ class SwapEngine:
             self._running.wait()
             try:
                 self._do(self._resolve(job))
+            except Exception as e:  # noqa: BLE001 - a damaged record: the trainer hears of it at its next call
+                with self._cond:
+                    self._error = self._error or e
             finally:
                 with self._cond:
                     self._pending -= 1
@@ -183,6 +197,12 @@ class SwapEngine:
         if ids.size:
             b = self.flash.read_batch(self.namespace, ids)
             x, labels, tasks, aux, ok = b["x"], b["labels"], b["tasks"], b["aux"], b["found"]
+            wrong = ok & (labels != classes[found])
+            if wrong.any():  # the class index sent us to a record of another class: it is damaged
+                i = int(np.nonzero(wrong)[0][0])
+                raise DamagedStoreError(f"{self.flash.path}: the class index lists sample {int(ids[i])} under class "
+                                        f"{int(classes[found][i])}, but its record says {int(labels[i])}. Run "
+                                        f"`miro store verify {self.flash.path}`")
             if not ok.all():  # an id evicted between the draw and the read is simply skipped
                 slots, ids, x, labels, tasks = slots[ok], ids[ok], x[ok], labels[ok], tasks[ok]
                 aux = None if aux is None else aux[ok]

@@ -70,3 +70,44 @@ def test_blob_round_trip(payload):
         bad[-1] ^= 0xFF
         with pytest.raises(CorruptRecordError):
             decode_blob(bytes(bad))
+
+
+def test_any_malformed_record_raises_the_codec_error_type():
+    """Hand-made headers with a valid crc (huge shapes, trailing dims, ndim 0 with dims) and random
+    bytes: every one is CorruptRecordError (a StoreError), never ValueError or a numpy error."""
+    import struct
+    import zlib
+
+    from hypothesis import given, settings
+    from hypothesis import strategies as hs
+
+    from miro_runtime.storage import CorruptRecordError, StoreError, decode_record
+    from miro_runtime.storage.codec import _CRC_OFFSET, _HEADER, HEADER_SIZE
+
+    def forged(code, ndim, shape, payload, n_aux):
+        head = _HEADER.pack(b"MR", 1, code, ndim, 0, *shape, 1, 0, 7, 0.0, n_aux, len(payload), 0)
+        body = payload + b"\0" * (4 * n_aux)
+        crc = zlib.crc32(body, zlib.crc32(head[:_CRC_OFFSET]))
+        return head[:_CRC_OFFSET] + struct.pack("<I", crc) + body
+
+    @settings(max_examples=400, deadline=None)
+    @given(hs.integers(0, 10), hs.integers(0, 5), hs.lists(hs.integers(0, 2**32 - 1), min_size=4, max_size=4),
+           hs.binary(max_size=64), hs.integers(0, 3))
+    def check(code, ndim, shape, payload, n_aux):
+        try:
+            decode_record(forged(code, ndim, shape, payload, n_aux), key="t")
+        except CorruptRecordError:
+            pass
+    check()
+    huge = forged(1, 4, [2**16, 2**16, 2**16, 2**16], b"\0" * 16, 0)  # 2^64 elements: wraps to 0 in int64
+    with pytest.raises(StoreError):
+        decode_record(huge, key="t")
+
+    @settings(max_examples=300, deadline=None)
+    @given(hs.binary(max_size=HEADER_SIZE + 40))
+    def garbage(buf):
+        try:
+            decode_record(buf, key="g")
+        except CorruptRecordError:
+            pass
+    garbage()
