@@ -104,7 +104,8 @@ def main(ctx, verbose, state_dir, socket_path):
 @click.option("--strategy", default="carm", show_default=True, help="finetune | joint | er | der | carm | carm-sync")
 @click.option("--replay", default="er", show_default=True, help="Replay method under CarM: er | der")
 @click.option("--memory", default=20, show_default=True, help="RAM episodic memory size, in samples.")
-@click.option("--flash-budget", default=2000, show_default=True, help="Flash tier size in samples (0: unbounded).")
+@click.option("--flash-budget", default=2000, show_default=True, type=click.IntRange(min=0),
+              help="Flash tier size in samples (0: unbounded).")
 @click.option("--flash-policy", default="class-balanced", show_default=True, help="class-balanced | reservoir")
 @click.option("--em-policy", default="class-balanced", show_default=True, help="class-balanced | reservoir")
 @click.option("--swap-ratio", default=0.5, show_default=True, help="Share of replayed samples swapped per step.")
@@ -155,26 +156,11 @@ def run(**o):
                 raise click.UsageError("--resume needs --run-dir")
             exp = Experiment.from_run_dir(o["run_dir"], on_event=progress)
         else:
-            shape = tuple(int(v) for v in o["synthetic_shape"].split(","))
-            run_dir = o["run_dir"] or os.path.join("runs", time.strftime("%Y%m%d-%H%M%S") +
-                                                  f"-{o['stream']}-{o['strategy']}-s{o['seed']}")
-            cfg = RunConfig(stream=o["stream"], strategy=o["strategy"], replay=o["replay"], memory=o["memory"],
-                            flash_budget=o["flash_budget"] or None, flash_policy=o["flash_policy"],
-                            em_policy=o["em_policy"], swap_ratio=o["swap_ratio"], swap_workers=o["swap_workers"],
-                            swap_group_ms=o["swap_group_ms"],
-                            epochs=o["epochs"], online=o["online"], batch_size=o["batch_size"], lr=o["lr"],
-                            model=o["model"], tasks=o["tasks"], seed=o["seed"], data_dir=o["data_dir"],
-                            download=o["download"], device=o["device"], threads=o["threads"], run_dir=run_dir,
-                            checkpoint_every=o["checkpoint_every"], energy_source=o["energy_source"],
-                            miro=o["miro"], miro_rule=o["miro_rule"], miro_search=o["miro_search"],
-                            miro_budget=o["miro_budget"], miro_ram_floor_mb=o["miro_ram_floor_mb"],
-                            miro_battery_floor=o["miro_battery_floor"],
-                            synthetic={"shape": shape, "num_classes": o["synthetic_classes"],
-                                       "per_class": o["synthetic_per_class"]} if o["stream"] == "synthetic" else {})
+            cfg = config_from_options(o)
             exp = Experiment(cfg, on_event=progress)
         summary = exp.run()
-    except (ValueError, StreamError, StoreError, FileNotFoundError) as e:
-        raise click.ClickException(str(e)) from e
+    except (ValueError, StreamError, StoreError, FileNotFoundError, MemoryError) as e:
+        raise click.ClickException(str(e) or type(e).__name__) from e
     finally:
         if progress:
             progress.close()
@@ -182,6 +168,33 @@ def run(**o):
         click.echo(json.dumps(summary))
     else:
         print_table(summary)
+
+
+def config_from_options(o: dict) -> RunConfig:
+    """`miro run`'s options as a validated RunConfig: every value checked where it is parsed, the
+    message naming the flag; nothing reinterpreted (--flash-budget 0 means unbounded, as documented)."""
+    try:
+        shape = tuple(int(v) for v in str(o["synthetic_shape"]).split(","))
+    except ValueError:
+        raise click.BadParameter(f"{o['synthetic_shape']!r}: give C,H,W as three integers, e.g. 3,32,32",
+                                 param_hint="--synthetic-shape") from None
+    run_dir = o["run_dir"] or os.path.join("runs", time.strftime("%Y%m%d-%H%M%S") +
+                                          f"-{o['stream']}-{o['strategy']}-s{o['seed']}")
+    cfg = RunConfig(stream=o["stream"], strategy=o["strategy"], replay=o["replay"], memory=o["memory"],
+                    flash_budget=o["flash_budget"] or None, flash_policy=o["flash_policy"],
+                    em_policy=o["em_policy"], swap_ratio=o["swap_ratio"], swap_workers=o["swap_workers"],
+                    swap_group_ms=o["swap_group_ms"],
+                    epochs=o["epochs"], online=o["online"], batch_size=o["batch_size"], lr=o["lr"],
+                    model=o["model"], tasks=o["tasks"], seed=o["seed"], data_dir=o["data_dir"],
+                    download=o["download"], device=o["device"], threads=o["threads"], run_dir=run_dir,
+                    checkpoint_every=o["checkpoint_every"], energy_source=o["energy_source"],
+                    miro=o["miro"], miro_rule=o["miro_rule"], miro_search=o["miro_search"],
+                    miro_budget=o["miro_budget"], miro_ram_floor_mb=o["miro_ram_floor_mb"],
+                    miro_battery_floor=o["miro_battery_floor"],
+                    synthetic={"shape": shape, "num_classes": o["synthetic_classes"],
+                               "per_class": o["synthetic_per_class"]} if o["stream"] == "synthetic" else {})
+    cfg.validate()
+    return cfg
 
 
 @main.command()
@@ -323,8 +336,10 @@ def _out(obj, as_json, human):
 @main.command()
 @click.option("--config", "config_path", default=None, help="TOML configuration file.")
 @click.option("--set", "sets", multiple=True, metavar="TABLE.KEY=VALUE", help="Override a config key.")
+@click.option("--retrain-from-store", is_flag=True,
+              help="The checkpoints are gone on purpose: start over on the samples the store holds.")
 @click.pass_context
-def daemon(ctx, config_path, sets):
+def daemon(ctx, config_path, sets, retrain_from_store):
     """Run mirod in the foreground (what the systemd unit runs)."""
     from .daemon import run_daemon
     o = ctx.find_root().obj
@@ -333,7 +348,7 @@ def daemon(ctx, config_path, sets):
         if "=" not in item:
             raise click.UsageError(f"--set {item!r}: expected TABLE.KEY=VALUE")
         pairs.append(tuple(item.split("=", 1)))
-    sys.exit(run_daemon(config_path, o["state_dir"], o["socket"], pairs))
+    sys.exit(run_daemon(config_path, o["state_dir"], o["socket"], pairs, retrain_from_store))
 
 
 def _fmt_j(v):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import math
+import re
 from dataclasses import asdict, dataclass, field, fields
 from typing import Optional
 
@@ -82,28 +84,77 @@ class RunConfig:
         cfg.validate()
         return cfg
 
-    def validate(self) -> None:
+    def validate(self, names: str = "flag") -> None:
+        """Every knob checked; a ValueError lists each problem under the name the caller knows it by:
+        the CLI flag (``--lr``) by default, ``learning.lr`` for the daemon's TOML (``names="key"``)."""
         problems = []
+
+        def bad(field, msg):
+            problems.append(f"{'--' + field.replace('_', '-') if names == 'flag' else 'learning.' + field}: {msg}")
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if isinstance(v, float) and not math.isfinite(v):
+                bad(f.name, f"must be a finite number, got {v}")
+        if problems:  # NaN and inf make every comparison below meaningless
+            raise ValueError("; ".join(problems))
         if self.strategy not in STRATEGY_NAMES:
-            problems.append(f"strategy {self.strategy!r} is not one of {sorted(STRATEGY_NAMES)}")
+            bad("strategy", f"strategy {self.strategy!r} is not one of {sorted(STRATEGY_NAMES)}")
         if self.replay not in ("er", "der"):
-            problems.append(f"replay {self.replay!r} must be er or der")
+            bad("replay", f"replay {self.replay!r} must be er or der")
+        for name in ("flash_policy", "em_policy"):
+            if getattr(self, name) not in ("class-balanced", "reservoir"):
+                bad(name, f"{getattr(self, name)!r} is not one of class-balanced, reservoir")
+        if self.model not in ("auto", "cnn", "resnet18"):
+            bad("model", f"model {self.model!r} is not one of auto, cnn, resnet18")
         if self.memory < 0:
-            problems.append(f"memory must be >= 0 samples, got {self.memory}")
+            bad("memory", f"memory must be >= 0 samples, got {self.memory}")
         if self.flash_budget is not None and self.flash_budget < 1:
-            problems.append(f"flash budget must be >= 1 sample, got {self.flash_budget}")
+            bad("flash_budget", f"flash budget must be >= 1 sample (or unbounded), got {self.flash_budget}")
         if not 0.0 <= self.swap_ratio <= 1.0:
-            problems.append(f"swap ratio must lie in [0, 1], got {self.swap_ratio}")
+            bad("swap_ratio", f"swap ratio must lie in [0, 1], got {self.swap_ratio}")
         if self.swap_group_ms < 0:
-            problems.append(f"swap group must be >= 0 ms, got {self.swap_group_ms}")
-        for name in ("miro_ram_floor_mb", "miro_battery_floor", "monitor_every_s"):
+            bad("swap_group_ms", f"swap group must be >= 0 ms, got {self.swap_group_ms}")
+        if self.swap_workers < 1:
+            bad("swap_workers", f"must be >= 1, got {self.swap_workers}")
+        for name in ("miro_ram_floor_mb", "miro_battery_floor", "monitor_every_s", "clip_grad", "der_alpha",
+                     "der_beta", "momentum"):
             if getattr(self, name) < 0:
-                problems.append(f"{name} must be >= 0, got {getattr(self, name)}")
+                bad(name, f"{name} must be >= 0, got {getattr(self, name)}")
+        if not 0 < self.miro_budget <= 1:
+            bad("miro_budget", f"must lie in (0, 1] (a share of the previous task's energy), got {self.miro_budget}")
         if self.threads < 0:
-            problems.append(f"threads must be >= 0 (0: one per core), got {self.threads}")
-        if self.epochs < 1 or self.batch_size < 1:
-            problems.append("epochs and batch size must be >= 1")
+            bad("threads", f"threads must be >= 0 (0: one per core), got {self.threads}")
+        if self.epochs < 1:
+            bad("epochs", f"epochs must be >= 1, got {self.epochs}")
+        if self.batch_size < 1:
+            bad("batch_size", f"batch size must be >= 1, got {self.batch_size}")
         if self.lr <= 0:
-            problems.append(f"learning rate must be > 0, got {self.lr}")
+            bad("lr", f"learning rate must be > 0, got {self.lr}")
+        if self.tasks is not None and self.tasks < 1:
+            bad("tasks", f"must be >= 1 (or left out for the stream's default), got {self.tasks}")
+        if self.checkpoint_every < 0:
+            bad("checkpoint_every", f"must be >= 0 steps (0: only at task ends), got {self.checkpoint_every}")
+        if self.seed < 0:
+            bad("seed", f"must be >= 0, got {self.seed}")
+        if not re.fullmatch(r"cpu|auto|cuda(:\d+)?|mps", str(self.device)):
+            bad("device", f"{self.device!r} is not a device: cpu, auto, cuda, cuda:N or mps")
+        if self.sync_mode not in ("sync", "metasync-off", "nosync"):
+            bad("sync_mode", f"{self.sync_mode!r} is not one of sync, metasync-off, nosync")
+        if self.energy_source not in ("auto", "nvml", "rapl", "jetson", "pi5", "estimate"):
+            bad("energy_source", f"{self.energy_source!r} is not one of auto, nvml, rapl, jetson, pi5, estimate")
+        if self.miro_rule not in ("top-half-acc-per-joule", "acc-per-joule", "lowest-energy", "highest-accuracy",
+                                  "zeus"):
+            bad("miro_rule", f"{self.miro_rule!r} is not a Miro rule")
+        if self.miro_search not in ("bandit", "grid"):
+            bad("miro_search", f"{self.miro_search!r} is not one of bandit, grid")
+        syn = self.synthetic or {}
+        if syn:
+            shape = syn.get("shape", (1, 16, 16))
+            if len(tuple(shape)) != 3 or any(int(v) < 1 for v in shape):
+                problems.append(f"{'--synthetic-shape' if names == 'flag' else 'learning.synthetic'}: C,H,W must be "
+                                f"three integers >= 1, got {list(shape)}")
+            if int(syn.get("num_classes", 10)) < 1 or int(syn.get("per_class", 200)) < 2:
+                who = "--synthetic-classes/--synthetic-per-class" if names == "flag" else "learning.synthetic"
+                problems.append(f"{who}: need >= 1 class and >= 2 samples per class")
         if problems:
             raise ValueError("; ".join(problems))

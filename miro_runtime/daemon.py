@@ -74,9 +74,10 @@ def _gid(name: str):
 
 
 class Daemon:
-    def __init__(self, cfg: DaemonConfig, config_path=None, overrides=()):
+    def __init__(self, cfg: DaemonConfig, config_path=None, overrides=(), retrain_from_store: bool = False):
         self.cfg, self.config_path = cfg, config_path
         self.overrides = list(overrides)  # command-line settings: they win over the file on every reload
+        self.retrain_from_store = retrain_from_store
         d = cfg.daemon
         self.state_dir = os.path.abspath(d.state_dir)
         self.logs_dir = os.path.abspath(d.logs_dir or os.environ.get("LOGS_DIRECTORY", "").split(":")[0] or
@@ -129,7 +130,8 @@ class Daemon:
         from .session import Session
         lcfg = self.cfg.learning
         lcfg.run_dir = self.state_dir
-        self.session = Session(lcfg, self.cfg.session, log_=self.log, monitor=ResourceMonitor())
+        self.session = Session(lcfg, self.cfg.session, log_=self.log, monitor=ResourceMonitor(),
+                               retrain_from_store=self.retrain_from_store)
         self.session.open()
 
     async def main(self) -> int:
@@ -726,7 +728,7 @@ def setup_logging(level="info"):
     root.propagate = False
 
 
-def run_daemon(config_path=None, state_dir=None, socket_path=None, overrides=()) -> int:
+def run_daemon(config_path=None, state_dir=None, socket_path=None, overrides=(), retrain_from_store=False) -> int:
     from .client import default_state_dir
     try:
         cfg = load(config_path, state_dir or os.environ.get("MIRO_STATE_DIR") or None)
@@ -744,7 +746,7 @@ def run_daemon(config_path=None, state_dir=None, socket_path=None, overrides=())
     setup_logging(cfg.daemon.log_level)
     import faulthandler
     faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1`: every thread's stack on stderr
-    d = Daemon(cfg, config_path, overrides)
+    d = Daemon(cfg, config_path, overrides, retrain_from_store)
     try:
         return asyncio.run(d.main())
     except ConfigError as e:
@@ -760,13 +762,15 @@ def main(argv=None):
                                                       "$STATE_DIRECTORY, ~/.local/state/miro)")
     ap.add_argument("--socket", default=None, help="control socket path")
     ap.add_argument("--set", action="append", default=[], metavar="TABLE.KEY=VALUE", help="override a config key")
+    ap.add_argument("--retrain-from-store", action="store_true",
+                    help="the checkpoints are gone on purpose: start over on the samples the store holds")
     a = ap.parse_args(argv)
     overrides = []
     for item in a.set:
         if "=" not in item:
             ap.error(f"--set {item!r}: expected TABLE.KEY=VALUE")
         overrides.append(tuple(item.split("=", 1)))
-    return run_daemon(a.config, a.state_dir, a.socket, overrides)
+    return run_daemon(a.config, a.state_dir, a.socket, overrides, a.retrain_from_store)
 
 
 if __name__ == "__main__":

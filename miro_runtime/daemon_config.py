@@ -144,9 +144,9 @@ class DaemonConfig:
             if getattr(s, k) < 0:
                 problems.append(f"session.{k} must be >= 0, got {getattr(s, k)}")
         try:
-            self.learning.validate()
+            self.learning.validate(names="key")
         except ValueError as e:
-            problems.extend(f"learning: {p}" for p in str(e).split("; "))
+            problems.append(str(e))
         if problems:
             raise ConfigError("; ".join(problems))
 

@@ -36,6 +36,12 @@ class Experiment:
         os.makedirs(cfg.run_dir, exist_ok=True)
         self.stream = stream or make_stream(cfg.stream, cfg.tasks, cfg.seed, cfg.data_dir, cfg.download,
                                             **cfg.synthetic)
+        check_resources(cfg, self.stream)
+        if cfg.strategy == "joint" and cfg.flash_budget is not None:
+            n = sum(len(y) for _, y in self.stream.train)
+            if n > cfg.flash_budget:  # joint trains on every stored sample: a truncated store is another bound
+                raise ValueError(f"--strategy joint trains on every sample of the stream ({n}), but --flash-budget "
+                                 f"{cfg.flash_budget} keeps fewer: pass --flash-budget 0 (unbounded) or >= {n}")
         self.learner = Learner(cfg, self.stream, hooks=hooks, monitor=monitor, on_event=on_event)
 
     @classmethod
@@ -128,6 +134,28 @@ class Experiment:
         if not cfg.online:
             lr.train_epochs(t, x_task, y_task, ids_task, pos)
         lr.finish_task(t, x_task, y_task, ids_task)
+
+
+def check_resources(cfg: RunConfig, stream) -> None:
+    """Before anything is allocated: the device exists, and the RAM memory fits in available RAM."""
+    import psutil
+    import torch
+    dev = cfg.device
+    if dev.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {dev}: no CUDA device is available here (torch.cuda.is_available() is "
+                             f"False); use --device cpu or auto")
+        idx = int(dev.split(":")[1]) if ":" in dev else 0
+        if idx >= torch.cuda.device_count():
+            raise ValueError(f"--device {dev}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if dev == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ValueError("--device mps: no Apple GPU here; use --device cpu")
+    per = int(np.prod(stream.shape)) + 64 + 4 * stream.num_classes  # pixels, slot bookkeeping, DER++ logits
+    need = cfg.memory * per
+    avail = psutil.virtual_memory().available
+    if need > 0.8 * avail:
+        raise ValueError(f"--memory {cfg.memory}: a RAM memory of {cfg.memory} samples of {list(stream.shape)} needs "
+                         f"{need / 2**30:.1f} GiB; {avail / 2**30:.1f} GiB is available here")
 
 
 def run(cfg: RunConfig, **kw) -> dict:

@@ -43,7 +43,8 @@ class Learner:
     (``LiveStream`` grows them as data arrives)."""
 
     def __init__(self, cfg: RunConfig, stream, hooks=None, monitor: Optional[ResourceMonitor] = None,
-                 on_event: Optional[Callable] = None, log: Optional[EventLog] = None, extra_state=None):
+                 on_event: Optional[Callable] = None, log: Optional[EventLog] = None, extra_state=None,
+                 retrain_from_store: bool = False):
         cfg.validate()
         if not cfg.run_dir:
             raise ValueError("RunConfig.run_dir is required (where the store, metrics and checkpoints live)")
@@ -63,6 +64,7 @@ class Learner:
         self.log = log or EventLog(os.path.join(cfg.run_dir, "events.jsonl"))
         self.metrics_path = os.path.join(cfg.run_dir, "metrics.jsonl")
         self.extra_state = extra_state  # callable -> JSON-able dict kept in every checkpoint (the daemon's)
+        self.retrain_from_store = retrain_from_store  # checkpoints gone on purpose: start over on the stored samples
         self.flash = self.strategy = self.meter = None
         self.acc, self.per_task, self.steps = [], [], 0
         self._cur = self._carry = None
@@ -309,11 +311,16 @@ class Learner:
         if st is None:
             if problems:
                 raise CheckpointError(f"no usable checkpoint in {rd}: " + "; ".join(problems) + ". The samples in "
-                                      "the flash tier are intact; move the damaged files aside to retrain from them")
-            if written:
+                                      "the flash tier are intact: move the damaged files aside to start over on them "
+                                      "(mirod --retrain-from-store), or start a new run")
+            if written and self.retrain_from_store:
+                self.log.event("retrain_from_store", level="warning", checkpoints_written=written,
+                               why="no checkpoint file; asked to start over on the stored samples")
+            elif written:
                 raise CheckpointError(f"{os.path.join(rd, CHECKPOINT)} and checkpoint.prev.pt are missing, but the "
                                       f"store in {rd}/state says {written} checkpoints were written: the run cannot "
-                                      "continue where it stopped. Restore the files, or start a new run")
+                                      "continue where it stopped. Restore the files, or start over on the stored "
+                                      "samples (mirod --retrain-from-store), or start a new run")
             self.log.event("resume", found_checkpoint=False)
             return {"task": 0, "epoch": 0, "batch": 0}
         store = json.loads(st["store"]) if "store" in st else {}

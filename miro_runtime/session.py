@@ -143,11 +143,12 @@ class SessionConfig:
 
 class Session:
     def __init__(self, cfg: RunConfig, scfg: Optional[SessionConfig] = None, log_: Optional[EventLog] = None,
-                 monitor=None):
+                 monitor=None, retrain_from_store: bool = False):
         self.cfg, self.scfg = cfg, scfg or SessionConfig()
         os.makedirs(cfg.run_dir, exist_ok=True)
         self.log = log_ or EventLog(os.path.join(cfg.run_dir, "events.jsonl"))
         self.monitor = monitor
+        self.retrain_from_store = retrain_from_store
         self.lock = threading.RLock()  # the live stream's structure and the task state
         self.work = threading.Condition(self.lock)
         self.inflight = threading.BoundedSemaphore(self.scfg.max_inflight)
@@ -224,20 +225,26 @@ class Session:
                 s.tasks[t].classes = list(classes)
         self.ended = json.loads(meta.get("live/ended") or "[]")
         self.stream = s
-        lr = Learner(self.cfg, s, log=self.log, extra_state=self._extra_state)
+        lr = Learner(self.cfg, s, log=self.log, extra_state=self._extra_state,
+                     retrain_from_store=self.retrain_from_store)
         try:
             self.pos = lr.open(resume=resume)
         except SessionError:
             raise
-        except Exception as e:  # a damaged checkpoint: named, never a traceback (salvage: the store issue)
+        except Exception as e:  # a damaged checkpoint or store: named, never a traceback
             lr.close()
+            from miro_runtime.storage import StoreError
+
+            from .checkpoint import CheckpointError
+            if isinstance(e, (CheckpointError, StoreError)):  # our own messages carry their next step
+                raise SessionError("state", str(e)) from e
             msg = str(e).splitlines()[0] if str(e) else type(e).__name__
             if "Weights only load failed" in msg or "weights_only" in msg:
                 # torch's own text suggests weights_only=False: never, for a file read from disk
                 msg = "it is damaged or not a miro checkpoint (torch.load(weights_only=True) refused it)"
             raise SessionError("state", f"cannot resume from {os.path.join(self.cfg.run_dir, 'checkpoint.pt')}: "
-                                        f"{msg[:300]}. The samples in the flash tier are intact; move the checkpoint "
-                                        f"aside to retrain from them") from e
+                                        f"{msg[:300]}. The samples in the flash tier are intact: move the checkpoint "
+                                        f"aside and start mirod --retrain-from-store to train afresh on them") from e
         if not resume:
             with open(os.path.join(self.cfg.run_dir, "config.json"), "w") as fh:
                 fh.write(self.cfg.to_json())

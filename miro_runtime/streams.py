@@ -10,6 +10,7 @@ Task order and class split are seeded and recorded by ``describe()``.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from dataclasses import dataclass, field
 from typing import Iterator, Optional, Sequence
@@ -196,62 +197,175 @@ def torchvision_stream(name: str, data_dir: Optional[str], tasks: int, seed: int
                                                                        "data_dir": os.path.abspath(data_dir)})
 
 
-IMG_EXT = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".pgm", ".ppm")
+IMG_EXT = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".pgm", ".ppm", ".tif", ".tiff")
+JUNK = {"__MACOSX", "Thumbs.db", "desktop.ini", "@eaDir"}  # what file managers and NAS boxes leave behind
+LAYOUTS = ("DIR/<class>/*.png (classes split into --tasks tasks), DIR/train/<class>/ + DIR/test/<class>/ "
+           "(ImageFolder, its own test split), DIR/<task>/<class>/*.png (one folder per task), or "
+           "DIR/<class>/ + DIR/tasks.json = [[class, ...], ...]")
+
+
+def _entries(path: str, skipped: dict) -> tuple:
+    """(sub-directories, image files) of ``path``, sorted, symlinks followed. Hidden entries, file
+    manager junk and non-image files are skipped and counted; a dangling symlink is skipped too."""
+    dirs, images = [], []
+    for name in sorted(os.listdir(path)):
+        full = os.path.join(path, name)
+        if name.startswith(".") or name in JUNK:
+            skipped["hidden or junk"] = skipped.get("hidden or junk", 0) + 1
+            continue
+        if os.path.islink(full) and not os.path.exists(full):
+            skipped["dangling symlinks"] = skipped.get("dangling symlinks", 0) + 1
+            continue
+        if os.path.isdir(full):
+            dirs.append(name)
+        elif name.lower().endswith(IMG_EXT):
+            images.append(name)
+        else:
+            skipped["non-image files"] = skipped.get("non-image files", 0) + 1
+    return dirs, images
+
+
+def _load_image(fp: str, where: str) -> np.ndarray:
+    import warnings
+
+    from PIL import Image
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(fp) as im:
+                arr = np.asarray(im.convert("L") if im.mode in ("L", "1", "P", "I;16", "I", "F") else im.convert("RGB"))
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise StreamError(f"{where}: {fp} is too large to be a training image ({e})") from None
+    except (OSError, ValueError, SyntaxError) as e:  # PIL's "cannot identify image file" and friends
+        raise StreamError(f"{where}: cannot read image {fp}: {e}") from None
+    return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)  # (C, H, W)
+
+
+def _class_id(names: list) -> dict:
+    return {c: i for i, c in enumerate(names)}
 
 
 def folder_stream(data_dir: Optional[str], tasks: Optional[int] = None, seed: int = 0, **_) -> Stream:
-    """Either ``DIR/<task>/<class>/*.png`` (one tree per task, tasks in sorted order) or
-    ``DIR/<class>/*.png`` plus ``DIR/tasks.json`` = [[class, ...], ...] (a task -> classes map)."""
-    from PIL import Image
+    """The user's own images, in one of four layouts (``LAYOUTS``). Skipped, and reported in
+    ``describe()["skipped"]``: hidden entries, file-manager junk, non-image files, dangling symlinks.
+    Errors (naming the file and the layouts): an unreadable or oversized image, images of differing
+    shapes, an empty class, a malformed tasks.json, a ``--tasks`` that contradicts the folders. The
+    held-out test split (20% per class) is fixed across run seeds, as split-digits'; the ImageFolder
+    layout uses its own test folder instead, and says so."""
     if not data_dir or not os.path.isdir(data_dir):
-        raise StreamError(f"folder stream: data dir {data_dir!r} does not exist")
+        raise StreamError(f"folder stream: data dir {data_dir!r} does not exist (expected {LAYOUTS})")
+    skipped: dict = {}
+    top_dirs, _ = _entries(data_dir, skipped)
     mapping_file = os.path.join(data_dir, "tasks.json")
+    low = {d.lower(): d for d in top_dirs}
+    test_dir = None
     if os.path.exists(mapping_file):
-        with open(mapping_file) as fh:
-            mapping = json.load(fh)
-        task_dirs = [[(c, os.path.join(data_dir, c)) for c in classes] for classes in mapping]
+        layout = "tasks.json"
+        try:
+            with open(mapping_file) as fh:
+                mapping = json.load(fh)
+        except (OSError, ValueError) as e:
+            raise StreamError(f"folder stream: {mapping_file} is not readable JSON ({e}); expected "
+                              f"[[class, ...], ...]") from None
+        if not isinstance(mapping, list) or not mapping or not all(
+                isinstance(t, list) and t and all(isinstance(c, str) and c for c in t) for t in mapping):
+            raise StreamError(f"folder stream: {mapping_file} must be a non-empty list of non-empty lists of class "
+                              f"folder names, e.g. [[\"cat\", \"dog\"], [\"car\"]]")
+        if tasks is not None and tasks != len(mapping):
+            raise StreamError(f"folder stream: --tasks {tasks} contradicts {mapping_file}, which defines "
+                              f"{len(mapping)} tasks (leave --tasks out)")
+        task_classes = [[(c, os.path.join(data_dir, c)) for c in t] for t in mapping]
+    elif "train" in low and ("test" in low or "val" in low):
+        layout = "imagefolder"
+        train_dir = os.path.join(data_dir, low["train"])
+        test_dir = os.path.join(data_dir, low.get("test") or low["val"])
+        classes, _ = _entries(train_dir, skipped)
+        task_classes = _split_named(classes, tasks, train_dir)
     else:
-        task_dirs = [[(c, os.path.join(data_dir, t, c)) for c in sorted(os.listdir(os.path.join(data_dir, t)))
-                      if os.path.isdir(os.path.join(data_dir, t, c))]
-                     for t in sorted(os.listdir(data_dir)) if os.path.isdir(os.path.join(data_dir, t))]
-    names = [c for td in task_dirs for c, _ in td]
+        kinds = {d: _entries(os.path.join(data_dir, d), {}) for d in top_dirs}
+        if not top_dirs:
+            raise StreamError(f"folder stream: {data_dir} holds no folders; expected {LAYOUTS}")
+        if all(sub and not imgs for sub, imgs in kinds.values()):
+            layout = "task folders"
+            if tasks is not None and tasks != len(top_dirs):
+                raise StreamError(f"folder stream: --tasks {tasks} contradicts {data_dir}, which holds "
+                                  f"{len(top_dirs)} task folders (leave --tasks out)")
+            task_classes = [[(c, os.path.join(data_dir, t, c)) for c in kinds[t][0]] for t in top_dirs]
+        elif all(imgs for _, imgs in kinds.values()):
+            layout = "class folders"
+            task_classes = _split_named(top_dirs, tasks, data_dir)
+        else:
+            mixed = [d for d, (sub, imgs) in kinds.items() if not imgs and not sub]
+            raise StreamError(f"folder stream: {data_dir} mixes layouts"
+                              + (f" ({', '.join(mixed[:3])} hold no images)" if mixed else "")
+                              + f"; expected {LAYOUTS}")
+    names = [c for td in task_classes for c, _ in td]
     if len(set(names)) != len(names):
-        raise StreamError(f"folder stream {data_dir}: a class appears in more than one task")
-    class_ids = {c: i for i, c in enumerate(names)}
+        dup = sorted({c for c in names if names.count(c) > 1})
+        raise StreamError(f"folder stream {data_dir}: class {dup[0]!r} appears in more than one task")
+    class_ids = _class_id(names)
     shape, specs, train, test = None, [], [], []
-    for t, td in enumerate(task_dirs):
-        xs, ys, files = [], [], []
+    first_file = {}
+
+    def load_class(path, c, t, xs, ys):
+        nonlocal shape
+        if not os.path.isdir(path):
+            raise StreamError(f"folder stream, task {t}: class folder {path} is missing (layout: {layout})")
+        _, files = _entries(path, skipped)
+        if not files:
+            raise StreamError(f"folder stream, task {t}: class folder {path} holds no images "
+                              f"({', '.join(IMG_EXT)})")
+        for fn in files:
+            fp = os.path.join(path, fn)
+            arr = _load_image(fp, f"folder stream, task {t}")
+            if shape is None:
+                shape, first_file['path'] = arr.shape, fp
+            if arr.shape != shape:
+                raise StreamError(f"folder stream, task {t}, sample {fp}: shape {list(arr.shape)} differs from the "
+                                  f"stream's {list(shape)} (set by the first image, {first_file['path']}): resize "
+                                  f"the images to one size")
+            xs.append(arr)
+            ys.append(class_ids[c])
+
+    for t, td in enumerate(task_classes):
+        xs, ys = [], []
         for c, path in td:
-            if not os.path.isdir(path):
-                raise StreamError(f"folder stream, task {t}: class directory {path} is missing")
-            for fn in sorted(os.listdir(path)):
-                if not fn.lower().endswith(IMG_EXT):
-                    continue
-                fp = os.path.join(path, fn)
-                try:
-                    with Image.open(fp) as im:
-                        arr = np.asarray(im.convert("L") if im.mode in ("L", "1", "P", "I;16") else im.convert("RGB"))
-                except OSError as e:
-                    raise StreamError(f"folder stream, task {t}: cannot read image {fp}: {e}") from e
-                arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)  # (C, H, W)
-                if shape is None:
-                    shape = arr.shape
-                if arr.shape != shape:
-                    raise StreamError(f"folder stream, task {t}, sample {fp}: shape {list(arr.shape)} differs "
-                                      f"from the stream's {list(shape)} (set by the first image)")
-                xs.append(arr)
-                ys.append(class_ids[c])
-                files.append(fp)
-        if not xs:
-            raise StreamError(f"folder stream: task {t} has no images")
+            load_class(path, c, t, xs, ys)
         x, y = np.stack(xs), np.asarray(ys, dtype=np.int64)
-        tr, te = _holdout(y, 0.2, seed)
-        perm = np.random.default_rng(seed + t).permutation(len(tr))
-        train.append((x[tr][perm], y[tr][perm]))
-        test.append((x[te], y[te]))
+        if test_dir is not None:
+            xt, yt = [], []
+            for c, _ in td:
+                if os.path.isdir(os.path.join(test_dir, c)):
+                    load_class(os.path.join(test_dir, c), c, t, xt, yt)
+            if not yt:
+                raise StreamError(f"folder stream: {test_dir} holds none of task {t}'s classes {[c for c, _ in td]}")
+            x_te, y_te = np.stack(xt), np.asarray(yt, dtype=np.int64)
+            perm = np.random.default_rng(seed + t).permutation(len(y))
+            train.append((x[perm], y[perm]))
+            test.append((x_te, y_te))
+        else:
+            tr, te = _holdout(y, 0.2, 0)  # fixed across run seeds: the seed moves the arrival order only
+            perm = np.random.default_rng(seed + t).permutation(len(tr))
+            train.append((x[tr][perm], y[tr][perm]))
+            test.append((x[te], y[te]))
         specs.append(TaskSpec(t, [class_ids[c] for c, _ in td]))
-    return Stream("folder", shape, len(names), specs, train, test, seed,
-                  {"source": os.path.abspath(data_dir), "class_names": names})
+    info = {"source": os.path.abspath(data_dir), "class_names": names, "layout": layout, "skipped": skipped,
+            "test_split": os.path.abspath(test_dir) + " (the folder's own test split)" if test_dir else
+            "20% of each class held out, fixed across run seeds"}
+    if test_dir is not None:
+        logging.getLogger("miro.streams").warning("folder stream %s: ImageFolder layout, using %s as the test split",
+                                                  data_dir, test_dir)
+    return Stream("folder", shape, len(names), specs, train, test, seed, info)
+
+
+def _split_named(classes: list, tasks: Optional[int], where: str) -> list:
+    if not classes:
+        raise StreamError(f"folder stream: {where} holds no class folders; expected {LAYOUTS}")
+    n = tasks if tasks is not None else min(5, len(classes))
+    if not 1 <= n <= len(classes):
+        raise StreamError(f"folder stream: --tasks {n} cannot split {len(classes)} classes of {where}")
+    parts = np.array_split(np.asarray(classes, dtype=object), n)
+    return [[(c, os.path.join(where, c)) for c in part] for part in parts]
 
 
 def synthetic(tasks: int = 5, seed: int = 0, num_classes: int = 10, shape: Sequence[int] = (1, 16, 16),

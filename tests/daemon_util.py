@@ -15,8 +15,8 @@ PY = sys.executable
 
 
 class Mirod:
-    def __init__(self, state_dir, *sets, config=None, env=None, sock=None):
-        self.state_dir = str(state_dir)
+    def __init__(self, state_dir, *sets, config=None, env=None, sock=None, args=()):
+        self.state_dir, self.args = str(state_dir), list(args)
         self.sock = sock or os.path.join(self.state_dir, "mirod.sock")
         self.sets, self.config, self.env = list(sets), config, env or {}
         self.proc = None
@@ -28,6 +28,7 @@ class Mirod:
             cmd += ["--config", str(self.config)]
         for s in self.sets:
             cmd += ["--set", s]
+        cmd += self.args
         env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "MIRO_SOCKET")}
         env.update(self.env)
         self.err = open(os.path.join(self.state_dir, "stderr.log"), "ab")

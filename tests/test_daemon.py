@@ -492,8 +492,13 @@ def test_a_state_dir_it_cannot_resume_is_a_clear_refusal(tmp_path):
     r = start("learning.strategy=er")
     assert r.returncode == 65 and "checkpoint.pt" in r.stderr and "Traceback" not in r.stderr
     assert "weights_only=False" not in r.stderr
-    os.replace(state / "checkpoint.pt", tmp_path / "aside.pt")  # as the message says: retrain from the store
-    d = Mirod(state, "learning.online=false", "learning.epochs=1", "learning.strategy=er").start()
+    os.replace(state / "checkpoint.pt", tmp_path / "aside.pt")  # checkpoints gone: refused unless asked
+    if (state / "checkpoint.prev.pt").exists():
+        os.replace(state / "checkpoint.prev.pt", tmp_path / "aside.prev.pt")
+    r = start("learning.strategy=er")
+    assert r.returncode == 65 and "--retrain-from-store" in r.stderr and "Traceback" not in r.stderr
+    d = Mirod(state, "learning.online=false", "learning.epochs=1", "learning.strategy=er",
+              args=["--retrain-from-store"]).start()
     try:
         deadline = time.monotonic() + 60
         while d.call("status")["tasks_trained"] < 1 and time.monotonic() < deadline:

@@ -1,5 +1,6 @@
 """Streams: determinism, class splits, user folders, and bad input named by task and sample."""
 import json
+import os
 
 import numpy as np
 import pytest
@@ -101,3 +102,49 @@ def test_validate_task_names_task_and_sample():
     s.train[1] = (np.zeros((3, 1, 5, 4), np.uint8), np.array([2, 2, 3]))
     with pytest.raises(StreamError, match=r"task 1 \(train\): images of shape \[1, 5, 4\]"):
         s.validate_task(1)
+
+
+def test_real_world_folders(tmp_path):
+    """The ImageFolder layout with its own test split; flat class folders split by --tasks; hidden
+    entries, junk, non-image files and dangling symlinks skipped and reported; the held-out split
+    fixed across run seeds; errors naming the file and the layouts."""
+    for split, n in (("train", 6), ("test", 3)):
+        for c in "0123":
+            for i in range(n):
+                _png(tmp_path / "if" / split / c / f"{i}.png", value=40 * int(c) + i)
+    (tmp_path / "if" / "README.md").write_text("about this dataset")
+    (tmp_path / "if" / "train" / "0" / "labels.csv").write_text("x")
+    (tmp_path / "if" / "train" / "1" / ".DS_Store").write_text("x")
+    os.symlink(tmp_path / "gone.png", tmp_path / "if" / "train" / "2" / "link.png")
+    s = make_stream("folder", data_dir=str(tmp_path / "if"), tasks=2)
+    assert s.info["layout"] == "imagefolder" and "test split" in s.info["test_split"]
+    assert [len(y) for _, y in s.train] == [12, 12] and [len(y) for _, y in s.test] == [6, 6]
+    assert s.info["skipped"] == {"non-image files": 2, "hidden or junk": 1, "dangling symlinks": 1}  # README too
+    # class folders right under the root: split into --tasks (5 by default, at most one per class)
+    for c in ["ant", "bee", "cow"]:
+        for i in range(10):
+            _png(tmp_path / "flat" / c / f"{i}.png", value=i)
+    a = make_stream("folder", data_dir=str(tmp_path / "flat"))
+    assert [t.classes for t in a.tasks] == [[0], [1], [2]] and a.info["layout"] == "class folders"
+    b = make_stream("folder", data_dir=str(tmp_path / "flat"), seed=3)
+    assert all(np.array_equal(x1, x2) for (x1, _), (x2, _) in zip(a.test, b.test))  # held-out split: fixed
+    with pytest.raises(StreamError, match="--tasks 4 cannot split 3 classes"):
+        make_stream("folder", data_dir=str(tmp_path / "flat"), tasks=4)
+    (tmp_path / "flat" / "tasks.json").write_text('{"not": "a list"}')
+    with pytest.raises(StreamError, match="tasks.json must be a non-empty list"):
+        make_stream("folder", data_dir=str(tmp_path / "flat"))
+    (tmp_path / "flat" / "tasks.json").write_text('[["ant"], ["bee", "cow"]]')
+    with pytest.raises(StreamError, match="--tasks 3 contradicts"):
+        make_stream("folder", data_dir=str(tmp_path / "flat"), tasks=3)
+    (tmp_path / "flat" / "cow" / "bad.png").write_bytes(b"\x89PNG not really")
+    with pytest.raises(StreamError, match="cannot read image .*bad.png"):
+        make_stream("folder", data_dir=str(tmp_path / "flat"))
+
+
+def test_decompression_bomb_is_a_named_error(tmp_path):
+    from PIL import Image
+    _png(tmp_path / "c" / "a" / "0.png")
+    big = tmp_path / "c" / "a" / "bomb.png"
+    Image.new("L", (12000, 12000)).save(big)  # 144 MP, small on disk: above PIL's 2x limit at 89 MP
+    with pytest.raises(StreamError, match="bomb.png is too large"):
+        make_stream("folder", data_dir=str(tmp_path / "c"))
