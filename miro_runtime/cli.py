@@ -240,6 +240,9 @@ def verify(path, as_json):
     rep = run_verify(_state_path(path))
 
     def human(r):
+        if not r.get("openable", True) and any("data.mdb missing" in e for e in r["errors"]):
+            click.echo(f"{r['path']}: no flash store here (data.mdb missing)")
+            return
         click.echo(f"{r['path']}: {'intact' if r['ok'] else 'DAMAGED'}")
         for ns, n in r["namespaces"].items():
             click.echo(f"  {ns}: {n['records']} records, {len(n['bad_records'])} failing their checks"
@@ -269,18 +272,24 @@ def salvage(src, dst, as_json):
     run = os.path.isdir(os.path.join(src, "state"))
     if os.path.exists(dst) and os.listdir(dst):
         raise click.ClickException(f"{dst} exists and is not empty; salvage writes into a new directory")
+    # built aside and renamed into place: a salvage killed half-way leaves no half-store at DST
+    part = dst.rstrip("/") + ".partial"
+    shutil.rmtree(part, ignore_errors=True)
     try:
-        rep = run_salvage(_state_path(src), os.path.join(dst, "state") if run else dst)
+        rep = run_salvage(_state_path(src), os.path.join(part, "state") if run else part)
     except StoreError as e:
+        shutil.rmtree(part, ignore_errors=True)
         raise click.ClickException(str(e)) from e
     if run:
         copied = []
         for name in sorted(os.listdir(src)):
             p = os.path.join(src, name)
             if os.path.isfile(p) and not name.startswith("mirod.") and not name.endswith(".sock"):
-                shutil.copy2(p, os.path.join(dst, name))
+                shutil.copy2(p, os.path.join(part, name))
                 copied.append(name)
         rep["run_files_copied"] = copied
+    os.replace(part, dst)
+    rep["dst"] = os.path.abspath(os.path.join(dst, "state") if run else dst)
 
     def human(r):
         click.echo(f"salvaged {r['src']} -> {r['dst']}: {r['kept']} records kept, {r['lost']} lost")

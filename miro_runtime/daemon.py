@@ -442,7 +442,7 @@ class Daemon:
             return self.session.ingest(task, split, x, labels)
         return await self._run(work)
 
-    def _ingest_path(self, path, task=None, split=None, end=False) -> dict:
+    def _ingest_path(self, path, task=None, split=None, end=False, source=None) -> dict:
         """An .npz (arrays x, y, optional task, split) or an image folder in the folder stream's layouts."""
         import numpy as np
         if not os.path.exists(path):
@@ -475,10 +475,12 @@ class Daemon:
             raise P.ProtocolError(P.INVALID_PARAMS, f"{path}: not a readable .npz ({e})") from None
         if x.ndim == 3:
             x = x[:, None]
+        if source and self.session.already_ingested(source):
+            return {"acked": 0, "already_ingested": True, "source": source}
         if t is None:
             s = self.session
             t = s.open_task if s.open_task >= 0 and s.open_task not in s.ended else s.open_task + 1
-        r = self.session.ingest(int(t), sp, x, [int(v) for v in np.asarray(y).reshape(-1)])
+        r = self.session.ingest(int(t), sp, x, [int(v) for v in np.asarray(y).reshape(-1)], source=source)
         if end:
             self.session.end_task(int(t))
         return r
@@ -610,7 +612,9 @@ class Daemon:
     async def _inbox(self):
         """Ingest what producers drop into the inbox: ``*.npz`` files and image folders whose size
         held still across two scans (a producer should write elsewhere and rename in). Done ones
-        move to done/, bad ones to failed/ with a ``.reason.txt`` beside them."""
+        move to done/, bad ones to failed/ with a ``.reason.txt`` beside them. An .npz file's
+        identity (name, size, mtime) is committed with its samples, so a kill between storing it and
+        moving it never ingests it twice; an image folder is several commits and may be, after a kill."""
         d = self.cfg.daemon
         if not d.inbox_dir:
             return
@@ -636,8 +640,8 @@ class Daemon:
                     seen[name] = sig
                     continue
                 seen.pop(name, None)
-                try:
-                    res = await self._run(self._ingest_path, p, None, None, False)
+                try:  # an .npz is ingested exactly once: its identity is committed with its samples
+                    res = await self._run(self._ingest_path, p, None, None, False, f"{name}:{sig[0]}:{sig[1]}")
                     dest = os.path.join(inbox, "done", name)
                     self.log.event("inbox_ingested", component="inbox", path=p, result=res)
                 except P.ProtocolError as e:

@@ -299,7 +299,11 @@ class Session:
         return {"trained_upto": self.trained_upto, "untrained": self.untrained}
 
     # ------------------------------------------------------------------ ingest
-    def ingest(self, task: int, split: str, x, labels) -> dict:
+    def already_ingested(self, source: str) -> bool:
+        """Whether samples tagged ``source`` (an inbox file's identity) were committed before."""
+        return self.learner is not None and self.learner.flash.get_meta(f"inbox/{source}") is not None
+
+    def ingest(self, task: int, split: str, x, labels, source: Optional[str] = None) -> dict:
         """Validate, store durably, hand to the trainer. Returns once the samples are fsynced."""
         if split not in ("train", "test"):
             raise SessionError("params", f"split must be 'train' or 'test', got {split!r}")
@@ -317,11 +321,11 @@ class Session:
             raise SessionError("busy", f"the flash writer is behind ({self.scfg.max_inflight} ingests in flight for "
                                        f"{self.scfg.ingest_timeout_s:g} s); nothing was stored, send again")
         try:
-            return self._ingest(task, split, x, labels)
+            return self._ingest(task, split, x, labels, source)
         finally:
             self.inflight.release()
 
-    def _ingest(self, task, split, x, labels) -> dict:
+    def _ingest(self, task, split, x, labels, source=None) -> dict:
         from .learner import NS
         with self.lock:
             if self.stream is None:
@@ -347,6 +351,8 @@ class Session:
                 f = self.learner.flash
                 for ns in (NS, TEST_NS):
                     f.declare_samples(ns, dataclasses.replace(f.spec(ns), num_classes=s.num_classes))
+            if source:  # committed with the samples: a restart after a kill does not ingest the file twice
+                meta[f"inbox/{source}"] = "1"
             if split == "train" and task > self.open_task:
                 self.open_task = task
                 s.ensure_task(task)
@@ -608,7 +614,10 @@ class Session:
                "tasks_trained": self.done, "current_task": self.pos.get("task"), "position": dict(self.pos),
                "mode": "online" if self.cfg.online else "epochs", "strategy": self.cfg.strategy,
                "classes_seen": len(s.inv) if s else 0, "class_labels": list(s.inv) if s else [],
-               "counters": dict(self.counters, online_pending=self.pending_n, online_untrained=self.untrained)}
+               "counters": dict(self.counters, online_pending=self.pending_n, online_untrained=self.untrained),
+               # every key is always there (None before the first sample), so clients need no special case
+               "memory": None, "flash": None, "swap": None, "steps": 0, "energy": None, "miro": None,
+               "last_acc": None, "last_avg_acc": None}
         if lr is None or lr.strategy is None:
             return out
         strat = lr.strategy

@@ -462,6 +462,16 @@ def test_inbox_and_prometheus_metrics(tmp_path):
         assert "not a readable .npz" in (inbox / "failed" / "broken.npz.reason.txt").read_text()
         assert (inbox / ".partial.npz").exists()
         assert d.call("status")["counters"]["ingested_train"] == 40
+        # a kill between committing the samples and moving the file leaves it in the inbox: the same
+        # file (name, size, mtime) must not be ingested twice
+        shutil.copy2(inbox / "done" / "cam-0001.npz", tmp_path / "again.npz")
+        os.replace(tmp_path / "again.npz", inbox / "cam-0001.npz")
+        deadline = time.monotonic() + 20
+        while (inbox / "cam-0001.npz").exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not (inbox / "cam-0001.npz").exists()
+        assert d.call("status")["counters"]["ingested_train"] == 40
+        assert any(e["event"] == "inbox_ingested" and e["result"].get("already_ingested") for e in d.logs())
         time.sleep(0.8)
         text = prom.read_text()
         assert "miro_up 1.0" in text and "miro_samples_ingested" in text and 'split="train"' in text
