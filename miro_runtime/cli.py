@@ -198,11 +198,16 @@ def config_from_options(o: dict) -> RunConfig:
 
 
 @main.command()
-@click.argument("state_dir", type=click.Path(file_okay=False))
+@click.argument("state_dir", type=click.Path(file_okay=False), required=False)
 @click.option("--json", "as_json", is_flag=True)
-def inspect(state_dir, as_json):
-    """Show what a flash tier holds (safe while a writer is running: opens read-only)."""
+@click.pass_context
+def inspect(ctx, state_dir, as_json):
+    """Show what a flash tier holds: a run dir, a store dir, or (no argument) the daemon's state dir
+    from --state-dir / MIRO_STATE_DIR. Safe while a writer is running: opens read-only."""
     from miro_runtime.storage import FlashTier, StoreError
+
+    from .client import default_state_dir
+    state_dir = state_dir or (ctx.find_root().obj or {}).get("state_dir") or default_state_dir()
     path = os.path.join(state_dir, "state") if os.path.isdir(os.path.join(state_dir, "state")) else state_dir
     try:
         with FlashTier(path, readonly=True) as f:

@@ -90,6 +90,8 @@ def test_ingest_task_eval_predict_logs_config_through_the_cli(daemon):
     assert json.loads(r.stdout)["config"]["learning"]["epochs"] == 3
     r = miro("inspect", d.state_dir, "--json")  # the daemon's state dir, read-only while it writes
     assert r.returncode == 0 and json.loads(r.stdout)["namespaces"]["samples"]["records"] > 500
+    r = miro("inspect", "--json", env={"MIRO_STATE_DIR": d.state_dir})  # found the way the control commands are
+    assert r.returncode == 0 and json.loads(r.stdout)["namespaces"]["test"]["records"] > 100
 
 
 def test_config_file_env_and_errors_name_the_key(tmp_path):
