@@ -10,6 +10,7 @@ one is used; plain torch files from before the envelope still load (no checksum 
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import io
 import os
@@ -43,6 +44,11 @@ def save_checkpoint(path: str, state: dict) -> None:
     if os.path.exists(path):
         os.replace(path, prev)  # a crash right here leaves prev (and the temp file): load falls back to prev
     os.replace(tmp, path)
+    for left in glob.glob(f"{glob.escape(path)}.tmp.*"):  # temp files of saves a kill interrupted
+        try:
+            os.remove(left)
+        except OSError:
+            pass
     dfd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
     try:
         os.fsync(dfd)

@@ -65,3 +65,21 @@ def test_predict_returns_topk_over_seen_classes(tmp_path):
     assert np.allclose(probs.sum(1), 1.0, atol=1e-5)
     assert (labels[:, 0] == st.test[0][1]).mean() > 0.9
     lr.close()
+
+
+def test_checkpoints_keep_the_previous_one_and_detect_damage(tmp_path):
+    from miro_runtime.checkpoint import CheckpointError, load_checkpoint, load_latest, save_checkpoint
+    p = tmp_path / "checkpoint.pt"
+    (tmp_path / "checkpoint.pt.tmp.99999").write_bytes(b"left by a killed save")
+    for i in range(3):
+        save_checkpoint(str(p), {"position": {"task": i}, "strategy": {}})
+    assert load_checkpoint(str(p))["position"]["task"] == 2
+    assert load_checkpoint(str(tmp_path / "checkpoint.prev.pt"))["position"]["task"] == 1
+    assert not list(tmp_path.glob("*.tmp.*"))
+    data = bytearray(p.read_bytes())
+    data[-5] ^= 1
+    p.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="checksum mismatch"):
+        load_checkpoint(str(p))
+    st, used, problems = load_latest(str(tmp_path))  # the damaged latest is reported, the previous used
+    assert st["position"]["task"] == 1 and used.endswith("checkpoint.prev.pt") and "checksum" in problems[0]
