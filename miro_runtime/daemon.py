@@ -644,16 +644,12 @@ class Daemon:
                     res = await self._run(self._ingest_path, p, None, None, False, f"{name}:{sig[0]}:{sig[1]}")
                     dest = os.path.join(inbox, "done", name)
                     self.log.event("inbox_ingested", component="inbox", path=p, result=res)
-                except P.ProtocolError as e:
-                    dest = os.path.join(inbox, "failed", name)
-                    self.log.event("inbox_failed", component="inbox", path=p, error=e.message)
-                    async with aiofiles.open(dest + ".reason.txt", "w") as fh:
-                        await fh.write(e.message + "\n")
                 except Exception as e:
+                    why = e.message if isinstance(e, P.ProtocolError) else f"{type(e).__name__}: {e}"
                     dest = os.path.join(inbox, "failed", name)
-                    self.log.event("inbox_failed", component="inbox", path=p, error=f"{type(e).__name__}: {e}")
+                    self.log.event("inbox_failed", component="inbox", path=p, error=why)
                     async with aiofiles.open(dest + ".reason.txt", "w") as fh:
-                        await fh.write(f"{type(e).__name__}: {e}\n")
+                        await fh.write(why + "\n")
                 await aiofiles.os.replace(p, dest)
 
     async def _metrics(self):

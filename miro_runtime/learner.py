@@ -122,10 +122,8 @@ class Learner:
             self.log.close()
 
     def grow_classes(self) -> bool:
-        """Online: classes arrived mid-task; grow the flash spec and the head (a new optimizer)."""
-        self.flash.declare_samples(NS, SampleSpec(shape=self.stream.shape, dtype="uint8",
-                                                  num_classes=self.stream.num_classes, policy=self.cfg.flash_policy,
-                                                  budget_records=self.cfg.flash_budget))
+        """Online: classes arrived mid-task; grow the head (a new optimizer). The flash spec grew when
+        the samples were stored (the caller declares it in the same step as the new label)."""
         strat = self.strategy
         if strat.model.head.grow(len(self.stream.classes_upto(max(strat.task, 0)))):
             strat.model.to(strat.device)

@@ -275,7 +275,18 @@ class Session:
         ids_all = [f.class_ids(ns, c) for c in range(len(f.class_counts(ns)))]
         ids_all = np.sort(np.concatenate(ids_all)) if ids_all else np.zeros(0, np.int64)
         if pending and ids_all.size:
-            b = f.read_batch(ns, ids_all)
+            # train ids grow with arrival and tasks arrive in order, so the pending tasks' samples are a
+            # suffix of the ids: read back from the end until a chunk reaches an older task, never the
+            # whole store (months of samples on a board)
+            parts, end = [], ids_all.size
+            while end > 0:
+                b = f.read_batch(ns, ids_all[max(0, end - 4096):end])
+                keep = b["tasks"] >= self.done
+                parts.append({k: b[k][keep] for k in ("x", "labels", "tasks", "ids")})
+                if not keep.all():
+                    break
+                end -= 4096
+            b = {k: np.concatenate([p[k] for p in reversed(parts)]) for k in parts[0]}
             for t in pending:
                 m = b["tasks"] == t
                 if m.any():
@@ -355,7 +366,6 @@ class Session:
                 meta[f"inbox/{source}"] = "1"
             if split == "train" and task > self.open_task:
                 self.open_task = task
-                s.ensure_task(task)
             s.ensure_task(task)
             res = self.learner.store(task, x, y, meta=meta, ns=NS if split == "train" else TEST_NS)
             if split == "train":
