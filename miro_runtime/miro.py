@@ -1,7 +1,9 @@
 """Miro (Ma et al., MobiCom): at each task boundary, profile candidate memory-hierarchy settings
 online on a small subsample and adopt the most cost-effective one (accuracy per joule).
 
-Knobs: RAM episodic memory size, flash budget, swap ratio, epochs per task. A candidate is profiled
+Knobs: RAM episodic memory size, flash budget, swap ratio, epochs per task -- and the strategy's own
+knobs where it has some (REP: AToM's r_max and ALD's keep floor theta_bar; the strategy declares them
+with ``knobs()`` / ``set_knobs()``). A candidate is profiled
 by training a copy of the current model on ``profile_fraction`` of the new task (plus replay from a
 copy of the memory resized to the candidate's size, swapping from a flash pool cut to the
 candidate's budget) for the candidate's epochs; its accuracy is taken on a held-out slice of the new
@@ -43,15 +45,38 @@ class Knobs:
     flash_budget: Optional[int]
     swap_ratio: float
     epochs: int
+    method: tuple = ()  # the strategy's own knobs, ((name, value), ...) sorted by name
 
     def key(self) -> str:
-        return f"mem={self.memory},flash={self.flash_budget},swap={self.swap_ratio},epochs={self.epochs}"
+        k = f"mem={self.memory},flash={self.flash_budget},swap={self.swap_ratio},epochs={self.epochs}"
+        return k + "".join(f",{n}={v}" for n, v in self.method)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Knobs":
+        return cls(**{**d, "method": tuple(tuple(p) for p in d.get("method", ()))})
+
+
+def method_knobs(cfg) -> tuple:
+    """The strategy's own tunable knobs at their configured values (REP: r_max, theta_bar), or ()."""
+    if cfg.strategy not in ("rep-l2p", "rep-dualprompt"):
+        return ()
+    from .strategies import STRATEGIES
+    from .strategies.prompt import parse_options
+    o = parse_options(STRATEGIES[cfg.strategy].Options, cfg.method, cfg.strategy)
+    return (("r_max", o.r_max if o.atom else None), ("theta_bar", o.theta_bar if o.ald else None))
 
 
 def default_grid(cfg) -> list:
+    epochs = sorted({1, cfg.epochs})
+    base = method_knobs(cfg)
+    if base:  # a prompt method: no replay memory; its own knobs instead (one switched off stays off)
+        r, th = dict(base)["r_max"], dict(base)["theta_bar"]
+        rs = sorted({r // 2, r, r * 2}) if r is not None else [None]
+        ths = sorted({th, round(min(1.0, th + 0.25), 4)}) if th is not None else [None]
+        return [Knobs(cfg.memory, cfg.flash_budget, cfg.swap_ratio, e, (("r_max", rr), ("theta_bar", tt)))
+                for rr, tt, e in itertools.product(rs, ths, epochs)]
     mems = sorted({max(2, cfg.memory // 2), cfg.memory, cfg.memory * 2})
     flashes = sorted({b for b in (cfg.flash_budget and cfg.flash_budget // 4, cfg.flash_budget) if b})
-    epochs = sorted({1, cfg.epochs})
     return [Knobs(m, f, cfg.swap_ratio, e) for m, f, e in itertools.product(mems, flashes or [None], epochs)]
 
 
@@ -145,7 +170,7 @@ class MiroController:
         self.by_key = {k.key(): k for k in self.grid}
         self.bandit = ThompsonBandit(list(self.by_key), window=window, seed=cfg.seed + 101)
         self.history: dict = {k: [] for k in self.by_key}  # recent (acc, joules, seconds) per arm
-        self.current = Knobs(cfg.memory, cfg.flash_budget, cfg.swap_ratio, cfg.epochs)
+        self.current = Knobs(cfg.memory, cfg.flash_budget, cfg.swap_ratio, cfg.epochs, method_knobs(cfg))
         self.decisions: list = []
         self.prev_task_j: Optional[float] = None
         self.batch_size, self.replay = cfg.batch_size, (cfg.replay if cfg.strategy in ("carm", "carm-sync")
@@ -211,7 +236,12 @@ class MiroController:
         cur_j = self._predicted_j(self.current, n, t)
 
         def relieves(kn):
-            if "ram" in why and kn.memory >= self.current.memory:
+            if "ram" in why and kn.method:  # a prompt method: more merging or more dropping needs less memory
+                mine, theirs = dict(self.current.method), dict(kn.method)
+                if not ((theirs["r_max"] or 0) > (mine["r_max"] or 0) or
+                        (theirs["theta_bar"] or 1) < (mine["theta_bar"] or 1)):
+                    return False
+            elif "ram" in why and kn.memory >= self.current.memory:
                 return False
             if "battery" in why or "throttled" in why:
                 j = self._predicted_j(kn, n, t)
@@ -248,7 +278,7 @@ class MiroController:
         setting stands for every arm with those epochs, all tied. The tie goes as ``select`` breaks
         ties the profile cannot resolve: to the largest memory hierarchy (to the smallest under
         lowest-energy); later rounds profile the others once replay makes them differ."""
-        same = [kn for kn in self.grid if kn.epochs == w.epochs]
+        same = [kn for kn in self.grid if kn.epochs == w.epochs and kn.method == w.method]
         if len(same) < 2:
             return w, None
         if self.rule == "lowest-energy":
@@ -269,7 +299,8 @@ class MiroController:
                                           for k, v in rec["energy_components_j"].items()}
             rec["reaction_profiling_j"] = self._inside_j
         rec["profiling_energy_j"] = self._profiling_j
-        rec["knobs"] = asdict(self.current)
+        # the strategy's own knobs appear only when it has some
+        rec["knobs"] = {k: v for k, v in asdict(self.current).items() if k != "method" or v}
         self.prev_task_j = rec["energy_j"]
 
     def state(self) -> dict:
@@ -284,7 +315,7 @@ class MiroController:
         self.overhead_j = st["overhead_j"]
         self.bandit.load_state(st["bandit"])
         self.history = {k: [tuple(x) for x in st["history"].get(k, [])] for k in self.by_key}
-        self._apply(exp, Knobs(**st["current"]), log=False)
+        self._apply(exp, Knobs.from_dict(st["current"]), log=False)
 
     def summary(self) -> dict:
         return {"profiling_energy_j": float(sum(d["profiling_energy_j"] for d in self.decisions)),
@@ -306,7 +337,7 @@ class MiroController:
         j0, n0 = self._units["no-replay"]
         if not n0:
             return None
-        r = min(self.batch_size, kn.memory) * (2 if self.replay == "der" else 1)
+        r = 0 if kn.method else min(self.batch_size, kn.memory) * (2 if self.replay == "der" else 1)
         return j0 / n0 * (self.batch_size + r) / self.batch_size
 
     def _predicted_j(self, kn: Knobs, n: int, t: int) -> Optional[float]:
@@ -343,9 +374,10 @@ class MiroController:
         sub, held = perm[:k], perm[k:k + max(20, k)]
         if react:
             pass  # the arms that relieve the pressure, as given
-        elif t == 0:  # no replay yet: memory, flash and swaps do not act; only epochs matter
-            arms = [Knobs(self.current.memory, self.current.flash_budget, self.current.swap_ratio, e)
-                    for e in sorted({kn.epochs for kn in self.grid})]
+        elif t == 0:  # no replay yet: memory, flash and swaps do not act; epochs and method knobs do
+            methods = sorted({kn.method for kn in self.grid}, key=lambda m: [(n, -1 if v is None else v) for n, v in m])
+            arms = [Knobs(self.current.memory, self.current.flash_budget, self.current.swap_ratio, e, m)
+                    for m in methods for e in sorted({kn.epochs for kn in self.grid})]
         else:
             arms = list(self.grid) if self.search == "grid" else [self.by_key[a] for a in self.bandit.order()]
         # arms never profiled go cheapest first: the cheap ones calibrate the cost of the rest. After
@@ -447,6 +479,8 @@ class MiroController:
             if hasattr(trial, "engine") and kn.flash_budget is not None:
                 trial.engine.pool = self._flash_pool(exp, t, kn.flash_budget)
             trial.begin_task(t)
+            if kn.method:
+                trial.set_knobs(**dict(kn.method))
             X, Y = torch.from_numpy(xs), torch.from_numpy(ys)
             bs = cfg.batch_size
             exp.meter.begin_window("miro-profile-train")
@@ -504,6 +538,8 @@ class MiroController:
         if kn.flash_budget != cfg.flash_budget:
             evicted = exp.flash.set_budget("samples", budget_records=kn.flash_budget)
         cfg.memory, cfg.flash_budget, cfg.swap_ratio, cfg.epochs = kn.memory, kn.flash_budget, kn.swap_ratio, kn.epochs
+        if kn.method:
+            strat.set_knobs(**dict(kn.method))
         if log and kn != self.current:
             exp.event("miro_adopt", old=self.current.key(), new=kn.key(), em_dropped=dropped,
                           flash_evicted=evicted)
