@@ -101,7 +101,13 @@ def main(ctx, verbose, state_dir, socket_path):
 @main.command()
 @click.option("--stream", default="split-digits", show_default=True,
               help="split-digits | mnist | fashion-mnist | cifar10 | cifar100 | folder | synthetic")
-@click.option("--strategy", default="carm", show_default=True, help="finetune | joint | er | der | carm | carm-sync")
+@click.option("--strategy", default="carm", show_default=True,
+              help="finetune | joint | er | der | carm | carm-sync | l2p | dualprompt | rep-l2p | rep-dualprompt")
+@click.option("--backbone", default=None, type=click.Path(dir_okay=False),
+              help="Prompt strategies: the frozen ViT, a torchvision state dict file (`miro rep pretrain` makes one).")
+@click.option("--method-opt", "method_opts", multiple=True, default=(), metavar="KEY=VALUE",
+              help="A hyperparameter of the strategy itself, repeatable (e.g. r_max=8, theta_bar=0.5, atom=false).")
+@click.option("--classes", default=None, help="Keep only these classes of the stream, in this order: 5-9 or 0,2,4.")
 @click.option("--replay", default="er", show_default=True, help="Replay method under CarM: er | der")
 @click.option("--memory", default=20, show_default=True, help="RAM episodic memory size, in samples.")
 @click.option("--flash-budget", default=2000, show_default=True, type=click.IntRange(min=0),
@@ -180,7 +186,14 @@ def config_from_options(o: dict) -> RunConfig:
                                  param_hint="--synthetic-shape") from None
     run_dir = o["run_dir"] or os.path.join("runs", time.strftime("%Y%m%d-%H%M%S") +
                                           f"-{o['stream']}-{o['strategy']}-s{o['seed']}")
+    method = {}
+    for kv in o.get("method_opts") or ():
+        key, sep, val = kv.partition("=")
+        if not sep or not key.strip():
+            raise click.BadParameter(f"{kv!r}: give KEY=VALUE", param_hint="--method-opt")
+        method[key.strip()] = val.strip()
     cfg = RunConfig(stream=o["stream"], strategy=o["strategy"], replay=o["replay"], memory=o["memory"],
+                    backbone=o.get("backbone"), method=method, classes=o.get("classes"),
                     flash_budget=o["flash_budget"] or None, flash_policy=o["flash_policy"],
                     em_policy=o["em_policy"], swap_ratio=o["swap_ratio"], swap_workers=o["swap_workers"],
                     swap_group_ms=o["swap_group_ms"],
@@ -702,6 +715,46 @@ def demo(tasks, epochs, keep):
     accuracy matrix, energy per task and a few predictions, stop it cleanly."""
     from .demo import run_demo
     sys.exit(run_demo(tasks=tasks, epochs=epochs, keep=keep))
+
+
+@main.group()
+def rep():
+    """REP: rehearsal-free prompt learning on a frozen ViT (swift selection, AToM, ALD)."""
+
+
+@rep.command()
+@click.option("--stream", default="split-digits", show_default=True, help="Any `miro run` stream.")
+@click.option("--classes", required=True, help="The base classes to pretrain on: 0-4 or 0,2,4.")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Where the state dict goes.")
+@click.option("--size", default="micro", show_default=True, help="micro | mini | tiny | small | base")
+@click.option("--image-size", default=0, show_default=True, help="Input side in pixels (0: max(16, the stream's)).")
+@click.option("--patch-size", default=0, show_default=True, help="Patch side (0: an eighth of the image).")
+@click.option("--epochs", default=30, show_default=True)
+@click.option("--batch-size", default=64, show_default=True)
+@click.option("--lr", default=2e-3, show_default=True)
+@click.option("--seed", default=0, show_default=True)
+@click.option("--data-dir", default=None, help="Local dataset directory (torchvision or folder streams).")
+@click.option("--threads", default=0, show_default=True, help="Torch threads (0: torch's default).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object as the last stdout line.")
+def pretrain(stream, classes, out, size, image_size, patch_size, epochs, batch_size, lr, seed, data_dir, threads,
+             as_json):
+    """Pretrain a small ViT on base classes, for a --backbone when no pretrained weights are at hand."""
+    from .config import parse_classes
+    from .rep.pretrain import pretrain as run_pretrain
+    from .streams import StreamError, make_stream, select_classes
+    try:
+        ids = parse_classes(classes)
+        st = select_classes(make_stream(stream, None, seed, data_dir), ids, 1)
+        res = run_pretrain(st, out, size=size, image_size=image_size, patch_size=patch_size, epochs=epochs,
+                           batch_size=batch_size, lr=lr, seed=seed, threads=threads,
+                           log=None if as_json else (lambda m: click.echo(m, err=True)))
+    except (ValueError, StreamError, OSError) as e:
+        raise click.ClickException(str(e)) from e
+    if as_json:
+        click.echo(json.dumps(res))
+    else:
+        click.echo(f"wrote {res['out']} (ViT {res['spec']}, {res['train_samples']} samples of classes "
+                   f"{res['classes']}, held-out accuracy {res['test_acc']:.1%}, {res['seconds']:.0f} s)")
 
 
 if __name__ == "__main__":

@@ -9,15 +9,21 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Optional
 
 
-_OPTIONAL = {"flash_budget": int, "tasks": int, "data_dir": str, "run_dir": str}  # None allowed
+# None allowed
+_OPTIONAL = {"flash_budget": int, "tasks": int, "data_dir": str, "run_dir": str, "backbone": str, "classes": str}
 # the strategies' names without importing them (and torch): control commands validate configs too
-STRATEGY_NAMES = ("finetune", "joint", "er", "der", "carm", "carm-sync")
+STRATEGY_NAMES = ("finetune", "joint", "er", "der", "carm", "carm-sync", "l2p", "dualprompt", "rep-l2p",
+                  "rep-dualprompt")
+PROMPT_STRATEGIES = ("l2p", "dualprompt", "rep-l2p", "rep-dualprompt")  # a frozen ViT from --backbone
 
 
 @dataclass
 class RunConfig:
     stream: str = "split-digits"
-    strategy: str = "carm"  # finetune | joint | er | der | carm | carm-sync
+    strategy: str = "carm"  # one of STRATEGY_NAMES
+    backbone: Optional[str] = None  # the prompt methods' frozen ViT: a torchvision state dict file
+    method: dict = field(default_factory=dict)  # the strategy's own hyperparameters (--method-opt KEY=VALUE)
+    classes: Optional[str] = None  # keep only these classes of the stream ("5-9", "0,2,4"), in this order
     replay: str = "er"  # the method CarM runs on top of: er | der
     memory: int = 20  # RAM episodic memory, samples
     flash_budget: Optional[int] = 2000  # flash tier, samples (None: unbounded)
@@ -99,6 +105,19 @@ class RunConfig:
             raise ValueError("; ".join(problems))
         if self.strategy not in STRATEGY_NAMES:
             bad("strategy", f"strategy {self.strategy!r} is not one of {sorted(STRATEGY_NAMES)}")
+        if self.strategy in PROMPT_STRATEGIES and not self.backbone:
+            bad("backbone", f"--strategy {self.strategy} prompts a frozen pretrained ViT: give its state dict file "
+                            "(make one with `miro rep pretrain`)")
+        if self.backbone and self.strategy not in PROMPT_STRATEGIES:
+            bad("backbone", f"only the prompt strategies ({', '.join(PROMPT_STRATEGIES)}) use a backbone file; "
+                            f"--strategy {self.strategy} trains --model")
+        if not isinstance(self.method, dict) or any(not isinstance(k, str) for k in self.method):
+            bad("method", "method options are a mapping of option names to values")
+        if self.classes is not None:
+            try:
+                parse_classes(self.classes)
+            except ValueError as e:
+                bad("classes", str(e))
         if self.replay not in ("er", "der"):
             bad("replay", f"replay {self.replay!r} must be er or der")
         for name in ("flash_policy", "em_policy"):
@@ -158,3 +177,20 @@ class RunConfig:
                 problems.append(f"{who}: need >= 1 class and >= 2 samples per class")
         if problems:
             raise ValueError("; ".join(problems))
+
+
+def parse_classes(spec: str) -> list:
+    """"5-9" or "0,2,4" or "0-2,7" -> [5, 6, 7, 8, 9] ...; ValueError on anything else."""
+    out = []
+    for part in str(spec).split(","):
+        part = part.strip()
+        m = re.fullmatch(r"(\d+)(?:-(\d+))?", part)
+        if not m:
+            raise ValueError(f"{spec!r}: give class ids as a list and ranges, e.g. 5-9 or 0,2,4")
+        a, b = int(m.group(1)), int(m.group(2) or m.group(1))
+        if b < a:
+            raise ValueError(f"{spec!r}: range {part} runs backwards")
+        out.extend(range(a, b + 1))
+    if len(set(out)) != len(out):
+        raise ValueError(f"{spec!r}: a class is named twice")
+    return out

@@ -18,7 +18,7 @@ import sys
 from dataclasses import dataclass, field, fields
 from typing import Optional
 
-from .config import RunConfig
+from .config import STRATEGY_NAMES, RunConfig
 from .session import SessionConfig  # noqa: F401  (torch-free: session.py imports torch lazily)
 
 if sys.version_info >= (3, 11):
@@ -58,7 +58,7 @@ LIVE = {  # what SIGHUP / config set change in a running daemon; everything else
 }
 LOG_LEVELS = ("debug", "info", "warning", "error")
 CHOICES = {
-    ("learning", "strategy"): ("finetune", "joint", "er", "der", "carm", "carm-sync"),
+    ("learning", "strategy"): STRATEGY_NAMES,
     ("learning", "replay"): ("er", "der"),
     ("learning", "flash_policy"): ("class-balanced", "reservoir"),
     ("learning", "em_policy"): ("class-balanced", "reservoir"),
@@ -154,10 +154,10 @@ class DaemonConfig:
 def _coerce(key, raw, old, typ, origin):
     """A value of the default's type; strings (env, CLI) are parsed."""
     kind = type(old) if old is not None else None
-    if kind is None:  # Optional[int] fields default to None: flash_budget, tasks
-        if raw in ("", "none", "None", None) or raw == 0:
+    if kind is None:  # Optional fields default to None: flash_budget, tasks (int); backbone, classes (str)
+        kind = str if "str" in str(typ) else int
+        if raw in ("", "none", "None", None) or (kind is int and raw == 0):
             return None
-        kind = int
     if isinstance(raw, str) and kind is not str:
         text = raw.strip()
         if kind is bool:

@@ -34,8 +34,9 @@ class Experiment:
             raise ValueError("RunConfig.run_dir is required (where the store, metrics and checkpoints live)")
         self.cfg, self.resume = cfg, resume
         os.makedirs(cfg.run_dir, exist_ok=True)
-        self.stream = stream or make_stream(cfg.stream, cfg.tasks, cfg.seed, cfg.data_dir, cfg.download,
-                                            **cfg.synthetic)
+        self.stream = stream or load_stream(cfg)
+        from .strategies import check_method
+        check_method(cfg)
         check_resources(cfg, self.stream)
         if cfg.strategy == "joint" and cfg.flash_budget is not None:
             n = sum(len(y) for _, y in self.stream.train)
@@ -134,6 +135,16 @@ class Experiment:
         if not cfg.online:
             lr.train_epochs(t, x_task, y_task, ids_task, pos)
         lr.finish_task(t, x_task, y_task, ids_task)
+
+
+def load_stream(cfg: RunConfig) -> Stream:
+    """The stream a configuration names, cut to ``cfg.classes`` when given."""
+    if cfg.classes:
+        from .config import parse_classes
+        from .streams import select_classes
+        whole = make_stream(cfg.stream, None, cfg.seed, cfg.data_dir, cfg.download, **cfg.synthetic)
+        return select_classes(whole, parse_classes(cfg.classes), cfg.tasks)
+    return make_stream(cfg.stream, cfg.tasks, cfg.seed, cfg.data_dir, cfg.download, **cfg.synthetic)
 
 
 def check_resources(cfg: RunConfig, stream) -> None:

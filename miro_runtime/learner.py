@@ -29,8 +29,7 @@ from .checkpoint import CHECKPOINT, CheckpointError, load_latest, save_checkpoin
 from .config import RunConfig
 from .log import EventLog
 from .metrics import anon_rss_mb, bwt, evaluate, final_avg_acc, forgetting, peak_rss_mb
-from .models import make_model
-from .strategies import make_strategy
+from .strategies import build_model, make_strategy
 
 NS = "samples"
 
@@ -92,7 +91,7 @@ class Learner:
         cfg, stream = self.cfg, self.stream
         self._t_start = time.perf_counter()
         torch.manual_seed(cfg.seed)
-        model = make_model(cfg.model, stream.shape).to(self.device)
+        model = build_model(cfg, stream).to(self.device)
         self.flash = FlashTier(os.path.join(cfg.run_dir, "state"), sync_mode=cfg.sync_mode, seed=cfg.seed)
         self.flash.declare_samples(NS, SampleSpec(shape=stream.shape, dtype="uint8", num_classes=stream.num_classes,
                                                   policy=cfg.flash_policy, budget_records=cfg.flash_budget))
@@ -127,7 +126,8 @@ class Learner:
         strat = self.strategy
         if strat.model.head.grow(len(self.stream.classes_upto(max(strat.task, 0)))):
             strat.model.to(strat.device)
-            strat.opt = torch.optim.SGD(strat.model.parameters(), lr=self.cfg.lr, momentum=self.cfg.momentum)
+            inner = getattr(strat, "base", strat)  # CarM wraps its replay method: the optimizer is the inner one's
+            inner.opt = inner.make_optimizer()
             return True
         return False
 
@@ -358,6 +358,8 @@ class Learner:
                "wall_s": self.wall_s() if wall_s is None else wall_s, "train_s": train_s, "steps": self.steps,
                "config": json.loads(self.cfg.to_json()), "stream": self.stream.describe(),
                "per_task": self.per_task}
+        if hasattr(self.strategy, "summary_extra"):  # the prompt methods: step cost, memory, AToM/ALD applied
+            out.update(self.strategy.summary_extra())
         if self.hooks is not None:
             out.update(self.hooks.summary())
         last = self.per_task[-1] if self.per_task else {}

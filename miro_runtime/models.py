@@ -44,6 +44,19 @@ class GrowingHead(nn.Module):
         return self.fc(h)[:, : self.num_classes]
 
 
+class CosineHead(GrowingHead):
+    """Cosine-similarity logits times a fixed scale: old and new classes' weight norms cannot drift apart,
+    the imbalance that a linear head trained one task at a time (with the others masked) builds up."""
+
+    def __init__(self, in_features: int, num_classes: int = 0, scale: float = 16.0):
+        super().__init__(in_features, num_classes)
+        self.scale = scale
+
+    def forward(self, h):  # (B, F) -> (B, K)
+        w = nn.functional.normalize(self.fc.weight[: self.num_classes], dim=1)
+        return self.scale * nn.functional.normalize(h, dim=1) @ w.t()
+
+
 class SmallCNN(nn.Module):
     def __init__(self, in_channels: int = 1, width: int = 32, feat: int = 128):
         super().__init__()

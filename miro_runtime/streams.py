@@ -410,3 +410,31 @@ def make_stream(name: str, tasks: Optional[int] = None, seed: int = 0, data_dir:
     if name == "synthetic":
         return synthetic(tasks or 5, seed, **kw)
     raise StreamError(f"unknown stream {name!r}; choose one of {', '.join(STREAMS)}")
+
+
+def select_classes(stream: Stream, classes: list, tasks: Optional[int] = None) -> Stream:
+    """Keep only ``classes`` (the dataset's own class ids; names' ids for folder streams, in the
+    order of ``info["class_order"]``) and split them, in the order given, into ``tasks`` tasks.
+    How ``miro rep pretrain`` takes base classes and a prompt run the others."""
+    flat = list(stream.info.get("class_order") or range(stream.num_classes))
+    names = {str(c): i for i, c in enumerate(flat)}
+    missing = [c for c in classes if str(c) not in names]
+    if missing:
+        raise StreamError(f"--classes: stream {stream.name!r} has no class {', '.join(str(c) for c in missing)} "
+                          f"(its classes: "
+                          f"{', '.join(str(c) for c in sorted(flat, key=str))})")
+    xs_tr, ys_tr = zip(*stream.train)
+    xs_te, ys_te = zip(*stream.test)
+    x_tr, y_tr = np.concatenate(xs_tr), np.concatenate(ys_tr)
+    x_te, y_te = np.concatenate(xs_te), np.concatenate(ys_te)
+    keep = [names[str(c)] for c in classes]  # stream-internal labels, in the order asked
+    remap = np.full(stream.num_classes, -1, dtype=np.int64)
+    remap[keep] = np.arange(len(keep))
+    mtr, mte = remap[y_tr] >= 0, remap[y_te] >= 0
+    info = {k: v for k, v in stream.info.items() if k != "class_order"}
+    info["classes_selected"] = [flat[i] for i in keep]
+    out = from_arrays(stream.name, x_tr[mtr], remap[y_tr[mtr]], x_te[mte], remap[y_te[mte]],
+                      tasks or min(len(keep), len(stream.tasks)), stream.seed, class_order=np.arange(len(keep)),
+                      info=info)
+    out.info["class_order"] = [flat[i] for i in keep]
+    return out

@@ -2,12 +2,43 @@
 
 from .base import Strategy
 from .carm import CarM, select_swap_out
+from .dualprompt import DualPrompt
+from .l2p import L2P
+from .rep import REPDualPrompt, REPL2P
 from .der import DER
 from .er import ER
 from .finetune import Finetune
 from .joint import Joint
 
-STRATEGIES = {"finetune": Finetune, "joint": Joint, "er": ER, "der": DER, "carm": CarM, "carm-sync": CarM}
+STRATEGIES = {"finetune": Finetune, "joint": Joint, "er": ER, "der": DER, "carm": CarM, "carm-sync": CarM,
+              "l2p": L2P, "dualprompt": DualPrompt, "rep-l2p": REPL2P, "rep-dualprompt": REPDualPrompt}
+
+
+def check_method(cfg) -> None:
+    """Before anything is written: the strategy's own options parse, and its backbone file exists."""
+    cls = STRATEGIES.get(cfg.strategy)
+    if cls is None or not hasattr(cls, "Options"):
+        if cfg.method:
+            raise ValueError(f"--method-opt: --strategy {cfg.strategy} takes no method options (its knobs are "
+                             f"`miro run` flags); got {sorted(cfg.method)}")
+        return
+    from .prompt import parse_options
+    opts = parse_options(cls.Options, cfg.method, cfg.strategy)
+    import os
+    for flag, path in (("--backbone", cfg.backbone),
+                       ("--method-opt query_backbone", getattr(opts, "query_backbone", ""))):
+        if path and not os.path.isfile(path):
+            raise ValueError(f"{flag} {path}: no such file (make one with `miro rep pretrain`)")
+
+
+def build_model(cfg, stream):
+    """The network a strategy trains: the prompt methods build their own (a frozen ViT from
+    ``--backbone``), the others the backbone ``--model`` names."""
+    cls = STRATEGIES.get(cfg.strategy)
+    if cls is not None and hasattr(cls, "build_model"):
+        return cls.build_model(cfg, stream)
+    from ..models import make_model
+    return make_model(cfg.model, stream.shape)
 
 
 def make_strategy(name, model, cfg, flash, stream, device="cpu"):
@@ -19,4 +50,5 @@ def make_strategy(name, model, cfg, flash, stream, device="cpu"):
     return STRATEGIES[name](model, cfg, flash, stream, device)
 
 
-__all__ = ["Strategy", "Finetune", "Joint", "ER", "DER", "CarM", "select_swap_out", "STRATEGIES", "make_strategy"]
+__all__ = ["Strategy", "Finetune", "Joint", "ER", "DER", "CarM", "select_swap_out", "L2P", "DualPrompt", "REPL2P",
+           "REPDualPrompt", "STRATEGIES", "make_strategy", "build_model", "check_method"]

@@ -36,7 +36,10 @@ class Strategy:
         self.task = t
         if self.model.head.grow(len(self.stream.classes_upto(t))):
             self.model.to(self.device)
-        self.opt = torch.optim.SGD(self.model.parameters(), lr=self.cfg.lr, momentum=self.cfg.momentum)
+        self.opt = self.make_optimizer()
+
+    def make_optimizer(self):
+        return torch.optim.SGD(self.model.parameters(), lr=self.cfg.lr, momentum=self.cfg.momentum)
 
     def training_data(self, t, x, y, ids):
         """What the epochs of task t iterate over (default: the task's own samples)."""
@@ -100,7 +103,7 @@ class Strategy:
         self.model.to(self.device)
         self.task = st["task"]
         self.rng.bit_generator.state = json.loads(st["rng"])
-        self.opt = torch.optim.SGD(self.model.parameters(), lr=self.cfg.lr, momentum=self.cfg.momentum)
+        self.opt = self.make_optimizer()
         if "opt" in st:
             self.opt.load_state_dict(st["opt"])
         if self.memory is not None and "memory" in st:

@@ -1,0 +1,334 @@
+"""REP: the merge math (AToM), the layer-keep law (ALD), swift selection, the prompted ViT's
+checkpoints, and `miro rep pretrain` + `miro run --strategy rep-*` end to end, killed and resumed.
+
+Backbones are real torchvision ViTs: random-init for the math (it holds for any weights), and one
+pretrained here with `miro rep pretrain` for the runs."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from miro_runtime.config import RunConfig
+from miro_runtime.rep import ald
+from miro_runtime.rep.atom import match, merge_tokens, schedule
+from miro_runtime.rep.vit import ViTSpec, block, build, embed, load_backbone, preprocess
+from miro_runtime.streams import from_arrays
+from miro_runtime.strategies import build_model, make_strategy
+
+MIRO = [sys.executable, "-m", "miro_runtime.cli"]
+SPEC = ViTSpec(image_size=16, patch_size=2, hidden_dim=32, num_layers=6, num_heads=2, mlp_dim=64)  # 64 patches
+
+
+def miro(*args, **kw):
+    return subprocess.run(MIRO + list(args), capture_output=True, text=True, timeout=300, **kw)
+
+
+@pytest.fixture(scope="module")
+def random_backbone(tmp_path_factory):
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("bb") / "vit.pt"
+    torch.save(build(SPEC).state_dict(), path)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory):
+    """A micro ViT pretrained on digits 0-4 by the CLI (8x8 images, 16 patches: seconds)."""
+    out = tmp_path_factory.mktemp("pre") / "digits04.pt"
+    r = miro("rep", "pretrain", "--stream", "split-digits", "--classes", "0-4", "--out", str(out), "--image-size", "8",
+             "--patch-size", "2", "--epochs", "8", "--batch-size", "32", "--threads", "1", "--json")
+    assert r.returncode == 0, r.stderr
+    return str(out), json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def digits_stream(n=40, seed=0, shape=(1, 8, 8), classes=4):
+    rng = np.random.default_rng(seed)
+    x = rng.integers(0, 256, (n, *shape), dtype=np.uint8)
+    y = np.arange(n) % classes
+    return from_arrays("noise", x, y, x, y, 2)
+
+
+# ---------------------------------------------------------------- AToM
+def test_schedule_is_zero_first_and_r_max_last():
+    assert schedule(12, 8) == [0, 0, 1, 2, 2, 3, 4, 5, 5, 6, 7, 8]
+    assert schedule(6, 0) == [0] * 6 and schedule(1, 8) == [0]
+    for L in (2, 5, 12, 24):
+        s = schedule(L, 13)
+        assert s[0] == 0 and s[-1] == 13 and all(b >= a for a, b in zip(s, s[1:]))
+        assert all(v == min(13 * i // (L - 1), 13) for i, v in enumerate(s))
+
+
+def test_merging_follows_the_schedule_protects_prompts_and_keeps_the_patch_count(random_backbone):
+    vit, spec, _ = load_backbone(random_backbone)
+    torch.manual_seed(1)
+    img = preprocess(torch.randint(0, 256, (3, 1, 8, 8), dtype=torch.uint8), spec.image_size)
+    P = 7
+    x = torch.cat([embed(vit, img)[:, :1], torch.randn(3, P, spec.hidden_dim), embed(vit, img)[:, 1:]], 1)
+    sched = schedule(spec.num_layers, 9)
+    size, expect = None, x.shape[1]
+    for i, blk in enumerate(vit.encoder.layers):
+        ref, _, _ = block(blk, x, size, 1 + P, r=0)  # same block, no merge
+        out, size, merged = block(blk, x, size, 1 + P, r=sched[i])
+        expect -= sched[i]
+        assert merged == sched[i] and out.shape[1] == expect
+        # the class token and the prompts come through exactly as without merging
+        assert torch.equal(out[:, :1 + P], ref[:, :1 + P])
+        if size is not None:
+            assert torch.allclose(size[:, :1 + P], torch.ones(3, 1 + P, 1))
+            assert torch.allclose(size[:, 1 + P:].sum(1), torch.full((3, 1), float(spec.tokens)))
+        x = out
+
+
+def test_r_zero_is_torchvisions_own_block_and_merge_is_a_weighted_mean(random_backbone):
+    vit, spec, _ = load_backbone(random_backbone)
+    x = torch.randn(2, 1 + spec.tokens, spec.hidden_dim)
+    for blk in vit.encoder.layers:
+        ours, size, merged = block(blk, x, None, 1, r=0)
+        assert size is None and merged == 0
+        assert torch.allclose(ours, blk(x), atol=1e-5)  # torchvision's EncoderBlock forward
+    s = torch.ones(2, x.shape[1], 1)
+    same, s2, m = merge_tokens(x, s, x, 0)
+    assert m == 0 and same is x and s2 is s
+    # a merged token is the size-weighted mean of what it absorbed: sum(x * size) is conserved
+    sizes = torch.randint(1, 4, (2, x.shape[1], 1)).float()
+    out, so, m = merge_tokens(x, sizes, torch.randn_like(x), 10)
+    assert m == 10 and torch.allclose((out * so).sum(1), (x * sizes).sum(1), atol=1e-4)
+    assert torch.equal(so.sum(1), sizes.sum(1))
+
+
+def test_matching_is_capped_at_half_and_merges_the_most_similar_pairs():
+    k = torch.randn(1, 10, 4)
+    k[0, 3] = k[0, 6] * 2  # token 3 (set B, odd) is a scaled copy of token 6 (set A, even): cosine 1
+    m = match(k, 100)
+    assert m.r == 5  # |A| = 5
+    m1 = match(k, 1)
+    assert m1.src.tolist() == [[3]] and m1.dst.tolist() == [[1]]  # A's 4th (token 6) -> B's 2nd (token 3)
+
+
+def test_proportional_attention_with_unit_sizes_is_plain_attention(random_backbone):
+    vit, spec, _ = load_backbone(random_backbone)
+    x = torch.randn(2, 1 + spec.tokens, spec.hidden_dim)
+    blk = vit.encoder.layers[0]
+    a, _, _ = block(blk, x, torch.ones(2, x.shape[1], 1), 1)
+    b, _, _ = block(blk, x, None, 1)
+    assert torch.allclose(a, b, atol=1e-6)
+
+
+# ---------------------------------------------------------------- ALD
+def test_keep_rates_over_many_draws_match_theta():
+    merges = schedule(12, 8)
+    t, rng, n = 700.0, np.random.default_rng(0), 20000
+    probs = ald.keep_probabilities(t, merges, {0, 1}, theta_bar=0.5, gamma=0.001, alpha=0.9, tau=4)
+    kept = np.zeros(12)
+    for _ in range(n):
+        kept += ald.draw(probs, rng)
+    base = 0.5 * np.exp(-0.7) + 0.5
+    for i in range(12):
+        want = 1.0 if i in (0, 1) else base * (0.9 if merges[i] > 4 else 1.0)
+        assert probs[i] == pytest.approx(want)
+        assert abs(kept[i] / n - want) < 4 * np.sqrt(want * (1 - want) / n) + 1e-9, i
+    assert ald.keep_probability(0, 0, 0.5, 0.001, 0.9, 4) == 1.0  # t = 0: every layer kept
+
+
+def test_prompt_layers_never_drop_and_evaluation_runs_every_layer(random_backbone, tmp_path):
+    st = digits_stream()
+    for strategy, prompt_layers in (("rep-l2p", {0}), ("rep-dualprompt", {0, 1, 2, 3, 4})):
+        cfg = RunConfig(strategy=strategy, backbone=random_backbone, run_dir=str(tmp_path),
+                        method={"theta_bar": "0.0", "gamma": "5", "query_layers": "1"})
+        m = build_model(cfg, st)
+        strat = make_strategy(strategy, m, cfg, None, st)
+        strat.begin_task(0)
+        x, y = torch.from_numpy(st.train[0][0][:8]), torch.from_numpy(st.train[0][1][:8])
+        for _ in range(30):
+            strat.observe(x, y)
+        a = m.applied()
+        assert a["steps"] == 30
+        for i, rate in enumerate(a["layer_keep_rate"]):
+            if i in prompt_layers:
+                assert rate == 1.0
+        assert min(a["layer_keep_rate"]) < 0.5  # theta -> 0 after the first steps: the others mostly drop
+        m.eval()
+        with torch.no_grad():
+            o1, o2 = m(x), m(x)
+        assert torch.equal(o1, o2) and m.applied()["steps"] == 30  # eval draws nothing, counts nothing
+
+
+# ---------------------------------------------------------------- swift selection, checkpoints
+def test_swift_selection_same_seed_same_projection_and_prompts(random_backbone, tmp_path):
+    st = digits_stream()
+    x = torch.from_numpy(st.train[0][0][:6])
+
+    def chosen(seed):
+        cfg = RunConfig(strategy="rep-l2p", backbone=random_backbone, run_dir=str(tmp_path), seed=seed,
+                        method={"query_backbone": random_backbone})
+        torch.manual_seed(seed)
+        m = build_model(cfg, st)
+        q = m.query(preprocess(x, m.spec.image_size))
+        return m.query.projection.clone(), m.prompts.select(q)[2]
+    p0, i0 = chosen(0)
+    p0b, i0b = chosen(0)
+    p1, _ = chosen(1)
+    assert torch.equal(p0, p0b) and torch.equal(i0, i0b) and not torch.equal(p0, p1)
+    assert p0.shape == (SPEC.hidden_dim, SPEC.hidden_dim)
+
+
+def test_checkpoint_holds_prompts_keys_projection_head_and_reloads_exactly(random_backbone, tmp_path):
+    st = digits_stream()
+    x, y = torch.from_numpy(st.train[0][0][:8]), torch.from_numpy(st.train[0][1][:8])
+    for strategy in ("rep-l2p", "rep-dualprompt", "l2p"):
+        cfg = RunConfig(strategy=strategy, backbone=random_backbone, run_dir=str(tmp_path))
+        torch.manual_seed(0)
+        a = make_strategy(strategy, build_model(cfg, st), cfg, None, st)
+        a.begin_task(0)
+        for _ in range(3):
+            a.observe(x, y)
+        a.begin_task(1)
+        a.observe(x, y + 2)
+        state = a.state_dict()
+        keys = set(state["model"])
+        assert not any(k.startswith("backbone.") for k in keys)  # frozen weights come from their file
+        assert any(k.startswith("prompts.") for k in keys) and any(k.startswith("head.") for k in keys)
+        assert ("query.projection" in keys) == strategy.startswith("rep")
+        path = tmp_path / "ck.pt"
+        torch.save(state, path)
+        torch.manual_seed(123)  # a different init: everything must come from the checkpoint
+        b = make_strategy(strategy, build_model(cfg, st), cfg, None, st)
+        b.load_state_dict(torch.load(path, weights_only=True))
+        a.model.eval(), b.model.eval()
+        with torch.no_grad():
+            assert torch.equal(a.model(x), b.model(x))
+        a.observe(x, y + 2), b.observe(x, y + 2)  # training continues identically (Adam state, ALD draws)
+        with torch.no_grad():
+            assert torch.equal(a.model(x), b.model(x))
+
+
+def test_prompts_refuse_another_backbone_and_bad_files_say_what_is_wrong(random_backbone, tmp_path):
+    st = digits_stream()
+    cfg = RunConfig(strategy="l2p", backbone=random_backbone, run_dir=str(tmp_path))
+    a = make_strategy("l2p", build_model(cfg, st), cfg, None, st)
+    a.begin_task(0)
+    torch.manual_seed(5)
+    other = tmp_path / "other.pt"
+    torch.save(build(SPEC).state_dict(), other)
+    b_cfg = RunConfig(strategy="l2p", backbone=str(other), run_dir=str(tmp_path))
+    b = make_strategy("l2p", build_model(b_cfg, st), b_cfg, None, st)
+    with pytest.raises(ValueError, match="prompts only fit the backbone"):
+        b.load_state_dict(a.state_dict())
+    sd = build(SPEC).state_dict()
+    sd["encoder.layers.encoder_layer_1.mlp.0.weight"] = torch.zeros(3, 3)
+    torch.save(sd, tmp_path / "bad.pt")
+    with pytest.raises(ValueError, match=r"encoder_layer_1\.mlp\.0\.weight has shape \[3, 3\]"):
+        load_backbone(str(tmp_path / "bad.pt"))
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="not a loadable torch state dict"):
+        load_backbone(str(tmp_path / "junk.pt"))
+    torch.save({"x": torch.zeros(1)}, tmp_path / "other_dict.pt")
+    with pytest.raises(ValueError, match="not a torchvision VisionTransformer state dict"):
+        load_backbone(str(tmp_path / "other_dict.pt"))
+
+    class Evil:  # pickled code must never run: weights_only refuses it
+        def __reduce__(self):
+            return (os.system, ("touch " + str(tmp_path / "pwned"),))
+    torch.save({"conv_proj.weight": Evil()}, tmp_path / "evil.pt")
+    with pytest.raises(ValueError):
+        load_backbone(str(tmp_path / "evil.pt"))
+    assert not (tmp_path / "pwned").exists()
+
+
+# ---------------------------------------------------------------- the product: pretrain, run, kill, resume
+def test_pretrain_writes_a_torchvision_state_dict(pretrained):
+    path, info = pretrained
+    from torchvision.models.vision_transformer import VisionTransformer
+    sd = torch.load(path, weights_only=True)
+    s = info["spec"]
+    vit = VisionTransformer(s["image_size"], s["patch_size"], s["num_layers"], s["num_heads"], s["hidden_dim"],
+                            s["mlp_dim"], num_classes=5)
+    vit.load_state_dict(sd)  # torchvision itself loads it
+    assert info["classes"] == [0, 1, 2, 3, 4] and 0.0 <= info["test_acc"] <= 1.0
+    assert info["test_acc"] > 0.5  # eight epochs on five digit classes: well above chance (0.2)
+
+
+def test_bad_options_are_named_before_anything_is_written(pretrained, tmp_path):
+    from miro_runtime.engine import Experiment
+    path, _ = pretrained
+
+    def exp(strategy, **kw):
+        kw = {"classes": "5-9", **kw}
+        cfg = RunConfig(strategy=strategy, tasks=2, epochs=1, run_dir=str(tmp_path / strategy), **kw)
+        return Experiment(cfg)
+    with pytest.raises(ValueError, match="--method-opt tau=-1: must be >= 0"):
+        exp("rep-l2p", backbone=path, method={"tau": "-1"})
+    with pytest.raises(ValueError, match="--method-opt atom='maybe': must be bool"):
+        exp("rep-l2p", backbone=path, method={"atom": "maybe"})
+    with pytest.raises(ValueError, match="--backbone: --strategy rep-dualprompt prompts a frozen pretrained ViT"):
+        exp("rep-dualprompt")
+    with pytest.raises(ValueError, match="--method-opt: --strategy er takes no method options"):
+        exp("er", method={"r_max": "8"})
+    with pytest.raises(ValueError, match="has no class 10, 11, 12"):
+        exp("l2p", backbone=path, classes="8-12")
+    with pytest.raises(ValueError, match=r"e_layers \[2, 9\] name layers outside 0..5"):
+        exp("dualprompt", backbone=path, method={"e_layers": "2,9"}).run()
+    assert not os.path.exists(tmp_path / "rep-l2p" / "config.json")
+
+
+@pytest.mark.parametrize("strategy", ["rep-l2p"])
+def test_sigkill_then_resume_is_the_run_that_never_stopped(pretrained, tmp_path, strategy):
+    path, _ = pretrained
+    args = ["run", "--strategy", strategy, "--backbone", path, "--classes", "5-9", "--tasks", "2", "--epochs", "3",
+            "--checkpoint-every", "7", "--json"]
+    full = miro(*args, "--run-dir", str(tmp_path / "full"))
+    assert full.returncode == 0, full.stderr
+    full = json.loads(full.stdout.strip().splitlines()[-1])
+    er = miro("run", "--strategy", "er", "--classes", "5-9", "--tasks", "2", "--epochs", "1", "--json",
+              "--run-dir", str(tmp_path / "er"))
+    e = json.loads(er.stdout.strip().splitlines()[-1])
+    assert set(e) - {"swap"} <= set(full)  # the same keys as the other strategies, plus the cost and AToM/ALD
+    assert full["step_ms"] > 0 and full["peak_mem_mb"] > 0 and full["query_ms"] > 0
+    assert full["merge_counts"] == schedule(6, 8) == [0, 1, 3, 4, 6, 8]
+    assert len(full["merged_per_layer"]) == 6 and full["stream"]["class_order"] == [5, 6, 7, 8, 9]
+    assert full["backbone"]["sha256"] == pretrained[1]["sha256"]
+    run_dir = tmp_path / "killed"
+    child = subprocess.Popen(MIRO + args + ["--run-dir", str(run_dir)], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    events, killed_at = run_dir / "events.jsonl", None
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and killed_at is None:  # mid task 1, after a mid-task checkpoint
+        if events.exists():
+            for line in events.read_text().splitlines():
+                e = json.loads(line)
+                if e["event"] == "checkpoint" and e["task"] == 1 and e["batch"] > 0:
+                    killed_at = e
+                    break
+        time.sleep(0.02)
+    child.send_signal(signal.SIGKILL)
+    child.communicate()
+    assert killed_at is not None and child.returncode == -signal.SIGKILL
+    res = miro("run", "--resume", "--run-dir", str(run_dir), "--json")
+    assert res.returncode == 0, res.stderr
+    res = json.loads(res.stdout.strip().splitlines()[-1])
+    # every random stream (torch, ALD's draws, data order) continues from the checkpoint: to the bit
+    assert res["acc_matrix"] == full["acc_matrix"]
+    assert res["merged_per_layer"] and os.path.getsize(run_dir / "checkpoint.pt") < 2e6  # no backbone inside
+
+
+def test_miro_tunes_rep_knobs_not_only_memory(pretrained, tmp_path):
+    """Miro's knob set follows the strategy: for rep-l2p its arms vary r_max and theta_bar (no replay
+    memory to size), and what it adopts is what the model then runs with."""
+    from miro_runtime.engine import Experiment
+    path, _ = pretrained
+    cfg = RunConfig(strategy="rep-l2p", backbone=path, classes="5-9", tasks=2, epochs=2, miro=True,
+                    miro_search="grid", miro_budget=1.0, run_dir=str(tmp_path / "m"), energy_source="estimate")
+    exp = Experiment(cfg)
+    out = exp.run()
+    arms = {c["knobs"] for d in out["miro_decisions"] for c in d["candidates"]}
+    assert any("r_max=4" in a for a in arms) and any("r_max=16" in a for a in arms)
+    assert any("theta_bar=0.75" in a for a in arms)
+    last = out["per_task"][-1]["knobs"]["method"]
+    assert dict(map(tuple, last))["r_max"] == out["merge_counts"][-1]  # adopted: the schedule ends at its r_max
