@@ -731,7 +731,7 @@ def rep():
 @click.option("--patch-size", default=0, show_default=True, help="Patch side (0: an eighth of the image).")
 @click.option("--epochs", default=30, show_default=True)
 @click.option("--batch-size", default=64, show_default=True)
-@click.option("--lr", default=2e-3, show_default=True)
+@click.option("--lr", default=5e-4, show_default=True, help="AdamW peak rate (one-cycle); deeper ViTs want less.")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--data-dir", default=None, help="Local dataset directory (torchvision or folder streams).")
 @click.option("--threads", default=0, show_default=True, help="Torch threads (0: torch's default).")

@@ -43,7 +43,7 @@ def pretrained(tmp_path_factory):
     """A micro ViT pretrained on digits 0-4 by the CLI (8x8 images, 16 patches: seconds)."""
     out = tmp_path_factory.mktemp("pre") / "digits04.pt"
     r = miro("rep", "pretrain", "--stream", "split-digits", "--classes", "0-4", "--out", str(out), "--image-size", "8",
-             "--patch-size", "2", "--epochs", "8", "--batch-size", "32", "--threads", "1", "--json")
+             "--patch-size", "2", "--epochs", "8", "--batch-size", "32", "--lr", "2e-3", "--threads", "1", "--json")
     assert r.returncode == 0, r.stderr
     return str(out), json.loads(r.stdout.strip().splitlines()[-1])
 

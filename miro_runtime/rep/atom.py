@@ -61,9 +61,11 @@ class Merge:
 
     def weighted(self, x: torch.Tensor, size: torch.Tensor):
         """Size-weighted average: x (B, T, C), size (B, T, 1) patches per token ->
-        (x', size') with size' summing to the same patch count."""
-        s = self.sum(size)  # (B, T - r, 1)
-        return self.sum(x * size) / s, s
+        (x', size') with size' summing to the same patch count. One gather/scatter pass carries the
+        weighted features and the sizes together (size as an extra channel)."""
+        both = self.sum(torch.cat([x * size, size], dim=-1))  # (B, T - r, C + 1)
+        s = both[..., -1:]
+        return both[..., :-1] / s, s
 
 
 def merge_tokens(x: torch.Tensor, size: torch.Tensor, keys: torch.Tensor, r: int, protect: int = 1):

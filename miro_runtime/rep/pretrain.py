@@ -16,7 +16,7 @@ from .vit import SIZES, ViTSpec, build, file_digest, preprocess
 
 
 def pretrain(stream, out: str, size: str = "micro", image_size: int = 0, patch_size: int = 0, epochs: int = 30,
-             batch_size: int = 64, lr: float = 2e-3, seed: int = 0, threads: int = 0, log=None) -> dict:
+             batch_size: int = 64, lr: float = 5e-4, seed: int = 0, threads: int = 0, log=None) -> dict:
     if size not in SIZES:
         raise ValueError(f"--size {size!r}: choose one of {', '.join(SIZES)}")
     h = stream.shape[1]

@@ -34,7 +34,7 @@ class ViTSpec:
 # preset sizes: tiny/small/base are ViT-Ti/S/B's widths; micro is for boards and tests
 SIZES = {
     "micro": dict(hidden_dim=64, num_layers=6, num_heads=2, mlp_dim=128),
-    "mini": dict(hidden_dim=96, num_layers=6, num_heads=2, mlp_dim=192),
+    "mini": dict(hidden_dim=128, num_layers=12, num_heads=2, mlp_dim=512),
     "tiny": dict(hidden_dim=192, num_layers=12, num_heads=3, mlp_dim=768),
     "small": dict(hidden_dim=384, num_layers=12, num_heads=6, mlp_dim=1536),
     "base": dict(hidden_dim=768, num_layers=12, num_heads=12, mlp_dim=3072),
