@@ -16,7 +16,8 @@ ROOT = os.path.dirname(HERE)
 BENCHES = [("storage", "Tiered store (`bench/storage.py`)"),
            ("cl", "Continual learning with CarM (`bench/cl.py`)"),
            ("miro", "Miro: energy-aware reconfiguration (`bench/miro.py`)"),
-           ("daemon", "mirod: socket ingest while training, latency, CLI cost (`bench/daemon.py`)")]
+           ("daemon", "mirod: socket ingest while training, latency, CLI cost (`bench/daemon.py`)"),
+           ("rep", "REP: prompt learning made cheap (`bench/rep.py`)")]
 
 
 def main():
