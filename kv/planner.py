@@ -63,13 +63,21 @@ def plan(costs: Sequence[LayerCost], budget: int, max_cells: int = 4_000_000) ->
     sizes = [c.bytes for c in costs]
     unit = reduce(math.gcd, [s for s in sizes if s] or [1])
     cap = budget // unit
-    if (cap + 1) * (L + 1) <= max_cells:
-        hot, method = _dp(sizes, stalls(costs), unit, cap), "dp"
+    if (cap + 1) * (L + 1) <= max_cells or not _have_scipy():
+        hot, method = _dp(sizes, stalls(costs), unit, cap), "dp"  # exact either way; only slower when large
     else:
         hot, method = _milp(sizes, stalls(costs), budget), "milp"
     hot = tuple(sorted(hot))
     return Plan(hot, tuple(i for i in range(L) if i not in hot), sum(sizes[i] for i in hot),
                 predicted_stall(costs, hot), method)
+
+
+def _have_scipy() -> bool:
+    try:
+        import scipy.optimize  # noqa: F401  (scikit-learn, the demo extra, brings it)
+        return True
+    except ImportError:
+        return False
 
 
 def _better(a, b):
