@@ -1,0 +1,150 @@
+"""The tiered KV cache: per-layer keys (before RoPE) and values in fixed-size token blocks. Hot
+layers keep theirs as tensors in the compute device's memory; cold layers keep their full blocks in
+a store tier below (the RAM blob tier or the LMDB flash tier, in their own namespace) and only the
+unfinished tail block in RAM. A cold layer's blocks are fetched when it attends -- layer l+1's on a
+background thread while layer l computes (OrbitFlow's overlap) -- so the hot memory holds the hot
+layers, one layer in flight and the tails. This file holds the lossless ``full`` policy: attention
+over every token, wherever it lives.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import torch
+
+
+class TieredKVCache:
+    def __init__(self, n_layers: int, n_kv_heads: int, head_dim: int, cold=None, hot_layers=None,
+                 block_tokens: int = 16, namespace: str = "kv", model_id: str = "builtin"):
+        if block_tokens < 1:
+            raise ValueError(f"block_tokens must be >= 1, got {block_tokens}")
+        self.n_layers, self.n_kv_heads, self.head_dim = n_layers, n_kv_heads, head_dim
+        self.block_tokens, self.ns, self.model_id = block_tokens, namespace, model_id
+        self.cold = cold
+        hot = set(range(n_layers)) if hot_layers is None else set(hot_layers)
+        if cold is None and hot != set(range(n_layers)):
+            raise ValueError("cold layers need a cold tier (a RamBlobTier or a FlashTier)")
+        self.hot = hot
+        self.seen = 0  # tokens seen (absolute positions 0..seen-1 are cached)
+        self._kv = {}  # hot layer -> (K, V) each (B, Hkv, S, hd)
+        self._tail = {}  # cold layer -> (K, V) of the unfinished block
+        self._blocks = {i: 0 for i in range(n_layers)}  # cold layer -> full blocks in the tier
+        self._shape = None  # (B, dtype) fixed at the first update
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="kv-prefetch") if cold is not None else None
+        self._pending = {}  # cold layer -> (block count, future)
+        self._lock = threading.Lock()
+        self.stats = {"fetches": 0, "fetched_bytes": 0, "fetch_s": 0.0, "stall_s": 0.0, "written_blocks": 0}
+
+    # ------------------------------------------------------------------ keys in the tier
+    def key(self, layer: int, block: int) -> str:
+        return f"{self.model_id}/L{layer}/B{block}"
+
+    def _encode(self, k, v) -> bytes:  # (B, Hkv, block, hd) each -> raw bytes, keys then values
+        return k.contiguous().cpu().numpy().tobytes() + v.contiguous().cpu().numpy().tobytes()
+
+    def _decode(self, buf: bytes, where: str):
+        B, dtype = self._shape
+        shape = (B, self.n_kv_heads, self.block_tokens, self.head_dim)
+        n = int(np.prod(shape))
+        arr = np.frombuffer(buf, dtype=dtype)
+        if arr.size != 2 * n:
+            raise ValueError(f"KV block {where}: {len(buf)} bytes, expected {2 * n * arr.itemsize}")
+        t = torch.from_numpy(arr.copy())
+        return t[:n].view(shape), t[n:].view(shape)
+
+    def _fetch(self, layer: int, count: int):
+        t0 = time.perf_counter()
+        ks, vs, nbytes = [], [], 0
+        for b in range(count):
+            key = self.key(layer, b)
+            buf = self.cold.get(self.ns, key)
+            if buf is None:
+                raise KeyError(f"KV block {self.ns}/{key} is missing from the cold tier")
+            k, v = self._decode(buf, f"{self.ns}/{key}")
+            ks.append(k)
+            vs.append(v)
+            nbytes += len(buf)
+        with self._lock:
+            self.stats["fetches"] += 1
+            self.stats["fetched_bytes"] += nbytes
+            self.stats["fetch_s"] += time.perf_counter() - t0
+        return ks, vs
+
+    # ------------------------------------------------------------------ the model's calls
+    def before_layer(self, layer: int) -> None:
+        """Layer ``layer`` is about to compute: start fetching the next cold layer's blocks."""
+        nxt = layer + 1
+        if nxt < self.n_layers and nxt not in self.hot and self._blocks[nxt] and nxt not in self._pending:
+            self._pending[nxt] = (self._blocks[nxt], self._pool.submit(self._fetch, nxt, self._blocks[nxt]))
+        if layer == 0 and 0 not in self.hot and self._blocks[0] and 0 not in self._pending:
+            self._pending[0] = (self._blocks[0], self._pool.submit(self._fetch, 0, self._blocks[0]))
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor):
+        """Add T new tokens' keys (before RoPE) and values (B, Hkv, T, hd) -> every cached token's
+        (K, V) each (B, Hkv, S, hd) and their absolute positions (S,)."""
+        B, _, T, _ = k.shape
+        if self._shape is None:
+            self._shape = (B, np.dtype(str(k.dtype).replace("torch.", "")))
+        if layer in self.hot:
+            if layer in self._kv:
+                K, V = self._kv[layer]
+                K, V = torch.cat([K, k], dim=2), torch.cat([V, v], dim=2)
+            else:
+                K, V = k, v
+            self._kv[layer] = (K, V)
+        else:
+            K, V = self._cold_update(layer, k, v)
+        pos = torch.arange(K.shape[2], device=k.device)
+        if layer == self.n_layers - 1:
+            self.seen += T
+        return K, V, pos
+
+    def _cold_update(self, layer, k, v):
+        count = self._blocks[layer]
+        ks, vs = [], []
+        if count:
+            pend = self._pending.pop(layer, None)
+            t0 = time.perf_counter()
+            if pend is not None and pend[0] == count:
+                ks, vs = pend[1].result()  # waits only if the prefetch has not finished
+            else:
+                ks, vs = self._fetch(layer, count)
+            self.stats["stall_s"] += time.perf_counter() - t0
+        tk, tv = self._tail.get(layer, (k[:, :, :0], v[:, :, :0]))
+        nk, nv = torch.cat([tk, k], dim=2), torch.cat([tv, v], dim=2)  # (B, Hkv, tail + T, hd)
+        bt = self.block_tokens
+        full = nk.shape[2] // bt
+        dev = k.device
+        ks = [x.to(dev) for x in ks]
+        vs = [x.to(dev) for x in vs]
+        for i in range(full):  # newly completed blocks go down to the cold tier
+            bk, bv = nk[:, :, i * bt:(i + 1) * bt], nv[:, :, i * bt:(i + 1) * bt]
+            self.cold.put(self.ns, self.key(layer, count + i), self._encode(bk, bv))
+            ks.append(bk)
+            vs.append(bv)
+        self.stats["written_blocks"] += full
+        self._blocks[layer] = count + full
+        self._tail[layer] = (nk[:, :, full * bt:], nv[:, :, full * bt:])
+        ks.append(self._tail[layer][0])
+        vs.append(self._tail[layer][1])
+        return torch.cat(ks, dim=2), torch.cat(vs, dim=2)
+
+    # ------------------------------------------------------------------ reporting
+    def hot_bytes(self) -> int:
+        """Bytes held in the compute device's memory: hot layers and cold layers' tails."""
+        n = sum(K.numel() * K.element_size() * 2 for K, _ in self._kv.values())
+        return n + sum(K.numel() * K.element_size() * 2 for K, _ in self._tail.values())
+
+    def cold_bytes(self) -> int:
+        if not self._shape:
+            return 0
+        per = 2 * self._shape[0] * self.n_kv_heads * self.block_tokens * self.head_dim * self._shape[1].itemsize
+        return per * sum(self._blocks[i] for i in range(self.n_layers) if i not in self.hot)
+
+    def close(self):
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)

@@ -1,0 +1,138 @@
+"""A small Llama-style decoder in pure torch (RMSNorm, RoPE, grouped-query attention, SwiGLU), written
+for the tiered KV cache: every attention layer hands its new keys and values to the cache and attends
+over what the cache gives back, wherever the cache keeps them. Keys enter the cache before RoPE, and
+positions are applied at attention time, so a cache may evict or re-position tokens.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+@dataclass
+class LlamaConfig:
+    vocab_size: int = 256  # bytes: the built-in model needs no tokenizer file
+    dim: int = 128
+    n_layers: int = 4
+    n_heads: int = 4
+    n_kv_heads: int = 2  # grouped-query attention: n_heads / n_kv_heads query heads share a KV head
+    hidden_dim: int = 344  # SwiGLU width (about 8/3 * dim)
+    rope_theta: float = 10000.0
+    norm_eps: float = 1e-5
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.n_heads
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps, self.weight = eps, nn.Parameter(torch.ones(dim))
+
+    def forward(self, x):  # (..., D)
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
+
+
+def rope(x: torch.Tensor, pos: torch.Tensor, theta: float) -> torch.Tensor:
+    """Rotate pairs of channels by position. x (B, H, T, D), pos (T,) absolute positions."""
+    d = x.shape[-1]
+    freqs = 1.0 / theta ** (torch.arange(0, d, 2, device=x.device, dtype=torch.float32) / d)  # (D/2,)
+    ang = pos.to(torch.float32)[:, None] * freqs[None, :]  # (T, D/2)
+    cos, sin = ang.cos().to(x.dtype), ang.sin().to(x.dtype)
+    x1, x2 = x[..., 0::2], x[..., 1::2]  # (B, H, T, D/2) each
+    out = torch.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)  # (B, H, T, D/2, 2)
+    return out.flatten(-2)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: LlamaConfig, layer: int):
+        super().__init__()
+        self.cfg, self.layer = cfg, layer
+        hd = cfg.head_dim
+        self.wq = nn.Linear(cfg.dim, cfg.n_heads * hd, bias=False)
+        self.wk = nn.Linear(cfg.dim, cfg.n_kv_heads * hd, bias=False)
+        self.wv = nn.Linear(cfg.dim, cfg.n_kv_heads * hd, bias=False)
+        self.wo = nn.Linear(cfg.n_heads * hd, cfg.dim, bias=False)
+
+    def forward(self, x, start: int, cache=None):
+        B, T, _ = x.shape
+        c, hd = self.cfg, self.cfg.head_dim
+        q = self.wq(x).view(B, T, c.n_heads, hd).transpose(1, 2)  # (B, H, T, hd)
+        k = self.wk(x).view(B, T, c.n_kv_heads, hd).transpose(1, 2)  # (B, Hkv, T, hd), before RoPE
+        v = self.wv(x).view(B, T, c.n_kv_heads, hd).transpose(1, 2)  # (B, Hkv, T, hd)
+        if cache is not None:
+            k, v, kpos = cache.update(self.layer, k, v)  # (B, Hkv, S, hd) each, kpos (S,) positions
+        else:
+            kpos = torch.arange(start, start + T, device=x.device)
+        qpos = torch.arange(start, start + T, device=x.device)
+        q, k = rope(q, qpos, c.rope_theta), rope(k, kpos, c.rope_theta)
+        rep = c.n_heads // c.n_kv_heads
+        k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)  # (B, H, S, hd)
+        mask = qpos[:, None] >= kpos[None, :]  # (T, S): causal by absolute position
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, H, T, hd)
+        return self.wo(y.transpose(1, 2).reshape(B, T, c.n_heads * hd))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: LlamaConfig, layer: int):
+        super().__init__()
+        self.attn_norm, self.mlp_norm = RMSNorm(cfg.dim, cfg.norm_eps), RMSNorm(cfg.dim, cfg.norm_eps)
+        self.attn = Attention(cfg, layer)
+        self.w1 = nn.Linear(cfg.dim, cfg.hidden_dim, bias=False)  # gate
+        self.w3 = nn.Linear(cfg.dim, cfg.hidden_dim, bias=False)  # up
+        self.w2 = nn.Linear(cfg.hidden_dim, cfg.dim, bias=False)  # down
+
+    def forward(self, x, start, cache=None):  # (B, T, D)
+        x = x + self.attn(self.attn_norm(x), start, cache)
+        h = self.mlp_norm(x)
+        return x + self.w2(F.silu(self.w1(h)) * self.w3(h))  # SwiGLU
+
+
+class Llama(nn.Module):
+    def __init__(self, cfg: LlamaConfig):
+        super().__init__()
+        if cfg.n_heads % cfg.n_kv_heads or cfg.dim % cfg.n_heads:
+            raise ValueError(f"n_heads {cfg.n_heads} must divide dim {cfg.dim} and be a multiple of "
+                             f"n_kv_heads {cfg.n_kv_heads}")
+        self.cfg = cfg
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.dim)
+        self.layers = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layers))
+        self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.out = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
+        for p in self.parameters():
+            if p.ndim == 2:
+                nn.init.normal_(p, std=0.02 if p.shape[0] != cfg.vocab_size else 1.0 / math.sqrt(cfg.dim))
+
+    def forward(self, tokens: torch.Tensor, start: int = 0, cache=None) -> torch.Tensor:
+        """tokens (B, T) at absolute positions start..start+T-1 -> logits (B, T, V)."""
+        x = self.embed(tokens)  # (B, T, D)
+        for i, blk in enumerate(self.layers):
+            if cache is not None:
+                cache.before_layer(i)  # the cache prefetches layer i+1's cold blocks meanwhile
+            x = blk(x, start, cache)
+        return self.out(self.norm(x))
+
+
+@torch.no_grad()
+def generate(model: Llama, prompt: torch.Tensor, max_new_tokens: int, cache=None) -> torch.Tensor:
+    """Greedy decoding. prompt (B, T) -> (B, max_new_tokens). Without a cache every step recomputes
+    the whole sequence (the reference a cache must match)."""
+    seq, out = prompt, []
+    logits = model(prompt, 0, cache)
+    for i in range(max_new_tokens):
+        nxt = logits[:, -1].argmax(-1, keepdim=True)  # (B, 1)
+        out.append(nxt)
+        if i == max_new_tokens - 1:
+            break  # the last token needs no forward pass of its own
+        if cache is None:
+            seq = torch.cat([seq, nxt], dim=1)
+            logits = model(seq, 0, None)
+        else:
+            logits = model(nxt, cache.seen, cache)
+    return torch.cat(out, dim=1)
