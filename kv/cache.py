@@ -3,8 +3,9 @@ layers keep theirs as tensors in the compute device's memory; cold layers keep t
 a store tier below (the RAM blob tier or the LMDB flash tier, in their own namespace) and only the
 unfinished tail block in RAM. A cold layer's blocks are fetched when it attends -- layer l+1's on a
 background thread while layer l computes (OrbitFlow's overlap) -- so the hot memory holds the hot
-layers, one layer in flight and the tails. This file holds the lossless ``full`` policy: attention
-over every token, wherever it lives.
+layers, one layer in flight and the tails. With no policy the cache is lossless (``full``: attention
+over every token, wherever it lives); a lossy policy (``kv/policies``) keeps every layer hot and each
+layer within its share of the hot byte budget, choosing which tokens stay.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from typing import Optional
 
 import numpy as np
 import torch
@@ -19,9 +21,16 @@ import torch
 
 class TieredKVCache:
     def __init__(self, n_layers: int, n_kv_heads: int, head_dim: int, cold=None, hot_layers=None,
-                 block_tokens: int = 16, namespace: str = "kv", model_id: str = "builtin"):
+                 block_tokens: int = 16, namespace: str = "kv", model_id: str = "builtin", policy=None,
+                 hot_budget: Optional[int] = None):
         if block_tokens < 1:
             raise ValueError(f"block_tokens must be >= 1, got {block_tokens}")
+        if policy is not None and (hot_layers is not None or cold is not None or not hot_budget):
+            raise ValueError(f"policy {policy.name}: keeps every layer hot within a hot byte budget "
+                             "(give hot_budget; cold layers are for the lossless policy)")
+        self.policy, self.hot_budget = policy, hot_budget
+        self._apos, self._scores = {}, {}  # lossy: per layer, absolute positions and attention received
+        self.capacity = None  # lossy: tokens per layer the budget allows
         self.n_layers, self.n_kv_heads, self.head_dim = n_layers, n_kv_heads, head_dim
         self.block_tokens, self.ns, self.model_id = block_tokens, namespace, model_id
         self.cold = cold
@@ -89,6 +98,8 @@ class TieredKVCache:
         B, _, T, _ = k.shape
         if self._shape is None:
             self._shape = (B, np.dtype(str(k.dtype).replace("torch.", "")))
+        if self.policy is not None:
+            return self._lossy_update(layer, k, v)
         if layer in self.hot:
             if layer in self._kv:
                 K, V = self._kv[layer]
@@ -101,7 +112,44 @@ class TieredKVCache:
         pos = torch.arange(K.shape[2], device=k.device)
         if layer == self.n_layers - 1:
             self.seen += T
-        return K, V, pos
+        return K, V, pos, pos
+
+    def _lossy_update(self, layer, k, v):
+        """Evict down to capacity - T first (the budget holds during the step too), then append."""
+        B, _, T, hd = k.shape
+        if self.capacity is None:
+            per_token = 2 * B * self.n_kv_heads * hd * k.element_size()
+            self.capacity = self.hot_budget // (self.n_layers * per_token)
+        if T > self.capacity:
+            raise ValueError(f"a chunk of {T} tokens does not fit the cache's {self.capacity} tokens per layer "
+                             f"(hot budget {self.hot_budget} B): prefill in chunks of at most {self.capacity}")
+        dev = k.device
+        new_pos = torch.arange(self.seen, self.seen + T, device=dev)
+        if layer in self._kv:
+            K, V = self._kv[layer]
+            apos, sc = self._apos[layer], self._scores[layer]
+            room = self.capacity - T
+            if K.shape[2] > room:
+                idx = self.policy.keep(apos.cpu(), sc.cpu(), room).to(dev)
+                K, V, apos, sc = K[:, :, idx], V[:, :, idx], apos[idx], sc[idx]
+            K, V = torch.cat([K, k], dim=2), torch.cat([V, v], dim=2)
+            apos, sc = torch.cat([apos, new_pos]), torch.cat([sc, sc.new_zeros(T)])
+        else:
+            K, V, apos, sc = k, v, new_pos, torch.zeros(T, device=dev)
+        self._kv[layer], self._apos[layer], self._scores[layer] = (K, V), apos, sc
+        if layer == self.n_layers - 1:
+            self.seen += T
+        rope_pos = torch.arange(K.shape[2], device=dev) if self.policy.reposition else apos
+        return K, V, rope_pos, apos
+
+    @property
+    def needs_scores(self) -> bool:
+        return self.policy is not None and self.policy.needs_scores
+
+    def observe(self, layer: int, probs: torch.Tensor) -> None:
+        """Attention the cached tokens just received: probs (B, H, T, S), summed over queries,
+        averaged over heads and the batch (one kept set serves the batch)."""
+        self._scores[layer] = self._scores[layer] + probs.sum(dim=2).mean(dim=(0, 1))
 
     def _cold_update(self, layer, k, v):
         count = self._blocks[layer]
@@ -136,7 +184,7 @@ class TieredKVCache:
     # ------------------------------------------------------------------ reporting
     def hot_bytes(self) -> int:
         """Bytes held in the compute device's memory: hot layers and cold layers' tails."""
-        n = sum(K.numel() * K.element_size() * 2 for K, _ in self._kv.values())
+        n = sum(K.numel() * K.element_size() + V.numel() * V.element_size() for K, V in self._kv.values())
         return n + sum(K.numel() * K.element_size() * 2 for K, _ in self._tail.values())
 
     def cold_bytes(self) -> int:

@@ -67,15 +67,22 @@ class Attention(nn.Module):
         k = self.wk(x).view(B, T, c.n_kv_heads, hd).transpose(1, 2)  # (B, Hkv, T, hd), before RoPE
         v = self.wv(x).view(B, T, c.n_kv_heads, hd).transpose(1, 2)  # (B, Hkv, T, hd)
         if cache is not None:
-            k, v, kpos = cache.update(self.layer, k, v)  # (B, Hkv, S, hd) each, kpos (S,) positions
+            # (B, Hkv, S, hd) each; RoPE positions and absolute positions (S,) of what the cache kept
+            k, v, krope, kabs = cache.update(self.layer, k, v)
         else:
-            kpos = torch.arange(start, start + T, device=x.device)
-        qpos = torch.arange(start, start + T, device=x.device)
-        q, k = rope(q, qpos, c.rope_theta), rope(k, kpos, c.rope_theta)
+            krope = kabs = torch.arange(start, start + T, device=x.device)
+        qrope, qabs = krope[-T:], kabs[-T:]  # the new tokens are the cache's last T
+        q, k = rope(q, qrope, c.rope_theta), rope(k, krope, c.rope_theta)
         rep = c.n_heads // c.n_kv_heads
         k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)  # (B, H, S, hd)
-        mask = qpos[:, None] >= kpos[None, :]  # (T, S): causal by absolute position
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, H, T, hd)
+        mask = qabs[:, None] >= kabs[None, :]  # (T, S): causal by absolute position, whatever was evicted
+        if cache is not None and cache.needs_scores:  # score-based eviction needs the weights themselves
+            att = (q @ k.transpose(-2, -1)) / math.sqrt(hd)  # (B, H, T, S)
+            att = att.masked_fill(~mask, float("-inf")).softmax(dim=-1)
+            cache.observe(self.layer, att)
+            y = att @ v  # (B, H, T, hd)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, H, T, hd)
         return self.wo(y.transpose(1, 2).reshape(B, T, c.n_heads * hd))
 
 

@@ -64,3 +64,61 @@ def test_chunked_prefill_matches_one_shot(model):
 def test_cold_layers_need_a_tier():
     with pytest.raises(ValueError, match="cold tier"):
         TieredKVCache(2, 1, 8, hot_layers=[0])
+
+
+# ---------------------------------------------------------------- lossy policies
+from miro_runtime.kv.policies import make_policy  # noqa: E402
+
+
+@pytest.mark.parametrize("policy", ["sink", "h2o"])
+def test_lossy_policies_equal_full_while_everything_fits(model, reference, policy):
+    prompt, want = reference
+    per_token = 2 * 2 * CFG.n_kv_heads * CFG.head_dim * 4 * CFG.n_layers  # K and V, batch 2, float32
+    cache = TieredKVCache(CFG.n_layers, CFG.n_kv_heads, CFG.head_dim, policy=make_policy(policy),
+                          hot_budget=per_token * 64)
+    assert torch.equal(generate(model, prompt, 20, cache), want)  # 56 tokens < 64: nothing evicted
+
+
+@pytest.mark.parametrize("policy", ["sink", "h2o"])
+def test_hot_memory_never_exceeds_the_budget_and_masks_stay_causal(model, policy, monkeypatch):
+    per_token = 2 * CFG.n_kv_heads * CFG.head_dim * 4 * CFG.n_layers  # batch 1
+    budget = per_token * 24 + 100
+    cache = TieredKVCache(CFG.n_layers, CFG.n_kv_heads, CFG.head_dim, policy=make_policy(policy),
+                          hot_budget=budget)
+    seen_masks = []
+    real_update = cache.update
+
+    def spy(layer, k, v):
+        K, V, krope, kabs = real_update(layer, k, v)
+        T = k.shape[2]
+        seen_masks.append((kabs.clone(), T))
+        assert cache.hot_bytes() <= budget  # at every layer of every step, prefill chunks included
+        assert torch.equal(kabs, kabs.sort().values) and len(set(kabs.tolist())) == len(kabs)
+        if policy == "sink":
+            assert torch.equal(krope, torch.arange(len(kabs)))  # StreamingLLM: place in the cache
+            assert kabs[: min(4, len(kabs) - T)].tolist() == list(range(min(4, len(kabs) - T)))  # sinks kept
+        else:
+            assert torch.equal(krope, kabs)
+        return K, V, krope, kabs
+    monkeypatch.setattr(cache, "update", spy)
+    prompt = torch.randint(0, 256, (1, 70), generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        for s in range(0, 70, 10):  # chunked prefill past the capacity: evictions between chunks
+            model(prompt[:, s:s + 10], s, cache)
+        out = generate(model, prompt[:, -1:], 40, None)  # (shape check only) the model still runs
+    assert out.shape == (1, 40) and cache.seen == 70 and cache.capacity == 24
+    # the new tokens are always the cache's last T, at their own absolute positions
+    assert all(kabs[-T:].tolist() == list(range(int(kabs[-1]) - T + 1, int(kabs[-1]) + 1)) for kabs, T in seen_masks)
+    with pytest.raises(ValueError, match="does not fit"):
+        with torch.no_grad():
+            model(prompt[:, :30], 70, cache)  # a chunk larger than the capacity is refused by name
+
+
+def test_policies_keep_what_their_papers_keep():
+    from miro_runtime.kv.policies import H2O, Sink
+    pos = torch.arange(10)
+    assert Sink(sinks=2).keep(pos, None, 5).tolist() == [0, 1, 7, 8, 9]
+    scores = torch.tensor([0.1, 5.0, 0.2, 4.0, 0.3, 0.0, 0.0, 0.0, 0.0, 0.0])
+    assert H2O(recent=3).keep(pos, scores, 5).tolist() == [1, 3, 7, 8, 9]  # two heavy hitters + 3 recent
+    with pytest.raises(ValueError, match="not built yet"):
+        make_policy("cascade")
