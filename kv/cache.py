@@ -142,6 +142,17 @@ class TieredKVCache:
         rope_pos = torch.arange(K.shape[2], device=dev) if self.policy.reposition else apos
         return K, V, rope_pos, apos
 
+    def capacity_hint(self, n: int) -> int:
+        """How many prompt tokens to prefill per chunk: all of them, or what a lossy policy's
+        per-layer capacity allows (a chunk must fit beside nothing)."""
+        if self.policy is None:
+            return n
+        per_token = 2 * self.n_kv_heads * self.head_dim * 4 * (self._shape[0] if self._shape else 1)
+        cap = self.capacity or self.hot_budget // (self.n_layers * per_token)
+        if cap < 1:
+            raise ValueError(f"hot budget {self.hot_budget} B holds no token of {self.n_layers} layers")
+        return max(1, min(n, cap // 2))
+
     @property
     def needs_scores(self) -> bool:
         return self.policy is not None and self.policy.needs_scores

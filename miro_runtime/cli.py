@@ -757,5 +757,42 @@ def pretrain(stream, classes, out, size, image_size, patch_size, epochs, batch_s
                    f"{res['classes']}, held-out accuracy {res['test_acc']:.1%}, {res['seconds']:.0f} s)")
 
 
+
+@main.group()
+def kv():
+    """KV-cache inference on the RAM + flash tiers (built-in decoder; more to come)."""
+
+
+@kv.command()
+@click.option("--model", "model_name", default="builtin-tiny", show_default=True,
+              help="builtin-tiny (random weights) | a local model directory (not supported yet)")
+@click.option("--policy", default="full", show_default=True, help="full | sink | h2o")
+@click.option("--hot-budget", default=0, show_default=True, type=click.IntRange(min=0),
+              help="Bytes of KV in hot memory (0: all hot). full: the planner puts the rest in the LMDB tier.")
+@click.option("--prompt", default=None, help="The prompt text (bytes are the built-in model's tokens).")
+@click.option("--prompt-file", default=None, type=click.Path(dir_okay=False, exists=True))
+@click.option("--max-new-tokens", default=32, show_default=True)
+@click.option("--cold-dir", default="", help="LMDB directory for cold layers (default: a temporary one).")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object as the last stdout line.")
+def generate(model_name, policy, hot_budget, prompt, prompt_file, max_new_tokens, cold_dir, seed, as_json):
+    """Greedy generation through the tiered KV cache."""
+    if (prompt is None) == (prompt_file is None):
+        raise click.UsageError("give exactly one of --prompt and --prompt-file")
+    text = prompt.encode() if prompt is not None else open(prompt_file, "rb").read()
+    from miro_runtime.kv.generate import run_generate
+    try:
+        res = run_generate(model_name, text, max_new_tokens, policy, hot_budget, cold_dir, seed=seed)
+    except ValueError as e:
+        raise click.ClickException(str(e)) from e
+    if as_json:
+        click.echo(json.dumps(res))
+    else:
+        tps = res["tokens_per_s"]
+        click.echo(f"{res['new_tokens']} tokens, {tps:.1f} tokens/s, first token {res['ttft_s'] * 1e3:.0f} ms, "
+                   f"KV hot {res['hot_bytes']:,} B / cold {res['cold_bytes']:,} B ({res['policy']})"
+                   if tps else f"{res['new_tokens']} tokens")
+
+
 if __name__ == "__main__":
     main()

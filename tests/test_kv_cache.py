@@ -122,3 +122,27 @@ def test_policies_keep_what_their_papers_keep():
     assert H2O(recent=3).keep(pos, scores, 5).tolist() == [1, 3, 7, 8, 9]  # two heavy hitters + 3 recent
     with pytest.raises(ValueError, match="not built yet"):
         make_policy("cascade")
+
+
+def test_miro_kv_generate_reports_and_stays_lossless_with_cold_layers(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    from miro_runtime.kv.generate import run_generate
+    prompt = b"the tiered cache keeps what fits and fetches the rest"
+    hot = run_generate("builtin-tiny", prompt, 24)
+    cold = run_generate("builtin-tiny", prompt, 24, hot_budget=70000, cold_dir=str(tmp_path / "kv"))
+    assert cold["tokens"] == hot["tokens"] and cold["cold_bytes"] > 0 and hot["cold_bytes"] == 0
+    assert cold["placement"]["cold_layers"] and cold["hot_bytes"] <= 70000
+    r = subprocess.run([sys.executable, "-m", "miro_runtime.cli", "kv", "generate", "--policy", "h2o",
+                        "--hot-budget", "40000", "--prompt", prompt.decode(), "--max-new-tokens", "40", "--json"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    for k in ("tokens_per_s", "ttft_s", "hot_bytes", "cold_bytes", "prefix_hits", "text"):
+        assert k in out
+    assert out["new_tokens"] == 40 and out["hot_bytes"] <= 40000
+    bad = subprocess.run([sys.executable, "-m", "miro_runtime.cli", "kv", "generate", "--prompt", "x",
+                          "--hot-budget", "100"], capture_output=True, text=True, timeout=120)
+    assert bad.returncode != 0 and "--hot-budget 100 B is below" in bad.stderr
