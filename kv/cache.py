@@ -142,6 +142,14 @@ class TieredKVCache:
         rope_pos = torch.arange(K.shape[2], device=dev) if self.policy.reposition else apos
         return K, V, rope_pos, apos
 
+    def layer_kv(self, layer: int):
+        """Every cached token's (K, V) of one layer, wherever they live (lossless cache)."""
+        if layer in self.hot:
+            return self._kv[layer]
+        ks, vs = self._fetch(layer, self._blocks[layer]) if self._blocks[layer] else ([], [])
+        tk, tv = self._tail[layer]
+        return torch.cat(ks + [tk], dim=2), torch.cat(vs + [tv], dim=2)
+
     def capacity_hint(self, n: int) -> int:
         """How many prompt tokens to prefill per chunk: all of them, or what a lossy policy's
         per-layer capacity allows (a chunk must fit beside nothing)."""

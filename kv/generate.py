@@ -8,6 +8,7 @@ import os
 import statistics
 import tempfile
 import time
+from typing import Optional
 
 import torch
 
@@ -15,6 +16,7 @@ from .cache import TieredKVCache
 from .llama import Llama, LlamaConfig
 from .planner import LayerCost, plan
 from .policies import make_policy
+from .prefix import PrefixStore
 
 BUILTIN = {"builtin-tiny": LlamaConfig()}
 
@@ -44,7 +46,9 @@ def measure_fetch(tier, ns: str, block_bytes: int, n: int = 5) -> float:
 
 @torch.no_grad()
 def run_generate(model_name: str, prompt: bytes, max_new_tokens: int, policy: str = "full",
-                 hot_budget: int = 0, cold_dir: str = "", block_tokens: int = 16, seed: int = 0) -> dict:
+                 hot_budget: int = 0, cold_dir: str = "", block_tokens: int = 16, seed: int = 0,
+                 store_dir: str = "", prefix_cap: Optional[int] = None) -> dict:
+    """``store_dir``: a persistent LMDB directory for cold layers and reusable prompt prefixes."""
     if max_new_tokens < 1:
         raise ValueError(f"--max-new-tokens must be >= 1, got {max_new_tokens}")
     if not prompt:
@@ -54,14 +58,21 @@ def run_generate(model_name: str, prompt: bytes, max_new_tokens: int, policy: st
     ids = torch.tensor([list(prompt)], dtype=torch.long)  # bytes are the built-in model's tokens
     total = ids.shape[1] + max_new_tokens
     layer_bytes = 2 * c.n_kv_heads * c.head_dim * 4 * total  # K and V, float32, batch 1, at full length
-    tier, tmp, placement = None, None, None
+    tier, tmp, placement, prefixes = None, None, None, None
+    cold_dir = cold_dir or store_dir
+    if store_dir:
+        if policy != "full":
+            raise ValueError(f"--store keeps prefixes of lossless caches; --policy {policy} evicts tokens")
+        from miro_runtime.storage import FlashTier
+        tier = FlashTier(store_dir)
+        prefixes = PrefixStore(tier, described, c.n_layers, block_tokens, prefix_cap)
     if policy == "full":
         hot_layers = None
         if hot_budget and hot_budget < layer_bytes * c.n_layers:
             from miro_runtime.storage import FlashTier
             if not cold_dir:
                 tmp = tempfile.TemporaryDirectory(prefix="miro-kv-")
-            tier = FlashTier(cold_dir or tmp.name)
+            tier = tier or FlashTier(cold_dir or tmp.name)
             blocks = -(-total // block_tokens)
             fetch_block = measure_fetch(tier, "kv", 2 * c.n_kv_heads * c.head_dim * 4 * block_tokens)
             t0 = time.perf_counter()
@@ -84,12 +95,23 @@ def run_generate(model_name: str, prompt: bytes, max_new_tokens: int, policy: st
                               hot_budget=hot_budget)
     try:
         t0 = time.perf_counter()
-        chunk = cache.capacity_hint(ids.shape[1]) if hasattr(cache, "capacity_hint") else ids.shape[1]
+        done, hits = 0, 0
+        if prefixes is not None:  # reuse a stored prefix (leaving at least one token to compute)
+            got = prefixes.lookup(ids[0].tolist(), limit=(ids.shape[1] - 1) // block_tokens)
+            if got:
+                hits = len(got[0])
+                for layer in range(c.n_layers):
+                    cache.update(layer, torch.cat([b[0] for b in got[layer]], dim=2),
+                                 torch.cat([b[1] for b in got[layer]], dim=2))
+                done = hits * block_tokens
+        chunk = cache.capacity_hint(ids.shape[1])
         logits = None
-        for s in range(0, ids.shape[1], chunk):
+        for s in range(done, ids.shape[1], chunk):
             logits = model(ids[:, s:s + chunk], s, cache)
         out = [int(logits[0, -1].argmax())]
         ttft = time.perf_counter() - t0
+        if prefixes is not None:  # after the first token: storing is not on the user's critical path
+            prefixes.store(ids[0].tolist(), cache.layer_kv)
         t1 = time.perf_counter()
         for _ in range(max_new_tokens - 1):
             logits = model(torch.tensor([[out[-1]]]), cache.seen, cache)
@@ -99,7 +121,9 @@ def run_generate(model_name: str, prompt: bytes, max_new_tokens: int, policy: st
                "text": bytes(out).decode("utf-8", "replace"), "tokens": out, "ttft_s": ttft,
                "tokens_per_s": (len(out) - 1) / decode_s if decode_s > 0 and len(out) > 1 else None,
                "hot_bytes": cache.hot_bytes(), "cold_bytes": cache.cold_bytes(), "hot_budget": hot_budget or None,
-               "prefix_hits": 0, "kv_stats": dict(cache.stats)}
+               "prefix_hits": hits, "prefix_tokens_reused": done, "kv_stats": dict(cache.stats)}
+        if prefixes is not None:
+            res["prefix_store"] = dict(prefixes.stats)
         if placement is not None:
             res["placement"] = {"hot_layers": list(placement.hot), "cold_layers": list(placement.cold),
                                 "predicted_stall_s": placement.stall_s, "method": placement.method,

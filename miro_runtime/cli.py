@@ -772,17 +772,23 @@ def kv():
 @click.option("--prompt", default=None, help="The prompt text (bytes are the built-in model's tokens).")
 @click.option("--prompt-file", default=None, type=click.Path(dir_okay=False, exists=True))
 @click.option("--max-new-tokens", default=32, show_default=True)
-@click.option("--cold-dir", default="", help="LMDB directory for cold layers (default: a temporary one).")
+@click.option("--cold-dir", default="", help="LMDB directory for cold layers (default: --store, or a temporary one).")
+@click.option("--store", "store_dir", default="", help="Persistent LMDB directory: prompt prefixes are reused across "
+              "processes (lossless policy).")
+@click.option("--prefix-cap", default=0, show_default=True, type=click.IntRange(min=0),
+              help="Bytes of stored prefixes kept (0: no cap); suffixes are evicted before prefixes.")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object as the last stdout line.")
-def generate(model_name, policy, hot_budget, prompt, prompt_file, max_new_tokens, cold_dir, seed, as_json):
+def generate(model_name, policy, hot_budget, prompt, prompt_file, max_new_tokens, cold_dir, store_dir, prefix_cap,
+             seed, as_json):
     """Greedy generation through the tiered KV cache."""
     if (prompt is None) == (prompt_file is None):
         raise click.UsageError("give exactly one of --prompt and --prompt-file")
     text = prompt.encode() if prompt is not None else open(prompt_file, "rb").read()
     from miro_runtime.kv.generate import run_generate
     try:
-        res = run_generate(model_name, text, max_new_tokens, policy, hot_budget, cold_dir, seed=seed)
+        res = run_generate(model_name, text, max_new_tokens, policy, hot_budget, cold_dir, seed=seed,
+                           store_dir=store_dir, prefix_cap=prefix_cap or None)
     except ValueError as e:
         raise click.ClickException(str(e)) from e
     if as_json:
@@ -792,6 +798,36 @@ def generate(model_name, policy, hot_budget, prompt, prompt_file, max_new_tokens
         click.echo(f"{res['new_tokens']} tokens, {tps:.1f} tokens/s, first token {res['ttft_s'] * 1e3:.0f} ms, "
                    f"KV hot {res['hot_bytes']:,} B / cold {res['cold_bytes']:,} B ({res['policy']})"
                    if tps else f"{res['new_tokens']} tokens")
+
+
+@kv.command()
+@click.argument("action", type=click.Choice(["list", "clear"]))
+@click.option("--store", "store_dir", required=True, type=click.Path(file_okay=False, exists=True))
+@click.option("--json", "as_json", is_flag=True)
+def prefixes(action, store_dir, as_json):
+    """List or clear the prompt prefixes kept in a --store directory."""
+    from miro_runtime.kv.prefix import PrefixStore
+    from miro_runtime.storage import FlashTier, StoreError
+    try:
+        tier = FlashTier(store_dir)
+    except (StoreError, OSError) as e:
+        raise click.ClickException(str(e)) from e
+    try:
+        ps = PrefixStore(tier, "", 0)
+        if action == "list":
+            rows = ps.entries()
+            _out({"prefixes": rows, "bytes": sum(r["bytes"] for r in rows)}, as_json,
+                 lambda r: click.echo("\n".join(f"{x['hash'][:16]}  depth {x['depth']}  {x['bytes']:,} B  {x['model']}"
+                                      for x in r["prefixes"]) or "no stored prefixes"))
+        else:
+            n = 0
+            for e in ps.entries():
+                ps.n_layers = len(json.loads(tier.get("kvprefix.idx", e["hash"]))["sha256"])
+                ps._drop(e["hash"])
+                n += 1
+            _out({"cleared": n}, as_json, lambda r: click.echo(f"cleared {r['cleared']} stored prefix chunks"))
+    finally:
+        tier.close()
 
 
 if __name__ == "__main__":

@@ -780,6 +780,13 @@ class FlashTier(Tier):
         k, db = blob_key(key), self._blob_db(namespace, False)
         return db is not None and self._read(lambda txn: txn.get(k, db=db)) is not None
 
+    def keys(self, namespace) -> list:
+        """Every key of a blob namespace (bytes, in key order)."""
+        db = self._blob_db(namespace, False)
+        if db is None:
+            return []
+        return self._read(lambda txn: [bytes(k) for k in txn.cursor(db=db).iternext(keys=True, values=False)])
+
     def delete(self, namespace, key):
         k, db = blob_key(key), self._blob_db(namespace, False)
         if db is None:

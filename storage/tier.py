@@ -46,6 +46,10 @@ class Tier(ABC):
     @abstractmethod
     def bytes_used(self, namespace: str) -> int: ...
 
+    def keys(self, namespace: str) -> list:
+        """Every key in a namespace (bytes). Tiers that cannot list say so."""
+        raise NotImplementedError(f"{type(self).__name__} cannot list its keys")
+
 
 class RamBlobTier(Tier):
     """Bytes in a dict per namespace, with an optional byte budget per namespace (LRU order kept,
@@ -99,6 +103,10 @@ class RamBlobTier(Tier):
     def bytes_used(self, namespace):
         with self._lock:
             return self._bytes.get(namespace, 0)
+
+    def keys(self, namespace):
+        with self._lock:
+            return sorted(self._data.get(namespace, {}))
 
     def lru_keys(self, namespace: str) -> list:
         """Keys from least to most recently used."""

@@ -146,3 +146,60 @@ def test_miro_kv_generate_reports_and_stays_lossless_with_cold_layers(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "miro_runtime.cli", "kv", "generate", "--prompt", "x",
                           "--hot-budget", "100"], capture_output=True, text=True, timeout=120)
     assert bad.returncode != 0 and "--hot-budget 100 B is below" in bad.stderr
+
+
+# ---------------------------------------------------------------- persistent prefix reuse
+def _gen(store, prompt, n=12):
+    import json
+    import subprocess
+    import sys
+    r = subprocess.run([sys.executable, "-m", "miro_runtime.cli", "kv", "generate", "--store", str(store),
+                        "--prompt", prompt, "--max-new-tokens", str(n), "--json"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def test_a_new_process_reuses_a_stored_prefix_and_a_damaged_block_is_recomputed(tmp_path):
+    from miro_runtime.kv.prefix import NS, PrefixStore
+    from miro_runtime.storage import FlashTier
+    store = tmp_path / "kv"
+    prompt = "a prompt long enough to fill a few sixteen-token chunks of the prefix store, reused later"
+    first = _gen(store, prompt)
+    assert first["prefix_hits"] == 0
+    second = _gen(store, prompt)  # another process: the KV comes from the flash tier
+    n_chunks = (len(prompt.encode()) - 1) // 16
+    assert second["prefix_hits"] == n_chunks and second["prefix_tokens_reused"] == 16 * n_chunks
+    assert second["tokens"] == first["tokens"]
+    tier = FlashTier(str(store))  # damage one block of chunk 2 (a valid record with wrong bytes)
+    ps = PrefixStore(tier, first["model"], 4)  # the model identity is part of every key
+    h = ps.chain(list(prompt.encode()))[2]
+    key = f"{h}:1"
+    tier.put(NS, key, bytes(len(tier.get(NS, key))))
+    tier.close()
+    third = _gen(store, prompt)
+    assert third["prefix_store"]["damaged"] == 1 and third["prefix_hits"] == 2  # used up to the damage only
+    assert third["tokens"] == first["tokens"]  # recomputed, never used
+    fourth = _gen(store, prompt)  # the recomputed chunks were stored again
+    assert fourth["prefix_hits"] == n_chunks and fourth["tokens"] == first["tokens"]
+
+
+def test_the_cap_evicts_suffixes_before_prefixes(tmp_path):
+    from miro_runtime.kv.prefix import PrefixStore
+    from miro_runtime.storage import RamBlobTier
+    ps = PrefixStore(RamBlobTier(), "m", n_layers=2, chunk=4)
+    K = torch.randn(1, 1, 40, 2)
+
+    def kv(layer):
+        return K, K
+    a = list(range(40))
+    b = a[:8] + [99] * 32  # shares the first two chunks with a
+    ps.store(a, kv)
+    ps.store(b, kv)
+    per = ps.entries()[0]["bytes"]
+    assert len(ps.entries()) == 10 + 8
+    ps.capacity = per * 6
+    ps._enforce_cap()
+    depths = sorted(e["depth"] for e in ps.entries())
+    assert depths == [0, 1, 2, 2, 3, 3]  # the deepest (suffix) chunks went first; the shared prefix stays
+    assert len(ps.lookup(a)[0]) == 4 and len(ps.lookup(b)[0]) == 4
