@@ -68,9 +68,8 @@ class TieredKVCache:
     def _fetch(self, layer: int, count: int):
         t0 = time.perf_counter()
         ks, vs, nbytes = [], [], 0
-        for b in range(count):
-            key = self.key(layer, b)
-            buf = self.cold.get(self.ns, key)
+        keys = [self.key(layer, b) for b in range(count)]
+        for key, buf in zip(keys, self.cold.get_many(self.ns, keys)):  # one read transaction on LMDB
             if buf is None:
                 raise KeyError(f"KV block {self.ns}/{key} is missing from the cold tier")
             k, v = self._decode(buf, f"{self.ns}/{key}")
@@ -188,11 +187,14 @@ class TieredKVCache:
         dev = k.device
         ks = [x.to(dev) for x in ks]
         vs = [x.to(dev) for x in vs]
-        for i in range(full):  # newly completed blocks go down to the cold tier
+        done = []
+        for i in range(full):  # newly completed blocks go down to the cold tier, one transaction
             bk, bv = nk[:, :, i * bt:(i + 1) * bt], nv[:, :, i * bt:(i + 1) * bt]
-            self.cold.put(self.ns, self.key(layer, count + i), self._encode(bk, bv))
+            done.append((self.key(layer, count + i), self._encode(bk, bv)))
             ks.append(bk)
             vs.append(bv)
+        if done:
+            self.cold.put_many(self.ns, done)
         self.stats["written_blocks"] += full
         self._blocks[layer] = count + full
         self._tail[layer] = (nk[:, :, full * bt:], nv[:, :, full * bt:])

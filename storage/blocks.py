@@ -111,11 +111,13 @@ class BlockStore:
 
     def get_many(self, ns: str, keys) -> list:
         """[bytes or None] in the order asked."""
-        out = []
         with self._lock:
             sizes = self._ns(ns)
+            known = [k for k in keys if k in sizes]
+            got = dict(zip(known, self.tier.get_many(ns, [k.encode() for k in known])))  # one read on LMDB
+            out = []
             for k in keys:
-                v = self.tier.get(ns, k.encode()) if k in sizes else None
+                v = got.get(k)
                 if v is not None:
                     self._policies[ns].used(k)
                 out.append(None if v is None else bytes(v))

@@ -780,6 +780,31 @@ class FlashTier(Tier):
         k, db = blob_key(key), self._blob_db(namespace, False)
         return db is not None and self._read(lambda txn: txn.get(k, db=db)) is not None
 
+    def get_many(self, namespace, keys) -> list:
+        """Several blobs in one read transaction: [bytes or None] in the order asked."""
+        db = self._blob_db(namespace, False)
+        if db is None:
+            return [None] * len(keys)
+        ks = [blob_key(k) for k in keys]
+        bufs = self._read(lambda txn: [txn.get(k, db=db) for k in ks])
+        return [None if b is None else decode_blob(b, key=f"{namespace}/{k!r}") for k, b in zip(ks, bufs)]
+
+    def put_many(self, namespace, items) -> None:
+        """Several (key, value) blobs in one write transaction (one fsync)."""
+        enc = [(blob_key(k), encode_blob(v)) for k, v in items]
+
+        def job(txn):
+            db = self._db(f"{namespace}.blob", create=True, txn=txn)
+            used = int(self._meta_get(txn, f"blob/{namespace}/bytes") or 0)
+            for k, v in enc:
+                old = txn.get(k, db=db)
+                used += len(v) - (len(old) if old is not None else 0)
+                txn.put(k, v, db=db)
+            txn.put(f"blob/{namespace}/bytes".encode(), str(used).encode(), db=self._meta)
+            return None, None
+
+        self._write(job)
+
     def keys(self, namespace) -> list:
         """Every key of a blob namespace (bytes, in key order)."""
         db = self._blob_db(namespace, False)

@@ -46,6 +46,14 @@ class Tier(ABC):
     @abstractmethod
     def bytes_used(self, namespace: str) -> int: ...
 
+    def get_many(self, namespace: str, keys) -> list:
+        """[bytes or None] in the order asked (tiers with a cheaper batch path override this)."""
+        return [self.get(namespace, k) for k in keys]
+
+    def put_many(self, namespace: str, items) -> None:
+        for k, v in items:
+            self.put(namespace, k, v)
+
     def keys(self, namespace: str) -> list:
         """Every key in a namespace (bytes). Tiers that cannot list say so."""
         raise NotImplementedError(f"{type(self).__name__} cannot list its keys")
