@@ -80,11 +80,6 @@ def _have_scipy() -> bool:
         return False
 
 
-def _better(a, b):
-    """(saved, -bytes, -sum of indices): more saved; then fewer bytes; then earlier layers."""
-    return a > b
-
-
 def _dp(sizes, gains, unit, cap) -> list:
     # best[w] = (saved, -bytes, -index sum, chosen) using at most w units; exact 0/1 knapsack
     L = len(sizes)
@@ -97,7 +92,7 @@ def _dp(sizes, gains, unit, cap) -> list:
         for c in range(w, cap + 1):
             prev = best[c - w]
             cand = (prev[0] + g, prev[1] - sizes[i], prev[2] - i)
-            if _better(cand, new[c]):
+            if cand > new[c]:  # more saved; then fewer bytes; then earlier layers
                 new[c] = cand
                 take[i][c] = True
         best = new

@@ -104,12 +104,11 @@ class PrefixStore:
                 out.append({"hash": h, **{x: m[x] for x in ("depth", "bytes", "used", "model")}})
         return out
 
-    def bytes_used(self) -> int:
-        return sum(e["bytes"] for e in self.entries())
-
     def _drop(self, h: str):
+        meta = self._meta(h)
+        layers = len(meta["sha256"]) if meta else self.n_layers  # the chunk's own count (a store opened blind)
         self.tier.delete(IDX, h)  # unindexed first: no reader takes a half-deleted chunk
-        for layer in range(self.n_layers):
+        for layer in range(layers):
             self.tier.delete(NS, f"{h}:{layer}")
 
     def _enforce_cap(self):

@@ -820,12 +820,7 @@ def prefixes(action, store_dir, as_json):
                  lambda r: click.echo("\n".join(f"{x['hash'][:16]}  depth {x['depth']}  {x['bytes']:,} B  {x['model']}"
                                       for x in r["prefixes"]) or "no stored prefixes"))
         else:
-            n = 0
-            for e in ps.entries():
-                ps.n_layers = len(json.loads(tier.get("kvprefix.idx", e["hash"]))["sha256"])
-                ps._drop(e["hash"])
-                n += 1
-            _out({"cleared": n}, as_json, lambda r: click.echo(f"cleared {r['cleared']} stored prefix chunks"))
+            _out({"cleared": ps.clear()}, as_json, lambda r: click.echo(f"cleared {r['cleared']} stored prefix chunks"))
     finally:
         tier.close()
 

@@ -16,3 +16,21 @@ def fill_for(sample_id: int, shape=(1, 8, 8)) -> np.ndarray:
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
+
+
+def wait_for_event(events_path, pred, timeout: float = 120.0, poll: float = 0.02):
+    """The first line of a run's events.jsonl satisfying ``pred`` (polled until ``timeout``), or None."""
+    import json
+    import time
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if events_path.exists():
+            for line in events_path.read_text().splitlines():
+                try:
+                    e = json.loads(line)
+                except ValueError:
+                    continue  # a line still being written
+                if pred(e):
+                    return e
+        time.sleep(poll)
+    return None

@@ -3,7 +3,8 @@ import json
 import os
 import signal
 import subprocess
-import time
+
+from conftest import wait_for_event
 
 MIRO = [os.path.join(os.path.dirname(os.path.realpath(__import__("sys").executable)), "miro")]
 if not os.path.exists(MIRO[0]):
@@ -76,16 +77,9 @@ def test_sigkill_then_resume_is_the_run_that_never_stopped(tmp_path):
     child = subprocess.Popen(MIRO + args + ["--run-dir", str(run_dir)], stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True)
     events = run_dir / "events.jsonl"
-    deadline = time.monotonic() + 120
-    killed_at = None
-    while time.monotonic() < deadline and killed_at is None:  # kill mid-task, after a mid-task checkpoint
-        if events.exists():
-            for line in events.read_text().splitlines():
-                e = json.loads(line)
-                if e["event"] == "checkpoint" and e["task"] >= 2 and e["batch"] > 0:
-                    killed_at = e
-                    break
-        time.sleep(0.05)
+    killed_at = wait_for_event(events,  # kill mid-task, after a mid-task checkpoint
+                               lambda e: e["event"] == "checkpoint" and e["task"] >= 2 and e["batch"] > 0,
+                               poll=0.05)
     child.send_signal(signal.SIGKILL)
     child.communicate()
     assert killed_at is not None and child.returncode == -signal.SIGKILL

@@ -9,7 +9,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -21,6 +20,8 @@ from miro_runtime.rep.atom import match, merge_tokens, schedule
 from miro_runtime.rep.vit import ViTSpec, block, build, embed, load_backbone, preprocess
 from miro_runtime.streams import from_arrays
 from miro_runtime.strategies import build_model, make_strategy
+
+from conftest import wait_for_event
 
 MIRO = [sys.executable, "-m", "miro_runtime.cli"]
 SPEC = ViTSpec(image_size=16, patch_size=2, hidden_dim=32, num_layers=6, num_heads=2, mlp_dim=64)  # 64 patches
@@ -297,16 +298,8 @@ def test_sigkill_then_resume_is_the_run_that_never_stopped(pretrained, tmp_path,
     run_dir = tmp_path / "killed"
     child = subprocess.Popen(MIRO + args + ["--run-dir", str(run_dir)], stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True)
-    events, killed_at = run_dir / "events.jsonl", None
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and killed_at is None:  # mid task 1, after a mid-task checkpoint
-        if events.exists():
-            for line in events.read_text().splitlines():
-                e = json.loads(line)
-                if e["event"] == "checkpoint" and e["task"] == 1 and e["batch"] > 0:
-                    killed_at = e
-                    break
-        time.sleep(0.02)
+    killed_at = wait_for_event(run_dir / "events.jsonl",  # mid task 1, after a mid-task checkpoint
+                               lambda e: e["event"] == "checkpoint" and e["task"] == 1 and e["batch"] > 0)
     child.send_signal(signal.SIGKILL)
     child.communicate()
     assert killed_at is not None and child.returncode == -signal.SIGKILL

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from .vit import cls_feature, preprocess
+from .vit import cls_feature
 
 
 class BackboneQuery(nn.Module):
@@ -55,5 +55,3 @@ class SwiftQuery(nn.Module):
                                                   align_corners=False)
         return cls_feature(self.net, img, self.layers) @ self.projection  # (B, d) @ (d, D)
 
-
-__all__ = ["BackboneQuery", "SwiftQuery", "preprocess"]

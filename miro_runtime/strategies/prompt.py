@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import statistics
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 
 import numpy as np
 import torch
@@ -265,6 +265,3 @@ class PromptStrategy(Strategy):
         if kw:
             raise ValueError(f"{self.name} has no tunable knobs {sorted(kw)}")
 
-
-def options_dict(opts) -> dict:
-    return asdict(opts)
