@@ -10,6 +10,7 @@ layer within its share of the hot byte budget, choosing which tokens stay.
 
 from __future__ import annotations
 
+import copy
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -18,23 +19,38 @@ from typing import Optional
 import numpy as np
 import torch
 
+from .policies.topk import select_blocks
+
 
 class TieredKVCache:
     def __init__(self, n_layers: int, n_kv_heads: int, head_dim: int, cold=None, hot_layers=None,
                  block_tokens: int = 16, namespace: str = "kv", model_id: str = "builtin", policy=None,
-                 hot_budget: Optional[int] = None):
+                 hot_budget: Optional[int] = None, rope=None):
         if block_tokens < 1:
             raise ValueError(f"block_tokens must be >= 1, got {block_tokens}")
-        if policy is not None and (hot_layers is not None or cold is not None or not hot_budget):
+        stores_all = getattr(policy, "stores_all", False)
+        if policy is not None and (hot_layers is not None or (cold is not None and not stores_all)
+                                   or not hot_budget):
             raise ValueError(f"policy {policy.name}: keeps every layer hot within a hot byte budget "
                              "(give hot_budget; cold layers are for the lossless policy)")
-        self.policy, self.hot_budget = policy, hot_budget
+        if stores_all and rope is None:
+            raise ValueError(f"policy {policy.name} scores blocks with rotated keys: give the model's rope(x, pos)")
+        if stores_all and cold is None:
+            from miro_runtime.storage import RamBlobTier
+            cold = RamBlobTier()
+        self.policy, self.hot_budget, self.rope = policy, hot_budget, rope
+        # a stateful policy (cascade) remembers per layer where each token sits: one copy per layer
+        self._policies = ([copy.deepcopy(policy) for _ in range(n_layers)] if getattr(policy, "per_layer", False)
+                          else [policy] * n_layers)
+        self._reps, self._hotblk, self._chosen, self._since = {}, {}, {}, {}  # topk, per layer
         self._apos, self._scores = {}, {}  # lossy: per layer, absolute positions and attention received
         self.capacity = None  # lossy: tokens per layer the budget allows
         self.n_layers, self.n_kv_heads, self.head_dim = n_layers, n_kv_heads, head_dim
         self.block_tokens, self.ns, self.model_id = block_tokens, namespace, model_id
         self.cold = cold
         hot = set(range(n_layers)) if hot_layers is None else set(hot_layers)
+        if policy is not None:
+            hot = set(range(n_layers))
         if cold is None and hot != set(range(n_layers)):
             raise ValueError("cold layers need a cold tier (a RamBlobTier or a FlashTier)")
         self.hot = hot
@@ -91,12 +107,17 @@ class TieredKVCache:
         if layer == 0 and 0 not in self.hot and self._blocks[0] and 0 not in self._pending:
             self._pending[0] = (self._blocks[0], self._pool.submit(self._fetch, 0, self._blocks[0]))
 
-    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor):
-        """Add T new tokens' keys (before RoPE) and values (B, Hkv, T, hd) -> every cached token's
-        (K, V) each (B, Hkv, S, hd) and their absolute positions (S,)."""
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor, q: Optional[torch.Tensor] = None):
+        """Add T new tokens' keys (before RoPE) and values (B, Hkv, T, hd) -> the (K, V) attention
+        should see, each (B, Hkv, S, hd), their RoPE positions and absolute positions (S,). ``q`` (B, H,
+        T, hd, before RoPE) is read only by a policy that chooses blocks per query (topk)."""
         B, _, T, _ = k.shape
         if self._shape is None:
             self._shape = (B, np.dtype(str(k.dtype).replace("torch.", "")))
+        if getattr(self.policy, "stores_all", False):
+            if q is None:
+                raise ValueError(f"policy {self.policy.name} chooses blocks per query: the model must pass q")
+            return self._topk_update(layer, k, v, q)
         if self.policy is not None:
             return self._lossy_update(layer, k, v)
         if layer in self.hot:
@@ -129,7 +150,7 @@ class TieredKVCache:
             apos, sc = self._apos[layer], self._scores[layer]
             room = self.capacity - T
             if K.shape[2] > room:
-                idx = self.policy.keep(apos.cpu(), sc.cpu(), room).to(dev)
+                idx = self._policies[layer].keep(apos.cpu(), sc.cpu(), room).to(dev)
                 K, V, apos, sc = K[:, :, idx], V[:, :, idx], apos[idx], sc[idx]
             K, V = torch.cat([K, k], dim=2), torch.cat([V, v], dim=2)
             apos, sc = torch.cat([apos, new_pos]), torch.cat([sc, sc.new_zeros(T)])
@@ -140,6 +161,79 @@ class TieredKVCache:
             self.seen += T
         rope_pos = torch.arange(K.shape[2], device=dev) if self.policy.reposition else apos
         return K, V, rope_pos, apos
+
+    # ------------------------------------------------------------------ topk: every block cold, some chosen
+    def _topk_update(self, layer, k, v, q):
+        pol, bt, dev = self.policy, self.block_tokens, k.device
+        B, _, T, hd = k.shape
+        count = self._blocks[layer]
+        tk, tv = self._tail.get(layer, (k[:, :, :0], v[:, :, :0]))
+        nk, nv = torch.cat([tk, k], dim=2), torch.cat([tv, v], dim=2)  # (B, Hkv, tail + T, hd)
+        full = nk.shape[2] // bt
+        hot = self._hotblk.setdefault(layer, {})
+        reps = [self._reps[layer]] if layer in self._reps else []
+        done = []
+        for i in range(full):  # finished blocks: to the cold tier, a hot copy while recent, a representative
+            b = count + i
+            bk, bv = nk[:, :, i * bt:(i + 1) * bt], nv[:, :, i * bt:(i + 1) * bt]
+            done.append((self.key(layer, b), self._encode(bk, bv)))
+            hot[b] = (bk, bv)
+            pos = torch.arange(b * bt, (b + 1) * bt, device=dev)
+            reps.append(self.rope(bk, pos).mean(dim=2, keepdim=True))  # (B, Hkv, 1, hd)
+        if done:
+            self.cold.put_many(self.ns, done)
+        self.stats["written_blocks"] += full
+        N = count + full
+        self._blocks[layer] = N
+        self._tail[layer] = (nk[:, :, full * bt:], nv[:, :, full * bt:])
+        if reps:
+            self._reps[layer] = torch.cat(reps, dim=2)  # (B, Hkv, N, hd)
+        sinks = list(range(min(pol.sinks, N)))
+        first_recent = max(len(sinks), min(count, N - pol.recent))  # every block this chunk touched is recent
+        recent = list(range(first_recent, N))
+        candidates = list(range(len(sinks), first_recent))
+        # what the budget leaves for chosen blocks, this layer's share, after representatives and the rest
+        esz = k.element_size()
+        block_bytes = 2 * B * self.n_kv_heads * bt * hd * esz
+        share = self.hot_budget // self.n_layers
+        fixed = (len(sinks) + len(recent)) * block_bytes + 2 * self._tail[layer][0].numel() * esz
+        fixed += self._reps[layer].numel() * esz if layer in self._reps else 0
+        k_eff = min(pol.k, (share - fixed) // block_bytes)
+        if k_eff < 0:
+            raise ValueError(f"hot budget {self.hot_budget} B: at {self.seen + T} tokens a layer's sinks, recent "
+                             f"blocks and block representatives need {fixed} B, more than its share {share} B")
+        since = self._since.get(layer, 0)
+        chosen = [b for b in self._chosen.get(layer, []) if b in candidates][:k_eff]
+        if since % pol.refresh == 0:  # re-choose every few steps; between, keep what is hot
+            qpos = torch.arange(self.seen, self.seen + T, device=dev)
+            chosen = select_blocks(self.rope(q, qpos), self._reps[layer], candidates, k_eff, pol.group)
+        self._since[layer] = since + 1
+        self._chosen[layer] = chosen
+        want = set(sinks) | set(recent) | set(chosen)
+        for b in [b for b in hot if b not in want]:
+            del hot[b]  # out of the hot tier; the block stays in the cold one
+        missing = sorted(want - set(hot))
+        if missing:
+            t0 = time.perf_counter()
+            keys = [self.key(layer, b) for b in missing]
+            nbytes = 0
+            for b, key, buf in zip(missing, keys, self.cold.get_many(self.ns, keys)):  # only the chosen blocks
+                if buf is None:
+                    raise KeyError(f"KV block {self.ns}/{key} is missing from the cold tier")
+                hot[b] = tuple(x.to(dev) for x in self._decode(buf, f"{self.ns}/{key}"))
+                nbytes += len(buf)
+            self.stats["fetches"] += 1
+            self.stats["fetched_bytes"] += nbytes
+            self.stats["stall_s"] += time.perf_counter() - t0
+        ids = sorted(want)
+        tk, tv = self._tail[layer]
+        K = torch.cat([hot[b][0] for b in ids] + [tk], dim=2)  # (B, Hkv, S, hd)
+        V = torch.cat([hot[b][1] for b in ids] + [tv], dim=2)
+        apos = torch.cat([torch.arange(b * bt, (b + 1) * bt, device=dev) for b in ids]
+                         + [torch.arange(N * bt, N * bt + tk.shape[2], device=dev)])
+        if layer == self.n_layers - 1:
+            self.seen += T
+        return K, V, apos, apos
 
     def layer_kv(self, layer: int):
         """Every cached token's (K, V) of one layer, wherever they live (lossless cache)."""
@@ -154,6 +248,11 @@ class TieredKVCache:
         per-layer capacity allows (a chunk must fit beside nothing)."""
         if self.policy is None:
             return n
+        if getattr(self.policy, "stores_all", False):  # topk: a chunk's blocks beside sinks, tail, >= 1 chosen
+            bt, pol = self.block_tokens, self.policy
+            block_bytes = 2 * (self._shape[0] if self._shape else 1) * self.n_kv_heads * bt * self.head_dim * 4
+            room = self.hot_budget // self.n_layers // block_bytes - pol.sinks - 2
+            return max(1, min(n, bt * max(1, min(pol.k // 2, room))))
         per_token = 2 * self.n_kv_heads * self.head_dim * 4 * (self._shape[0] if self._shape else 1)
         cap = self.capacity or self.hot_budget // (self.n_layers * per_token)
         if cap < 1:
@@ -167,7 +266,10 @@ class TieredKVCache:
     def observe(self, layer: int, probs: torch.Tensor) -> None:
         """Attention the cached tokens just received: probs (B, H, T, S), summed over queries,
         averaged over heads and the batch (one kept set serves the batch)."""
-        self._scores[layer] = self._scores[layer] + probs.sum(dim=2).mean(dim=(0, 1))
+        got = probs.sum(dim=2).mean(dim=(0, 1))  # (S,)
+        pol = self._policies[layer]
+        old = self._scores[layer]
+        self._scores[layer] = pol.accumulate(old, got) if hasattr(pol, "accumulate") else old + got
 
     def _cold_update(self, layer, k, v):
         count = self._blocks[layer]
@@ -206,13 +308,16 @@ class TieredKVCache:
     def hot_bytes(self) -> int:
         """Bytes held in the compute device's memory: hot layers and cold layers' tails."""
         n = sum(K.numel() * K.element_size() + V.numel() * V.element_size() for K, V in self._kv.values())
-        return n + sum(K.numel() * K.element_size() * 2 for K, _ in self._tail.values())
+        n += sum(K.numel() * K.element_size() * 2 for K, _ in self._tail.values())
+        n += sum(r.numel() * r.element_size() for r in self._reps.values())
+        return n + sum(K.numel() * K.element_size() * 2 for blocks in self._hotblk.values() for K, _ in blocks.values())
 
     def cold_bytes(self) -> int:
         if not self._shape:
             return 0
         per = 2 * self._shape[0] * self.n_kv_heads * self.block_tokens * self.head_dim * self._shape[1].itemsize
-        return per * sum(self._blocks[i] for i in range(self.n_layers) if i not in self.hot)
+        cold = [i for i in range(self.n_layers) if i not in self.hot or getattr(self.policy, "stores_all", False)]
+        return per * sum(self._blocks[i] for i in cold)
 
     def close(self):
         if self._pool is not None:

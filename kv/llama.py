@@ -68,7 +68,7 @@ class Attention(nn.Module):
         v = self.wv(x).view(B, T, c.n_kv_heads, hd).transpose(1, 2)  # (B, Hkv, T, hd)
         if cache is not None:
             # (B, Hkv, S, hd) each; RoPE positions and absolute positions (S,) of what the cache kept
-            k, v, krope, kabs = cache.update(self.layer, k, v)
+            k, v, krope, kabs = cache.update(self.layer, k, v, q=q)
         else:
             krope = kabs = torch.arange(start, start + T, device=x.device)
         qrope, qabs = krope[-T:], kabs[-T:]  # the new tokens are the cache's last T

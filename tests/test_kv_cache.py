@@ -70,58 +70,105 @@ def test_cold_layers_need_a_tier():
 from miro_runtime.kv.policies import make_policy  # noqa: E402
 
 
-@pytest.mark.parametrize("policy", ["sink", "h2o"])
+from functools import partial  # noqa: E402
+
+from miro_runtime.kv.llama import rope  # noqa: E402
+
+LOSSY = ["sink", "h2o", "cascade", "topk"]
+
+
+def lossy_cache(policy, budget, **kw):
+    return TieredKVCache(CFG.n_layers, CFG.n_kv_heads, CFG.head_dim, policy=make_policy(policy, **kw),
+                         hot_budget=budget, block_tokens=8, rope=partial(rope, theta=CFG.rope_theta))
+
+
+@pytest.mark.parametrize("policy", LOSSY)
 def test_lossy_policies_equal_full_while_everything_fits(model, reference, policy):
     prompt, want = reference
     per_token = 2 * 2 * CFG.n_kv_heads * CFG.head_dim * 4 * CFG.n_layers  # K and V, batch 2, float32
-    cache = TieredKVCache(CFG.n_layers, CFG.n_kv_heads, CFG.head_dim, policy=make_policy(policy),
-                          hot_budget=per_token * 64)
-    assert torch.equal(generate(model, prompt, 20, cache), want)  # 56 tokens < 64: nothing evicted
+    # 56 tokens < 64: nothing evicted; topk: k covers every block, so attention sees them all
+    cache = lossy_cache(policy, per_token * 64, **({"k": 8} if policy == "topk" else {}))
+    try:
+        assert torch.equal(generate(model, prompt, 20, cache), want)
+    finally:
+        cache.close()
 
 
-@pytest.mark.parametrize("policy", ["sink", "h2o"])
+@pytest.mark.parametrize("policy", LOSSY)
 def test_hot_memory_never_exceeds_the_budget_and_masks_stay_causal(model, policy, monkeypatch):
     per_token = 2 * CFG.n_kv_heads * CFG.head_dim * 4 * CFG.n_layers  # batch 1
-    budget = per_token * 24 + 100
-    cache = TieredKVCache(CFG.n_layers, CFG.n_kv_heads, CFG.head_dim, policy=make_policy(policy),
-                          hot_budget=budget)
+    budget = per_token * 48 + 100
+    cache = lossy_cache(policy, budget)
     seen_masks = []
     real_update = cache.update
 
-    def spy(layer, k, v):
-        K, V, krope, kabs = real_update(layer, k, v)
+    def spy(layer, k, v, q=None):
+        K, V, krope, kabs = real_update(layer, k, v, q=q)
         T = k.shape[2]
         seen_masks.append((kabs.clone(), T))
         assert cache.hot_bytes() <= budget  # at every layer of every step, prefill chunks included
         assert torch.equal(kabs, kabs.sort().values) and len(set(kabs.tolist())) == len(kabs)
-        if policy == "sink":
-            assert torch.equal(krope, torch.arange(len(kabs)))  # StreamingLLM: place in the cache
+        if policy in ("sink", "cascade"):
+            assert torch.equal(krope, torch.arange(len(kabs)))  # StreamingLLM's positions: place in the cache
             assert kabs[: min(4, len(kabs) - T)].tolist() == list(range(min(4, len(kabs) - T)))  # sinks kept
         else:
             assert torch.equal(krope, kabs)
         return K, V, krope, kabs
     monkeypatch.setattr(cache, "update", spy)
-    prompt = torch.randint(0, 256, (1, 70), generator=torch.Generator().manual_seed(5))
-    with torch.no_grad():
-        for s in range(0, 70, 10):  # chunked prefill past the capacity: evictions between chunks
-            model(prompt[:, s:s + 10], s, cache)
-        out = generate(model, prompt[:, -1:], 40, None)  # (shape check only) the model still runs
-    assert out.shape == (1, 40) and cache.seen == 70 and cache.capacity == 24
+    prompt = torch.randint(0, 256, (1, 150), generator=torch.Generator().manual_seed(5))
+    try:
+        with torch.no_grad():
+            step = cache.capacity_hint(150) if policy == "topk" else 20
+            for s in range(0, 150, step):  # chunked prefill past the capacity: evictions between chunks
+                model(prompt[:, s:s + step], s, cache)
+            for i in range(30):  # decode
+                model(prompt[:, i:i + 1], 150 + i, cache)
+    finally:
+        cache.close()
+    assert cache.seen == 180
     # the new tokens are always the cache's last T, at their own absolute positions
     assert all(kabs[-T:].tolist() == list(range(int(kabs[-1]) - T + 1, int(kabs[-1]) + 1)) for kabs, T in seen_masks)
-    with pytest.raises(ValueError, match="does not fit"):
-        with torch.no_grad():
-            model(prompt[:, :30], 70, cache)  # a chunk larger than the capacity is refused by name
+    if policy == "topk":  # every block went to the cold tier; attention saw only some of them
+        assert cache.cold_bytes() == 2 * CFG.n_kv_heads * 8 * CFG.head_dim * 4 * CFG.n_layers * (180 // 8)
+        assert max(len(kabs) for kabs, _ in seen_masks[-CFG.n_layers:]) < 180
+    else:
+        assert cache.capacity == 48
+        with pytest.raises(ValueError, match="does not fit"):
+            with torch.no_grad():
+                model(prompt[:, :60], 180, cache)  # a chunk larger than the capacity is refused by name
 
 
 def test_policies_keep_what_their_papers_keep():
-    from miro_runtime.kv.policies import H2O, Sink
+    from miro_runtime.kv.policies import H2O, Cascade, Sink
+    from miro_runtime.kv.policies.topk import select_blocks
     pos = torch.arange(10)
     assert Sink(sinks=2).keep(pos, None, 5).tolist() == [0, 1, 7, 8, 9]
     scores = torch.tensor([0.1, 5.0, 0.2, 4.0, 0.3, 0.0, 0.0, 0.0, 0.0, 0.0])
     assert H2O(recent=3).keep(pos, scores, 5).tolist() == [1, 3, 7, 8, 9]  # two heavy hitters + 3 recent
-    with pytest.raises(ValueError, match="not built yet"):
-        make_policy("cascade")
+    # cascade: 1 sink, 3 levels of 4 slots (+2 carried); after 200 equal-score tokens level i's tokens are
+    # 2^i apart, so the 15 kept tokens reach back much further than a recent window of 15 would
+    c = Cascade(sinks=1, levels=3, beta=0.5)
+    for t in range(1, 201):
+        kept = c.keep(torch.arange(t), torch.zeros(t), 15)
+    assert len(kept) <= 15 and kept[0] == 0
+    for level, q in enumerate(c.sub):
+        gaps = set(torch.tensor(list(q)).diff().tolist())
+        assert gaps == {2 ** level}, (level, list(q))
+    assert int(kept[1]) < 200 - 15 * 2
+    # a carried pair keeps the more attended token
+    c = Cascade(sinks=0, levels=2, beta=0.5)
+    c.keep(torch.arange(3), torch.zeros(3), 4)  # sizes: level 0 two slots (+1 carry slot)
+    c.keep(torch.arange(4), torch.tensor([0.0, 9.0, 0.0, 0.0]), 4)  # token 0 is carried; 1 (heavy) arrives next
+    assert list(c.sub[1]) == [1]
+    # topk: the block whose representative matches the query wins, searched group first
+    reps = torch.zeros(1, 1, 8, 4)
+    reps[0, 0, 5] = torch.tensor([1.0, 0, 0, 0])
+    reps[0, 0, 2] = torch.tensor([0.5, 0, 0, 0])
+    q = torch.tensor([1.0, 0, 0, 0]).view(1, 1, 1, 4)
+    assert select_blocks(q, reps, list(range(8)), 1, 2) == [5]
+    assert select_blocks(q, reps, list(range(8)), 2, 2) == [2, 5]
+    with pytest.raises(ValueError, match="unknown KV policy"):
+        make_policy("lru")
 
 
 def test_miro_kv_generate_reports_and_stays_lossless_with_cold_layers(tmp_path):
