@@ -8,12 +8,13 @@ import os
 import statistics
 import tempfile
 import time
+from functools import partial
 from typing import Optional
 
 import torch
 
 from .cache import TieredKVCache
-from .llama import Llama, LlamaConfig
+from .llama import Llama, LlamaConfig, rope
 from .planner import LayerCost, plan
 from .policies import make_policy
 from .prefix import PrefixStore
@@ -21,13 +22,79 @@ from .prefix import PrefixStore
 BUILTIN = {"builtin-tiny": LlamaConfig()}
 
 
+class Builtin:
+    """The built-in decoder: bytes are its tokens; keys reach the cache before RoPE (any policy)."""
+
+    def __init__(self, name: str, seed: int):
+        torch.manual_seed(seed)  # random weights: the mechanics, not the text, are what it shows
+        self.model = Llama(BUILTIN[name]).eval()
+        self.described = f"{name} (random init, seed {seed})"
+        c = self.model.cfg
+        self.n_layers, self.n_kv_heads, self.head_dim = c.n_layers, c.n_kv_heads, c.head_dim
+        self.rope = partial(rope, theta=c.rope_theta)
+
+    def encode(self, prompt: bytes) -> list:
+        return list(prompt)
+
+    def decode(self, tokens: list) -> str:
+        return bytes(t for t in tokens if t < 256).decode("utf-8", "replace")
+
+    def make_cache(self, **kw) -> TieredKVCache:
+        return TieredKVCache(self.n_layers, self.n_kv_heads, self.head_dim, rope=self.rope, **kw)
+
+    def feed(self, cache, layer: int, K, V) -> None:  # stored prefix blocks into the cache
+        cache.update(layer, K, V)
+
+    def forward(self, ids, start: int, cache):
+        return self.model(ids, start, cache)
+
+
+class HFModel:
+    """A local transformers model through ``kv.hf.TieredCache`` (lossless policy only)."""
+
+    def __init__(self, path: str):
+        from .hf import load_local
+        self.model, self.tok = load_local(path)
+        self.described = f"transformers {type(self.model).__name__} at {os.path.abspath(path)}"
+        c = self.model.config.get_text_config(decoder=True)
+        self.n_layers = c.num_hidden_layers
+        self.n_kv_heads = getattr(c, "num_key_value_heads", None) or c.num_attention_heads
+        self.head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+
+    def encode(self, prompt: bytes) -> list:
+        return self.tok(prompt.decode("utf-8", "replace"))["input_ids"] if self.tok else list(prompt)
+
+    def decode(self, tokens: list) -> str:
+        if self.tok:
+            return self.tok.decode(tokens)
+        return bytes(t for t in tokens if t < 256).decode("utf-8", "replace")
+
+    def make_cache(self, policy=None, **kw):
+        if policy is not None:
+            raise ValueError(f"--policy {policy.name}: a transformers model hands the cache keys after RoPE, so "
+                             "only --policy full (lossless, with cold layers) runs on --model PATH")
+        from .hf import TieredCache
+        cache = TieredCache(self.model.config, **{k: v for k, v in kw.items() if k != "hot_budget"})
+        cache.seen = 0
+        return cache
+
+    def feed(self, cache, layer: int, K, V) -> None:
+        cache.layers[layer].update(K, V)
+
+    def forward(self, ids, start: int, cache):
+        return self.model(input_ids=ids, past_key_values=cache, use_cache=True).logits
+
+
 def load_model(name: str, seed: int = 0):
     if name in BUILTIN:
-        torch.manual_seed(seed)  # random weights: the mechanics, not the text, are what it shows
-        return Llama(BUILTIN[name]).eval(), f"{name} (random init, seed {seed})"
+        return Builtin(name, seed)
     if os.path.isdir(name):
-        raise ValueError(f"--model {name}: local Hugging Face models need the transformers adapter, which is not "
-                         "built yet; use --model builtin-tiny")
+        try:
+            import transformers  # noqa: F401
+        except ImportError:
+            raise ValueError(f"--model {name}: local transformers models need the llm extra "
+                             "(pip install 'miro-runtime[llm]')") from None
+        return HFModel(name)
     raise ValueError(f"--model {name!r}: not a built-in model ({', '.join(BUILTIN)}) nor a local directory")
 
 
@@ -53,9 +120,9 @@ def run_generate(model_name: str, prompt: bytes, max_new_tokens: int, policy: st
         raise ValueError(f"--max-new-tokens must be >= 1, got {max_new_tokens}")
     if not prompt:
         raise ValueError("the prompt is empty")
-    model, described = load_model(model_name, seed)
-    c = model.cfg
-    ids = torch.tensor([list(prompt)], dtype=torch.long)  # bytes are the built-in model's tokens
+    model = load_model(model_name, seed)
+    described, c = model.described, model
+    ids = torch.tensor([model.encode(prompt)], dtype=torch.long)  # (1, T)
     total = ids.shape[1] + max_new_tokens
     layer_bytes = 2 * c.n_kv_heads * c.head_dim * 4 * total  # K and V, float32, batch 1, at full length
     tier, tmp, placement, prefixes = None, None, None, None
@@ -76,7 +143,7 @@ def run_generate(model_name: str, prompt: bytes, max_new_tokens: int, policy: st
             blocks = -(-total // block_tokens)
             fetch_block = measure_fetch(tier, "kv", 2 * c.n_kv_heads * c.head_dim * 4 * block_tokens)
             t0 = time.perf_counter()
-            model(ids[:, :1])
+            model.forward(ids[:, :1], 0, None)
             compute = (time.perf_counter() - t0) / c.n_layers  # one layer at one token, measured
             costs = [LayerCost(layer_bytes, fetch_block * blocks, compute) for _ in range(c.n_layers)]
             # cold layers keep their unfinished tail block in RAM: reserve that before placing layers
@@ -86,13 +153,12 @@ def run_generate(model_name: str, prompt: bytes, max_new_tokens: int, policy: st
                                  f"({tails} B at --block-tokens {block_tokens})")
             placement = plan(costs, hot_budget - tails)
             hot_layers = placement.hot
-        cache = TieredKVCache(c.n_layers, c.n_kv_heads, c.head_dim, cold=tier, hot_layers=hot_layers,
-                              block_tokens=block_tokens)
+        cache = model.make_cache(cold=tier, hot_layers=hot_layers, block_tokens=block_tokens)
     else:
         if not hot_budget:
             raise ValueError(f"--policy {policy} needs --hot-budget BYTES")
-        cache = TieredKVCache(c.n_layers, c.n_kv_heads, c.head_dim, policy=make_policy(policy),
-                              hot_budget=hot_budget)
+        cache = model.make_cache(policy=make_policy(policy), hot_budget=hot_budget, block_tokens=block_tokens)
+    kv = getattr(cache, "tiered", cache)  # a transformers Cache wraps the TieredKVCache
     try:
         t0 = time.perf_counter()
         done, hits = 0, 0
@@ -101,27 +167,27 @@ def run_generate(model_name: str, prompt: bytes, max_new_tokens: int, policy: st
             if got:
                 hits = len(got[0])
                 for layer in range(c.n_layers):
-                    cache.update(layer, torch.cat([b[0] for b in got[layer]], dim=2),
-                                 torch.cat([b[1] for b in got[layer]], dim=2))
+                    model.feed(cache, layer, torch.cat([b[0] for b in got[layer]], dim=2),
+                               torch.cat([b[1] for b in got[layer]], dim=2))
                 done = hits * block_tokens
-        chunk = cache.capacity_hint(ids.shape[1])
+        chunk = kv.capacity_hint(ids.shape[1])
         logits = None
         for s in range(done, ids.shape[1], chunk):
-            logits = model(ids[:, s:s + chunk], s, cache)
+            logits = model.forward(ids[:, s:s + chunk], s, cache)
         out = [int(logits[0, -1].argmax())]
         ttft = time.perf_counter() - t0
         if prefixes is not None:  # after the first token: storing is not on the user's critical path
-            prefixes.store(ids[0].tolist(), cache.layer_kv)
+            prefixes.store(ids[0].tolist(), kv.layer_kv)
         t1 = time.perf_counter()
         for _ in range(max_new_tokens - 1):
-            logits = model(torch.tensor([[out[-1]]]), cache.seen, cache)
+            logits = model.forward(torch.tensor([[out[-1]]]), kv.seen, cache)
             out.append(int(logits[0, -1].argmax()))
         decode_s = time.perf_counter() - t1
         res = {"model": described, "policy": policy, "prompt_tokens": int(ids.shape[1]), "new_tokens": len(out),
-               "text": bytes(out).decode("utf-8", "replace"), "tokens": out, "ttft_s": ttft,
+               "text": model.decode(out), "tokens": out, "ttft_s": ttft,
                "tokens_per_s": (len(out) - 1) / decode_s if decode_s > 0 and len(out) > 1 else None,
-               "hot_bytes": cache.hot_bytes(), "cold_bytes": cache.cold_bytes(), "hot_budget": hot_budget or None,
-               "prefix_hits": hits, "prefix_tokens_reused": done, "kv_stats": dict(cache.stats)}
+               "hot_bytes": kv.hot_bytes(), "cold_bytes": kv.cold_bytes(), "hot_budget": hot_budget or None,
+               "prefix_hits": hits, "prefix_tokens_reused": done, "kv_stats": dict(kv.stats)}
         if prefixes is not None:
             res["prefix_store"] = dict(prefixes.stats)
         if placement is not None:

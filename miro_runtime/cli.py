@@ -760,13 +760,14 @@ def pretrain(stream, classes, out, size, image_size, patch_size, epochs, batch_s
 
 @main.group()
 def kv():
-    """KV-cache inference on the RAM + flash tiers (built-in decoder; more to come)."""
+    """KV-cache inference on the RAM + flash tiers (built-in decoder or a local transformers model)."""
 
 
 @kv.command()
 @click.option("--model", "model_name", default="builtin-tiny", show_default=True,
-              help="builtin-tiny (random weights) | a local model directory (not supported yet)")
-@click.option("--policy", default="full", show_default=True, help="full | sink | h2o")
+              help="builtin-tiny (random weights) | a local transformers model directory (llm extra; "
+              "--policy full only)")
+@click.option("--policy", default="full", show_default=True, help="full | sink | h2o | cascade | topk")
 @click.option("--hot-budget", default=0, show_default=True, type=click.IntRange(min=0),
               help="Bytes of KV in hot memory (0: all hot). full: the planner puts the rest in the LMDB tier.")
 @click.option("--prompt", default=None, help="The prompt text (bytes are the built-in model's tokens).")
