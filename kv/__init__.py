@@ -1,5 +1,5 @@
-"""KV-cache inference path over the RAM + flash tiers (in progress). Built: ``planner`` (exact layer
-placement), ``cache`` (the tiered cache: lossless with cold layers in the store, or a lossy policy
-within a hot budget), ``policies`` (sink, h2o), ``prefix`` (persistent prefix reuse), ``llama`` (the
-built-in decoder), ``generate`` (`miro kv generate`). Not built yet: cascade and topk policies, the
-Hugging Face Cache adapter, the daemon's KV share, the benchmark."""
+"""KV-cache inference path over the RAM + flash tiers: ``planner`` (exact layer placement),
+``cache`` (the tiered cache: lossless with cold layers in the store, or a lossy policy within a hot
+budget), ``policies`` (sink, h2o, cascade, topk), ``prefix`` (persistent prefix reuse), ``llama``
+(the built-in decoder), ``hf`` (transformers 5.x Cache adapter), ``generate`` (`miro kv generate`),
+``service`` (what the daemon serves over its socket). Submodules import torch; this file does not."""

@@ -319,6 +319,13 @@ class TieredKVCache:
         cold = [i for i in range(self.n_layers) if i not in self.hot or getattr(self.policy, "stores_all", False)]
         return per * sum(self._blocks[i] for i in cold)
 
-    def close(self):
+    def close(self, drop_blocks: bool = False):
+        """Stop the prefetch thread; ``drop_blocks``: delete this cache's blocks from the cold tier
+        (a long-lived tier, such as the daemon's, keeps only what the prefix store chose to keep)."""
         if self._pool is not None:
             self._pool.shutdown(wait=True)
+            self._pool = None
+        if drop_blocks and self.cold is not None:
+            keys = [self.key(layer, b) for layer, n in self._blocks.items() for b in range(n)]
+            self.cold.delete_many(self.ns, keys)
+            self._blocks = {i: 0 for i in range(self.n_layers)}

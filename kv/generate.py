@@ -114,32 +114,39 @@ def measure_fetch(tier, ns: str, block_bytes: int, n: int = 5) -> float:
 @torch.no_grad()
 def run_generate(model_name: str, prompt: bytes, max_new_tokens: int, policy: str = "full",
                  hot_budget: int = 0, cold_dir: str = "", block_tokens: int = 16, seed: int = 0,
-                 store_dir: str = "", prefix_cap: Optional[int] = None) -> dict:
-    """``store_dir``: a persistent LMDB directory for cold layers and reusable prompt prefixes."""
+                 store_dir: str = "", prefix_cap: Optional[int] = None, tier=None, model=None,
+                 reuse_prefixes: bool = False) -> dict:
+    """``store_dir``: a persistent LMDB directory for cold layers and reusable prompt prefixes.
+    A long-lived caller (the daemon) passes its own open ``tier`` and loaded ``model`` instead;
+    ``reuse_prefixes`` then keeps prefixes in that tier, and this generation's cold blocks are
+    deleted from it afterwards."""
     if max_new_tokens < 1:
         raise ValueError(f"--max-new-tokens must be >= 1, got {max_new_tokens}")
     if not prompt:
         raise ValueError("the prompt is empty")
-    model = load_model(model_name, seed)
+    model = model or load_model(model_name, seed)
     described, c = model.described, model
+    owned_tier = tier is None
     ids = torch.tensor([model.encode(prompt)], dtype=torch.long)  # (1, T)
     total = ids.shape[1] + max_new_tokens
     layer_bytes = 2 * c.n_kv_heads * c.head_dim * 4 * total  # K and V, float32, batch 1, at full length
-    tier, tmp, placement, prefixes = None, None, None, None
+    tmp, placement, prefixes = None, None, None
     cold_dir = cold_dir or store_dir
-    if store_dir:
+    if store_dir or (reuse_prefixes and tier is not None):
         if policy != "full":
             raise ValueError(f"--store keeps prefixes of lossless caches; --policy {policy} evicts tokens")
-        from miro_runtime.storage import FlashTier
-        tier = FlashTier(store_dir)
+        if tier is None:
+            from miro_runtime.storage import FlashTier
+            tier = FlashTier(store_dir)
         prefixes = PrefixStore(tier, described, c.n_layers, block_tokens, prefix_cap)
     if policy == "full":
         hot_layers = None
         if hot_budget and hot_budget < layer_bytes * c.n_layers:
-            from miro_runtime.storage import FlashTier
-            if not cold_dir:
-                tmp = tempfile.TemporaryDirectory(prefix="miro-kv-")
-            tier = tier or FlashTier(cold_dir or tmp.name)
+            if tier is None:
+                from miro_runtime.storage import FlashTier
+                if not cold_dir:
+                    tmp = tempfile.TemporaryDirectory(prefix="miro-kv-")
+                tier = FlashTier(cold_dir or tmp.name)
             blocks = -(-total // block_tokens)
             fetch_block = measure_fetch(tier, "kv", 2 * c.n_kv_heads * c.head_dim * 4 * block_tokens)
             t0 = time.perf_counter()
@@ -196,8 +203,8 @@ def run_generate(model_name: str, prompt: bytes, max_new_tokens: int, policy: st
                                 "costs": "fetch measured on the LMDB tier at start-up, compute on one token"}
         return res
     finally:
-        cache.close()
-        if tier is not None:
+        getattr(cache, "tiered", cache).close(drop_blocks=not owned_tier)
+        if tier is not None and owned_tier:
             tier.close()
         if tmp is not None:
             tmp.cleanup()

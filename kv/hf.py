@@ -76,8 +76,8 @@ class TieredCache(Cache):
     def cold_bytes(self) -> int:
         return self.tiered.cold_bytes()
 
-    def close(self) -> None:
-        self.tiered.close()
+    def close(self, drop_blocks: bool = False) -> None:
+        self.tiered.close(drop_blocks)
 
 
 def load_local(path: str):

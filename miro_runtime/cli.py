@@ -413,6 +413,12 @@ def status(ctx, as_json):
             rows.append(("miro", f"{'on' if m['enabled'] else 'off'}: {m['knobs']}" +
                          (f"; last decision: task {m['last_decision']['task']} chose {m['last_decision']['winner']}"
                           if m.get("last_decision") else "")))
+        if s.get("kv"):
+            k = s["kv"]
+            rows.append(("kv", f"{'on' if k['enabled'] else 'off'}: {k['model']}, policy {k['policy']}, RAM share "
+                               f"{k['ram_bytes'] / 2**20:.1f} MiB, flash share {k['flash_bytes'] / 2**20:.1f} MiB "
+                               f"({(k['flash_used_bytes'] or 0) / 2**20:.1f} MiB used, {k['prefix_chunks'] or 0} "
+                               f"prefix chunks), {k['requests']} requests"))
         if s.get("last_acc"):
             rows.append(("last accuracies", " ".join("-" if a is None else f"{100 * a:.1f}" for a in s["last_acc"])))
         for k, v in rows:
@@ -779,19 +785,31 @@ def kv():
 @click.option("--prefix-cap", default=0, show_default=True, type=click.IntRange(min=0),
               help="Bytes of stored prefixes kept (0: no cap); suffixes are evicted before prefixes.")
 @click.option("--seed", default=0, show_default=True)
+@click.option("--daemon", "via_daemon", is_flag=True, help="Ask the running mirod over its control socket (its "
+              "[kv] model and shares apply; --policy and --hot-budget are passed on when given).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object as the last stdout line.")
-def generate(model_name, policy, hot_budget, prompt, prompt_file, max_new_tokens, cold_dir, store_dir, prefix_cap,
-             seed, as_json):
+@click.pass_context
+def generate(ctx, model_name, policy, hot_budget, prompt, prompt_file, max_new_tokens, cold_dir, store_dir, prefix_cap,
+             seed, via_daemon, as_json):
     """Greedy generation through the tiered KV cache."""
     if (prompt is None) == (prompt_file is None):
         raise click.UsageError("give exactly one of --prompt and --prompt-file")
     text = prompt.encode() if prompt is not None else open(prompt_file, "rb").read()
-    from miro_runtime.kv.generate import run_generate
-    try:
-        res = run_generate(model_name, text, max_new_tokens, policy, hot_budget, cold_dir, seed=seed,
-                           store_dir=store_dir, prefix_cap=prefix_cap or None)
-    except ValueError as e:
-        raise click.ClickException(str(e)) from e
+    if via_daemon:
+        src = ctx.get_parameter_source
+        params = {"prompt": text.decode("utf-8", "replace"), "max_new_tokens": max_new_tokens}
+        if src("policy") != click.core.ParameterSource.DEFAULT:
+            params["policy"] = policy
+        if hot_budget:
+            params["hot_budget"] = hot_budget
+        res = _call(ctx, "kv_generate", **params)
+    else:
+        from miro_runtime.kv.generate import run_generate
+        try:
+            res = run_generate(model_name, text, max_new_tokens, policy, hot_budget, cold_dir, seed=seed,
+                               store_dir=store_dir, prefix_cap=prefix_cap or None)
+        except ValueError as e:
+            raise click.ClickException(str(e)) from e
     if as_json:
         click.echo(json.dumps(res))
     else:

@@ -13,6 +13,7 @@ import asyncio
 import base64
 import binascii
 import concurrent.futures
+import functools
 import fcntl
 import grp
 import json
@@ -32,7 +33,8 @@ from .log import EventLog, SyslogPrefixFormatter
 
 log = logging.getLogger("miro.daemon")
 
-READ_ONLY = {"ping", "status", "eval", "predict", "logs", "config_show", "task_list"}
+# kv_generate is inference: it changes no learning state (it may store prompt prefixes in the KV namespace)
+READ_ONLY = {"ping", "status", "eval", "predict", "logs", "config_show", "task_list", "kv_generate"}
 MUTATING = {"ingest", "task_end", "config_set", "config_reload", "profile", "checkpoint", "shutdown"}
 DTYPES = ("uint8", "float32", "float64", "int16", "int32", "int64", "uint16")
 EXIT_ALREADY_RUNNING = 3
@@ -90,6 +92,10 @@ class Daemon:
         self.stopping = None  # an asyncio.Event, made on the loop in main()
         self.pool = concurrent.futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="mirod-io")
         self.predict_pool = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="mirod-predict")
+        self.kv_pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="mirod-kv")
+        from miro_runtime.kv.service import KVService, KVShare  # torch-free until the first generation
+        self.kv = KVService(os.path.join(self.state_dir, "kv"), KVShare(**{
+            k: v for k, v in vars(cfg.kv).items() if k != "enabled"}))
         self.conns = 0
         self.counters = {"requests": 0, "errors": 0, "refused": 0, "connections": 0}
         self.lat = {}  # method -> recent latencies (s), for status and metrics
@@ -198,6 +204,9 @@ class Daemon:
         self.log.close()
         self.pool.shutdown(wait=False, cancel_futures=True)
         self.predict_pool.shutdown(wait=False, cancel_futures=True)
+        # a generation in flight finishes (its cold blocks are deleted); queued ones are cancelled
+        await loop.run_in_executor(None, functools.partial(self.kv_pool.shutdown, wait=True, cancel_futures=True))
+        self.kv.close()
         if not clean:  # the step did not finish in time: the last checkpoint and the store are intact
             os._exit(1)
 
@@ -257,6 +266,8 @@ class Daemon:
         setattr(self.cfg.section(table), key, value)
         if table == "learning" and self.session is not None:
             setattr(self.session.cfg, key, value)
+        if table == "kv" and hasattr(self.kv.share, key):
+            setattr(self.kv.share, key, value)
         if table == "daemon" and key == "log_level":
             self.log.level = value
 
@@ -377,6 +388,7 @@ class Daemon:
 
     async def m_status(self, params):
         st = self.session.status()
+        st["kv"] = {"enabled": self.cfg.kv.enabled, **self.kv.status()}
         st["daemon"] = {"pid": os.getpid(), "uptime_s": round(time.time() - self.started, 3), "socket": self.sock_path,
                         "state_dir": self.state_dir, "logs_dir": self.logs_dir, "open_connections": self.conns,
                         **self.counters}
@@ -512,6 +524,24 @@ class Daemon:
             x, _ = self._arrays(params, need_labels=False)
             return self.session.predict(x, k)
         return await self._run(work, pool=self.predict_pool)
+
+    async def m_kv_generate(self, params):
+        if not self.cfg.kv.enabled:
+            raise P.ProtocolError(P.NOT_READY, "KV generation is off (kv.enabled = false)")
+        unknown = set(params) - {"prompt", "max_new_tokens", "policy", "hot_budget"}
+        if unknown:
+            raise P.ProtocolError(P.INVALID_PARAMS, f"unknown kv_generate params {sorted(unknown)}; known: prompt, "
+                                                    "max_new_tokens, policy, hot_budget")
+        args = (params.get("prompt"), params.get("max_new_tokens", 32), params.get("policy"), params.get("hot_budget"))
+        try:
+            self.kv.check(*args)  # bad input answered at once, not after the queue
+        except ValueError as e:
+            raise P.ProtocolError(P.INVALID_PARAMS, str(e)) from None
+        res = await self._run(self.kv.generate, *args, pool=self.kv_pool)
+        self.log.event("kv_generate", policy=res["policy"], prompt_tokens=res["prompt_tokens"],
+                       new_tokens=res["new_tokens"], tokens_per_s=res["tokens_per_s"], ttft_s=res["ttft_s"],
+                       hot_bytes=res["hot_bytes"], cold_bytes=res["cold_bytes"], prefix_hits=res["prefix_hits"])
+        return res
 
     async def m_checkpoint(self, params):
         return await self._run(self.session.checkpoint)

@@ -3,6 +3,7 @@
     [daemon]    the process: socket, permissions, logs, inbox, metrics, timeouts
     [learning]  the learner: every RunConfig field (strategy, memory, flash_budget, epochs, online, ...)
     [session]   the open-ended session: class cap, snapshots, backlog, the training pause policy
+    [kv]        KV-cache inference over the socket: model, policy, the KV namespace's RAM and flash share
 
 Precedence: defaults < the TOML file < ``<state dir>/overrides.toml`` (what ``miro config set``
 writes) < environment ``MIROD_<TABLE>_<KEY>`` (e.g. ``MIROD_LEARNING_MEMORY=40``). Each value is
@@ -49,13 +50,30 @@ class DaemonSection:
     watchdog: bool = True  # ping systemd's watchdog from the event loop when WATCHDOG_USEC is set
 
 
+KV_POLICIES = ("full", "sink", "h2o", "cascade", "topk")  # kv/policies (named here: this file stays torch-free)
+
+
+@dataclass
+class KVSection:
+    enabled: bool = True  # serve kv_generate on the control socket
+    model: str = "builtin-tiny"  # or a local transformers model directory (the llm extra; policy full only)
+    policy: str = "full"  # a request may ask for another
+    ram_bytes: int = 32 << 20  # the KV namespace's share of RAM: a generation's hot budget (the most a request gets)
+    flash_bytes: int = 256 << 20  # its share of flash: stored prompt prefixes are capped here
+    block_tokens: int = 16
+    max_new_tokens: int = 512  # a request asking for more is refused by name
+    reuse_prefixes: bool = True  # keep prompt prefixes of lossless generations in <state_dir>/kv
+
+
 LIVE = {  # what SIGHUP / config set change in a running daemon; everything else needs a restart
     "daemon": {"log_level", "idle_timeout_s", "max_message_bytes", "inbox_scan_s", "metrics_every_s",
                "shutdown_timeout_s", "max_connections"},
     "learning": {"epochs", "swap_ratio", "checkpoint_every", "monitor_every_s", "miro_budget", "lr"},
     "session": {"snapshot_every", "online_backlog", "pause_ram_floor_mb", "pause_battery_floor",
                 "pause_on_throttle", "ingest_timeout_s"},
+    "kv": {"enabled", "policy", "ram_bytes", "flash_bytes", "max_new_tokens", "reuse_prefixes"},
 }
+TABLES = ("daemon", "learning", "session", "kv")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 CHOICES = {
     ("learning", "strategy"): STRATEGY_NAMES,
@@ -68,6 +86,7 @@ CHOICES = {
     ("learning", "miro_rule"): ("top-half-acc-per-joule", "acc-per-joule", "lowest-energy", "highest-accuracy", "zeus"),
     ("learning", "miro_search"): ("bandit", "grid"),
     ("daemon", "log_level"): LOG_LEVELS,
+    ("kv", "policy"): KV_POLICIES,
 }
 # learning keys that mean nothing to a daemon (its data comes from clients)
 NOT_FOR_DAEMON = {"stream", "tasks", "data_dir", "download", "synthetic", "run_dir"}
@@ -88,22 +107,23 @@ class DaemonConfig:
     daemon: DaemonSection = field(default_factory=DaemonSection)
     learning: RunConfig = field(default_factory=_learning_defaults)
     session: SessionConfig = field(default_factory=SessionConfig)
+    kv: KVSection = field(default_factory=KVSection)
     source: list = field(default_factory=list)  # where values came from (file, overrides, env)
 
     def to_dict(self) -> dict:
         learning = {k: v for k, v in dataclasses.asdict(self.learning).items() if k not in NOT_FOR_DAEMON}
         return {"daemon": dataclasses.asdict(self.daemon), "learning": learning,
-                "session": dataclasses.asdict(self.session)}
+                "session": dataclasses.asdict(self.session), "kv": dataclasses.asdict(self.kv)}
 
     def section(self, name: str):
-        if name not in ("daemon", "learning", "session"):
-            raise ConfigError(f"unknown table [{name}]; tables are daemon, learning, session")
+        if name not in TABLES:
+            raise ConfigError(f"unknown table [{name}]; tables are {', '.join(TABLES)}")
         return getattr(self, name)
 
     def set(self, key: str, raw, origin: str = "set") -> tuple:
         """Set 'table.key' from a TOML value or a string (env, CLI) -> (table, key, old, new)."""
         if "." not in key:
-            raise ConfigError(f"{origin}: key {key!r} must be table.key (daemon.*, learning.*, session.*)")
+            raise ConfigError(f"{origin}: key {key!r} must be table.key (daemon.*, learning.*, session.*, kv.*)")
         table, name = key.split(".", 1)
         sec = self.section(table)
         known = {f.name: f for f in fields(sec)}
@@ -143,6 +163,12 @@ class DaemonConfig:
         for k in ("pause_ram_floor_mb", "pause_battery_floor", "ingest_timeout_s"):
             if getattr(s, k) < 0:
                 problems.append(f"session.{k} must be >= 0, got {getattr(s, k)}")
+        k = self.kv
+        for name in ("ram_bytes", "block_tokens", "max_new_tokens"):
+            if getattr(k, name) < 1:
+                problems.append(f"kv.{name} must be >= 1, got {getattr(k, name)}")
+        if k.flash_bytes < 0:
+            problems.append(f"kv.flash_bytes must be >= 0, got {k.flash_bytes}")
         try:
             self.learning.validate(names="key")
         except ValueError as e:
@@ -187,7 +213,8 @@ def _tname(t) -> str:
 def _apply_table(cfg: DaemonConfig, data: dict, origin: str):
     for table, values in data.items():
         if not isinstance(values, dict):
-            raise ConfigError(f"{origin}: top-level key {table!r} must be a table ([daemon], [learning], [session])")
+            raise ConfigError(f"{origin}: top-level key {table!r} must be a table ([daemon], [learning], [session], "
+                              "[kv])")
         for k, v in values.items():
             cfg.set(f"{table}.{k}", v, origin)
 
@@ -266,7 +293,7 @@ def default_toml() -> str:
     cfg = DaemonConfig()
     out = ["# mirod configuration: every key with its default. Keys marked (live) change on SIGHUP",
            "# or `miro config set`; the others need a restart.", ""]
-    for table in ("daemon", "learning", "session"):
+    for table in TABLES:
         out.append(f"[{table}]")
         for k, v in cfg.to_dict()[table].items():
             live = " # (live)" if k in LIVE[table] else ""

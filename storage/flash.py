@@ -828,6 +828,24 @@ class FlashTier(Tier):
 
         return self._write(job)
 
+    def delete_many(self, namespace, keys) -> int:
+        """Several blobs deleted in one write transaction; how many existed."""
+        ks, db = [blob_key(k) for k in keys], self._blob_db(namespace, False)
+        if db is None or not ks:
+            return 0
+
+        def job(txn):
+            used, n = int(self._meta_get(txn, f"blob/{namespace}/bytes") or 0), 0
+            for k in ks:
+                old = txn.get(k, db=db)
+                if old is not None:
+                    used, n = used - len(old), n + 1
+                    txn.delete(k, db=db)
+            txn.put(f"blob/{namespace}/bytes".encode(), str(used).encode(), db=self._meta)
+            return n, None
+
+        return self._write(job)
+
     def bytes_used(self, namespace):
         if namespace in self._specs:
             return int(self.class_counts(namespace).sum()) * self._specs[namespace].record_bytes

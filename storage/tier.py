@@ -54,6 +54,10 @@ class Tier(ABC):
         for k, v in items:
             self.put(namespace, k, v)
 
+    def delete_many(self, namespace: str, keys) -> int:
+        """Delete several keys; how many existed (tiers with a cheaper batch path override this)."""
+        return sum(bool(self.delete(namespace, k)) for k in keys)
+
     def keys(self, namespace: str) -> list:
         """Every key in a namespace (bytes). Tiers that cannot list say so."""
         raise NotImplementedError(f"{type(self).__name__} cannot list its keys")
