@@ -81,31 +81,44 @@ class TieredKVCache:
         t = torch.from_numpy(arr.copy())
         return t[:n].view(shape), t[n:].view(shape)
 
-    def _fetch(self, layer: int, count: int):
+    def _fetch(self, layer: int, count: int, room: int = 0):
+        """A cold layer's ``count`` full blocks -> (K, V) each (B, Hkv, count * block + room, hd), the
+        last ``room`` tokens left for the tail and the new tokens. Read in one transaction, checked,
+        gathered into one buffer and laid out by one permute into the destination (no cat per block,
+        and no cat with the tail afterwards)."""
         t0 = time.perf_counter()
-        ks, vs, nbytes = [], [], 0
         keys = [self.key(layer, b) for b in range(count)]
-        for key, buf in zip(keys, self.cold.get_many(self.ns, keys)):  # one read transaction on LMDB
+        bufs = self.cold.get_many(self.ns, keys, view=True)  # one read transaction on LMDB; checksums verified
+        B, dtype = self._shape
+        H, bt, hd = self.n_kv_heads, self.block_tokens, self.head_dim
+        per = 2 * B * H * bt * hd * dtype.itemsize
+        flat = bytearray(per * count)
+        for i, (key, buf) in enumerate(zip(keys, bufs)):
             if buf is None:
                 raise KeyError(f"KV block {self.ns}/{key} is missing from the cold tier")
-            k, v = self._decode(buf, f"{self.ns}/{key}")
-            ks.append(k)
-            vs.append(v)
-            nbytes += len(buf)
+            if len(buf) != per:
+                raise ValueError(f"KV block {self.ns}/{key}: {len(buf)} bytes, expected {per}")
+            flat[i * per:(i + 1) * per] = buf
+        tdt = getattr(torch, dtype.name)
+        out = torch.empty(2, B, H, count * bt + room, hd, dtype=tdt)  # (2, B, Hkv, S + room, hd)
+        if count:
+            src = torch.frombuffer(flat, dtype=tdt).view(count, 2, B, H, bt, hd)
+            out[:, :, :, :count * bt].view(2, B, H, count, bt, hd).copy_(src.permute(1, 2, 3, 0, 4, 5))
         with self._lock:
             self.stats["fetches"] += 1
-            self.stats["fetched_bytes"] += nbytes
+            self.stats["fetched_bytes"] += per * count
             self.stats["fetch_s"] += time.perf_counter() - t0
-        return ks, vs
+        return out[0], out[1]
 
     # ------------------------------------------------------------------ the model's calls
     def before_layer(self, layer: int) -> None:
         """Layer ``layer`` is about to compute: start fetching the next cold layer's blocks."""
         nxt = layer + 1
+        room = self.block_tokens  # a decode step's tail and new token fit beside the fetched blocks
         if nxt < self.n_layers and nxt not in self.hot and self._blocks[nxt] and nxt not in self._pending:
-            self._pending[nxt] = (self._blocks[nxt], self._pool.submit(self._fetch, nxt, self._blocks[nxt]))
+            self._pending[nxt] = (self._blocks[nxt], self._pool.submit(self._fetch, nxt, self._blocks[nxt], room))
         if layer == 0 and 0 not in self.hot and self._blocks[0] and 0 not in self._pending:
-            self._pending[0] = (self._blocks[0], self._pool.submit(self._fetch, 0, self._blocks[0]))
+            self._pending[0] = (self._blocks[0], self._pool.submit(self._fetch, 0, self._blocks[0], room))
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor, q: Optional[torch.Tensor] = None):
         """Add T new tokens' keys (before RoPE) and values (B, Hkv, T, hd) -> the (K, V) attention
@@ -239,9 +252,11 @@ class TieredKVCache:
         """Every cached token's (K, V) of one layer, wherever they live (lossless cache)."""
         if layer in self.hot:
             return self._kv[layer]
-        ks, vs = self._fetch(layer, self._blocks[layer]) if self._blocks[layer] else ([], [])
         tk, tv = self._tail[layer]
-        return torch.cat(ks + [tk], dim=2), torch.cat(vs + [tv], dim=2)
+        K, V = self._fetch(layer, self._blocks[layer], tk.shape[2])
+        S = self._blocks[layer] * self.block_tokens
+        K[:, :, S:], V[:, :, S:] = tk, tv
+        return K, V
 
     def capacity_hint(self, n: int) -> int:
         """How many prompt tokens to prefill per chunk: all of them, or what a lossy policy's
@@ -272,37 +287,35 @@ class TieredKVCache:
         self._scores[layer] = pol.accumulate(old, got) if hasattr(pol, "accumulate") else old + got
 
     def _cold_update(self, layer, k, v):
-        count = self._blocks[layer]
-        ks, vs = [], []
+        count, bt, dev = self._blocks[layer], self.block_tokens, k.device
+        tk, tv = self._tail.get(layer, (k[:, :, :0], v[:, :, :0]))
+        nk, nv = torch.cat([tk, k], dim=2), torch.cat([tv, v], dim=2)  # (B, Hkv, tail + T, hd)
+        n = nk.shape[2]
+        K = V = None
         if count:
             pend = self._pending.pop(layer, None)
             t0 = time.perf_counter()
             if pend is not None and pend[0] == count:
-                ks, vs = pend[1].result()  # waits only if the prefetch has not finished
+                K, V = pend[1].result()  # waits only if the prefetch has not finished
             else:
-                ks, vs = self._fetch(layer, count)
+                K, V = self._fetch(layer, count, n)
             self.stats["stall_s"] += time.perf_counter() - t0
-        tk, tv = self._tail.get(layer, (k[:, :, :0], v[:, :, :0]))
-        nk, nv = torch.cat([tk, k], dim=2), torch.cat([tv, v], dim=2)  # (B, Hkv, tail + T, hd)
-        bt = self.block_tokens
-        full = nk.shape[2] // bt
-        dev = k.device
-        ks = [x.to(dev) for x in ks]
-        vs = [x.to(dev) for x in vs]
-        done = []
-        for i in range(full):  # newly completed blocks go down to the cold tier, one transaction
-            bk, bv = nk[:, :, i * bt:(i + 1) * bt], nv[:, :, i * bt:(i + 1) * bt]
-            done.append((self.key(layer, count + i), self._encode(bk, bv)))
-            ks.append(bk)
-            vs.append(bv)
-        if done:
-            self.cold.put_many(self.ns, done)
+        full = n // bt
+        if full:  # newly completed blocks go down to the cold tier, one transaction
+            self.cold.put_many(self.ns, [(self.key(layer, count + i), self._encode(nk[:, :, i * bt:(i + 1) * bt],
+                                                                                  nv[:, :, i * bt:(i + 1) * bt]))
+                                         for i in range(full)])
         self.stats["written_blocks"] += full
         self._blocks[layer] = count + full
         self._tail[layer] = (nk[:, :, full * bt:], nv[:, :, full * bt:])
-        ks.append(self._tail[layer][0])
-        vs.append(self._tail[layer][1])
-        return torch.cat(ks, dim=2), torch.cat(vs, dim=2)
+        if K is None:
+            return nk, nv
+        S = count * bt
+        if K.shape[2] - S < n:  # a prefill chunk larger than the room the prefetch left
+            return torch.cat([K[:, :, :S].to(dev), nk], dim=2), torch.cat([V[:, :, :S].to(dev), nv], dim=2)
+        K, V = K.to(dev), V.to(dev)
+        K[:, :, S:S + n], V[:, :, S:S + n] = nk, nv  # into the room left beside the fetched blocks
+        return K[:, :, :S + n], V[:, :, :S + n]
 
     # ------------------------------------------------------------------ reporting
     def hot_bytes(self) -> int:

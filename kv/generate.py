@@ -20,6 +20,10 @@ from .policies import make_policy
 from .prefix import PrefixStore
 
 BUILTIN = {"builtin-tiny": LlamaConfig()}
+# KV blocks are a cache: everything in them can be recomputed, and each carries a checksum (a prefix
+# block also its sha256), so their LMDB environment commits without fsync -- a crash may lose the
+# last commits, never hand back a wrong block.
+KV_SYNC = "nosync"
 
 
 class Builtin:
@@ -137,7 +141,7 @@ def run_generate(model_name: str, prompt: bytes, max_new_tokens: int, policy: st
             raise ValueError(f"--store keeps prefixes of lossless caches; --policy {policy} evicts tokens")
         if tier is None:
             from miro_runtime.storage import FlashTier
-            tier = FlashTier(store_dir)
+            tier = FlashTier(store_dir, sync_mode=KV_SYNC)
         prefixes = PrefixStore(tier, described, c.n_layers, block_tokens, prefix_cap)
     if policy == "full":
         hot_layers = None
@@ -146,7 +150,7 @@ def run_generate(model_name: str, prompt: bytes, max_new_tokens: int, policy: st
                 from miro_runtime.storage import FlashTier
                 if not cold_dir:
                     tmp = tempfile.TemporaryDirectory(prefix="miro-kv-")
-                tier = FlashTier(cold_dir or tmp.name)
+                tier = FlashTier(cold_dir or tmp.name, sync_mode=KV_SYNC)
             blocks = -(-total // block_tokens)
             fetch_block = measure_fetch(tier, "kv", 2 * c.n_kv_heads * c.head_dim * 4 * block_tokens)
             t0 = time.perf_counter()

@@ -40,8 +40,10 @@ class KVService:
     def _open(self):
         if self._tier is None:
             from miro_runtime.storage import FlashTier
+
+            from .generate import KV_SYNC
             os.makedirs(self.root, exist_ok=True)
-            self._tier = FlashTier(self.root)
+            self._tier = FlashTier(self.root, sync_mode=KV_SYNC)
         if self._model is None or self._model_name != self.share.model:
             from .generate import load_model
             self._model, self._model_name = load_model(self.share.model), self.share.model

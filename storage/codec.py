@@ -153,14 +153,16 @@ def encode_blob(payload: bytes) -> bytes:
     return _BLOB_HEADER.pack(BLOB_MAGIC, VERSION, zlib.crc32(payload)) + payload
 
 
-def decode_blob(buf, key=None) -> bytes:
-    view = memoryview(buf)
-    if len(view) < _BLOB_HEADER.size:
-        raise CorruptRecordError(f"blob {key!r}: {len(view)} bytes, shorter than its header")
-    magic, version, crc = _BLOB_HEADER.unpack_from(view, 0)
-    payload = bytes(view[_BLOB_HEADER.size:])
+def decode_blob(buf, key=None, view: bool = False):
+    """The checked payload: bytes, or with ``view`` a read-only memoryview into ``buf`` (no copy, for
+    callers that copy it where it goes anyway)."""
+    mv = memoryview(buf)
+    if len(mv) < _BLOB_HEADER.size:
+        raise CorruptRecordError(f"blob {key!r}: {len(mv)} bytes, shorter than its header")
+    magic, version, crc = _BLOB_HEADER.unpack_from(mv, 0)
+    payload = mv[_BLOB_HEADER.size:]
     if magic != BLOB_MAGIC or version > VERSION:
         raise CorruptRecordError(f"blob {key!r}: bad magic or version")
     if zlib.crc32(payload) != crc:
         raise CorruptRecordError(f"blob {key!r}: crc32 mismatch")
-    return payload
+    return payload.toreadonly() if view else bytes(payload)

@@ -780,14 +780,15 @@ class FlashTier(Tier):
         k, db = blob_key(key), self._blob_db(namespace, False)
         return db is not None and self._read(lambda txn: txn.get(k, db=db)) is not None
 
-    def get_many(self, namespace, keys) -> list:
-        """Several blobs in one read transaction: [bytes or None] in the order asked."""
+    def get_many(self, namespace, keys, view: bool = False) -> list:
+        """Several blobs in one read transaction: [bytes or None] in the order asked (``view``:
+        read-only memoryviews of the checked payloads, one copy fewer)."""
         db = self._blob_db(namespace, False)
         if db is None:
             return [None] * len(keys)
         ks = [blob_key(k) for k in keys]
         bufs = self._read(lambda txn: [txn.get(k, db=db) for k in ks])
-        return [None if b is None else decode_blob(b, key=f"{namespace}/{k!r}") for k, b in zip(ks, bufs)]
+        return [None if b is None else decode_blob(b, key=f"{namespace}/{k!r}", view=view) for k, b in zip(ks, bufs)]
 
     def put_many(self, namespace, items) -> None:
         """Several (key, value) blobs in one write transaction (one fsync)."""

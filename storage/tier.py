@@ -46,8 +46,9 @@ class Tier(ABC):
     @abstractmethod
     def bytes_used(self, namespace: str) -> int: ...
 
-    def get_many(self, namespace: str, keys) -> list:
-        """[bytes or None] in the order asked (tiers with a cheaper batch path override this)."""
+    def get_many(self, namespace: str, keys, view: bool = False) -> list:
+        """[bytes or None] in the order asked (tiers with a cheaper batch path override this);
+        ``view`` lets a tier answer with read-only memoryviews instead of copies."""
         return [self.get(namespace, k) for k in keys]
 
     def put_many(self, namespace: str, items) -> None:
