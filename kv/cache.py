@@ -258,6 +258,39 @@ class TieredKVCache:
         K[:, :, S:], V[:, :, S:] = tk, tv
         return K, V
 
+    def set_hot(self, hot) -> dict:
+        """Move layers between hot and cold (a re-plan): a demoted layer's full blocks go down to the
+        cold tier in one transaction and its tail stays in RAM; a promoted layer's blocks come back up
+        and leave the tier. Lossless: attention sees the same keys and values either way."""
+        hot = set(hot)
+        if self.policy is not None or self.cold is None:
+            raise ValueError("set_hot moves layers of a lossless cache with a cold tier")
+        bt = self.block_tokens
+        down, up = sorted(self.hot - hot), sorted(hot - self.hot)
+        for layer in down:
+            if layer not in self._kv:  # nothing cached yet
+                continue
+            K, V = self._kv.pop(layer)
+            full = K.shape[2] // bt
+            if full:
+                self.cold.put_many(self.ns, [(self.key(layer, b), self._encode(K[:, :, b * bt:(b + 1) * bt],
+                                                                                V[:, :, b * bt:(b + 1) * bt]))
+                                             for b in range(full)])
+            self.stats["written_blocks"] += full
+            self._blocks[layer] = full
+            self._tail[layer] = (K[:, :, full * bt:].clone(), V[:, :, full * bt:].clone())
+        for layer in up:
+            pend = self._pending.pop(layer, None)
+            if pend is not None:
+                pend[1].result()  # a prefetch in flight: let it finish, its copy is not needed
+            if layer in self._tail:
+                self._kv[layer] = self.layer_kv(layer)
+                self.cold.delete_many(self.ns, [self.key(layer, b) for b in range(self._blocks[layer])])
+                del self._tail[layer]
+            self._blocks[layer] = 0
+        self.hot = hot
+        return {"demoted": down, "promoted": up}
+
     def capacity_hint(self, n: int) -> int:
         """How many prompt tokens to prefill per chunk: all of them, or what a lossy policy's
         per-layer capacity allows (a chunk must fit beside nothing)."""

@@ -15,7 +15,7 @@ import torch
 
 from .cache import TieredKVCache
 from .llama import Llama, LlamaConfig, rope
-from .planner import LayerCost, plan
+from .planner import LayerCost, Replanner
 from .policies import make_policy
 from .prefix import PrefixStore
 
@@ -24,6 +24,7 @@ BUILTIN = {"builtin-tiny": LlamaConfig()}
 # block also its sha256), so their LMDB environment commits without fsync -- a crash may lose the
 # last commits, never hand back a wrong block.
 KV_SYNC = "nosync"
+REPLAN_EVERY = 16  # decode steps between placement solves (a solve takes well under a millisecond)
 
 
 class Builtin:
@@ -134,7 +135,7 @@ def run_generate(model_name: str, prompt: bytes, max_new_tokens: int, policy: st
     ids = torch.tensor([model.encode(prompt)], dtype=torch.long)  # (1, T)
     total = ids.shape[1] + max_new_tokens
     layer_bytes = 2 * c.n_kv_heads * c.head_dim * 4 * total  # K and V, float32, batch 1, at full length
-    tmp, placement, prefixes = None, None, None
+    tmp, placement, prefixes, replanner, moves = None, None, None, None, []
     cold_dir = cold_dir or store_dir
     if store_dir or (reuse_prefixes and tier is not None):
         if policy != "full":
@@ -151,18 +152,24 @@ def run_generate(model_name: str, prompt: bytes, max_new_tokens: int, policy: st
                 if not cold_dir:
                     tmp = tempfile.TemporaryDirectory(prefix="miro-kv-")
                 tier = FlashTier(cold_dir or tmp.name, sync_mode=KV_SYNC)
-            blocks = -(-total // block_tokens)
             fetch_block = measure_fetch(tier, "kv", 2 * c.n_kv_heads * c.head_dim * 4 * block_tokens)
             t0 = time.perf_counter()
             model.forward(ids[:, :1], 0, None)
             compute = (time.perf_counter() - t0) / c.n_layers  # one layer at one token, measured
-            costs = [LayerCost(layer_bytes, fetch_block * blocks, compute) for _ in range(c.n_layers)]
+
+            def costs_for(tokens):  # every layer's KV at ``tokens``, and the fetch of all its blocks
+                nbytes = 2 * c.n_kv_heads * c.head_dim * 4 * tokens
+                return [LayerCost(nbytes, fetch_block * -(-tokens // block_tokens), compute)
+                        for _ in range(c.n_layers)]
             # cold layers keep their unfinished tail block in RAM: reserve that before placing layers
             tails = c.n_layers * 2 * c.n_kv_heads * c.head_dim * 4 * (block_tokens - 1)
             if hot_budget < tails:
                 raise ValueError(f"--hot-budget {hot_budget} B is below what the cold layers' tail blocks need "
                                  f"({tails} B at --block-tokens {block_tokens})")
-            placement = plan(costs, hot_budget - tails)
+            # planned for the next REPLAN_EVERY tokens, solved again as the sequence grows: early on more
+            # layers stay hot, later they go down as their KV outgrows the budget
+            replanner = Replanner(grow_tokens=REPLAN_EVERY)
+            placement = replanner.get(costs_for, hot_budget - tails, ids.shape[1] + REPLAN_EVERY)
             hot_layers = placement.hot
         cache = model.make_cache(cold=tier, hot_layers=hot_layers, block_tokens=block_tokens)
     else:
@@ -190,20 +197,29 @@ def run_generate(model_name: str, prompt: bytes, max_new_tokens: int, policy: st
         if prefixes is not None:  # after the first token: storing is not on the user's critical path
             prefixes.store(ids[0].tolist(), kv.layer_kv)
         t1 = time.perf_counter()
+        peak = kv.hot_bytes()
         for _ in range(max_new_tokens - 1):
+            if replanner is not None and kv.seen % REPLAN_EVERY == 0:
+                new = replanner.get(costs_for, hot_budget - tails, kv.seen + REPLAN_EVERY)
+                if set(new.hot) != kv.hot:
+                    moves.append({"at_token": kv.seen, **kv.set_hot(new.hot)})
+                placement = new
             logits = model.forward(torch.tensor([[out[-1]]]), kv.seen, cache)
             out.append(int(logits[0, -1].argmax()))
+            peak = max(peak, kv.hot_bytes())
         decode_s = time.perf_counter() - t1
         res = {"model": described, "policy": policy, "prompt_tokens": int(ids.shape[1]), "new_tokens": len(out),
                "text": model.decode(out), "tokens": out, "ttft_s": ttft,
                "tokens_per_s": (len(out) - 1) / decode_s if decode_s > 0 and len(out) > 1 else None,
-               "hot_bytes": kv.hot_bytes(), "cold_bytes": kv.cold_bytes(), "hot_budget": hot_budget or None,
+               "hot_bytes": kv.hot_bytes(), "peak_hot_bytes": peak, "cold_bytes": kv.cold_bytes(),
+               "hot_budget": hot_budget or None,
                "prefix_hits": hits, "prefix_tokens_reused": done, "kv_stats": dict(kv.stats)}
         if prefixes is not None:
             res["prefix_store"] = dict(prefixes.stats)
         if placement is not None:
             res["placement"] = {"hot_layers": list(placement.hot), "cold_layers": list(placement.cold),
                                 "predicted_stall_s": placement.stall_s, "method": placement.method,
+                                "solves": replanner.solves, "moves": moves,
                                 "costs": "fetch measured on the LMDB tier at start-up, compute on one token"}
         return res
     finally:

@@ -61,6 +61,43 @@ def test_chunked_prefill_matches_one_shot(model):
     assert torch.allclose(out[:, -1], ref, atol=1e-5)
 
 
+def test_moving_layers_between_hot_and_cold_mid_generation_stays_lossless(model, reference, tmp_path):
+    """What a re-plan does: layers go down to the LMDB tier and come back up between decode steps."""
+    prompt, want = reference
+    tier = FlashTier(str(tmp_path / "kv"))
+    cache = TieredKVCache(CFG.n_layers, CFG.n_kv_heads, CFG.head_dim, cold=tier, hot_layers=[0, 1, 2, 3],
+                          block_tokens=8)
+    try:
+        out = []
+        with torch.no_grad():
+            logits = model(prompt, 0, cache)
+            for i in range(20):
+                nxt = logits[:, -1].argmax(-1, keepdim=True)
+                out.append(nxt)
+                if i == 5:
+                    assert cache.set_hot([0, 2]) == {"demoted": [1, 3], "promoted": []}
+                    assert cache.cold_bytes() > 0 and tier.bytes_used("kv") >= cache.cold_bytes()
+                if i == 12:
+                    assert cache.set_hot([0, 1, 2]) == {"demoted": [], "promoted": [1]}
+                logits = model(nxt, cache.seen, cache)
+        assert torch.equal(torch.cat(out, dim=1), want)
+        assert cache.hot == {0, 1, 2} and cache._blocks[1] == 0  # promoted: its blocks left the tier
+    finally:
+        cache.close()
+        tier.close()
+
+
+def test_generation_replans_as_the_sequence_grows_within_the_budget():
+    from miro_runtime.kv.generate import run_generate
+    prompt = b"a forty-byte prompt for the re-planner.."
+    want = run_generate("builtin-tiny", prompt, 120)["tokens"]
+    per_layer_token = 2 * 2 * 32 * 4  # builtin-tiny: K and V, 2 KV heads of 32, float32
+    budget = 4 * per_layer_token * 15 + 3 * per_layer_token * 56  # tails, then three layers at 56 tokens
+    got = run_generate("builtin-tiny", prompt, 120, hot_budget=budget)
+    assert got["tokens"] == want and got["peak_hot_bytes"] <= budget  # at every decode step
+    assert got["placement"]["solves"] > 4 and got["cold_bytes"] > 0  # solved again as the sequence grew
+
+
 def test_cold_layers_need_a_tier():
     with pytest.raises(ValueError, match="cold tier"):
         TieredKVCache(2, 1, 8, hot_layers=[0])
