@@ -192,7 +192,8 @@ class TieredKVCache:
             done.append((self.key(layer, b), self._encode(bk, bv)))
             hot[b] = (bk, bv)
             pos = torch.arange(b * bt, (b + 1) * bt, device=dev)
-            reps.append(self.rope(bk, pos).mean(dim=2, keepdim=True))  # (B, Hkv, 1, hd)
+            rk = self.rope(bk, pos)  # (B, Hkv, bt, hd)
+            reps.append(torch.stack([rk.amax(dim=2), rk.amin(dim=2)], dim=2)[:, :, None])  # (B, Hkv, 1, 2, hd)
         if done:
             self.cold.put_many(self.ns, done)
         self.stats["written_blocks"] += full
@@ -200,7 +201,7 @@ class TieredKVCache:
         self._blocks[layer] = N
         self._tail[layer] = (nk[:, :, full * bt:], nv[:, :, full * bt:])
         if reps:
-            self._reps[layer] = torch.cat(reps, dim=2)  # (B, Hkv, N, hd)
+            self._reps[layer] = torch.cat(reps, dim=2)  # (B, Hkv, N, 2, hd): per block, max and min
         sinks = list(range(min(pol.sinks, N)))
         first_recent = max(len(sinks), min(count, N - pol.recent))  # every block this chunk touched is recent
         recent = list(range(first_recent, N))
@@ -217,9 +218,10 @@ class TieredKVCache:
                              f"blocks and block representatives need {fixed} B, more than its share {share} B")
         since = self._since.get(layer, 0)
         chosen = [b for b in self._chosen.get(layer, []) if b in candidates][:k_eff]
-        if since % pol.refresh == 0:  # re-choose every few steps; between, keep what is hot
+        if T > 1 or since % pol.refresh == 0:  # a prefill chunk chooses for its queries; decoding every few steps
             qpos = torch.arange(self.seen, self.seen + T, device=dev)
             chosen = select_blocks(self.rope(q, qpos), self._reps[layer], candidates, k_eff, pol.group)
+            since = 0
         self._since[layer] = since + 1
         self._chosen[layer] = chosen
         want = set(sinks) | set(recent) | set(chosen)
@@ -296,10 +298,12 @@ class TieredKVCache:
         per-layer capacity allows (a chunk must fit beside nothing)."""
         if self.policy is None:
             return n
-        if getattr(self.policy, "stores_all", False):  # topk: a chunk's blocks beside sinks, tail, >= 1 chosen
-            bt, pol = self.block_tokens, self.policy
-            block_bytes = 2 * (self._shape[0] if self._shape else 1) * self.n_kv_heads * bt * self.head_dim * 4
-            room = self.hot_budget // self.n_layers // block_bytes - pol.sinks - 2
+        if getattr(self.policy, "stores_all", False):  # topk: a chunk's blocks beside sinks, recent, tail,
+            bt, pol = self.block_tokens, self.policy      # the representatives at n tokens and >= 1 chosen block
+            B = self._shape[0] if self._shape else 1
+            block_bytes = 2 * B * self.n_kv_heads * bt * self.head_dim * 4
+            reps = -(-(self.seen + n) // bt) * 2 * B * self.n_kv_heads * self.head_dim * 4
+            room = (self.hot_budget // self.n_layers - reps) // block_bytes - pol.sinks - pol.recent - 2
             return max(1, min(n, bt * max(1, min(pol.k // 2, room))))
         per_token = 2 * self.n_kv_heads * self.head_dim * 4 * (self._shape[0] if self._shape else 1)
         cap = self.capacity or self.hot_budget // (self.n_layers * per_token)

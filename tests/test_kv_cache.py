@@ -134,7 +134,7 @@ def test_lossy_policies_equal_full_while_everything_fits(model, reference, polic
 @pytest.mark.parametrize("policy", LOSSY)
 def test_hot_memory_never_exceeds_the_budget_and_masks_stay_causal(model, policy, monkeypatch):
     per_token = 2 * CFG.n_kv_heads * CFG.head_dim * 4 * CFG.n_layers  # batch 1
-    budget = per_token * 48 + 100
+    budget = per_token * (64 if policy == "topk" else 48) + 100  # topk's block bounds take their share too
     cache = lossy_cache(policy, budget)
     seen_masks = []
     real_update = cache.update
@@ -197,13 +197,20 @@ def test_policies_keep_what_their_papers_keep():
     c.keep(torch.arange(3), torch.zeros(3), 4)  # sizes: level 0 two slots (+1 carry slot)
     c.keep(torch.arange(4), torch.tensor([0.0, 9.0, 0.0, 0.0]), 4)  # token 0 is carried; 1 (heavy) arrives next
     assert list(c.sub[1]) == [1]
-    # topk: the block whose representative matches the query wins, searched group first
-    reps = torch.zeros(1, 1, 8, 4)
-    reps[0, 0, 5] = torch.tensor([1.0, 0, 0, 0])
-    reps[0, 0, 2] = torch.tensor([0.5, 0, 0, 0])
+    # topk: the block whose bound (per-channel max and min of its keys) matches the query wins, groups first
+    reps = torch.zeros(1, 1, 9, 2, 4)
+    reps[0, 0, 5, 0] = torch.tensor([1.0, 0, 0, 0])
+    reps[0, 0, 2, 0] = torch.tensor([0.5, 0, 0, 0])
+    reps[0, 0, 7, 1] = torch.tensor([0, -3.0, 0, 0])  # a large negative key channel: a match for a negative query
     q = torch.tensor([1.0, 0, 0, 0]).view(1, 1, 1, 4)
-    assert select_blocks(q, reps, list(range(8)), 1, 2) == [5]
-    assert select_blocks(q, reps, list(range(8)), 2, 2) == [2, 5]
+    assert select_blocks(q, reps, list(range(9)), 1, 2) == [5]
+    assert select_blocks(q, reps, list(range(9)), 2, 2) == [2, 5]
+    assert select_blocks(-q.roll(1, -1), reps, list(range(9)), 1, 2) == [7]
+    # the bound holds: no key of a block scores above it
+    keys = torch.randn(1, 1, 16, 4)
+    bound = torch.stack([keys.amax(dim=2), keys.amin(dim=2)], dim=2)  # (1, 1, 2, 4)
+    qq = torch.randn(4)
+    assert float((keys[0, 0] @ qq).max()) <= float(torch.maximum(qq * bound[0, 0, 0], qq * bound[0, 0, 1]).sum()) + 1e-6
     with pytest.raises(ValueError, match="unknown KV policy"):
         make_policy("lru")
 
