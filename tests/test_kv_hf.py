@@ -4,8 +4,6 @@ decoder (exported to a ``LlamaForCausalLM`` directory) and a random-init ``Llama
 layers' KV in a real LMDB flash tier."""
 
 import json
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -72,15 +70,20 @@ def test_random_init_llama_for_causal_lm_with_cold_layers(tmp_path):
 
 
 def test_miro_kv_generate_runs_a_local_model_directory(builtin_dir, tmp_path):
+    from click.testing import CliRunner
+
+    from miro_runtime.cli import main
     m, d = builtin_dir
     prompt = "local models only"
     ref = generate(m, torch.tensor([list(prompt.encode())]), 12)[0].tolist()
-    r = subprocess.run([sys.executable, "-m", "miro_runtime.cli", "kv", "generate", "--model", d, "--prompt", prompt,
-                        "--max-new-tokens", "12", "--hot-budget", "25000", "--cold-dir", str(tmp_path / "kv"),
-                        "--json"], capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0, r.stderr
-    out = json.loads(r.stdout.strip().splitlines()[-1])
+    # in-process (the CLI's own code; transformers is already imported here, a subprocess would re-import it)
+    r = CliRunner().invoke(main, ["kv", "generate", "--model", d, "--prompt", prompt, "--max-new-tokens", "12",
+                                  "--hot-budget", "25000", "--cold-dir", str(tmp_path / "kv"), "--json"])
+    assert r.exit_code == 0, r.output
+    out = json.loads([line for line in r.stdout.splitlines() if line.startswith("{")][-1])
     assert out["tokens"] == ref and out["placement"]["cold_layers"] and out["cold_bytes"] > 0
-    bad = subprocess.run([sys.executable, "-m", "miro_runtime.cli", "kv", "generate", "--model", str(tmp_path),
-                          "--prompt", "x"], capture_output=True, text=True, timeout=120)
-    assert bad.returncode != 0 and "no config.json" in bad.stderr
+    bad = CliRunner().invoke(main, ["kv", "generate", "--model", str(tmp_path), "--prompt", "x"])
+    assert bad.exit_code != 0 and "no config.json" in bad.output
+    lossy = CliRunner().invoke(main, ["kv", "generate", "--model", d, "--prompt", "x", "--policy", "h2o",
+                                      "--hot-budget", "9000"])
+    assert lossy.exit_code != 0 and "only --policy full" in lossy.output
