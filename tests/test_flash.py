@@ -115,7 +115,7 @@ READER = textwrap.dedent("""
         for sid, r in zip(pick, f.get_samples("samples", pick)):
             assert r is not None and r.sample_id == sid and (r.array == sid % 251).all(), sid
             checked += 1
-        if checked >= 3000 and len(sizes) >= 10:
+        if checked >= 1000 and len(sizes) >= 10:
             break
     print(json.dumps({{"checked": checked, "sizes": len(sizes), "map": f.env.info()["map_size"]}}))
 """)
@@ -136,7 +136,7 @@ def test_concurrent_reader_process_during_writes_and_map_growth(tmp_path):
     out, err = reader.communicate(timeout=60)
     assert reader.returncode == 0, err
     got = json.loads(out.strip().splitlines()[-1])
-    assert got["checked"] >= 3000 and got["sizes"] >= 10  # it read while the store grew under it
+    assert got["checked"] >= 1000 and got["sizes"] >= 10  # it read while the store grew under it
     assert f.env.info()["map_size"] > map0
     assert got["map"] > map0  # the reader followed the writer's map growth
     f.close()
