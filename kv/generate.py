@@ -60,6 +60,7 @@ class HFModel:
     def __init__(self, path: str):
         from .hf import load_local
         self.model, self.tok = load_local(path)
+        self._cache_arg = None
         self.described = f"transformers {type(self.model).__name__} at {os.path.abspath(path)}"
         c = self.model.config.get_text_config(decoder=True)
         self.n_layers = c.num_hidden_layers
@@ -87,7 +88,11 @@ class HFModel:
         cache.layers[layer].update(K, V)
 
     def forward(self, ids, start: int, cache):
-        return self.model(input_ids=ids, past_key_values=cache, use_cache=True).logits
+        if self._cache_arg is None:  # transformers 5.x renamed past_key_values to cache; either works
+            import inspect
+            self._cache_arg = "cache" if "cache" in inspect.signature(self.model.forward).parameters \
+                else "past_key_values"
+        return self.model(input_ids=ids, use_cache=True, **{self._cache_arg: cache}).logits
 
 
 def load_model(name: str, seed: int = 0):

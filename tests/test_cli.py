@@ -51,18 +51,26 @@ def test_readable_output_and_inspect(tmp_path):
 
 
 def test_bad_flags_are_clear_errors(tmp_path):
-    r = miro("run", "--swap-ratio", "2", "--run-dir", str(tmp_path / "a"))
-    assert r.returncode != 0 and "swap ratio must lie in [0, 1], got 2.0" in r.stderr
-    r = miro("run", "--stream", "mnist", "--run-dir", str(tmp_path / "b"))
-    assert r.returncode != 0 and "--data-dir" in r.stderr and "Traceback" not in r.stderr
-    r = miro("run", "--miro-battery-floor", "-1", "--run-dir", str(tmp_path / "c"))
-    assert r.returncode != 0 and "miro_battery_floor must be >= 0, got -1.0" in r.stderr
-    r = miro("run", "--threads", "-2", "--run-dir", str(tmp_path / "d"))
-    assert r.returncode != 0 and "threads must be >= 0" in r.stderr
-    r = miro("run", "--resume", "--run-dir", str(tmp_path / "none"))
-    assert r.returncode != 0 and "no run to resume" in r.stderr
-    r = miro("inspect", str(tmp_path / "none"))
-    assert r.returncode != 0 and "no flash store" in r.stderr
+    from click.testing import CliRunner
+
+    from miro_runtime.cli import main
+
+    def run(*args):  # in-process: the CLI's own code and output, without a torch import per case
+        r = CliRunner().invoke(main, list(args))
+        assert r.exception is None or isinstance(r.exception, SystemExit), r.exception  # no unhandled error
+        return r.exit_code, r.output
+    code, out = run("run", "--swap-ratio", "2", "--run-dir", str(tmp_path / "a"))
+    assert code != 0 and "swap ratio must lie in [0, 1], got 2.0" in out
+    code, out = run("run", "--stream", "mnist", "--run-dir", str(tmp_path / "b"))
+    assert code != 0 and "--data-dir" in out
+    code, out = run("run", "--miro-battery-floor", "-1", "--run-dir", str(tmp_path / "c"))
+    assert code != 0 and "miro_battery_floor must be >= 0, got -1.0" in out
+    code, out = run("run", "--threads", "-2", "--run-dir", str(tmp_path / "d"))
+    assert code != 0 and "threads must be >= 0" in out
+    code, out = run("run", "--resume", "--run-dir", str(tmp_path / "none"))
+    assert code != 0 and "no run to resume" in out
+    r = miro("inspect", str(tmp_path / "none"))  # one real process: what a user's shell sees
+    assert r.returncode != 0 and "no flash store" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_sigkill_then_resume_is_the_run_that_never_stopped(tmp_path):

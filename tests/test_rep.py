@@ -282,7 +282,7 @@ def test_bad_options_are_named_before_anything_is_written(pretrained, tmp_path):
 @pytest.mark.parametrize("strategy", ["rep-l2p"])
 def test_sigkill_then_resume_is_the_run_that_never_stopped(pretrained, tmp_path, strategy):
     path, _ = pretrained
-    args = ["run", "--strategy", strategy, "--backbone", path, "--classes", "5-9", "--tasks", "2", "--epochs", "3",
+    args = ["run", "--strategy", strategy, "--backbone", path, "--classes", "5-9", "--tasks", "2", "--epochs", "2",
             "--checkpoint-every", "7", "--json"]
     full = miro(*args, "--run-dir", str(tmp_path / "full"))
     assert full.returncode == 0, full.stderr
