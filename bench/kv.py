@@ -347,9 +347,12 @@ def render(r) -> str:
                   f"{p['planner_vs_first_layers']:.2f}x tokens/s; predicted stall {p['planner_stall_s'] * 1e3:.2f} ms "
                   f"vs {p['first_layers_stall_s'] * 1e3:.2f} ms per step (costs: an LMDB block read and a layer's "
                   "compute measured at start-up, with uneven per-layer factors so that placement matters). Where we "
-                  "lose: the planner's stall model lets each cold layer's fetch start when the layer before it "
-                  "starts, but the prefetch thread is serial, so runs of consecutive cold layers queue, which the "
-                  "model does not see.", ""]
+                  "lose: the predicted difference between placements (a few ms of a ~35 ms step) is smaller than "
+                  "the spread between runs on this shared 2-core machine, so the measured order of `planner`, "
+                  "`half-lmdb` and `first-layers` changes from run to run; and the stall model counts only the "
+                  "fetch time that compute does not hide, not the CPU, memory bandwidth and GIL time the fetch "
+                  "thread takes from the compute thread, which is what a cold layer costs here even when its "
+                  "fetch is hidden.", ""]
     if "latency" in r:
         q = r["latency"]
         lines += [f"**2. Policies at long contexts** ({q['model']}; prefill in chunks -- 1024 tokens for `full`, "
