@@ -125,7 +125,7 @@ def measure_fetch(tier, ns: str, block_bytes: int, n: int = 5) -> float:
 def run_generate(model_name: str, prompt: bytes, max_new_tokens: int, policy: str = "full",
                  hot_budget: int = 0, cold_dir: str = "", block_tokens: int = 16, seed: int = 0,
                  store_dir: str = "", prefix_cap: Optional[int] = None, tier=None, model=None,
-                 reuse_prefixes: bool = False) -> dict:
+                 reuse_prefixes: bool = False, policy_opts: Optional[dict] = None) -> dict:
     """``store_dir``: a persistent LMDB directory for cold layers and reusable prompt prefixes.
     A long-lived caller (the daemon) passes its own open ``tier`` and loaded ``model`` instead;
     ``reuse_prefixes`` then keeps prefixes in that tier, and this generation's cold blocks are
@@ -134,6 +134,7 @@ def run_generate(model_name: str, prompt: bytes, max_new_tokens: int, policy: st
         raise ValueError(f"--max-new-tokens must be >= 1, got {max_new_tokens}")
     if not prompt:
         raise ValueError("the prompt is empty")
+    pol = make_policy(policy, **(policy_opts or {}))  # bad options named before anything is loaded
     model = model or load_model(model_name, seed)
     described, c = model.described, model
     owned_tier = tier is None
@@ -180,7 +181,7 @@ def run_generate(model_name: str, prompt: bytes, max_new_tokens: int, policy: st
     else:
         if not hot_budget:
             raise ValueError(f"--policy {policy} needs --hot-budget BYTES")
-        cache = model.make_cache(policy=make_policy(policy), hot_budget=hot_budget, block_tokens=block_tokens)
+        cache = model.make_cache(policy=pol, hot_budget=hot_budget, block_tokens=block_tokens)
     kv = getattr(cache, "tiered", cache)  # a transformers Cache wraps the TieredKVCache
     try:
         t0 = time.perf_counter()

@@ -774,6 +774,9 @@ def kv():
               help="builtin-tiny (random weights) | a local transformers model directory (llm extra; "
               "--policy full only)")
 @click.option("--policy", default="full", show_default=True, help="full | sink | h2o | cascade | topk")
+@click.option("--policy-opt", "policy_opts", multiple=True, metavar="KEY=VALUE",
+              help="A policy's own option, repeatable: sink: sinks; h2o: recent; cascade: sinks, levels, beta; "
+              "topk: k, group, refresh, sinks, recent (blocks).")
 @click.option("--hot-budget", default=0, show_default=True, type=click.IntRange(min=0),
               help="Bytes of KV in hot memory (0: all hot). full: the planner puts the rest in the LMDB tier.")
 @click.option("--prompt", default=None, help="The prompt text (bytes are the built-in model's tokens).")
@@ -789,13 +792,16 @@ def kv():
               "[kv] model and shares apply; --policy and --hot-budget are passed on when given).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object as the last stdout line.")
 @click.pass_context
-def generate(ctx, model_name, policy, hot_budget, prompt, prompt_file, max_new_tokens, cold_dir, store_dir, prefix_cap,
-             seed, via_daemon, as_json):
+def generate(ctx, model_name, policy, policy_opts, hot_budget, prompt, prompt_file, max_new_tokens, cold_dir, store_dir,
+             prefix_cap, seed, via_daemon, as_json):
     """Greedy generation through the tiered KV cache."""
     if (prompt is None) == (prompt_file is None):
         raise click.UsageError("give exactly one of --prompt and --prompt-file")
     text = prompt.encode() if prompt is not None else open(prompt_file, "rb").read()
     if via_daemon:
+        if policy_opts:
+            raise click.UsageError("--policy-opt applies to in-process generation; the daemon uses the policy's "
+                                   "defaults")
         src = ctx.get_parameter_source
         params = {"prompt": text.decode("utf-8", "replace"), "max_new_tokens": max_new_tokens}
         if src("policy") != click.core.ParameterSource.DEFAULT:
@@ -805,9 +811,11 @@ def generate(ctx, model_name, policy, hot_budget, prompt, prompt_file, max_new_t
         res = _call(ctx, "kv_generate", **params)
     else:
         from miro_runtime.kv.generate import run_generate
+        from miro_runtime.kv.policies import parse_options
         try:
             res = run_generate(model_name, text, max_new_tokens, policy, hot_budget, cold_dir, seed=seed,
-                               store_dir=store_dir, prefix_cap=prefix_cap or None)
+                               store_dir=store_dir, prefix_cap=prefix_cap or None,
+                               policy_opts=parse_options(policy, policy_opts))
         except ValueError as e:
             raise click.ClickException(str(e)) from e
     if as_json:

@@ -227,8 +227,8 @@ def test_miro_kv_generate_reports_and_stays_lossless_with_cold_layers(tmp_path):
     assert cold["tokens"] == hot["tokens"] and cold["cold_bytes"] > 0 and hot["cold_bytes"] == 0
     assert cold["placement"]["cold_layers"] and cold["hot_bytes"] <= 70000
     r = subprocess.run([sys.executable, "-m", "miro_runtime.cli", "kv", "generate", "--policy", "h2o",
-                        "--hot-budget", "40000", "--prompt", prompt.decode(), "--max-new-tokens", "40", "--json"],
-                       capture_output=True, text=True, timeout=120)
+                        "--policy-opt", "recent=8", "--hot-budget", "40000", "--prompt", prompt.decode(),
+                        "--max-new-tokens", "40", "--json"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout.strip().splitlines()[-1])
     for k in ("tokens_per_s", "ttft_s", "hot_bytes", "cold_bytes", "prefix_hits", "text"):
@@ -237,6 +237,14 @@ def test_miro_kv_generate_reports_and_stays_lossless_with_cold_layers(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "miro_runtime.cli", "kv", "generate", "--prompt", "x",
                           "--hot-budget", "100"], capture_output=True, text=True, timeout=120)
     assert bad.returncode != 0 and "--hot-budget 100 B is below" in bad.stderr
+    from miro_runtime.kv.policies import parse_options
+    assert parse_options("cascade", ["levels=3", "beta=0.5"]) == {"levels": 3, "beta": 0.5}
+    for pairs, needle in [(["window=3"], "not an option of --policy sink"), (["sinks=x"], "sinks='x': must be int"),
+                          (["sinks"], "give KEY=VALUE")]:
+        with pytest.raises(ValueError, match=needle):
+            parse_options("sink", pairs)
+    with pytest.raises(ValueError, match="full takes no options"):
+        run_generate("builtin-tiny", prompt, 4, policy_opts={"k": 2})
 
 
 # ---------------------------------------------------------------- persistent prefix reuse

@@ -13,10 +13,36 @@ POLICIES = {"sink": Sink, "h2o": H2O, "cascade": Cascade, "topk": TopK}
 
 def make_policy(name: str, **kw):
     if name == "full":
+        if kw:
+            raise ValueError(f"--policy full takes no options, got {sorted(kw)}")
         return None
     if name not in POLICIES:
         raise ValueError(f"unknown KV policy {name!r}; choose full or one of {sorted(POLICIES)}")
     return POLICIES[name](**kw)
 
 
-__all__ = ["Sink", "H2O", "Cascade", "TopK", "POLICIES", "make_policy"]
+def parse_options(name: str, pairs) -> dict:
+    """``--policy-opt KEY=VALUE`` pairs -> keyword arguments of the policy, typed like its defaults;
+    a ValueError naming the key otherwise (a policy's knobs live with the policy)."""
+    import inspect
+    if not pairs:
+        return {}
+    if name not in POLICIES:
+        raise ValueError(f"--policy-opt: --policy {name} takes no options")
+    params = {k: p.default for k, p in inspect.signature(POLICIES[name].__init__).parameters.items() if k != "self"}
+    out = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep:
+            raise ValueError(f"--policy-opt {pair!r}: give KEY=VALUE")
+        if key not in params:
+            raise ValueError(f"--policy-opt {key}: not an option of --policy {name}; its options are "
+                             f"{', '.join(sorted(params))}")
+        try:
+            out[key] = type(params[key])(raw)
+        except ValueError:
+            raise ValueError(f"--policy-opt {key}={raw!r}: must be {type(params[key]).__name__}") from None
+    return out
+
+
+__all__ = ["Sink", "H2O", "Cascade", "TopK", "POLICIES", "make_policy", "parse_options"]
