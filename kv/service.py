@@ -44,6 +44,11 @@ class KVService:
             from .generate import KV_SYNC
             os.makedirs(self.root, exist_ok=True)
             self._tier = FlashTier(self.root, sync_mode=KV_SYNC)
+            # cold blocks belong to one generation: any found now were left by a process that died in one
+            stale = self._tier.keys("kv")
+            if stale:
+                self._tier.delete_many("kv", stale)
+                self.counters["stale_blocks_deleted"] = len(stale)
         if self._model is None or self._model_name != self.share.model:
             from .generate import load_model
             self._model, self._model_name = load_model(self.share.model), self.share.model

@@ -204,9 +204,16 @@ class Daemon:
         self.log.close()
         self.pool.shutdown(wait=False, cancel_futures=True)
         self.predict_pool.shutdown(wait=False, cancel_futures=True)
-        # a generation in flight finishes (its cold blocks are deleted); queued ones are cancelled
-        await loop.run_in_executor(None, functools.partial(self.kv_pool.shutdown, wait=True, cancel_futures=True))
-        self.kv.close()
+        # a generation in flight may finish within the same bound (its cold blocks are deleted); queued ones
+        # are cancelled. One still running after that is abandoned: KV is a cache, and the next start
+        # deletes the cold blocks it leaves.
+        try:
+            await asyncio.wait_for(loop.run_in_executor(None, functools.partial(
+                self.kv_pool.shutdown, wait=True, cancel_futures=True)), self.cfg.daemon.shutdown_timeout_s)
+            self.kv.close()
+        except asyncio.TimeoutError:
+            log.warning("a KV generation was still running at shutdown: abandoned")
+            os._exit(0 if clean else 1)  # its worker thread would otherwise hold the interpreter's exit
         if not clean:  # the step did not finish in time: the last checkpoint and the store are intact
             os._exit(1)
 

@@ -49,6 +49,9 @@ def test_generation_over_the_socket_within_the_kv_share(tmp_path):
         d.call("config_set", key="kv.policy", value="full")
     finally:
         assert d.kill(signal.SIGTERM) == 0
+    from miro_runtime.storage import FlashTier
+    with FlashTier(str(tmp_path / "s" / "kv")) as t:  # what a daemon killed mid-generation leaves behind
+        t.put("kv", "builtin/L0/B0", bytes(4096))
     d = Mirod(tmp_path / "s").start()  # a restart: the stored prefixes are still used (shares from overrides)
     try:
         r = subprocess.run([PY, "-m", "miro_runtime.cli", "--socket", d.sock, "kv", "generate", "--daemon",
@@ -58,6 +61,8 @@ def test_generation_over_the_socket_within_the_kv_share(tmp_path):
         out = json.loads(r.stdout.strip().splitlines()[-1])
         assert out["tokens"] == want and out["prefix_hits"] == (len(PROMPT) - 1) // 16
         assert any(e.get("event") == "kv_generate" for e in d.logs())
+        st = d.call("status")["kv"]
+        assert st["stale_blocks_deleted"] == 1 and st["flash_cold_bytes"] == 0
     finally:
         assert d.kill(signal.SIGTERM) == 0
 
