@@ -80,9 +80,7 @@ class HFModel:
             raise ValueError(f"--policy {policy.name}: a transformers model hands the cache keys after RoPE, so "
                              "only --policy full (lossless, with cold layers) runs on --model PATH")
         from .hf import TieredCache
-        cache = TieredCache(self.model.config, **{k: v for k, v in kw.items() if k != "hot_budget"})
-        cache.seen = 0
-        return cache
+        return TieredCache(self.model.config, **{k: v for k, v in kw.items() if k != "hot_budget"})
 
     def feed(self, cache, layer: int, K, V) -> None:
         cache.layers[layer].update(K, V)

@@ -81,7 +81,6 @@ class KVService:
             self.counters["requests"] += 1
             try:
                 tier, model = self._open()
-                stored = self._tier.bytes_used("kvprefix")
                 # cold layers of this generation must fit the flash share beside the stored prefixes
                 layer_bytes = 2 * model.n_kv_heads * model.head_dim * 4 * (len(model.encode(prompt)) + n)
                 cold_need = max(0, layer_bytes * model.n_layers - hot) if policy == "full" else 0
@@ -98,7 +97,6 @@ class KVService:
             finally:
                 self.busy = False
             self.counters["tokens"] += res["new_tokens"]
-            res["flash_prefix_bytes_before"] = stored
             self.last = {k: res.get(k) for k in ("policy", "prompt_tokens", "new_tokens", "tokens_per_s", "ttft_s",
                                                   "hot_bytes", "cold_bytes", "prefix_hits")}
             self.last["at"] = time.time()
