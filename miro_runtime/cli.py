@@ -741,9 +741,12 @@ def rep():
 @click.option("--seed", default=0, show_default=True)
 @click.option("--data-dir", default=None, help="Local dataset directory (torchvision or folder streams).")
 @click.option("--threads", default=0, show_default=True, help="Torch threads (0: torch's default).")
+@click.option("--layer-drop", default=0.0, show_default=True,
+              help="Skip layer l of L with probability LAYER_DROP*l/(L-1) per batch (LayerDrop): a backbone "
+                   "that tolerates REP's ALD. 0: off.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object as the last stdout line.")
 def pretrain(stream, classes, out, size, image_size, patch_size, epochs, batch_size, lr, seed, data_dir, threads,
-             as_json):
+             layer_drop, as_json):
     """Pretrain a small ViT on base classes, for a --backbone when no pretrained weights are at hand."""
     from .config import parse_classes
     from .rep.pretrain import pretrain as run_pretrain
@@ -752,7 +755,7 @@ def pretrain(stream, classes, out, size, image_size, patch_size, epochs, batch_s
         ids = parse_classes(classes)
         st = select_classes(make_stream(stream, None, seed, data_dir), ids, 1)
         res = run_pretrain(st, out, size=size, image_size=image_size, patch_size=patch_size, epochs=epochs,
-                           batch_size=batch_size, lr=lr, seed=seed, threads=threads,
+                           batch_size=batch_size, lr=lr, seed=seed, threads=threads, layer_drop=layer_drop,
                            log=None if as_json else (lambda m: click.echo(m, err=True)))
     except (ValueError, StreamError, OSError) as e:
         raise click.ClickException(str(e)) from e

@@ -243,6 +243,42 @@ def test_prompts_refuse_another_backbone_and_bad_files_say_what_is_wrong(random_
     assert not (tmp_path / "pwned").exists()
 
 
+def test_layer_drop_pretraining_skips_whole_layers_by_the_linear_rule():
+    from miro_runtime.rep.pretrain import _forward_dropping
+    torch.manual_seed(0)
+    vit = build(SPEC, num_classes=3).eval()
+    img = preprocess(torch.randint(0, 256, (2, 1, 8, 8), dtype=torch.uint8), SPEC.image_size)
+
+    class Fixed:  # draws 0.5 every time: layer i drops when 0.5 < p_max * i / (L - 1)
+        def random(self):
+            return 0.5
+    with torch.no_grad():
+        assert torch.allclose(_forward_dropping(vit, img, 0.0, Fixed()), vit(img), atol=1e-5)
+        out = _forward_dropping(vit, img, 0.9, Fixed())  # 0.9*i/5 > 0.5 for i >= 3: layers 0-2 run
+        x = embed(vit, img)
+        for blk in list(vit.encoder.layers)[:3]:
+            x = blk(x)
+        assert torch.allclose(out, vit.heads(vit.encoder.ln(x)[:, 0]), atol=1e-5)
+    rng, L, n = np.random.default_rng(0), SPEC.num_layers, 4000
+    probe = build(SPEC, num_classes=3)
+    calls = np.zeros(L)  # layers run, counted by a hook on each block
+    for i, blk in enumerate(probe.encoder.layers):
+        blk.register_forward_hook(lambda *a, i=i: calls.__setitem__(i, calls[i] + 1))
+    small = preprocess(torch.zeros(1, 1, 8, 8, dtype=torch.uint8), SPEC.image_size)
+    with torch.no_grad():
+        for _ in range(n):
+            _forward_dropping(probe, small, 0.5, rng)
+    for i in range(L):
+        want = 1.0 - 0.5 * i / (L - 1)
+        assert abs(calls[i] / n - want) < 4 * np.sqrt(want * (1 - want) / n) + 1e-9, i
+
+
+def test_pretrain_refuses_a_layer_drop_outside_0_1(tmp_path):
+    out = tmp_path / "x.pt"
+    r = miro("rep", "pretrain", "--classes", "0-4", "--out", str(out), "--layer-drop", "1.5")
+    assert r.returncode != 0 and "--layer-drop 1.5: must lie in [0, 1)" in r.stderr and not out.exists()
+
+
 # ---------------------------------------------------------------- the product: pretrain, run, kill, resume
 def test_pretrain_writes_a_torchvision_state_dict(pretrained):
     path, info = pretrained

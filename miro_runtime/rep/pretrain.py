@@ -1,6 +1,11 @@
 """``miro rep pretrain``: a small ViT trained from scratch on a stream's base classes, for devices
 (and tests, and the benchmark) with no pretrained weights and no hub. Saves a plain torchvision
-``VisionTransformer`` state dict, which ``--backbone`` then loads frozen."""
+``VisionTransformer`` state dict, which ``--backbone`` then loads frozen.
+
+``layer_drop`` trains with whole-layer dropping (LayerDrop, Fan et al.; stochastic depth's linear rule:
+layer l of L is skipped with probability layer_drop * l / (L - 1), the first never): a backbone that has
+seen layers go missing keeps its features when ALD drops layers under the prompts, as the large
+pretrained ViTs REP starts from (trained with stochastic depth) do."""
 
 from __future__ import annotations
 
@@ -12,11 +17,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .vit import SIZES, ViTSpec, build, file_digest, preprocess
+from .vit import SIZES, ViTSpec, build, embed, file_digest, preprocess
 
 
 def pretrain(stream, out: str, size: str = "micro", image_size: int = 0, patch_size: int = 0, epochs: int = 30,
-             batch_size: int = 64, lr: float = 5e-4, seed: int = 0, threads: int = 0, log=None) -> dict:
+             batch_size: int = 64, lr: float = 5e-4, seed: int = 0, threads: int = 0, layer_drop: float = 0.0,
+             log=None) -> dict:
     if size not in SIZES:
         raise ValueError(f"--size {size!r}: choose one of {', '.join(SIZES)}")
     h = stream.shape[1]
@@ -26,6 +32,8 @@ def pretrain(stream, out: str, size: str = "micro", image_size: int = 0, patch_s
         raise ValueError(f"--image-size {image_size} is not a multiple of --patch-size {patch_size}")
     if epochs < 1 or batch_size < 1 or lr <= 0:
         raise ValueError("--epochs and --batch-size must be >= 1 and --lr > 0")
+    if not 0.0 <= layer_drop < 1.0:
+        raise ValueError(f"--layer-drop {layer_drop}: must lie in [0, 1)")
     spec = ViTSpec(image_size, patch_size, **SIZES[size])
     if threads:
         torch.set_num_threads(threads)
@@ -48,7 +56,8 @@ def pretrain(stream, out: str, size: str = "micro", image_size: int = 0, patch_s
         for i in range(0, len(y), batch_size):
             idx = perm[i:i + batch_size]
             img = preprocess(_shift(X[idx], rng), spec.image_size)  # (B, 3, S, S)
-            loss = F.cross_entropy(vit(img), Y[idx], label_smoothing=0.1)
+            logits = _forward_dropping(vit, img, layer_drop, rng) if layer_drop else vit(img)
+            loss = F.cross_entropy(logits, Y[idx], label_smoothing=0.1)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(vit.parameters(), 1.0)
@@ -66,7 +75,19 @@ def pretrain(stream, out: str, size: str = "micro", image_size: int = 0, patch_s
     os.replace(tmp, out)  # a kill mid-save leaves the old file or none, never half of one
     return {"out": os.path.abspath(out), "sha256": file_digest(out), "spec": spec.__dict__, "size": size,
             "classes": stream.info.get("class_order"), "train_samples": int(len(y)), "test_acc": acc,
-            "epochs": epochs, "seconds": time.perf_counter() - t0, "seed": seed}
+            "epochs": epochs, "layer_drop": layer_drop, "seconds": time.perf_counter() - t0, "seed": seed}
+
+
+def _forward_dropping(vit, img: torch.Tensor, p_max: float, rng) -> torch.Tensor:
+    """torchvision's forward with whole layers skipped for this batch (LayerDrop, linear rule)."""
+    x = embed(vit, img)  # (B, 1 + N, D)
+    layers = vit.encoder.layers
+    L = len(layers)
+    for i, blk in enumerate(layers):
+        if i and rng.random() < p_max * i / max(L - 1, 1):
+            continue
+        x = blk(x)  # torchvision's EncoderBlock, unchanged
+    return vit.heads(vit.encoder.ln(x)[:, 0])  # (B, K)
 
 
 def _shift(x: torch.Tensor, rng) -> torch.Tensor:
