@@ -139,8 +139,10 @@ class PollingMeter(Meter):
         raise NotImplementedError
 
     def _sample(self):
-        watts, now = self._power(), time.monotonic()
+        # read and timestamp under the lock: the poller and a window's closing read both sample, and a
+        # reading stamped before the other's but applied after it would integrate a negative interval
         with self._elock:
+            watts, now = self._power(), time.monotonic()
             if self._last is not None:
                 t_prev, w_prev = self._last
                 dt = now - t_prev

@@ -278,3 +278,47 @@ def test_battery_and_monitor_fixtures(tmp_path):
     assert s.battery["percent"] == 99 and s.rss_mb > 10 and s.available_ram_mb > 100
     live = ResourceMonitor().snapshot()  # the real machine
     assert live.rss_mb > 10 and live.disk_read_bytes is not None
+
+
+def test_polling_integral_never_runs_backwards_under_concurrent_reads():
+    """The poller and windows' reads sample concurrently; each reading is stamped and applied under
+    one lock, so the integral of a constant 10 W only grows and equals 10 W times the time covered."""
+    import threading
+
+    from miro_runtime.profilers.measurement import PollingMeter
+
+    class Constant(PollingMeter):
+        name = "constant"
+        total_component = None
+
+        def _power(self):
+            return {"x": 10.0}
+
+        def provenance(self):
+            return {"x": "fixture: a constant 10 W"}
+
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as possible: the race window is a few bytecodes
+    try:
+        m = Constant(hz=1000)
+        t_first = m._last[0]
+        seen = []
+
+        def reader():
+            prev = 0.0
+            for _ in range(3000):
+                v = m._cumulative()["x"]
+                seen.append(v >= prev)
+                prev = v
+        threads = [threading.Thread(target=reader) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        total = m._cumulative()["x"]
+        span = m._last[0] - t_first
+        m.close()
+    finally:
+        sys.setswitchinterval(old)
+    assert all(seen)
+    assert total == pytest.approx(10.0 * span, rel=1e-9)
