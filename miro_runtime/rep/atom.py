@@ -43,38 +43,47 @@ def match(keys: torch.Tensor, r: int):
 
 
 class Merge:
-    """One matching applied to any per-token tensor of the same token axis (features, sizes)."""
+    """One matching, as the row each token lands in: kept A tokens first, then B tokens (each in
+    original order), a merged A token in its B partner's row. Applying it is one scatter-add, so a
+    merge costs a few passes over the tokens forward and backward (gathers and concatenations cost
+    more than the tokens saved at small sizes)."""
 
     def __init__(self, src, keep, dst, T):
         self.src, self.keep, self.dst, self.T = src, keep, dst, T
         self.r = src.shape[1]
+        B, Tk = keep.shape
+        Ta, Tb = (T + 1) // 2, T // 2
+        with torch.no_grad():
+            rows_a = keep.new_empty(B, Ta)
+            rows_a.scatter_(1, keep, torch.arange(Tk, device=keep.device).expand(B, Tk))
+            rows_a.scatter_(1, src, Tk + dst)
+            rows = keep.new_empty(B, T)
+            rows[:, 0::2] = rows_a
+            rows[:, 1::2] = Tk + torch.arange(Tb, device=keep.device)
+        self.rows = rows  # (B, T): output row of each token
 
-    def sum(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, T, C) -> (B, T - r, C): merged A tokens are summed into their B partners; the kept A
-        tokens come first, then B, each in original order."""
-        B, _, C = x.shape
-        a, b = x[:, 0::2], x[:, 1::2]  # (B, Ta, C), (B, Tb, C)
-        kept = a.gather(1, self.keep[..., None].expand(B, self.keep.shape[1], C))
-        moved = a.gather(1, self.src[..., None].expand(B, self.r, C))  # (B, r, C)
-        b = b.scatter_add(1, self.dst[..., None].expand(B, self.r, C), moved)
-        return torch.cat([kept, b], dim=1)
+    def sum(self, x: torch.Tensor, protect: int = 0) -> torch.Tensor:
+        """(B, protect + T, C) -> (B, protect + T - r, C): the first ``protect`` tokens stay where
+        they are; merged tokens are summed into their partners."""
+        B, n, C = x.shape
+        rows = self.rows if not protect else torch.cat(
+            [torch.arange(protect, device=x.device).expand(B, protect), protect + self.rows], dim=1)
+        out = x.new_zeros(B, n - self.r, C)
+        return out.scatter_add(1, rows[..., None].expand(B, n, C), x)
 
-    def weighted(self, x: torch.Tensor, size: torch.Tensor):
-        """Size-weighted average: x (B, T, C), size (B, T, 1) patches per token ->
-        (x', size') with size' summing to the same patch count. One gather/scatter pass carries the
-        weighted features and the sizes together (size as an extra channel)."""
-        both = self.sum(torch.cat([x * size, size], dim=-1))  # (B, T - r, C + 1)
-        s = both[..., -1:]
-        return both[..., :-1] / s, s
+    def weighted(self, x: torch.Tensor, size: torch.Tensor, protect: int = 0):
+        """Size-weighted average: x (B, protect + T, C), size (B, protect + T, 1) patches per token ->
+        (x', size') with size' summing to the same patch count; tokens that merge with nothing pass
+        through exactly (x * s / s)."""
+        s = self.sum(size, protect)  # (B, n - r, 1)
+        return self.sum(x * size, protect) / s, s
 
 
 def merge_tokens(x: torch.Tensor, size: torch.Tensor, keys: torch.Tensor, r: int, protect: int = 1):
     """Merge r pairs among x[:, protect:] (the first ``protect`` tokens -- class token, prompts --
     pass through unchanged). x (B, T, D), size (B, T, 1), keys (B, T, C) -> (x', size', r applied)."""
-    head_x, rest_x = x[:, :protect], x[:, protect:]
-    head_s, rest_s = size[:, :protect], size[:, protect:]
     m = match(keys[:, protect:], r)
     if m is None:
         return x, size, 0
-    rest_x, rest_s = m.weighted(rest_x, rest_s)
-    return torch.cat([head_x, rest_x], dim=1), torch.cat([head_s, rest_s], dim=1), m.r
+    x, size = m.weighted(x, size, protect)
+    return x, size, m.r
