@@ -265,7 +265,11 @@ ACC_NOTE = ("- Where we lose, on this small configuration: no prompt method come
             "trained only against each other, so on this weak 676-image backbone the first task's classes "
             "out-score the second's (see each run's acc_matrix), and the seeds' spread is several points on 225 "
             "held-out images. The gap is therefore taken seed by seed (same data order) and given "
-            "with its standard error; a 1.5-point verdict from a handful of seeds is only as firm as that error.")
+            "with its standard error; a 1.5-point verdict from a handful of seeds is only as firm as that error. At 64 patch tokens AToM "
+            "buys no time on this CPU (compare the no-AToM row: its matching and scatter cost about what the "
+            "merged tokens save); the time comes from ALD and the swift query. Without swift selection (the "
+            "backbone's own [CLS] as the query) rep-l2p scored lower here: the small query network, pretrained "
+            "on the same digits, picks prompts at least as well.")
 
 
 def render(r) -> str:
