@@ -62,21 +62,30 @@ class Merge:
             rows[:, 1::2] = Tk + torch.arange(Tb, device=keep.device)
         self.rows = rows  # (B, T): output row of each token
 
+    def _rows(self, protect: int) -> torch.Tensor:
+        if not protect:
+            return self.rows
+        B = self.rows.shape[0]
+        head = torch.arange(protect, device=self.rows.device).expand(B, protect)
+        return torch.cat([head, protect + self.rows], dim=1)  # (B, protect + T)
+
+    @staticmethod
+    def _scatter(x: torch.Tensor, rows: torch.Tensor, r: int) -> torch.Tensor:
+        B, n, C = x.shape
+        return x.new_zeros(B, n - r, C).scatter_add(1, rows[..., None].expand(B, n, C), x)
+
     def sum(self, x: torch.Tensor, protect: int = 0) -> torch.Tensor:
         """(B, protect + T, C) -> (B, protect + T - r, C): the first ``protect`` tokens stay where
         they are; merged tokens are summed into their partners."""
-        B, n, C = x.shape
-        rows = self.rows if not protect else torch.cat(
-            [torch.arange(protect, device=x.device).expand(B, protect), protect + self.rows], dim=1)
-        out = x.new_zeros(B, n - self.r, C)
-        return out.scatter_add(1, rows[..., None].expand(B, n, C), x)
+        return self._scatter(x, self._rows(protect), self.r)
 
     def weighted(self, x: torch.Tensor, size: torch.Tensor, protect: int = 0):
         """Size-weighted average: x (B, protect + T, C), size (B, protect + T, 1) patches per token ->
         (x', size') with size' summing to the same patch count; tokens that merge with nothing pass
         through exactly (x * s / s)."""
-        s = self.sum(size, protect)  # (B, n - r, 1)
-        return self.sum(x * size, protect) / s, s
+        rows = self._rows(protect)
+        s = self._scatter(size, rows, self.r)  # (B, n - r, 1)
+        return self._scatter(x * size, rows, self.r) / s, s
 
 
 def merge_tokens(x: torch.Tensor, size: torch.Tensor, keys: torch.Tensor, r: int, protect: int = 1):
