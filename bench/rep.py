@@ -209,7 +209,8 @@ def accuracy(root: str, seeds: list, epochs: int, threads: int, size: str, pre_e
                    peak_mem_mb=median([x["peak_mem_mb"] for x in row["runs"]]),
                    step_mem_mb=median([x["step_mem_mb"] for x in row["runs"]]),
                    layers_run=float(np.mean([x["layers_run"] for x in row["runs"]])))
-    out = {"pretrain": pre, "query_pretrain": query, "linear_probe_acc": probe, "seeds": seeds, "epochs": epochs, "gamma": gamma,
+    out = {"pretrain": pre, "query_pretrain": query, "linear_probe_acc": probe, "seeds": seeds, "epochs": epochs,
+           "gamma": gamma,
            "run_steps": run_steps,
            "batch": batch, "classes": ACC_CLASSES, "tasks": ACC_TASKS, "rows": rows}
     for base, rep in PAIRS:
@@ -261,11 +262,13 @@ def main():
 
 
 ACC_NOTE = ("- Where we lose, on this small configuration: no prompt method comes near a joint linear probe on "
-            "the same frozen features ({probe:.1f}%: a logistic regression on the backbone's [CLS] features, all of digits 5-9 at once, same held-out set): with L2P's train-time mask each task's head rows are "
+            "the same frozen features ({probe:.1f}%: a logistic regression on the backbone's [CLS] features, all "
+            "of digits 5-9 at once, same held-out set): with L2P's train-time mask each task's head rows are "
             "trained only against each other, so on this weak 676-image backbone the first task's classes "
             "out-score the second's (see each run's acc_matrix), and the seeds' spread is several points on 225 "
             "held-out images. The gap is therefore taken seed by seed (same data order) and given "
-            "with its standard error; a 1.5-point verdict from a handful of seeds is only as firm as that error. At 64 patch tokens AToM "
+            "with its standard error; a 1.5-point verdict from a handful of seeds is only as firm as that error. "
+            "At 64 patch tokens AToM "
             "buys no time on this CPU (compare the no-AToM row: its matching and scatter cost about what the "
             "merged tokens save); the time comes from ALD and the swift query. Without swift selection (the "
             "backbone's own [CLS] as the query) rep-l2p scored lower here: the small query network, pretrained "
@@ -306,7 +309,8 @@ def render(r) -> str:
                   f"{p['test_acc']:.1%} held-out, {p['seconds']:.0f} s), and the swift query's `micro` ViT (64 wide, "
                   f"6 layers) likewise without layer drop ({q['test_acc']:.1%} held-out, {q['seconds']:.0f} s); "
                   f"then digits {a['classes']} in {a['tasks']} class-incremental tasks, {a['epochs']} epochs each at "
-                  f"batch {a['batch']} ({a.get('run_steps', '~110')} steps), same backbone, tasks ({{5, 6, 7}}, {{8, 9}}) "
+                  f"batch {a['batch']} ({a.get('run_steps', '~110')} steps), same backbone, tasks "
+                  "({5, 6, 7}, {8, 9}) "
                   f"and data order for every method of a seed; mean ± sd over seeds {a['seeds']}; ALD gamma "
                   f"{a['gamma']:.3g} per step (gamma x steps = {a['gamma'] * a.get('run_steps', 0):.1f}: the decaying "
                   f"part of the keep probability ends at {100 * math.exp(-a['gamma'] * a.get('run_steps', 0)):.0f}% of "
@@ -336,7 +340,7 @@ def render(r) -> str:
                     f"{t['layers_run'][rep]:.1f}): **{a[f'step_time_ratio_{b}']:.2f}x** (<= 0.7: "
                     f"**{'holds' if r['speedup_holds_on_accuracy_config'][b] else 'does NOT hold'}**)"
                     for b, rep in PAIRS) + ". From the whole runs' own median steps, paired by seed (runs minutes "
-                f"apart, so the machine's drift enters): " + ", ".join(
+                "apart, so the machine's drift enters): " + ", ".join(
                     f"{rep} {a[f'runs_step_time_ratio_{b}']:.2f}x" for b, rep in PAIRS) + ".")
         else:
             lines.append("- Step time on this configuration, REP / base (median over seeds): " + ", ".join(
