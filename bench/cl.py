@@ -73,10 +73,10 @@ def overhead(seeds, blocks, steps, root):
 
 
 def overhead_one(sname, sk, seeds, blocks, steps, root):
-    from miro_runtime.models import make_model
+    from miro_runtime.engine.models import make_model
     from miro_runtime.storage import FlashTier, SampleSpec
-    from miro_runtime.streams import make_stream
-    from miro_runtime.strategies import make_strategy
+    from miro_runtime.engine.streams import make_stream
+    from miro_runtime.engine.strategies import make_strategy
     ratios = {"carm": [], "carm-per-step": [], "carm-sync": []}
     abs_rate = {"er": [], "carm": [], "carm-per-step": [], "carm-sync": []}
     for seed in seeds:

@@ -24,8 +24,8 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import emit, machine, median, scratch  # noqa: E402
 
-from miro_runtime.client import Client, DaemonError  # noqa: E402
-from miro_runtime.demo import start_daemon  # noqa: E402
+from miro_runtime.wire.client import Client, DaemonError  # noqa: E402
+from miro_runtime.cli.demo import start_daemon  # noqa: E402
 from miro_runtime.storage import FlashTier, SampleSpec  # noqa: E402
 
 SHAPE = (1, 28, 28)
@@ -173,7 +173,7 @@ def cli_costs(root) -> dict:
                "miro_help": measure_cmd(miro + ["--help"]),
                # what every command paid before: the package imported torch and the engine
                "old_import_path": measure_cmd([sys.executable, "-c", "import torch, torchvision, "
-                                               "miro_runtime.engine, miro_runtime.cli"])}
+                                               "miro_runtime.session.experiment, miro_runtime.cli.main"])}
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(60)

@@ -16,7 +16,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import emit, machine, scratch  # noqa: E402
 
 from miro_runtime import RunConfig, run  # noqa: E402
-from miro_runtime.miro import default_grid  # noqa: E402
+from miro_runtime.control.miro import default_grid  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PLOT = "miro_accuracy_vs_energy.png"

@@ -42,7 +42,7 @@ def interleaved(backbone: str, query: str, stream, X, Y, steps: int, run_steps: 
     import torch
 
     from miro_runtime.config import RunConfig
-    from miro_runtime.strategies import build_model, make_strategy
+    from miro_runtime.engine.strategies import build_model, make_strategy
     strats = {}
     for pair in PAIRS:
         for name in pair:
@@ -68,8 +68,8 @@ def interleaved(backbone: str, query: str, stream, X, Y, steps: int, run_steps: 
 def cost(root: str, steps: int, batch: int, threads: int, seed: int = 0) -> dict:
     import torch
 
-    from miro_runtime.rep.vit import SIZES, ViTSpec, build
-    from miro_runtime.streams import from_arrays
+    from miro_runtime.engine.rep.vit import SIZES, ViTSpec, build
+    from miro_runtime.engine.streams import from_arrays
     torch.set_num_threads(threads)
     files = {}
     for size in ("small", "tiny"):
@@ -157,8 +157,8 @@ def linear_probe(backbone: str, seed: int = 0) -> float:
     import torch
     from sklearn.linear_model import LogisticRegression
 
-    from miro_runtime.rep.vit import cls_feature, load_backbone, preprocess
-    from miro_runtime.streams import make_stream, select_classes
+    from miro_runtime.engine.rep.vit import cls_feature, load_backbone, preprocess
+    from miro_runtime.engine.streams import make_stream, select_classes
     vit, spec, _ = load_backbone(backbone)
     st = select_classes(make_stream("split-digits", None, seed, None), list(range(5, 10)), 1)
 
@@ -176,7 +176,7 @@ def linear_probe(backbone: str, seed: int = 0) -> float:
 def accuracy(root: str, seeds: list, epochs: int, threads: int, size: str, pre_epochs: int, gamma: float,
              batch: int, layer_drop: float, timing_steps: int = 16) -> dict:
     from miro_runtime import RunConfig, run
-    from miro_runtime.streams import make_stream, select_classes
+    from miro_runtime.engine.streams import make_stream, select_classes
     st = select_classes(make_stream("split-digits", None, 0, None), list(range(5, 10)), ACC_TASKS)
     run_steps = sum(epochs * math.ceil(len(y) / batch) for _, y in st.train)
     pre, query = pretrain_both(root, size, pre_epochs, layer_drop)

@@ -11,9 +11,9 @@ import signal
 import sys
 import tempfile
 
-from miro_runtime.client import Client, NoDaemon
-from miro_runtime.demo import start_daemon
-from miro_runtime.streams import split_digits
+from miro_runtime.wire.client import Client, NoDaemon
+from miro_runtime.cli.demo import start_daemon
+from miro_runtime.engine.streams import split_digits
 
 state = sys.argv[1] if len(sys.argv) > 1 else tempfile.mkdtemp()
 os.makedirs(state, exist_ok=True)

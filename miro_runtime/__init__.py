@@ -7,9 +7,10 @@ imported on first use, so control commands (`miro status`) never load torch.
 
 __version__ = "0.1.0"
 
-_LAZY = {"RunConfig": "config", "Experiment": "engine", "run": "engine", "Learner": "learner",
-         "Session": "session", "Stream": "streams", "StreamError": "streams", "from_arrays": "streams",
-         "make_stream": "streams", "Client": "client"}
+_LAZY = {"RunConfig": "config", "Experiment": "session.experiment", "run": "session.experiment",
+         "Learner": "engine.learner", "Session": "session.session", "Stream": "engine.streams",
+         "StreamError": "engine.streams", "from_arrays": "engine.streams", "make_stream": "engine.streams",
+         "Client": "wire.client"}
 
 
 def __getattr__(name):

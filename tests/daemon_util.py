@@ -9,7 +9,7 @@ import time
 
 import numpy as np
 
-from miro_runtime.client import Client, NoDaemon
+from miro_runtime.wire.client import Client, NoDaemon
 
 PY = sys.executable
 

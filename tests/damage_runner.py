@@ -7,9 +7,9 @@ import sys
 
 import torch
 
-import miro_runtime.cli as cli
-import miro_runtime.engine  # noqa: F401
-from miro_runtime.streams import split_digits
+import miro_runtime.cli.main as cli
+import miro_runtime.session.experiment  # noqa: F401
+from miro_runtime.engine.streams import split_digits
 
 # pay the one-time costs once, before forking: sklearn's import, torch.optim's lazy compiler imports
 split_digits(5, 0)

@@ -53,7 +53,7 @@ def test_readable_output_and_inspect(tmp_path):
 def test_bad_flags_are_clear_errors(tmp_path):
     from click.testing import CliRunner
 
-    from miro_runtime.cli import main
+    from miro_runtime.cli.main import main
 
     def run(*args):  # in-process: the CLI's own code and output, without a torch import per case
         r = CliRunner().invoke(main, list(args))

@@ -10,8 +10,8 @@ import pytest
 from daemon_util import Mirod
 from test_cli import MIRO
 
-from miro_runtime.daemon_config import ConfigError, default_toml, load
-from miro_runtime.streams import split_digits
+from miro_runtime.daemon.config import ConfigError, default_toml, load
+from miro_runtime.engine.streams import split_digits
 
 
 def miro(*args, env=None, timeout=120):
@@ -29,7 +29,7 @@ def test_no_daemon_is_a_clear_message_and_exit_69(tmp_path):
 
 
 def test_control_commands_do_not_import_torch(tmp_path):
-    code = ("import sys; from miro_runtime.cli import main\n"
+    code = ("import sys; from miro_runtime.cli.main import main\n"
             "try:\n    main(['--state-dir', sys.argv[1], 'status'])\nexcept SystemExit as e:\n    code = e.code\n"
             "assert 'torch' not in sys.modules and 'miro_runtime.engine' not in sys.modules, 'torch imported'\n"
             "print('exit', code)")

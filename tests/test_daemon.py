@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 from daemon_util import PY, Mirod, samples, socket_dir
 
-from miro_runtime import protocol as P
-from miro_runtime.client import Client, DaemonError
+from miro_runtime.wire import protocol as P
+from miro_runtime.wire.client import Client, DaemonError
 from miro_runtime.storage import FlashTier
-from miro_runtime.streams import split_digits
+from miro_runtime.engine.streams import split_digits
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -365,7 +365,7 @@ def test_peer_credentials_decide_who_may_mutate(tmp_path):
     d = Mirod(tmp_path / "s", "daemon.socket_group=65534", f"daemon.admin_group={adm}", sock=sock).start()
     try:
         assert oct(os.stat(sock).st_mode & 0o777) == "0o660" and os.stat(sock).st_gid == 65534
-        code = ("import sys, json; sys.path.insert(0, sys.argv[1]); from miro_runtime.client import Client, "
+        code = ("import sys, json; sys.path.insert(0, sys.argv[1]); from miro_runtime.wire.client import Client, "
                 "DaemonError\nout = {}\nwith Client(sys.argv[2]) as c:\n  for m in ('status', 'checkpoint'):\n"
                 "    try:\n      c.call(m); out[m] = 'ok'\n    except DaemonError as e:\n"
                 "      out[m] = [e.code, e.message]\nprint(json.dumps(out))")
@@ -373,10 +373,10 @@ def test_peer_credentials_decide_who_may_mutate(tmp_path):
         # the other uid runs the stdlib-only client from a copy it can read, on the system python (the
         # venv's interpreter may sit under a home directory it cannot enter)
         pkg = os.path.join(sdir, "pkg", "miro_runtime")
-        os.makedirs(pkg)
+        os.makedirs(os.path.join(pkg, "wire"))
         open(os.path.join(pkg, "__init__.py"), "w").close()
-        for m in ("client.py", "protocol.py"):
-            shutil.copy(os.path.join(REPO, "miro_runtime", m), pkg)
+        for m in ("__init__.py", "client.py", "protocol.py"):
+            shutil.copy(os.path.join(REPO, "miro_runtime", "wire", m), os.path.join(pkg, "wire"))
         for root, dirs, files in os.walk(os.path.join(sdir, "pkg")):
             for n in dirs + files:
                 os.chmod(os.path.join(root, n), 0o755)

@@ -8,8 +8,8 @@ import subprocess
 import pytest
 from daemon_util import PY, Mirod
 
-from miro_runtime import protocol as P
-from miro_runtime.client import DaemonError
+from miro_runtime.wire import protocol as P
+from miro_runtime.wire.client import DaemonError
 
 PROMPT = "the daemon lends its RAM and flash tiers to a decoder; this prompt is long enough for chunks"
 
@@ -68,7 +68,7 @@ def test_generation_over_the_socket_within_the_kv_share(tmp_path):
 
 
 def test_the_kv_table_loads_validates_and_documents_itself(tmp_path):
-    from miro_runtime.daemon_config import ConfigError, default_toml, load
+    from miro_runtime.daemon.config import ConfigError, default_toml, load
     cfg = load(None, str(tmp_path), env={"MIROD_KV_RAM_BYTES": "123456", "MIROD_KV_POLICY": "cascade"})
     assert cfg.kv.ram_bytes == 123456 and cfg.kv.policy == "cascade"
     for env, needle in [({"MIROD_KV_POLICY": "lru"}, "kv.policy"), ({"MIROD_KV_RAM_BYTES": "0"}, "kv.ram_bytes"),

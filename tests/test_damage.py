@@ -13,7 +13,7 @@ import pytest
 from test_cli import MIRO
 
 from miro_runtime import RunConfig
-from miro_runtime.engine import Experiment
+from miro_runtime.session.experiment import Experiment
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CFG = dict(stream="split-digits", strategy="carm-sync", epochs=1, checkpoint_every=10, seed=0)

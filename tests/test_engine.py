@@ -7,11 +7,11 @@ import pytest
 import torch
 
 from miro_runtime import RunConfig, StreamError, from_arrays, run
-from miro_runtime.engine import Experiment
-from miro_runtime.memory import EpisodicMemory
+from miro_runtime.session.experiment import Experiment
+from miro_runtime.engine.memory import EpisodicMemory
 from miro_runtime.storage import FlashTier
-from miro_runtime.strategies import select_swap_out
-from miro_runtime.strategies.carm import MAX_GROUP, choose_group, select_swap_out_many
+from miro_runtime.engine.strategies import select_swap_out
+from miro_runtime.engine.strategies.carm import MAX_GROUP, choose_group, select_swap_out_many
 
 
 def cfg(tmp_path, **kw):

@@ -72,7 +72,7 @@ def test_random_init_llama_for_causal_lm_with_cold_layers(tmp_path):
 def test_miro_kv_generate_runs_a_local_model_directory(builtin_dir, tmp_path):
     from click.testing import CliRunner
 
-    from miro_runtime.cli import main
+    from miro_runtime.cli.main import main
     m, d = builtin_dir
     prompt = "local models only"
     ref = generate(m, torch.tensor([list(prompt.encode())]), 12)[0].tolist()

@@ -8,8 +8,8 @@ import pytest
 
 from miro_runtime import RunConfig, run
 from miro_runtime.config import RunConfig as RC
-from miro_runtime.learner import Learner
-from miro_runtime.streams import split_digits
+from miro_runtime.engine.learner import Learner
+from miro_runtime.engine.streams import split_digits
 
 FIXTURE = os.path.join(os.path.dirname(__file__), "fixtures", "batch_path_acc.json")
 
@@ -68,7 +68,7 @@ def test_predict_returns_topk_over_seen_classes(tmp_path):
 
 
 def test_checkpoints_keep_the_previous_one_and_detect_damage(tmp_path):
-    from miro_runtime.checkpoint import CheckpointError, load_checkpoint, load_latest, save_checkpoint
+    from miro_runtime.engine.checkpoint import CheckpointError, load_checkpoint, load_latest, save_checkpoint
     p = tmp_path / "checkpoint.pt"
     (tmp_path / "checkpoint.pt.tmp.99999").write_bytes(b"left by a killed save")
     for i in range(3):

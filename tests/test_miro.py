@@ -5,7 +5,7 @@ import os
 import pytest
 
 from miro_runtime import RunConfig, run
-from miro_runtime.miro import Knobs, MiroController, ThompsonBandit, default_grid, select
+from miro_runtime.control.miro import Knobs, MiroController, ThompsonBandit, default_grid, select
 from miro_runtime.profilers import ResourceMonitor
 
 
@@ -180,7 +180,7 @@ def test_battery_low_mid_run_and_throttling_move_to_cheaper_arms(tmp_path):
         if kind == "task_begin" and ev.get("task") == 2:
             bat.write_text("12\n")
 
-    from miro_runtime.engine import Experiment
+    from miro_runtime.session.experiment import Experiment
     cfg = RunConfig(strategy="carm", miro=True, monitor_every_s=0, run_dir=str(tmp_path / "b"), checkpoint_every=0)
     s = Experiment(cfg, on_event=drain, monitor=mon).run()
     react = [d for d in s["miro_decisions"] if d.get("mid_task")]

@@ -10,8 +10,8 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as hs
 
-from miro_runtime.cli import config_from_options, run
-from miro_runtime.streams import StreamError, make_stream
+from miro_runtime.cli.main import config_from_options, run
+from miro_runtime.engine.streams import StreamError, make_stream
 
 DEFAULTS = {p.name: p.default for p in run.params if p.name != "as_json"}
 NUMBERS = hs.one_of(hs.integers(-5, 10 ** 12), hs.floats(allow_nan=True, allow_infinity=True))

@@ -15,11 +15,11 @@ import pytest
 import torch
 
 from miro_runtime.config import RunConfig
-from miro_runtime.rep import ald
-from miro_runtime.rep.atom import match, merge_tokens, schedule
-from miro_runtime.rep.vit import ViTSpec, block, build, embed, load_backbone, preprocess
-from miro_runtime.streams import from_arrays
-from miro_runtime.strategies import build_model, make_strategy
+from miro_runtime.engine.rep import ald
+from miro_runtime.engine.rep.atom import match, merge_tokens, schedule
+from miro_runtime.engine.rep.vit import ViTSpec, block, build, embed, load_backbone, preprocess
+from miro_runtime.engine.streams import from_arrays
+from miro_runtime.engine.strategies import build_model, make_strategy
 
 from conftest import wait_for_event
 
@@ -244,7 +244,7 @@ def test_prompts_refuse_another_backbone_and_bad_files_say_what_is_wrong(random_
 
 
 def test_layer_drop_pretraining_skips_whole_layers_by_the_linear_rule():
-    from miro_runtime.rep.pretrain import _forward_dropping
+    from miro_runtime.engine.rep.pretrain import _forward_dropping
     torch.manual_seed(0)
     vit = build(SPEC, num_classes=3).eval()
     img = preprocess(torch.randint(0, 256, (2, 1, 8, 8), dtype=torch.uint8), SPEC.image_size)
@@ -293,7 +293,7 @@ def test_pretrain_writes_a_torchvision_state_dict(pretrained):
 
 
 def test_bad_options_are_named_before_anything_is_written(pretrained, tmp_path):
-    from miro_runtime.engine import Experiment
+    from miro_runtime.session.experiment import Experiment
     path, _ = pretrained
 
     def exp(strategy, **kw):
@@ -350,7 +350,7 @@ def test_sigkill_then_resume_is_the_run_that_never_stopped(pretrained, tmp_path,
 def test_miro_tunes_rep_knobs_not_only_memory(pretrained, tmp_path):
     """Miro's knob set follows the strategy: for rep-l2p its arms vary r_max and theta_bar (no replay
     memory to size), and what it adopts is what the model then runs with."""
-    from miro_runtime.engine import Experiment
+    from miro_runtime.session.experiment import Experiment
     path, _ = pretrained
     cfg = RunConfig(strategy="rep-l2p", backbone=path, classes="5-9", tasks=2, epochs=2, miro=True,
                     miro_search="grid", miro_budget=1.0, run_dir=str(tmp_path / "m"), energy_source="estimate")

@@ -11,8 +11,8 @@ import time
 import pytest
 from daemon_util import Mirod
 
-from miro_runtime import systemd
-from miro_runtime.service import unit_file
+from miro_runtime.daemon import systemd
+from miro_runtime.daemon.unit import unit_file
 
 
 def dgram_listener(path):

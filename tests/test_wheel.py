@@ -30,7 +30,7 @@ def test_wheel_holds_every_module_and_miro_help_runs_from_it(tmp_path):
     assert not missing, f"modules of the source tree missing from the wheel: {sorted(missing)}"
     entry = [n for n in names if n.endswith("entry_points.txt")]
     text = zipfile.ZipFile(whl).read(entry[0]).decode()
-    assert "miro = miro_runtime.cli:main" in text and "mirod = miro_runtime.daemon:main" in text
+    assert "miro = miro_runtime.cli.main:main" in text and "mirod = miro_runtime.daemon.daemon:main" in text
 
     # installed from the wheel alone (outside the checkout, so the editable install cannot answer)
     target = tmp_path / "site"
@@ -38,9 +38,9 @@ def test_wheel_holds_every_module_and_miro_help_runs_from_it(tmp_path):
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     env = {**os.environ, "PYTHONPATH": str(target)}
-    code = ("import sys, miro_runtime, miro_runtime.strategies, miro_runtime.storage, miro_runtime.kv; "
+    code = ("import sys, miro_runtime, miro_runtime.engine.strategies, miro_runtime.storage, miro_runtime.kv; "
             "assert miro_runtime.__file__.startswith(sys.argv[1]), miro_runtime.__file__; "
-            "from miro_runtime.cli import main; sys.argv = ['miro', '--help']; main()")
+            "from miro_runtime.cli.main import main; sys.argv = ['miro', '--help']; main()")
     r = subprocess.run([sys.executable, "-c", code, str(target)], capture_output=True, text=True, timeout=120,
                        env=env, cwd=str(tmp_path))
     assert r.returncode == 0, r.stderr[-2000:]

@@ -17,10 +17,10 @@ import click
 
 def start_daemon(state_dir: str, *sets: str, timeout: float = 120.0) -> tuple:
     """(process, socket path) of a mirod started on ``state_dir``, once it answers."""
-    from .client import Client, NoDaemon
+    from miro_runtime.wire.client import Client, NoDaemon
     os.makedirs(state_dir, exist_ok=True)
     sock = os.path.join(state_dir, "mirod.sock")
-    exe = [sys.executable, "-m", "miro_runtime.daemon", "--state-dir", state_dir, "--socket", sock]
+    exe = [sys.executable, "-m", "miro_runtime.daemon.daemon", "--state-dir", state_dir, "--socket", sock]
     for s in sets:
         exe += ["--set", s]
     env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC")}
@@ -41,8 +41,8 @@ def start_daemon(state_dir: str, *sets: str, timeout: float = 120.0) -> tuple:
 
 
 def run_demo(tasks: int = 5, epochs: int = 3, keep: bool = False) -> int:
-    from .client import Client
-    from .streams import split_digits
+    from miro_runtime.wire.client import Client
+    from miro_runtime.engine.streams import split_digits
     state = tempfile.mkdtemp(prefix="miro-demo-")
     os.makedirs(state, exist_ok=True)
     click.echo(f"starting mirod on {state} (strategy carm, {epochs} epochs per task, RAM memory 20, every sample "
@@ -68,7 +68,7 @@ def run_demo(tasks: int = 5, epochs: int = 3, keep: bool = False) -> int:
             xs, ys = stream.test[0]
             pick = [0, len(ys) // 3, 2 * len(ys) // 3]
             pr = c.predict(xs[pick], k=2)
-        from .cli import print_table
+        from miro_runtime.cli.render import print_table
         print_table({**ev, "train_samples_per_s": None, "peak_rss_mb": None, "wall_s": None, "config": None},
                     short=True)
         click.echo("\nEnergy per task:")

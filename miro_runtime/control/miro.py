@@ -34,7 +34,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from .memory import EpisodicMemory
+from miro_runtime.engine.memory import EpisodicMemory
 
 RULES = ("top-half-acc-per-joule", "acc-per-joule", "lowest-energy", "highest-accuracy", "zeus")
 
@@ -60,8 +60,8 @@ def method_knobs(cfg) -> tuple:
     """The strategy's own tunable knobs at their configured values (REP: r_max, theta_bar), or ()."""
     if cfg.strategy not in ("rep-l2p", "rep-dualprompt"):
         return ()
-    from .strategies import STRATEGIES
-    from .strategies.prompt import parse_options
+    from miro_runtime.engine.strategies import STRATEGIES
+    from miro_runtime.engine.strategies.prompt import parse_options
     o = parse_options(STRATEGIES[cfg.strategy].Options, cfg.method, cfg.strategy)
     return (("r_max", o.r_max if o.atom else None), ("theta_bar", o.theta_bar if o.ald else None))
 
@@ -464,7 +464,7 @@ class MiroController:
         """Train a copy for the arm's epochs on the subsample. Everything (copy, set-up, training,
         evaluation) is metered and counted as profiling; only the training window predicts the
         task's energy, so set-up costs do not blur the difference between arms."""
-        from .strategies import make_strategy
+        from miro_runtime.engine.strategies import make_strategy
         live = exp.strategy
         cfg = copy.copy(exp.cfg)
         cfg.memory, cfg.flash_budget, cfg.swap_ratio, cfg.epochs = kn.memory, kn.flash_budget, kn.swap_ratio, kn.epochs

@@ -6,7 +6,7 @@
         print(c.call("status")["state"])
 
 The CLI and ``examples/stream_to_daemon.py`` use it; any language can speak the protocol
-(``miro_runtime.protocol`` documents it)."""
+(``miro_runtime.wire.protocol`` documents it)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import os
 import socket
 import time
 
-from .protocol import DEFAULT_MAX_MESSAGE, HEADER, frame
+from miro_runtime.wire.protocol import DEFAULT_MAX_MESSAGE, HEADER, frame
 
 
 class DaemonError(Exception):

@@ -26,10 +26,11 @@ import sys
 import threading
 import time
 
-from . import protocol as P
-from . import systemd
-from .daemon_config import LIVE, ConfigError, DaemonConfig, load, overrides_path, read_overrides, write_overrides
-from .log import EventLog, SyslogPrefixFormatter
+from miro_runtime.wire import protocol as P
+from miro_runtime.daemon import systemd
+from miro_runtime.daemon.config import (LIVE, ConfigError, DaemonConfig, load, overrides_path, read_overrides,
+                                         write_overrides)
+from miro_runtime.log import EventLog, SyslogPrefixFormatter
 
 log = logging.getLogger("miro.daemon")
 
@@ -84,7 +85,7 @@ class Daemon:
         self.state_dir = os.path.abspath(d.state_dir)
         self.logs_dir = os.path.abspath(d.logs_dir or os.environ.get("LOGS_DIRECTORY", "").split(":")[0] or
                                         os.path.join(self.state_dir, "logs"))
-        from .client import default_socket
+        from miro_runtime.wire.client import default_socket
         self.sock_path = os.path.abspath(d.socket or default_socket(self.state_dir))
         self.read_gid, self.admin_gid = _gid(d.socket_group), _gid(d.admin_group)
         self.uid = os.getuid()
@@ -133,7 +134,7 @@ class Daemon:
 
     def _open_session(self):
         from miro_runtime.profilers import ResourceMonitor
-        from .session import Session
+        from miro_runtime.session.session import Session
         lcfg = self.cfg.learning
         lcfg.run_dir = self.state_dir
         self.session = Session(lcfg, self.cfg.session, log_=self.log, monitor=ResourceMonitor(),
@@ -158,7 +159,7 @@ class Daemon:
             await loop.run_in_executor(None, self._open_session)  # torch and the store: seconds on a board
         except Exception as e:
             from miro_runtime.storage import StoreError
-            from .session import SessionError
+            from miro_runtime.session.session import SessionError
             if not isinstance(e, (SessionError, StoreError)):
                 raise
             self.log.event("error", component="daemon", error=str(e), state_dir=self.state_dir)
@@ -374,7 +375,7 @@ class Daemon:
             del q[:500]
 
     async def _run(self, fn, *a, pool=None):
-        from .session import SessionError
+        from miro_runtime.session.session import SessionError
         try:
             return await asyncio.get_running_loop().run_in_executor(pool or self.pool, fn, *a)
         except SessionError as e:
@@ -467,7 +468,7 @@ class Daemon:
         if not os.path.exists(path):
             raise P.ProtocolError(P.INVALID_PARAMS, f"path {path} does not exist (on the daemon's machine)")
         if os.path.isdir(path):
-            from .streams import folder_stream
+            from miro_runtime.engine.streams import folder_stream
             st = folder_stream(path, seed=0)
             names = st.info.get("class_names", [])
             lab = [int(n) if str(n).isdigit() else i for i, n in enumerate(names)]
@@ -563,7 +564,7 @@ class Daemon:
         return await asyncio.wait_for(asyncio.wrap_future(fut), timeout=float(params.get("timeout", 600)))
 
     async def m_config_show(self, params):
-        from .daemon_config import default_toml
+        from miro_runtime.daemon.config import default_toml
         return {"config": self.cfg.to_dict(), "sources": self.cfg.source, "live_keys": {k: sorted(v) for k, v in
                                                                                         LIVE.items()},
                 "defaults_toml": default_toml() if params.get("defaults") else None}
@@ -607,7 +608,7 @@ class Daemon:
         seconds), limit (the last N matches), after (a byte offset: lines appended since, for
         follow)."""
         import aiofiles
-        from .log import LEVELS
+        from miro_runtime.log import LEVELS
         level = params.get("level", "debug")
         if level not in LEVELS:
             raise P.ProtocolError(P.INVALID_PARAMS, f"level must be one of {', '.join(LEVELS)}")
@@ -733,7 +734,7 @@ def _warm_engine():
     first optimizer (torch.optim imports its compiler stack lazily: 1.5 s on a 2-core x86 box)."""
     import torch
 
-    import miro_runtime.learner  # noqa: F401
+    import miro_runtime.engine.learner  # noqa: F401
     torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1, momentum=0.9)
 
 
@@ -766,7 +767,7 @@ def setup_logging(level="info"):
 
 
 def run_daemon(config_path=None, state_dir=None, socket_path=None, overrides=(), retrain_from_store=False) -> int:
-    from .client import default_state_dir
+    from miro_runtime.wire.client import default_state_dir
     try:
         cfg = load(config_path, state_dir or os.environ.get("MIRO_STATE_DIR") or None)
         overrides = list(overrides)

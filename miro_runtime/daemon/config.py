@@ -19,8 +19,8 @@ import sys
 from dataclasses import dataclass, field, fields
 from typing import Optional
 
-from .config import STRATEGY_NAMES, RunConfig
-from .session import SessionConfig  # noqa: F401  (torch-free: session.py imports torch lazily)
+from miro_runtime.config import STRATEGY_NAMES, RunConfig
+from miro_runtime.session.session import SessionConfig  # noqa: F401  (torch-free: session.py imports torch lazily)
 
 if sys.version_info >= (3, 11):
     import tomllib

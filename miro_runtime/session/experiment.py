@@ -18,10 +18,11 @@ import numpy as np
 
 from miro_runtime.profilers import ResourceMonitor
 
-from .config import RunConfig
-from .checkpoint import CHECKPOINT  # noqa: F401  (re-exported for callers of engine)
-from .learner import NS, Learner  # noqa: F401
-from .streams import Stream, make_stream
+from miro_runtime.config import RunConfig
+from miro_runtime.control import make_controller
+from miro_runtime.engine.checkpoint import CHECKPOINT  # noqa: F401  (re-exported for callers of engine)
+from miro_runtime.engine.learner import NS, Learner  # noqa: F401
+from miro_runtime.engine.streams import Stream, make_stream
 
 
 class Experiment:
@@ -35,7 +36,7 @@ class Experiment:
         self.cfg, self.resume = cfg, resume
         os.makedirs(cfg.run_dir, exist_ok=True)
         self.stream = stream or load_stream(cfg)
-        from .strategies import check_method
+        from miro_runtime.engine.strategies import check_method
         check_method(cfg)
         check_resources(cfg, self.stream)
         if cfg.strategy == "joint" and cfg.flash_budget is not None:
@@ -43,6 +44,8 @@ class Experiment:
             if n > cfg.flash_budget:  # joint trains on every stored sample: a truncated store is another bound
                 raise ValueError(f"--strategy joint trains on every sample of the stream ({n}), but --flash-budget "
                                  f"{cfg.flash_budget} keeps fewer: pass --flash-budget 0 (unbounded) or >= {n}")
+        if hooks is None:
+            hooks = make_controller(cfg)
         self.learner = Learner(cfg, self.stream, hooks=hooks, monitor=monitor, on_event=on_event)
 
     @classmethod
@@ -51,7 +54,7 @@ class Experiment:
         or, when that file is damaged or gone, the copy inside the latest good checkpoint."""
         import logging
 
-        from .checkpoint import any_checkpoint, load_latest
+        from miro_runtime.engine.checkpoint import any_checkpoint, load_latest
         path = os.path.join(run_dir, "config.json")
         if not os.path.isdir(run_dir) or not (os.path.exists(path) or any_checkpoint(run_dir)):
             raise FileNotFoundError(f"no run to resume in {run_dir} (config.json missing)")
@@ -140,8 +143,8 @@ class Experiment:
 def load_stream(cfg: RunConfig) -> Stream:
     """The stream a configuration names, cut to ``cfg.classes`` when given."""
     if cfg.classes:
-        from .config import parse_classes
-        from .streams import select_classes
+        from miro_runtime.config import parse_classes
+        from miro_runtime.engine.streams import select_classes
         whole = make_stream(cfg.stream, None, cfg.seed, cfg.data_dir, cfg.download, **cfg.synthetic)
         return select_classes(whole, parse_classes(cfg.classes), cfg.tasks)
     return make_stream(cfg.stream, cfg.tasks, cfg.seed, cfg.data_dir, cfg.download, **cfg.synthetic)

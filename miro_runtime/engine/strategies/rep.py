@@ -1,6 +1,6 @@
 """REP (Jeon et al.): a prompt method made cheap -- swift prompt selection (the query from a small
 ViT), AToM (adaptive token merging) and ALD (adaptive layer dropping), each switchable for ablations.
-The mechanisms live in ``miro_runtime.rep``; this file only binds them to L2P and DualPrompt."""
+The mechanisms live in ``miro_runtime.engine.rep``; this file only binds them to L2P and DualPrompt."""
 
 from dataclasses import dataclass
 

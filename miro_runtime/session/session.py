@@ -30,9 +30,9 @@ from typing import Optional
 
 import numpy as np
 
-from .config import RunConfig
-from .log import EventLog
-from .streams import TaskSpec, check_images
+from miro_runtime.config import RunConfig
+from miro_runtime.log import EventLog
+from miro_runtime.engine.streams import TaskSpec, check_images
 
 log = logging.getLogger("miro.session")
 TEST_NS = "test"
@@ -211,7 +211,7 @@ class Session:
                                         f"{'; '.join(diff)}. Set them back, or start on a fresh state directory")
 
     def _start(self, shape, resume: bool, meta: Optional[dict] = None):
-        from .learner import NS, Learner
+        from miro_runtime.engine.learner import NS, Learner
         from miro_runtime.storage import SampleSpec
         if resume:
             self._check_same_run()
@@ -225,7 +225,8 @@ class Session:
                 s.tasks[t].classes = list(classes)
         self.ended = json.loads(meta.get("live/ended") or "[]")
         self.stream = s
-        lr = Learner(self.cfg, s, log=self.log, extra_state=self._extra_state,
+        from miro_runtime.control import make_controller
+        lr = Learner(self.cfg, s, hooks=make_controller(self.cfg), log=self.log, extra_state=self._extra_state,
                      retrain_from_store=self.retrain_from_store)
         try:
             self.pos = lr.open(resume=resume)
@@ -235,7 +236,7 @@ class Session:
             lr.close()
             from miro_runtime.storage import StoreError
 
-            from .checkpoint import CheckpointError
+            from miro_runtime.engine.checkpoint import CheckpointError
             if isinstance(e, (CheckpointError, StoreError)):  # our own messages carry their next step
                 raise SessionError("state", str(e)) from e
             msg = str(e).splitlines()[0] if str(e) else type(e).__name__
@@ -337,7 +338,7 @@ class Session:
             self.inflight.release()
 
     def _ingest(self, task, split, x, labels, source=None) -> dict:
-        from .learner import NS
+        from miro_runtime.engine.learner import NS
         with self.lock:
             if self.stream is None:
                 if self._stop.is_set():
@@ -608,7 +609,7 @@ class Session:
         lr = self.learner
         if lr is None or not lr.acc:
             raise SessionError("not-ready", "no task has been trained and evaluated yet")
-        from .metrics import bwt, final_avg_acc, forgetting
+        from miro_runtime.engine.metrics import bwt, final_avg_acc, forgetting
         T = max(len(r) for r in lr.acc)
         acc = [row + [None] * (T - len(row)) for row in lr.acc]
         return {"acc_matrix": acc, "final_avg_acc": final_avg_acc(lr.acc), "forgetting": forgetting(lr.acc),

@@ -25,11 +25,11 @@ import torch
 from miro_runtime.profilers import ResourceMonitor, make_meter
 from miro_runtime.storage import FlashTier, SampleSpec
 
-from .checkpoint import CHECKPOINT, CheckpointError, load_latest, save_checkpoint
-from .config import RunConfig
-from .log import EventLog
-from .metrics import anon_rss_mb, bwt, evaluate, final_avg_acc, forgetting, peak_rss_mb
-from .strategies import build_model, make_strategy
+from miro_runtime.engine.checkpoint import CHECKPOINT, CheckpointError, load_latest, save_checkpoint
+from miro_runtime.config import RunConfig
+from miro_runtime.log import EventLog
+from miro_runtime.engine.metrics import anon_rss_mb, bwt, evaluate, final_avg_acc, forgetting, peak_rss_mb
+from miro_runtime.engine.strategies import build_model, make_strategy
 
 NS = "samples"
 
@@ -48,10 +48,7 @@ class Learner:
         if not cfg.run_dir:
             raise ValueError("RunConfig.run_dir is required (where the store, metrics and checkpoints live)")
         self.cfg, self.stream, self.on_event = cfg, stream, on_event
-        if hooks is None and cfg.miro:
-            from .miro import MiroController
-            hooks = MiroController(cfg, rule=cfg.miro_rule, search=cfg.miro_search, budget_frac=cfg.miro_budget)
-        self.hooks = hooks  # a Controller (hooks.py) or None
+        self.hooks = hooks  # a Controller (hooks.py) or None: the session builds it, the engine only calls it
         # controllers that react to resources (Miro) get snapshots between steps; tests pass a monitor
         # reading fixture sysfs trees
         wants = hooks is not None and hasattr(hooks, "on_resources")

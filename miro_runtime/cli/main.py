@@ -12,67 +12,10 @@ import time
 
 import click
 
-from .config import RunConfig
+from miro_runtime.config import RunConfig
 
 
-def _fmt(v):
-    return "  -  " if v is None else f"{100 * v:5.1f}"
-
-
-def print_table(summary: dict, out=sys.stdout, short: bool = False):
-    acc = summary["acc_matrix"]
-    T = len(acc[0]) if acc else 0
-    click.echo("\nAccuracy (%) on task j's classes after training task i:", file=out)
-    click.echo("after \\ on " + " ".join(f"  T{j}  " for j in range(T)), file=out)
-    for i, row in enumerate(acc):
-        click.echo(f"task {i:<5} " + " ".join(f"{_fmt(v)} " for v in row), file=out)
-    lines = [("final average accuracy", f"{100 * summary['final_avg_acc']:.1f} %"),
-             ("average forgetting", f"{100 * summary['forgetting']:.1f} points"),
-             ("backward transfer", f"{100 * summary['bwt']:+.1f} points")]
-    if not short:
-        lines += [("training samples/s", f"{summary['train_samples_per_s']:.0f}"),
-                  ("peak RSS", f"{summary['peak_rss_mb']:.0f} MB"),
-                  ("wall time", f"{summary['wall_s']:.1f} s")]
-    if summary.get("energy_j") is not None:
-        lines.append(("energy", f"{summary['energy_j']:.1f} J ({summary['energy_provenance']})"))
-    if summary.get("miro_decisions"):
-        lines.append(("miro profiling", f"{summary['profiling_energy_j']:.1f} J (counted in energy)"))
-        for d in summary["miro_decisions"]:
-            lines.append((f"  task {d['task']} chose", f"{d['winner']} of {len(d['candidates'])} candidates"))
-    if "swap" in summary:
-        s = summary["swap"]
-        lines.append(("swaps", f"{s['completed']} done, {s['dropped']} dropped, {s['bytes_read']} B read"))
-    for k, v in lines:
-        click.echo(f"{k:<24}{v}", file=out)
-    if not short:
-        click.echo(f"run directory           {summary['config']['run_dir']}", file=out)
-
-
-class Progress:
-    """One progress bar per task on stderr."""
-
-    def __init__(self):
-        self.bar = None
-
-    def __call__(self, kind, p):
-        if kind == "task_begin":
-            self.close()
-            self.bar = click.progressbar(length=p["steps"], label=f"task {p['task']} classes {p['classes']}",
-                                         file=sys.stderr, show_eta=True)
-            self.bar.__enter__()
-            if p["done"]:
-                self.bar.update(p["done"])
-        elif kind == "step" and self.bar is not None:
-            self.bar.update(1)
-        elif kind == "task_end":
-            self.close()
-            row = " ".join(f"{100 * a:.1f}" for a in p["acc"])
-            click.echo(f"  task {p['task']} done: acc per task [{row}]  avg {100 * p['avg_acc']:.1f}%", err=True)
-
-    def close(self):
-        if self.bar is not None:
-            self.bar.__exit__(None, None, None)
-            self.bar = None
+from miro_runtime.cli.render import Progress, print_table
 
 
 # exit codes of the control commands (sysexits.h)
@@ -150,8 +93,8 @@ def main(ctx, verbose, state_dir, socket_path):
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON summary as the last stdout line.")
 def run(**o):
     """Run a whole continual-learning experiment in-process (no daemon needed)."""
-    from .engine import Experiment
-    from .streams import StreamError
+    from miro_runtime.session.experiment import Experiment
+    from miro_runtime.engine.streams import StreamError
     from miro_runtime.storage import StoreError
 
     as_json = o.pop("as_json")
@@ -219,7 +162,7 @@ def inspect(ctx, state_dir, as_json):
     from --state-dir / MIRO_STATE_DIR. Safe while a writer is running: opens read-only."""
     from miro_runtime.storage import FlashTier, StoreError
 
-    from .client import default_state_dir
+    from miro_runtime.wire.client import default_state_dir
     state_dir = state_dir or (ctx.find_root().obj or {}).get("state_dir") or default_state_dir()
     path = os.path.join(state_dir, "state") if os.path.isdir(os.path.join(state_dir, "state")) else state_dir
     try:
@@ -286,7 +229,7 @@ def salvage(src, dst, as_json):
     import shutil
 
     from miro_runtime.storage import StoreError
-    from miro_runtime.storage.integrity import salvage as run_salvage
+    from miro_runtime.storage.salvage import salvage as run_salvage
     run = os.path.isdir(os.path.join(src, "state"))
     if os.path.exists(dst) and os.listdir(dst):
         raise click.ClickException(f"{dst} exists and is not empty; salvage writes into a new directory")
@@ -327,14 +270,14 @@ def salvage(src, dst, as_json):
 
 # ---------------------------------------------------------------------------- daemon control
 def _sock(ctx) -> str:
-    from .client import default_socket
+    from miro_runtime.wire.client import default_socket
     o = ctx.find_root().obj or {}
     return o["socket"] or default_socket(o["state_dir"])
 
 
 def _call(ctx, method, **params):
     """One request to mirod; a clear message and a distinct exit code when it cannot be served."""
-    from .client import Client, DaemonError, NoDaemon
+    from miro_runtime.wire.client import Client, DaemonError, NoDaemon
     path = _sock(ctx)
     try:
         with Client(path) as c:
@@ -368,7 +311,7 @@ def _out(obj, as_json, human):
 @click.pass_context
 def daemon(ctx, config_path, sets, retrain_from_store):
     """Run mirod in the foreground (what the systemd unit runs)."""
-    from .daemon import run_daemon
+    from miro_runtime.daemon.daemon import run_daemon
     o = ctx.find_root().obj
     pairs = []
     for item in sets:
@@ -567,7 +510,7 @@ def config():
 @click.pass_context
 def config_show(ctx, defaults, as_json):
     if defaults:
-        from .daemon_config import default_toml
+        from miro_runtime.daemon.config import default_toml
         click.echo(default_toml())
         return
 
@@ -685,7 +628,7 @@ def service():
 @click.option("--config", "config_path", default="/etc/miro/mirod.toml", show_default=True)
 def unit(user, group, config_path):
     """Print the unit file."""
-    from .service import unit_file
+    from miro_runtime.daemon.unit import unit_file
     click.echo(unit_file(user=user, group=group, config=config_path), nl=False)
 
 
@@ -697,7 +640,7 @@ def unit(user, group, config_path):
 @click.option("--no-reload", is_flag=True, help="Do not run systemctl daemon-reload.")
 def install(path, user, group, config_path, no_reload):
     """Write the unit (and run systemctl daemon-reload when systemd is there)."""
-    from .service import install_unit
+    from miro_runtime.daemon.unit import install_unit
     for line in install_unit(path, user=user, group=group, config=config_path, reload=not no_reload):
         click.echo(line)
 
@@ -707,7 +650,7 @@ def install(path, user, group, config_path, no_reload):
 @click.option("--no-reload", is_flag=True)
 def uninstall(path, no_reload):
     """Remove the unit (the state directory is left alone)."""
-    from .service import uninstall_unit
+    from miro_runtime.daemon.unit import uninstall_unit
     for line in uninstall_unit(path, reload=not no_reload):
         click.echo(line)
 
@@ -719,7 +662,7 @@ def uninstall(path, no_reload):
 def demo(tasks, epochs, keep):
     """Start mirod on a temporary state dir, stream split-digits through its socket, show the
     accuracy matrix, energy per task and a few predictions, stop it cleanly."""
-    from .demo import run_demo
+    from miro_runtime.cli.demo import run_demo
     sys.exit(run_demo(tasks=tasks, epochs=epochs, keep=keep))
 
 
@@ -748,9 +691,9 @@ def rep():
 def pretrain(stream, classes, out, size, image_size, patch_size, epochs, batch_size, lr, seed, data_dir, threads,
              layer_drop, as_json):
     """Pretrain a small ViT on base classes, for a --backbone when no pretrained weights are at hand."""
-    from .config import parse_classes
-    from .rep.pretrain import pretrain as run_pretrain
-    from .streams import StreamError, make_stream, select_classes
+    from miro_runtime.config import parse_classes
+    from miro_runtime.engine.rep.pretrain import pretrain as run_pretrain
+    from miro_runtime.engine.streams import StreamError, make_stream, select_classes
     try:
         ids = parse_classes(classes)
         st = select_classes(make_stream(stream, None, seed, data_dir), ids, 1)

@@ -1,0 +1,7 @@
+"""`python -m miro_runtime.daemon`: the `mirod` command."""
+
+import sys
+
+from miro_runtime.daemon.daemon import main
+
+sys.exit(main())

@@ -1,0 +1,185 @@
+"""Salvage: every readable, crc-valid record of a damaged flash store copied into a fresh one, with a
+report of what was lost (the newest LMDB snapshot first, the previous one filling in). The checks it
+relies on live in ``integrity.py``; this module sits above both it and ``flash.py``."""
+
+from __future__ import annotations
+
+import os
+
+from .integrity import _DB, _META, _PAGE_HDR, _db_names, _meta_at, _raw_env, _scan, _specs, read_header
+
+
+def _collect(env_dir: str) -> dict:
+    """Everything readable in one snapshot: specs, the metadata worth keeping, crc-valid records and
+    blobs by key, the ids whose records fail their checks, and the walk's errors."""
+    import lmdb
+
+    from .codec import decode_blob, decode_record
+    from .errors import StoreError
+    got = {"specs": {}, "meta": {}, "counts": {}, "records": {}, "lost": {}, "blobs": {}, "errors": []}
+    try:
+        env = _raw_env(env_dir)
+    except lmdb.Error as e:
+        got["errors"].append(f"LMDB: {type(e).__name__}: {e}")
+        return got
+    try:
+        with env.begin() as txn:
+            meta = env.open_db(b"meta", txn=txn, create=False)
+
+            def m(k, v):
+                key = k.decode("utf-8", "replace")
+                if key.startswith("user/") or key == "eviction_rng" or key.endswith("/seen") or \
+                        key.endswith("/next_id"):
+                    got["meta"][key] = v
+                elif key.startswith("ns/") and key.endswith("/count"):
+                    try:
+                        got["counts"][key[3:-6]] = int(v)
+                    except ValueError:
+                        pass
+            _scan(txn, meta, m, got["errors"], "meta")
+            got["specs"] = {ns: sp for ns, sp in _specs(txn, meta).items() if sp is not None}
+            for ns in got["specs"]:
+                recs, lost = got["records"].setdefault(ns, {}), got["lost"].setdefault(ns, set())
+
+                def rec(k, v, ns=ns, recs=recs, lost=lost):
+                    sid = int.from_bytes(k, "big")
+                    try:
+                        d = decode_record(v, key=(ns, sid))
+                        if d.sample_id != sid:
+                            raise StoreError("id mismatch")
+                    except StoreError:
+                        lost.add(sid)
+                        return
+                    recs[sid] = (k, v, int(d.label))
+                _scan(txn, env.open_db(f"{ns}.data".encode(), txn=txn, create=False), rec, got["errors"],
+                      f"{ns}.data")
+            for name in _db_names(txn):
+                if name.endswith(".blob"):
+                    good, bad = got["blobs"].setdefault(name, {}), got["lost"].setdefault(name, set())
+
+                    def blob(k, v, good=good, bad=bad):
+                        try:
+                            decode_blob(v)
+                            good[k] = v
+                        except StoreError:
+                            bad.add(k.hex())
+                    _scan(txn, env.open_db(name.encode(), txn=txn, create=False), blob, got["errors"], name)
+    except lmdb.Error as e:
+        got["errors"].append(f"LMDB: {type(e).__name__}: {e}")
+    finally:
+        env.close()
+    return got
+
+
+def _copy_for_snapshot(path: str, h: dict, older: bool) -> str:
+    """A temporary copy of ``data.mdb`` padded to its recorded length; with ``older`` the newer
+    meta page's txnid is zeroed, so LMDB opens the previous transaction's snapshot (intact by design)."""
+    import shutil
+    import tempfile
+    tmp = tempfile.mkdtemp(prefix="miro-salvage-")
+    shutil.copy(path, os.path.join(tmp, "data.mdb"))
+    with open(os.path.join(tmp, "data.mdb"), "r+b") as fh:
+        if os.path.getsize(path) < h["required_bytes"]:
+            fh.truncate(h["required_bytes"])  # zero pages: LMDB reports them, crc rejects what they held
+        if older:
+            metas = []
+            for i in (0, 1):
+                fh.seek(i * h["page_size"])
+                metas.append(_meta_at(fh.read(4096), 0))
+            newer = max((i for i in (0, 1) if metas[i]), key=lambda i: metas[i]["txnid"])
+            # LMDB opens the meta page with the larger txnid: zero the newer one's (its magic must stay)
+            fh.seek(newer * h["page_size"] + _PAGE_HDR + _META.size + 2 * _DB.size + 8)
+            fh.write(bytes(8))
+    return tmp
+
+
+def salvage(src: str, dst: str) -> dict:
+    """Copy every readable, crc-valid record (same ids, labels, tasks), every valid blob and the
+    store's metadata into a fresh flash tier at ``dst``; report what was lost. The newest snapshot is
+    walked first; when it is damaged, the previous one (LMDB keeps it intact) fills in what it can
+    (a record evicted by the very last commit may come back then). A file cut short is padded with
+    zeros in a temporary copy: nothing maps the short file itself."""
+    import shutil
+
+    from .errors import StoreError
+    from .flash import FlashTier, SampleSpec
+    path = os.path.join(src, "data.mdb")
+    if not os.path.exists(path):
+        raise StoreError(f"no flash store at {src} (data.mdb missing): nothing to salvage")
+    if os.path.exists(os.path.join(dst, "data.mdb")):
+        raise StoreError(f"{dst} already holds a store; salvage writes into a new directory")
+    try:
+        h = read_header(path)
+    except (OSError, ValueError) as e:
+        raise StoreError(f"{path} has no readable LMDB metadata ({e}): nothing can be salvaged") from None
+    short = os.path.getsize(path) < h["required_bytes"]
+    rep = {"src": os.path.abspath(src), "dst": os.path.abspath(dst), "errors": [], "namespaces": {},
+           "padded_bytes": h["required_bytes"] - os.path.getsize(path) if short else 0, "snapshots": ["newest"]}
+    tmps = []
+    try:
+        if short:
+            tmps.append(_copy_for_snapshot(path, h, older=False))
+        got = _collect(tmps[-1] if short else src)
+        rep["errors"] += got["errors"]
+        if got["errors"] or short:  # the newest snapshot is damaged: the previous one may hold what it lost
+            tmps.append(_copy_for_snapshot(path, h, older=True))
+            old = _collect(tmps[-1])
+            rep["snapshots"].append("previous")
+            for ns, sp in old["specs"].items():
+                got["specs"].setdefault(ns, sp)
+            for k, v in old["meta"].items():
+                got["meta"].setdefault(k, v)
+            for k, v in old["counts"].items():
+                got["counts"].setdefault(k, v)
+            for ns, recs in old["records"].items():
+                mine = got["records"].setdefault(ns, {})
+                for sid, r in recs.items():
+                    mine.setdefault(sid, r)
+            for name, blobs in old["blobs"].items():
+                for k, v in blobs.items():
+                    got["blobs"].setdefault(name, {}).setdefault(k, v)
+            for ns, lost in old["lost"].items():
+                got["lost"].setdefault(ns, set()).update(lost)
+    finally:
+        for t in tmps:
+            shutil.rmtree(t, ignore_errors=True)
+    out = FlashTier(dst)
+    try:
+        for ns, spec in sorted(got["specs"].items()):
+            spec_obj = SampleSpec(**{**spec, "shape": tuple(spec["shape"])})
+            out.declare_samples(ns, spec_obj)
+            recs = got["records"].get(ns, {})
+            items = [(r[0], r[1]) for _, r in sorted(recs.items())]
+            idx = sorted(((lab & 0xFFFFFFFF).to_bytes(4, "big") + k, b"") for k, _, lab in recs.values())
+
+            def job(t, ns=ns, items=items, idx=idx, rb=spec_obj.record_bytes):
+                if items:
+                    t.cursor(db=out._db(f"{ns}.data", txn=t)).putmulti(items)
+                    t.cursor(db=out._db(f"{ns}.class", txn=t)).putmulti(idx)
+                for k, v in ((f"ns/{ns}/count", len(items)), (f"ns/{ns}/bytes", len(items) * rb)):
+                    t.put(k.encode(), str(v).encode(), db=out._meta)
+                return None, None
+            out._write(job)
+            lost = sorted(got["lost"].get(ns, set()) - set(recs))
+            expected = got["counts"].get(ns)
+            rep["namespaces"][ns] = {"kept": len(items), "lost": lost, "count_meta": expected,
+                                     "unreachable": max(0, expected - len(items) - len(lost)) if expected else 0}
+        for name, blobs in got["blobs"].items():
+            def bjob(t, name=name, blobs=blobs):
+                if blobs:
+                    t.cursor(db=out._db(name, txn=t)).putmulti(sorted(blobs.items()))
+                return None, None
+            out._write(bjob)
+            rep["namespaces"][name] = {"kept": len(blobs), "lost": sorted(got["lost"].get(name, set()))}
+
+        def mjob(t):
+            for k, v in got["meta"].items():
+                t.put(k.encode(), v, db=out._meta)
+            t.put(b"user/salvaged_from", rep["src"].encode(), db=out._meta)
+            return None, None
+        out._write(mjob)
+    finally:
+        out.close()
+    rep["kept"] = sum(v["kept"] for v in rep["namespaces"].values())
+    rep["lost"] = sum(len(v["lost"]) + v.get("unreachable", 0) for v in rep["namespaces"].values())
+    return rep
