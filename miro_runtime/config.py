@@ -8,19 +8,16 @@ import re
 from dataclasses import asdict, dataclass, field, fields
 from typing import Optional
 
+from miro_runtime.choices import PROMPT_STRATEGIES, RUN_CHOICES
 
 # None allowed
 _OPTIONAL = {"flash_budget": int, "tasks": int, "data_dir": str, "run_dir": str, "backbone": str, "classes": str}
-# the strategies' names without importing them (and torch): control commands validate configs too
-STRATEGY_NAMES = ("finetune", "joint", "er", "der", "carm", "carm-sync", "l2p", "dualprompt", "rep-l2p",
-                  "rep-dualprompt")
-PROMPT_STRATEGIES = ("l2p", "dualprompt", "rep-l2p", "rep-dualprompt")  # a frozen ViT from --backbone
 
 
 @dataclass
 class RunConfig:
     stream: str = "split-digits"
-    strategy: str = "carm"  # one of STRATEGY_NAMES
+    strategy: str = "carm"  # one of choices.STRATEGIES
     backbone: Optional[str] = None  # the prompt methods' frozen ViT: a torchvision state dict file
     method: dict = field(default_factory=dict)  # the strategy's own hyperparameters (--method-opt KEY=VALUE)
     classes: Optional[str] = None  # keep only these classes of the stream ("5-9", "0,2,4"), in this order
@@ -103,8 +100,9 @@ class RunConfig:
                 bad(f.name, f"must be a finite number, got {v}")
         if problems:  # NaN and inf make every comparison below meaningless
             raise ValueError("; ".join(problems))
-        if self.strategy not in STRATEGY_NAMES:
-            bad("strategy", f"strategy {self.strategy!r} is not one of {sorted(STRATEGY_NAMES)}")
+        for name, allowed in RUN_CHOICES.items():
+            if name != "stream" and getattr(self, name) not in allowed:
+                bad(name, f"{getattr(self, name)!r} is not one of {', '.join(allowed)}")
         if self.strategy in PROMPT_STRATEGIES and not self.backbone:
             bad("backbone", f"--strategy {self.strategy} prompts a frozen pretrained ViT: give its state dict file "
                             "(make one with `miro rep pretrain`)")
@@ -118,13 +116,6 @@ class RunConfig:
                 parse_classes(self.classes)
             except ValueError as e:
                 bad("classes", str(e))
-        if self.replay not in ("er", "der"):
-            bad("replay", f"replay {self.replay!r} must be er or der")
-        for name in ("flash_policy", "em_policy"):
-            if getattr(self, name) not in ("class-balanced", "reservoir"):
-                bad(name, f"{getattr(self, name)!r} is not one of class-balanced, reservoir")
-        if self.model not in ("auto", "cnn", "resnet18"):
-            bad("model", f"model {self.model!r} is not one of auto, cnn, resnet18")
         if self.memory < 0:
             bad("memory", f"memory must be >= 0 samples, got {self.memory}")
         if self.flash_budget is not None and self.flash_budget < 1:
@@ -157,15 +148,6 @@ class RunConfig:
             bad("seed", f"must be >= 0, got {self.seed}")
         if not re.fullmatch(r"cpu|auto|cuda(:\d+)?|mps", str(self.device)):
             bad("device", f"{self.device!r} is not a device: cpu, auto, cuda, cuda:N or mps")
-        if self.sync_mode not in ("sync", "metasync-off", "nosync"):
-            bad("sync_mode", f"{self.sync_mode!r} is not one of sync, metasync-off, nosync")
-        if self.energy_source not in ("auto", "nvml", "rapl", "jetson", "pi5", "estimate"):
-            bad("energy_source", f"{self.energy_source!r} is not one of auto, nvml, rapl, jetson, pi5, estimate")
-        if self.miro_rule not in ("top-half-acc-per-joule", "acc-per-joule", "lowest-energy", "highest-accuracy",
-                                  "zeus"):
-            bad("miro_rule", f"{self.miro_rule!r} is not a Miro rule")
-        if self.miro_search not in ("bandit", "grid"):
-            bad("miro_search", f"{self.miro_search!r} is not one of bandit, grid")
         syn = self.synthetic or {}
         if syn:
             shape = syn.get("shape", (1, 16, 16))

@@ -11,9 +11,10 @@ import os
 import threading
 import time
 
+from miro_runtime.choices import LOG_LEVELS as LEVELS
+
 logger = logging.getLogger("miro")
 
-LEVELS = ("debug", "info", "warning", "error")
 SYSLOG = {"debug": 7, "info": 6, "warning": 4, "error": 3}
 PYLEVEL = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 KIND_LEVEL = {"error": "error", "peer_refused": "warning", "training_paused": "warning", "request_error": "warning",

@@ -30,17 +30,13 @@ import numpy as np
 
 from .codec import (HEADER_SIZE, Record, decode_blob, decode_into, decode_record, dtype_code, encode_blob,
                     encode_record)
+from .names import EVICTION_POLICIES, SYNC_MODES
 from .errors import BadRecordError, BudgetError, DamagedStoreError, ForkError, SchemaTooNewError, StoreError
 from .integrity import check_data_file
 from .tier import Tier, blob_key
 
 SCHEMA_VERSION = 1
-SYNC_MODES = {
-    "sync": dict(sync=True, metasync=True),  # acknowledged = committed and fsynced
-    "metasync-off": dict(sync=True, metasync=False),  # a crash may undo the last commit
-    "nosync": dict(sync=False, metasync=False),  # a crash may lose the last commits
-}
-POLICIES = ("class-balanced", "reservoir")
+POLICIES = EVICTION_POLICIES
 RNG_KEY = "eviction_rng"
 log = logging.getLogger("miro.storage")
 

@@ -3,12 +3,14 @@ own behaviour); the lossy ones decide which tokens stay when a layer's share of 
 full: ``sink`` (StreamingLLM), ``h2o`` (heavy hitters + recent window), ``cascade`` (Cascading KV). ``topk``
 (HiP-like) keeps every block in a cold tier and chooses per query which blocks attention sees."""
 
+from ..service import POLICIES as NAMES
 from .cascade import Cascade
 from .h2o import H2O
 from .sink import Sink
 from .topk import TopK
 
 POLICIES = {"sink": Sink, "h2o": H2O, "cascade": Cascade, "topk": TopK}
+assert ("full", *POLICIES) == NAMES, "kv/service.py lists every policy (the daemon reads the names from there)"
 
 
 def make_policy(name: str, **kw):

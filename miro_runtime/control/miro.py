@@ -34,9 +34,9 @@ from typing import Optional
 import numpy as np
 import torch
 
-from miro_runtime.engine.memory import EpisodicMemory
+from miro_runtime.choices import MIRO_RULES as RULES
 
-RULES = ("top-half-acc-per-joule", "acc-per-joule", "lowest-energy", "highest-accuracy", "zeus")
+from miro_runtime.engine.memory import EpisodicMemory
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,8 @@ import sys
 from dataclasses import dataclass, field, fields
 from typing import Optional
 
-from miro_runtime.config import STRATEGY_NAMES, RunConfig
+from miro_runtime.choices import KV_POLICIES, LOG_LEVELS, RUN_CHOICES
+from miro_runtime.config import RunConfig
 from miro_runtime.session.session import SessionConfig  # noqa: F401  (torch-free: session.py imports torch lazily)
 
 if sys.version_info >= (3, 11):
@@ -50,9 +51,6 @@ class DaemonSection:
     watchdog: bool = True  # ping systemd's watchdog from the event loop when WATCHDOG_USEC is set
 
 
-KV_POLICIES = ("full", "sink", "h2o", "cascade", "topk")  # kv/policies (named here: this file stays torch-free)
-
-
 @dataclass
 class KVSection:
     enabled: bool = True  # serve kv_generate on the control socket
@@ -74,17 +72,8 @@ LIVE = {  # what SIGHUP / config set change in a running daemon; everything else
     "kv": {"enabled", "policy", "ram_bytes", "flash_bytes", "max_new_tokens", "reuse_prefixes"},
 }
 TABLES = ("daemon", "learning", "session", "kv")
-LOG_LEVELS = ("debug", "info", "warning", "error")
 CHOICES = {
-    ("learning", "strategy"): STRATEGY_NAMES,
-    ("learning", "replay"): ("er", "der"),
-    ("learning", "flash_policy"): ("class-balanced", "reservoir"),
-    ("learning", "em_policy"): ("class-balanced", "reservoir"),
-    ("learning", "model"): ("auto", "cnn", "resnet18"),
-    ("learning", "sync_mode"): ("sync", "metasync-off", "nosync"),
-    ("learning", "energy_source"): ("auto", "nvml", "rapl", "jetson", "pi5", "estimate"),
-    ("learning", "miro_rule"): ("top-half-acc-per-joule", "acc-per-joule", "lowest-energy", "highest-accuracy", "zeus"),
-    ("learning", "miro_search"): ("bandit", "grid"),
+    **{("learning", k): v for k, v in RUN_CHOICES.items() if k != "stream"},
     ("daemon", "log_level"): LOG_LEVELS,
     ("kv", "policy"): KV_POLICIES,
 }

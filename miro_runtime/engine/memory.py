@@ -10,9 +10,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from miro_runtime.storage import RamTier
+from miro_runtime.choices import EVICTION_POLICIES as EM_POLICIES
 
-EM_POLICIES = ("class-balanced", "reservoir")
+from miro_runtime.storage import RamTier
 
 
 class EpisodicMemory:

@@ -17,6 +17,8 @@ from typing import Iterator, Optional, Sequence
 
 import numpy as np
 
+from miro_runtime.choices import STREAMS
+
 
 class StreamError(ValueError):
     """Bad stream input; the message names the task and the sample (or file)."""
@@ -394,9 +396,6 @@ def synthetic(tasks: int = 5, seed: int = 0, num_classes: int = 10, shape: Seque
     return from_arrays("synthetic", xtr, ytr, xte, yte, tasks, seed,
                        info={"generator": "prototype+shift+contrast+noise", "noise": noise,
                              "per_class": per_class})
-
-
-STREAMS = ("split-digits", "mnist", "fashion-mnist", "cifar10", "cifar100", "folder", "synthetic")
 
 
 def make_stream(name: str, tasks: Optional[int] = None, seed: int = 0, data_dir: Optional[str] = None,

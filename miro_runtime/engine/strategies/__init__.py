@@ -1,5 +1,7 @@
 """CL methods, one file each, all behind begin_task / observe / end_task."""
 
+from miro_runtime import choices
+
 from .base import Strategy
 from .carm import CarM, select_swap_out
 from .dualprompt import DualPrompt
@@ -12,6 +14,7 @@ from .joint import Joint
 
 STRATEGIES = {"finetune": Finetune, "joint": Joint, "er": ER, "der": DER, "carm": CarM, "carm-sync": CarM,
               "l2p": L2P, "dualprompt": DualPrompt, "rep-l2p": REPL2P, "rep-dualprompt": REPDualPrompt}
+assert tuple(STRATEGIES) == choices.STRATEGIES, "a strategy's name is listed in miro_runtime/choices.py"
 
 
 def check_method(cfg) -> None:
