@@ -27,8 +27,11 @@ run: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/run_all.py
 
+# ruff on the sources; lint-imports on the layer contracts in .importlinter (it reads the tree as installed:
+# miro_runtime/storage, /profilers and /kv are links to the top-level folders that package_dir installs there)
 lint: $(STAMP)
 	$(BIN)/ruff check miro_runtime storage profilers kv tests examples bench
+	$(BIN)/lint-imports
 
 clean:
 	rm -rf $(VENV) build *.egg-info

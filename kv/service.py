@@ -14,7 +14,7 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Optional
 
-POLICIES = ("full", "sink", "h2o", "cascade", "topk")
+from .names import POLICIES
 
 
 @dataclass

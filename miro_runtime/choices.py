@@ -3,7 +3,7 @@ TOML, `miro run`'s options and their help all read these tuples; the modules tha
 check against them. Standard library only (control commands import it without torch or numpy):
 the lower layers' own names come from their stdlib-only ``names`` modules."""
 
-from miro_runtime.kv.service import POLICIES as KV_POLICIES  # stdlib-only module of the KV path
+from miro_runtime.kv.names import POLICIES as KV_POLICIES
 from miro_runtime.profilers.names import ENERGY_SOURCES
 from miro_runtime.storage.names import EVICTION_POLICIES, SYNC_MODES as _SYNC
 

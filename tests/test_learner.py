@@ -46,7 +46,7 @@ def test_batch_path_equals_the_recorded_pre_api_run(tmp_path, name):
         assert again["acc_matrix"] == s["acc_matrix"] and again["steps"] == s["steps"]
         import warnings
         warnings.warn(f"no recorded accuracy matrix for {kernel_fingerprint()!r}: checked run-to-run equality "
-                      f"only; record this machine's entry in {FIXTURE} from a known-good commit")
+                      f"only; record this machine's entry in {FIXTURE} from a known-good commit", stacklevel=1)
 
 
 class Boom(Exception):

@@ -3,14 +3,14 @@ own behaviour); the lossy ones decide which tokens stay when a layer's share of 
 full: ``sink`` (StreamingLLM), ``h2o`` (heavy hitters + recent window), ``cascade`` (Cascading KV). ``topk``
 (HiP-like) keeps every block in a cold tier and chooses per query which blocks attention sees."""
 
-from ..service import POLICIES as NAMES
+from ..names import POLICIES as NAMES
 from .cascade import Cascade
 from .h2o import H2O
 from .sink import Sink
 from .topk import TopK
 
 POLICIES = {"sink": Sink, "h2o": H2O, "cascade": Cascade, "topk": TopK}
-assert ("full", *POLICIES) == NAMES, "kv/service.py lists every policy (the daemon reads the names from there)"
+assert ("full", *POLICIES) == NAMES, "kv/names.py lists every policy (the daemon reads the names from there)"
 
 
 def make_policy(name: str, **kw):
@@ -25,8 +25,14 @@ def make_policy(name: str, **kw):
 
 def parse_options(name: str, pairs) -> dict:
     """``--policy-opt KEY=VALUE`` pairs -> keyword arguments of the policy, typed like its defaults;
-    a ValueError naming the key otherwise (a policy's knobs live with the policy)."""
+    a ValueError naming the key otherwise (a policy's knobs live with the policy). Typed the way
+    ``miro_runtime.config.typed`` types every written setting (msgspec's lax conversion of the stripped
+    text, finite numbers only), calling msgspec directly: kv/ uses storage/ only, never miro_runtime's
+    top package."""
     import inspect
+    import math
+
+    import msgspec
     if not pairs:
         return {}
     if name not in POLICIES:
@@ -40,10 +46,14 @@ def parse_options(name: str, pairs) -> dict:
         if key not in params:
             raise ValueError(f"--policy-opt {key}: not an option of --policy {name}; its options are "
                              f"{', '.join(sorted(params))}")
+        want = type(params[key])
+        bad = ValueError(f"--policy-opt {key}={raw!r}: must be {want.__name__}")
         try:
-            out[key] = type(params[key])(raw)
-        except ValueError:
-            raise ValueError(f"--policy-opt {key}={raw!r}: must be {type(params[key]).__name__}") from None
+            out[key] = msgspec.convert(raw.strip(), want, strict=False)
+        except msgspec.ValidationError:
+            raise bad from None
+        if isinstance(out[key], float) and not math.isfinite(out[key]):
+            raise bad
     return out
 
 
