@@ -18,7 +18,8 @@ BENCHES = [("storage", "Tiered store (`bench/storage.py`)"),
            ("miro", "Miro: energy-aware reconfiguration (`bench/miro.py`)"),
            ("daemon", "mirod: socket ingest while training, latency, CLI cost (`bench/daemon.py`)"),
            ("rep", "REP: prompt learning made cheap (`bench/rep.py`)"),
-           ("kv", "KV-cache path on the tiers (`bench/kv.py`)")]
+           ("kv", "KV-cache path on the tiers (`bench/kv.py`)"),
+           ("layers", "Control commands before and after the layers split (`bench/layers.py`)")]
 
 
 def main():
