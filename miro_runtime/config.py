@@ -1,62 +1,157 @@
-"""Run configuration: one dataclass, JSON in and out (the run directory keeps a copy for --resume)."""
+"""Run configuration: one dataclass, JSON in and out (the run directory keeps a copy for --resume), and
+``typed``, the one conversion of a written value into a typed setting.
+
+Each RunConfig field is defined once, with its `miro run` option in the field's ``metadata`` (``about``):
+cli/options.py builds the click options from them, so a flag's help cannot drift from its setting, and the
+allowed values come from choices.RUN_CHOICES by field name (as ``validate`` and the daemon's TOML read them).
+
+``typed`` turns every written value into a setting: the daemon's TOML, ``MIROD_*`` environment, ``--set`` and
+``miro config set`` (daemon/config.py), ``--method-opt`` (engine/strategies/prompt.py) and stored run configs
+(``RunConfig.from_json``); kv/policies' ``--policy-opt`` does the same directly (kv/ does not import this
+package). It is built on msgspec because msgspec decodes typed values from JSON and TOML data in one call
+(``convert``: strict for stored JSON, where "3" is not an int; lax for text, where "3", "1e-3" and "true"
+parse), its validation errors name the path that failed ("Expected `int`, got `str` - at `$.epochs`";
+``typed`` names the key as the user wrote it instead), it is fast (C), and it needs neither torch nor
+numpy, so the torch-free control path (the daemon's config, ``miro config set``) uses it as is. Around it,
+``typed`` keeps the spellings msgspec does not know: yes/no/on/off, none for an optional setting, a comma
+list for a tuple, JSON text for a table; and a number must be finite.
+"""
 
 from __future__ import annotations
 
 import json
 import math
 import re
+import typing
 from dataclasses import asdict, dataclass, field, fields
 from typing import Optional
 
 from miro_runtime.choices import PROMPT_STRATEGIES, RUN_CHOICES
 
-# None allowed
-_OPTIONAL = {"flash_budget": int, "tasks": int, "data_dir": str, "run_dir": str, "backbone": str, "classes": str}
+TRUE_WORDS = ("1", "true", "yes", "on")
+FALSE_WORDS = ("0", "false", "no", "off")
+NONE_WORDS = ("", "none", "None")  # an optional setting left unset, as env, --set and TOML strings spell it
+_WHAT = {int: "int (an integer)", float: "float (a finite number)", bool: "bool (true or false)",
+         str: "str (a string)", dict: "dict (a table, or JSON text)", tuple: "tuple (integers, e.g. 0,1)"}
+
+
+def typed(value, type_, key: str, origin: str, spelled: bool = True):
+    """``value`` as ``type_`` (int, float, bool, str, dict, tuple[int, ...], or Optional of one), else a
+    ValueError ``"{origin} {key}={value!r}: must be {type}"`` naming the key as the caller knows it.
+
+    ``spelled``: the value was written by a person (env, CLI, TOML, --method-opt): a string is read as its
+    spelling (bool 1/0/true/false/yes/no/on/off, none/None/"" for an optional setting, "0,1" for a tuple,
+    JSON text for a dict, numbers as msgspec parses them). Otherwise (a stored JSON config) each value must
+    already be of its type, ints widening to float."""
+    import msgspec  # here, not at the top: `miro status` imports this module for RunConfig's fields only
+
+    base, optional = unwrap_optional(type_)
+    what = _WHAT.get(typing.get_origin(base) or base, getattr(base, "__name__", str(base)))
+    bad = ValueError(f"{origin} {key}={value!r}: must be {what}{' or none' if optional else ''}")
+    if spelled and isinstance(value, str):
+        text = value.strip()
+        if optional and text in NONE_WORDS:
+            return None
+        if base is bool:
+            if text.lower() not in TRUE_WORDS + FALSE_WORDS:
+                raise bad
+            value = text.lower() in TRUE_WORDS
+        elif base is dict:
+            try:
+                value = json.loads(text)
+            except ValueError:
+                raise bad from None
+        elif typing.get_origin(base) is tuple:
+            value = [part.strip() for part in text.split(",") if part.strip()]
+        elif base is not str:
+            value = text
+    try:
+        out = msgspec.convert(value, type_, strict=not spelled)
+    except msgspec.ValidationError:
+        raise bad from None
+    if isinstance(out, float) and not math.isfinite(out):
+        raise bad
+    return out
+
+
+def unwrap_optional(type_) -> tuple:
+    """Optional[X] -> (X, True); X -> (X, False)."""
+    args = typing.get_args(type_)
+    if typing.get_origin(type_) is typing.Union and type(None) in args:
+        (base,) = [a for a in args if a is not type(None)]
+        return base, True
+    return type_, False
+
+
+def about(help_: str, **more) -> dict:
+    """A RunConfig field's metadata, its `miro run` option: ``help`` (allowed values are appended from
+    choices.RUN_CHOICES), and where they apply ``metavar``, ``min`` (the least value the flag takes),
+    ``file`` (a file path), ``zero_is_none`` (0 spells None, unbounded, on the command line and in TOML)."""
+    return {"help": help_, **more}
 
 
 @dataclass
 class RunConfig:
-    stream: str = "split-digits"
-    strategy: str = "carm"  # one of choices.STRATEGIES
-    backbone: Optional[str] = None  # the prompt methods' frozen ViT: a torchvision state dict file
-    method: dict = field(default_factory=dict)  # the strategy's own hyperparameters (--method-opt KEY=VALUE)
-    classes: Optional[str] = None  # keep only these classes of the stream ("5-9", "0,2,4"), in this order
-    replay: str = "er"  # the method CarM runs on top of: er | der
-    memory: int = 20  # RAM episodic memory, samples
-    flash_budget: Optional[int] = 2000  # flash tier, samples (None: unbounded)
-    flash_policy: str = "class-balanced"  # or reservoir
-    em_policy: str = "class-balanced"  # or reservoir
-    swap_ratio: float = 0.5
-    swap_workers: int = 1
-    swap_group_ms: float = 15.0  # async CarM: one swap job per this much training (0: one per step)
-    epochs: int = 5
-    online: bool = False  # single pass as batches arrive (the daemon's setting)
-    batch_size: int = 16
-    lr: float = 0.05
-    momentum: float = 0.9
-    clip_grad: float = 5.0
-    der_alpha: float = 0.3
-    der_beta: float = 0.5
-    model: str = "auto"  # cnn | resnet18 | auto
-    tasks: Optional[int] = None
-    seed: int = 0
-    data_dir: Optional[str] = None
-    download: bool = False
-    synthetic: dict = field(default_factory=dict)  # shape, num_classes, per_class, noise
-    device: str = "cpu"
-    threads: int = 1  # torch intra-op threads on the CPU (0: torch's default, one per core)
-    run_dir: Optional[str] = None
-    checkpoint_every: int = 200  # steps; a checkpoint is also written at every task end
-    sync_mode: str = "sync"
-    energy_source: str = "auto"  # auto | nvml | rapl | jetson | pi5 | estimate
-    miro: bool = False  # retune memory, flash, swap ratio and epochs per task for accuracy per joule
-    miro_rule: str = "top-half-acc-per-joule"  # | lowest-energy | highest-accuracy | zeus
-    miro_search: str = "bandit"  # | grid
-    miro_budget: float = 0.10  # profiling energy cap, share of the previous task's energy
+    stream: str = field(default="split-digits", metadata=about("The task stream", metavar="NAME"))
+    strategy: str = field(default="carm", metadata=about("The continual-learning method", metavar="NAME"))
+    backbone: Optional[str] = field(default=None, metadata=about(
+        "Prompt strategies: the frozen ViT, a torchvision state dict file (`miro rep pretrain` makes one).",
+        file=True, metavar="FILE"))
+    method: dict = field(default_factory=dict, metadata=about(
+        "The strategy's own hyperparameters (`miro run --method-opt KEY=VALUE`)."))
+    classes: Optional[str] = field(default=None, metadata=about(
+        "Keep only these classes of the stream, in this order: 5-9 or 0,2,4.", metavar="IDS"))
+    replay: str = field(default="er", metadata=about("Replay method under CarM", metavar="NAME"))
+    memory: int = field(default=20, metadata=about("RAM episodic memory size, in samples."))
+    flash_budget: Optional[int] = field(default=2000, metadata=about(
+        "Flash tier size in samples (0: unbounded).", min=0, zero_is_none=True))
+    flash_policy: str = field(default="class-balanced", metadata=about("Flash tier eviction", metavar="NAME"))
+    em_policy: str = field(default="class-balanced", metadata=about("RAM memory eviction", metavar="NAME"))
+    swap_ratio: float = field(default=0.5, metadata=about("Share of replayed samples swapped per step."))
+    swap_workers: int = field(default=1, metadata=about("CarM's swap worker threads."))
+    swap_group_ms: float = field(default=15.0, metadata=about(
+        "Async CarM: fold the swaps of steps spanning this much training into one worker job "
+        "(0: one job per step)."))
+    epochs: int = field(default=5, metadata=about("Epochs per task (ignored with --online)."))
+    online: bool = field(default=False, metadata=about(
+        "Single pass: train as each batch arrives (the daemon's setting)."))
+    batch_size: int = field(default=16, metadata=about("Stream samples per training step."))
+    lr: float = field(default=0.05, metadata=about("Learning rate."))
+    momentum: float = field(default=0.9, metadata=about("SGD momentum."))
+    clip_grad: float = field(default=5.0, metadata=about("Gradient norm clip per step."))
+    der_alpha: float = field(default=0.3, metadata=about("DER: weight of the replayed logits' loss."))
+    der_beta: float = field(default=0.5, metadata=about("DER: weight of the replayed labels' loss."))
+    model: str = field(default="auto", metadata=about("The network the non-prompt strategies train", metavar="NAME"))
+    tasks: Optional[int] = field(default=None, metadata=about("Number of tasks (default: 5; 10 for cifar100)."))
+    seed: int = field(default=0, metadata=about("Random seed."))
+    data_dir: Optional[str] = field(default=None, metadata=about(
+        "Local dataset directory (torchvision or folder streams).", metavar="DIR"))
+    download: bool = field(default=False, metadata=about("Let torchvision download the dataset into --data-dir."))
+    synthetic: dict = field(default_factory=dict, metadata=about(
+        "--stream synthetic: shape, num_classes, per_class, noise (`miro run --synthetic-*`)."))
+    device: str = field(default="cpu", metadata=about("Torch device: cpu, auto, cuda, cuda:N or mps.",
+                                                      metavar="DEVICE"))
+    threads: int = field(default=1, metadata=about(
+        "Torch intra-op threads on the CPU (0: one per core). One is cheaper per joule for small models."))
+    run_dir: Optional[str] = field(default=None, metadata=about(
+        "Where the store, metrics and checkpoints go (default: runs/<time>).", metavar="DIR"))
+    checkpoint_every: int = field(default=200, metadata=about(
+        "Steps between checkpoints; one is also written at every task end (0: only then)."))
+    sync_mode: str = field(default="sync", metadata=about("Flash tier durability", metavar="NAME"))
+    energy_source: str = field(default="auto", metadata=about("Energy meter", metavar="NAME"))
+    miro: bool = field(default=False, metadata=about(
+        "Retune memory, flash, swap ratio, epochs per task for accuracy per joule."))
+    miro_rule: str = field(default="top-half-acc-per-joule", metadata=about("Miro's selection rule",
+                                                                            metavar="NAME"))
+    miro_search: str = field(default="bandit", metadata=about("Miro's search over candidates", metavar="NAME"))
+    miro_budget: float = field(default=0.10, metadata=about("Profiling energy cap (share of last task's)."))
     # resource pressure: Miro re-decides mid-task when one of these newly holds
-    miro_ram_floor_mb: float = 256.0  # available RAM under this: move to a smaller RAM memory
-    miro_battery_floor: float = 20.0  # battery % under this, unplugged: move to a cheaper arm
-    monitor_every_s: float = 2.0  # how often the resources are read during a task (0: every step)
+    miro_ram_floor_mb: float = field(default=256.0, metadata=about(
+        "Available RAM under which Miro moves to a smaller RAM memory, mid-task."))
+    miro_battery_floor: float = field(default=20.0, metadata=about(
+        "Battery % under which (unplugged) Miro moves to a cheaper arm, mid-task."))
+    monitor_every_s: float = field(default=2.0, metadata=about(
+        "Seconds between resource readings during a task (0: every step)."))
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -70,20 +165,12 @@ class RunConfig:
             raise ValueError(f"{origin} is not valid JSON ({e})") from None
         if not isinstance(data, dict):
             raise ValueError(f"{origin} holds {type(data).__name__}, not a configuration object")
-        known = {f.name: f for f in fields(cls)}
-        unknown = sorted(set(data) - set(known))
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
         if unknown:
             raise ValueError(f"{origin}: unknown run config keys: {unknown}")
-        defaults = cls()
-        for k, v in data.items():
-            want = _OPTIONAL.get(k) or type(getattr(defaults, k))
-            ok = (v is None and k in _OPTIONAL) or (isinstance(v, want) and
-                                                    not (want is not bool and isinstance(v, bool)))
-            if want is float and isinstance(v, int) and not isinstance(v, bool):
-                data[k], ok = float(v), True
-            if not ok:
-                raise ValueError(f"{origin}: {k} = {v!r} must be {want.__name__}{' or null' if k in _OPTIONAL else ''}")
-        cfg = cls(**data)
+        hints = typing.get_type_hints(cls)
+        cfg = cls(**{k: typed(v, hints[k], k, f"{origin}:", spelled=False) for k, v in data.items()})
         cfg.validate()
         return cfg
 

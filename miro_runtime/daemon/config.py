@@ -7,7 +7,8 @@
 
 Precedence: defaults < the TOML file < ``<state dir>/overrides.toml`` (what ``miro config set``
 writes) < environment ``MIROD_<TABLE>_<KEY>`` (e.g. ``MIROD_LEARNING_MEMORY=40``). Each value is
-checked against its default's type and its allowed values; an error names the key. Stdlib only.
+typed by ``miro_runtime.config.typed`` (the one conversion: a TOML value or a spelled string, to the
+field's declared type) and checked against its allowed values; an error names the key. No torch or numpy.
 """
 
 from __future__ import annotations
@@ -16,12 +17,13 @@ import dataclasses
 import json
 import os
 import sys
+import typing
 from dataclasses import dataclass, field, fields
 from typing import Optional
 
 from miro_runtime.choices import KV_POLICIES, LOG_LEVELS, RUN_CHOICES
-from miro_runtime.config import RunConfig
-from miro_runtime.session.session import SessionConfig  # noqa: F401  (torch-free: session.py imports torch lazily)
+from miro_runtime.config import RunConfig, typed
+from miro_runtime.session.config import SessionConfig  # noqa: F401  (stdlib only: no numpy, no torch)
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -120,7 +122,12 @@ class DaemonConfig:
             allowed = sorted(k for k in known if not (table == "learning" and k in NOT_FOR_DAEMON))
             raise ConfigError(f"{origin}: unknown key {key!r}; [{table}] has {', '.join(allowed)}")
         old = getattr(sec, name)
-        new = _coerce(f"{table}.{name}", raw, old, known[name].type, origin)
+        try:
+            new = typed(raw, typing.get_type_hints(type(sec))[name], f"{table}.{name}", f"{origin}:")
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        if new == 0 and known[name].metadata.get("zero_is_none"):  # flash_budget = 0: unbounded
+            new = None
         choices = CHOICES.get((table, name))
         if choices and new not in choices:
             raise ConfigError(f"{origin}: {table}.{name} = {new!r} is not one of {', '.join(choices)}")
@@ -164,39 +171,6 @@ class DaemonConfig:
             problems.append(str(e))
         if problems:
             raise ConfigError("; ".join(problems))
-
-
-def _coerce(key, raw, old, typ, origin):
-    """A value of the default's type; strings (env, CLI) are parsed."""
-    kind = type(old) if old is not None else None
-    if kind is None:  # Optional fields default to None: flash_budget, tasks (int); backbone, classes (str)
-        kind = str if "str" in str(typ) else int
-        if raw in ("", "none", "None", None) or (kind is int and raw == 0):
-            return None
-    if isinstance(raw, str) and kind is not str:
-        text = raw.strip()
-        if kind is bool:
-            if text.lower() in ("1", "true", "yes", "on"):
-                return True
-            if text.lower() in ("0", "false", "no", "off"):
-                return False
-            raise ConfigError(f"{origin}: {key} = {raw!r} must be true or false")
-        try:
-            raw = kind(text) if kind is not dict else json.loads(text)
-        except ValueError:
-            raise ConfigError(f"{origin}: {key} = {raw!r} must be {_tname(kind)}") from None
-    if kind is float and isinstance(raw, int) and not isinstance(raw, bool):
-        raw = float(raw)
-    if not isinstance(raw, kind) or (kind is int and isinstance(raw, bool)):
-        raise ConfigError(f"{origin}: {key} = {raw!r} must be {_tname(kind)}, got {_tname(type(raw))}")
-    if kind is float and raw != raw or raw in (float("inf"), float("-inf")):
-        raise ConfigError(f"{origin}: {key} = {raw!r} must be a finite number")
-    return raw
-
-
-def _tname(t) -> str:
-    return {int: "an integer", float: "a number", str: "a string", bool: "true or false", dict: "a table"}.get(
-        t, t.__name__)
 
 
 def _apply_table(cfg: DaemonConfig, data: dict, origin: str):
