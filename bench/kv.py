@@ -24,6 +24,8 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import emit, machine, median, scratch  # noqa: E402
 
+from miro_runtime.kv.sizes import kv_bytes  # noqa: E402
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -53,13 +55,13 @@ def placement(root, context, new, runs, threads):
     model = Llama(cfg).eval()
     prompt = torch.randint(0, 256, (1, context), generator=torch.Generator().manual_seed(0))
     L = cfg.n_layers
-    per_layer = 2 * cfg.n_kv_heads * cfg.head_dim * 4 * (context + new)
+    per_layer = kv_bytes(context + new, cfg.n_kv_heads, cfg.head_dim)
     rates = {"all-ram": [], "half-lmdb": [], "planner": [], "first-layers": []}
     tier = FlashTier(os.path.join(root, "kv"), sync_mode=KV_SYNC)
     # measured costs for the planner: a block read from LMDB, a layer's compute at one token
     from miro_runtime.kv.generate import measure_fetch
     blocks = -(-(context + new) // 16)
-    fetch = measure_fetch(tier, "kv", 2 * cfg.n_kv_heads * cfg.head_dim * 4 * 16) * blocks
+    fetch = measure_fetch(tier, "kv", kv_bytes(16, cfg.n_kv_heads, cfg.head_dim)) * blocks
     with torch.no_grad():
         t0 = time.perf_counter()
         for _ in range(5):
@@ -149,7 +151,7 @@ def latency(lengths, new, runs, threads, tokens_per_layer):
     cfg = BUILTIN["builtin-tiny"]
     torch.manual_seed(0)
     model = Llama(cfg).eval()
-    per_token = 2 * cfg.n_kv_heads * cfg.head_dim * 4 * cfg.n_layers
+    per_token = kv_bytes(1, cfg.n_kv_heads, cfg.head_dim) * cfg.n_layers
     budget = per_token * tokens_per_layer
     rows = {}
     for L in lengths:
@@ -245,7 +247,7 @@ def passkey(lengths, samples, steps, threads, tokens_per_layer):
     import numpy as np
     import torch
     model, cfg, info = train_passkey(steps, threads)
-    per_token = 2 * cfg.n_kv_heads * cfg.head_dim * 4 * cfg.n_layers
+    per_token = kv_bytes(1, cfg.n_kv_heads, cfg.head_dim) * cfg.n_layers
     budget = per_token * tokens_per_layer
     acc, refused = {p: {} for p in POLICIES}, {}
     for L in lengths:

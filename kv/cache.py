@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from .policies.topk import select_blocks
+from .sizes import FLOAT32, kv_bytes
 
 
 class TieredKVCache:
@@ -28,7 +29,7 @@ class TieredKVCache:
                  hot_budget: Optional[int] = None, rope=None):
         if block_tokens < 1:
             raise ValueError(f"block_tokens must be >= 1, got {block_tokens}")
-        stores_all = getattr(policy, "stores_all", False)
+        stores_all = policy is not None and policy.stores_all
         if policy is not None and (hot_layers is not None or (cold is not None and not stores_all)
                                    or not hot_budget):
             raise ValueError(f"policy {policy.name}: keeps every layer hot within a hot byte budget "
@@ -39,8 +40,9 @@ class TieredKVCache:
             from miro_runtime.storage import RamBlobTier
             cold = RamBlobTier()
         self.policy, self.hot_budget, self.rope = policy, hot_budget, rope
+        self._stores_all = stores_all  # topk: every block goes to the cold tier
         # a stateful policy (cascade) remembers per layer where each token sits: one copy per layer
-        self._policies = ([copy.deepcopy(policy) for _ in range(n_layers)] if getattr(policy, "per_layer", False)
+        self._policies = ([copy.deepcopy(policy) for _ in range(n_layers)] if policy is not None and policy.per_layer
                           else [policy] * n_layers)
         self._reps, self._hotblk, self._chosen, self._since = {}, {}, {}, {}  # topk, per layer
         self._apos, self._scores = {}, {}  # lossy: per layer, absolute positions and attention received
@@ -74,11 +76,11 @@ class TieredKVCache:
     def _decode(self, buf: bytes, where: str):
         B, dtype = self._shape
         shape = (B, self.n_kv_heads, self.block_tokens, self.head_dim)
+        want = kv_bytes(self.block_tokens, self.n_kv_heads, self.head_dim, dtype.itemsize, B)
+        if len(buf) != want:
+            raise ValueError(f"KV block {where}: {len(buf)} bytes, expected {want}")
         n = int(np.prod(shape))
-        arr = np.frombuffer(buf, dtype=dtype)
-        if arr.size != 2 * n:
-            raise ValueError(f"KV block {where}: {len(buf)} bytes, expected {2 * n * arr.itemsize}")
-        t = torch.from_numpy(arr.copy())
+        t = torch.from_numpy(np.frombuffer(buf, dtype=dtype).copy())
         return t[:n].view(shape), t[n:].view(shape)
 
     def _fetch(self, layer: int, count: int, room: int = 0):
@@ -91,7 +93,7 @@ class TieredKVCache:
         bufs = self.cold.get_many(self.ns, keys, view=True)  # one read transaction on LMDB; checksums verified
         B, dtype = self._shape
         H, bt, hd = self.n_kv_heads, self.block_tokens, self.head_dim
-        per = 2 * B * H * bt * hd * dtype.itemsize
+        per = kv_bytes(bt, H, hd, dtype.itemsize, B)
         flat = bytearray(per * count)
         for i, (key, buf) in enumerate(zip(keys, bufs)):
             if buf is None:
@@ -127,7 +129,7 @@ class TieredKVCache:
         B, _, T, _ = k.shape
         if self._shape is None:
             self._shape = (B, np.dtype(str(k.dtype).replace("torch.", "")))
-        if getattr(self.policy, "stores_all", False):
+        if self._stores_all:
             if q is None:
                 raise ValueError(f"policy {self.policy.name} chooses blocks per query: the model must pass q")
             return self._topk_update(layer, k, v, q)
@@ -151,7 +153,7 @@ class TieredKVCache:
         """Evict down to capacity - T first (the budget holds during the step too), then append."""
         B, _, T, hd = k.shape
         if self.capacity is None:
-            per_token = 2 * B * self.n_kv_heads * hd * k.element_size()
+            per_token = kv_bytes(1, self.n_kv_heads, hd, k.element_size(), B)
             self.capacity = self.hot_budget // (self.n_layers * per_token)
         if T > self.capacity:
             raise ValueError(f"a chunk of {T} tokens does not fit the cache's {self.capacity} tokens per layer "
@@ -208,9 +210,10 @@ class TieredKVCache:
         candidates = list(range(len(sinks), first_recent))
         # what the budget leaves for chosen blocks, this layer's share, after representatives and the rest
         esz = k.element_size()
-        block_bytes = 2 * B * self.n_kv_heads * bt * hd * esz
+        block_bytes = kv_bytes(bt, self.n_kv_heads, hd, esz, B)
         share = self.hot_budget // self.n_layers
-        fixed = (len(sinks) + len(recent)) * block_bytes + 2 * self._tail[layer][0].numel() * esz
+        tail = kv_bytes(self._tail[layer][0].shape[2], self.n_kv_heads, hd, esz, B)
+        fixed = (len(sinks) + len(recent)) * block_bytes + tail
         fixed += self._reps[layer].numel() * esz if layer in self._reps else 0
         k_eff = min(pol.k, (share - fixed) // block_bytes)
         if k_eff < 0:
@@ -298,14 +301,15 @@ class TieredKVCache:
         per-layer capacity allows (a chunk must fit beside nothing)."""
         if self.policy is None:
             return n
-        if getattr(self.policy, "stores_all", False):  # topk: a chunk's blocks beside sinks, recent, tail,
+        if self._stores_all:  # topk: a chunk's blocks beside sinks, recent, tail,
             bt, pol = self.block_tokens, self.policy      # the representatives at n tokens and >= 1 chosen block
             B = self._shape[0] if self._shape else 1
-            block_bytes = 2 * B * self.n_kv_heads * bt * self.head_dim * 4
-            reps = -(-(self.seen + n) // bt) * 2 * B * self.n_kv_heads * self.head_dim * 4
+            block_bytes = kv_bytes(bt, self.n_kv_heads, self.head_dim, FLOAT32, B)
+            # a block's representative (a max and a min key per head) is as large as one token's K and V
+            reps = -(-(self.seen + n) // bt) * kv_bytes(1, self.n_kv_heads, self.head_dim, FLOAT32, B)
             room = (self.hot_budget // self.n_layers - reps) // block_bytes - pol.sinks - pol.recent - 2
             return max(1, min(n, bt * max(1, min(pol.k // 2, room))))
-        per_token = 2 * self.n_kv_heads * self.head_dim * 4 * (self._shape[0] if self._shape else 1)
+        per_token = kv_bytes(1, self.n_kv_heads, self.head_dim, FLOAT32, self._shape[0] if self._shape else 1)
         cap = self.capacity or self.hot_budget // (self.n_layers * per_token)
         if cap < 1:
             raise ValueError(f"hot budget {self.hot_budget} B holds no token of {self.n_layers} layers")
@@ -321,7 +325,7 @@ class TieredKVCache:
         got = probs.sum(dim=2).mean(dim=(0, 1))  # (S,)
         pol = self._policies[layer]
         old = self._scores[layer]
-        self._scores[layer] = pol.accumulate(old, got) if hasattr(pol, "accumulate") else old + got
+        self._scores[layer] = pol.accumulate(old, got)
 
     def _cold_update(self, layer, k, v):
         count, bt, dev = self._blocks[layer], self.block_tokens, k.device
@@ -365,8 +369,8 @@ class TieredKVCache:
     def cold_bytes(self) -> int:
         if not self._shape:
             return 0
-        per = 2 * self._shape[0] * self.n_kv_heads * self.block_tokens * self.head_dim * self._shape[1].itemsize
-        cold = [i for i in range(self.n_layers) if i not in self.hot or getattr(self.policy, "stores_all", False)]
+        per = kv_bytes(self.block_tokens, self.n_kv_heads, self.head_dim, self._shape[1].itemsize, self._shape[0])
+        cold = [i for i in range(self.n_layers) if i not in self.hot or self._stores_all]
         return per * sum(self._blocks[i] for i in cold)
 
     def close(self, drop_blocks: bool = False):

@@ -18,6 +18,7 @@ from .llama import Llama, LlamaConfig, rope
 from .planner import LayerCost, Replanner
 from .policies import make_policy
 from .prefix import PrefixStore
+from .sizes import kv_bytes
 
 BUILTIN = {"builtin-tiny": LlamaConfig()}
 # KV blocks are a cache: everything in them can be recomputed, and each carries a checksum (a prefix
@@ -46,6 +47,9 @@ class Builtin:
 
     def make_cache(self, **kw) -> TieredKVCache:
         return TieredKVCache(self.n_layers, self.n_kv_heads, self.head_dim, rope=self.rope, **kw)
+
+    def tiered(self, cache) -> TieredKVCache:  # what make_cache returned is the tiered cache itself
+        return cache
 
     def feed(self, cache, layer: int, K, V) -> None:  # stored prefix blocks into the cache
         cache.update(layer, K, V)
@@ -81,6 +85,9 @@ class HFModel:
                              "only --policy full (lossless, with cold layers) runs on --model PATH")
         from .hf import TieredCache
         return TieredCache(self.model.config, **{k: v for k, v in kw.items() if k != "hot_budget"})
+
+    def tiered(self, cache) -> TieredKVCache:  # the transformers Cache wraps the TieredKVCache
+        return cache.tiered
 
     def feed(self, cache, layer: int, K, V) -> None:
         cache.layers[layer].update(K, V)
@@ -138,7 +145,7 @@ def run_generate(model_name: str, prompt: bytes, max_new_tokens: int, policy: st
     owned_tier = tier is None
     ids = torch.tensor([model.encode(prompt)], dtype=torch.long)  # (1, T)
     total = ids.shape[1] + max_new_tokens
-    layer_bytes = 2 * c.n_kv_heads * c.head_dim * 4 * total  # K and V, float32, batch 1, at full length
+    layer_bytes = kv_bytes(total, c.n_kv_heads, c.head_dim)  # K and V, float32, batch 1, at full length
     tmp, placement, prefixes, replanner, moves = None, None, None, None, []
     cold_dir = cold_dir or store_dir
     if store_dir or (reuse_prefixes and tier is not None):
@@ -156,17 +163,17 @@ def run_generate(model_name: str, prompt: bytes, max_new_tokens: int, policy: st
                 if not cold_dir:
                     tmp = tempfile.TemporaryDirectory(prefix="miro-kv-")
                 tier = FlashTier(cold_dir or tmp.name, sync_mode=KV_SYNC)
-            fetch_block = measure_fetch(tier, "kv", 2 * c.n_kv_heads * c.head_dim * 4 * block_tokens)
+            fetch_block = measure_fetch(tier, "kv", kv_bytes(block_tokens, c.n_kv_heads, c.head_dim))
             t0 = time.perf_counter()
             model.forward(ids[:, :1], 0, None)
             compute = (time.perf_counter() - t0) / c.n_layers  # one layer at one token, measured
 
             def costs_for(tokens):  # every layer's KV at ``tokens``, and the fetch of all its blocks
-                nbytes = 2 * c.n_kv_heads * c.head_dim * 4 * tokens
+                nbytes = kv_bytes(tokens, c.n_kv_heads, c.head_dim)
                 return [LayerCost(nbytes, fetch_block * -(-tokens // block_tokens), compute)
                         for _ in range(c.n_layers)]
             # cold layers keep their unfinished tail block in RAM: reserve that before placing layers
-            tails = c.n_layers * 2 * c.n_kv_heads * c.head_dim * 4 * (block_tokens - 1)
+            tails = c.n_layers * kv_bytes(block_tokens - 1, c.n_kv_heads, c.head_dim)
             if hot_budget < tails:
                 raise ValueError(f"--hot-budget {hot_budget} B is below what the cold layers' tail blocks need "
                                  f"({tails} B at --block-tokens {block_tokens})")
@@ -180,7 +187,7 @@ def run_generate(model_name: str, prompt: bytes, max_new_tokens: int, policy: st
         if not hot_budget:
             raise ValueError(f"--policy {policy} needs --hot-budget BYTES")
         cache = model.make_cache(policy=pol, hot_budget=hot_budget, block_tokens=block_tokens)
-    kv = getattr(cache, "tiered", cache)  # a transformers Cache wraps the TieredKVCache
+    kv = model.tiered(cache)
     try:
         t0 = time.perf_counter()
         done, hits = 0, 0
@@ -227,7 +234,7 @@ def run_generate(model_name: str, prompt: bytes, max_new_tokens: int, policy: st
                                 "costs": "fetch measured on the LMDB tier at start-up, compute on one token"}
         return res
     finally:
-        getattr(cache, "tiered", cache).close(drop_blocks=not owned_tier)
+        kv.close(drop_blocks=not owned_tier)
         if tier is not None and owned_tier:
             tier.close()
         if tmp is not None:

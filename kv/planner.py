@@ -37,9 +37,6 @@ class Plan:
     stall_s: float  # predicted stall per decode step with this placement
     method: str  # "dp" | "milp" | "all-hot"
 
-    def is_hot(self, layer: int) -> bool:
-        return layer in self.hot
-
 
 def stalls(costs: Sequence[LayerCost]) -> list:
     """What each layer stalls a decode step by when cold (see the module's cost model)."""

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass
 from typing import Optional
 
 from .names import POLICIES
+from .sizes import kv_bytes
 
 
 @dataclass
@@ -82,7 +83,7 @@ class KVService:
             try:
                 tier, model = self._open()
                 # cold layers of this generation must fit the flash share beside the stored prefixes
-                layer_bytes = 2 * model.n_kv_heads * model.head_dim * 4 * (len(model.encode(prompt)) + n)
+                layer_bytes = kv_bytes(len(model.encode(prompt)) + n, model.n_kv_heads, model.head_dim)
                 cold_need = max(0, layer_bytes * model.n_layers - hot) if policy == "full" else 0
                 if cold_need > self.share.flash_bytes:
                     raise ValueError(f"this generation needs {cold_need} B of cold KV, over the KV namespace's "

@@ -6,7 +6,7 @@ _LAZY = {
     "battery": ("battery_state",),
     "estimate": ("EstimateMeter",),
     "jetson": ("JetsonMeter",),
-    "measurement": ("COMPONENTS", "Measurement", "Meter", "MeterUnavailable", "MultiMeter", "PollingMeter"),
+    "measurement": ("Measurement", "Meter", "MeterUnavailable", "MultiMeter", "PollingMeter"),
     "monitor": ("ResourceMonitor", "Snapshot"),
     "nvml": ("NvmlMeter", "NvmlPowerMeter", "nvml_meter"),
     "pi5": ("Pi5Meter", "parse_pmic"),

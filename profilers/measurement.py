@@ -13,8 +13,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Optional
 
-COMPONENTS = ("cpu", "dram", "gpu", "soc", "board")
-
 
 class MeterUnavailable(RuntimeError):
     """This energy source does not exist or cannot be read here; the message says why and how to fix."""

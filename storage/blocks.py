@@ -53,17 +53,16 @@ class BlockStore:
     def _ns(self, ns):
         if ns not in self._sizes:
             self._sizes[ns], self._policies[ns], self._pinned[ns] = {}, self._policy_factory(), set()
-            if hasattr(self.tier, "keys"):
-                try:
-                    raw_keys = self.tier.keys(ns)
-                except NotImplementedError:
-                    raw_keys = []
-                for raw in raw_keys:  # blocks a previous process stored
-                    buf = self.tier.get(ns, raw)
-                    if buf is not None:
-                        k = BlockKey.decode(bytes(raw))
-                        self._sizes[ns][k] = len(buf)
-                        self._policies[ns].stored(k)
+            try:
+                raw_keys = self.tier.keys(ns)
+            except NotImplementedError:  # a Tier that cannot list its keys: nothing known stored
+                raw_keys = []
+            for raw in raw_keys:  # blocks a previous process stored
+                buf = self.tier.get(ns, raw)
+                if buf is not None:
+                    k = BlockKey.decode(bytes(raw))
+                    self._sizes[ns][k] = len(buf)
+                    self._policies[ns].stored(k)
         return self._sizes[ns]
 
     def set_budget(self, ns: str, max_bytes: Optional[int]) -> list:

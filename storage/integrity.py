@@ -62,7 +62,7 @@ def read_header(path: str) -> LmdbHeader:
 P_INVALID = (1 << 64) - 1
 _NODE = struct.Struct("<HHHH")  # lo, hi, flags, ksize
 F_BIGDATA, F_SUBDATA = 0x01, 0x02
-P_BRANCH, P_LEAF, P_OVERFLOW = 0x01, 0x02, 0x04
+P_BRANCH, P_LEAF = 0x01, 0x02  # LMDB page flags: the tree pages the walk descends
 
 
 def pages_past_end(path: str, h: dict) -> list:

@@ -120,8 +120,3 @@ class RamBlobTier(Tier):
     def keys(self, namespace):
         with self._lock:
             return sorted(self._data.get(namespace, {}))
-
-    def lru_keys(self, namespace: str) -> list:
-        """Keys from least to most recently used."""
-        with self._lock:
-            return list(self._data.get(namespace, {}))

@@ -72,7 +72,7 @@ def test_energy_window_is_cancelled_when_a_task_raises(tmp_path):
     lr.begin_task(0, {"task": 0, "epoch": 0, "batch": 0})
     assert lr.train_epochs(0, x, y, ids, {"task": 0, "epoch": 0, "batch": 0})
     rec = lr.finish_task(0, x, y, ids)
-    assert rec["energy_j"] is not None and rec["energy_j"] > 0 and rec["acc"][0] > 0.5
+    assert rec.energy_j is not None and rec.energy_j > 0 and rec.acc[0] > 0.5
     lr.close()
 
 

@@ -1,4 +1,5 @@
 """The Miro controller: selection rules, the bandit, and live retuning inside a real run."""
+import dataclasses
 import json
 import os
 
@@ -7,33 +8,34 @@ import pytest
 from miro_runtime import RunConfig, run
 from miro_runtime.control.miro import Knobs, MiroController, ThompsonBandit, default_grid, select
 from miro_runtime.profilers import ResourceMonitor
+from miro_runtime.records import Candidate
 
 
 def cand(mem, acc, joules, seconds=1.0):
-    return {"knobs": Knobs(mem, 100, 0.5, 1), "acc": acc, "joules": joules, "seconds": seconds}
+    return Candidate(knobs=Knobs(mem, 100, 0.5, 1), acc=acc, joules=joules, seconds=seconds)
 
 
 def test_selection_rules():
     cs = [cand(1, 0.90, 10.0), cand(2, 0.85, 4.0), cand(3, 0.50, 1.0), cand(4, 0.80, 2.0)]
     # top half by accuracy = {0.90, 0.85}; best accuracy per joule among them: 0.85 / 4
-    assert select(cs)["knobs"].memory == 2
-    assert select(cs, "lowest-energy")["knobs"].memory == 3
-    assert select(cs, "acc-per-joule")["knobs"].memory == 3  # 0.5 / 1.0 beats 0.8 / 2.0
-    assert select(cs, "highest-accuracy")["knobs"].memory == 1
-    assert select(cs, "zeus", eta=1.0)["knobs"].memory == 3  # pure energy per accuracy: 1.0 / 0.5
+    assert select(cs).knobs.memory == 2
+    assert select(cs, "lowest-energy").knobs.memory == 3
+    assert select(cs, "acc-per-joule").knobs.memory == 3  # 0.5 / 1.0 beats 0.8 / 2.0
+    assert select(cs, "highest-accuracy").knobs.memory == 1
+    assert select(cs, "zeus", eta=1.0).knobs.memory == 3  # pure energy per accuracy: 1.0 / 0.5
     with pytest.raises(ValueError, match="unknown selection rule"):
         select(cs, "cheapest")
 
 
 def test_ties_the_profile_cannot_resolve_go_to_the_larger_memory():
     def c(mem, acc, joules, epochs=1):
-        return {"knobs": Knobs(mem, 100, 0.5, epochs), "acc": acc, "joules": joules, "seconds": 1.0, "n_val": 100}
+        return Candidate(knobs=Knobs(mem, 100, 0.5, epochs), acc=acc, joules=joules, seconds=1.0, n_val=100)
     cs = [c(10, 0.80, 0.8), c(20, 0.79, 1.0), c(40, 0.78, 1.0), c(80, 0.60, 1.0), c(160, 0.80, 5.0, epochs=5)]
     # acc-per-joule alone picks mem 10 (the cheaper step); 0.78 lies within one standard error
     # (0.04 on 100 samples) of 0.80, so the largest memory of the same epochs and similar cost wins
-    assert select(cs, "acc-per-joule")["knobs"].memory == 40
-    assert select(cs, "lowest-energy")["knobs"].memory == 10  # asks for the cheapest: no tie-break
-    assert select([{**x, "n_val": None} for x in cs], "acc-per-joule")["knobs"].memory == 10
+    assert select(cs, "acc-per-joule").knobs.memory == 40
+    assert select(cs, "lowest-energy").knobs.memory == 10  # asks for the cheapest: no tie-break
+    assert select([dataclasses.replace(x, n_val=None) for x in cs], "acc-per-joule").knobs.memory == 10
 
 
 def test_task0_tie_goes_to_the_largest_hierarchy_or_the_smallest_under_lowest_energy():

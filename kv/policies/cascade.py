@@ -11,8 +11,10 @@ from collections import deque
 
 import torch
 
+from .base import Policy
 
-class Cascade:
+
+class Cascade(Policy):
     name = "cascade"
     needs_scores = True
     reposition = True

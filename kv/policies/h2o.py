@@ -4,8 +4,10 @@ batch); scores are compacted with the cache. Positions stay the tokens' own."""
 
 import torch
 
+from .base import Policy
 
-class H2O:
+
+class H2O(Policy):
     name = "h2o"
     needs_scores = True
     reposition = False

@@ -3,8 +3,10 @@ ones; positions are assigned by place in the cache (keys are stored before RoPE 
 
 import torch
 
+from .base import Policy
 
-class Sink:
+
+class Sink(Policy):
     name = "sink"
     needs_scores = False
     reposition = True  # RoPE positions = place in the cache

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import torch
 
+from .base import Policy
+
 
 def select_blocks(q: torch.Tensor, reps: torch.Tensor, candidates: list, k: int, group: int) -> list:
     """q (B, H, T, hd) after RoPE; reps (B, Hkv, N, 2, hd): each block's per-channel max and min of its
@@ -47,7 +49,7 @@ def select_blocks(q: torch.Tensor, reps: torch.Tensor, candidates: list, k: int,
     return sorted(cand[s.topk(min(k, len(cand))).indices].tolist())
 
 
-class TopK:
+class TopK(Policy):
     name = "topk"
     needs_scores = False
     reposition = False
@@ -58,7 +60,3 @@ class TopK:
             raise ValueError(f"topk: k, group and refresh must be >= 1, sinks and recent >= 0 (blocks), got "
                              f"k={k}, group={group}, refresh={refresh}, sinks={sinks}, recent={recent}")
         self.k, self.group, self.refresh, self.sinks, self.recent = k, group, refresh, sinks, recent
-
-    def fixed_blocks(self, chunk_blocks: int) -> int:
-        """Blocks a layer holds hot besides the chosen ones: sinks, recent, tail and the new chunk."""
-        return self.sinks + self.recent + 1 + chunk_blocks

@@ -4,15 +4,20 @@ and what a controller may read of it. Nothing else of the learner is a controlle
 The learner calls, on the thread that trains:
   ``task_begin(view, t)``          before task t trains (epoch mode: once its data is complete);
                                    may adopt new knobs (``cfg.memory``, ``cfg.epochs``, ...)
-  ``on_resources(view, t, snap)``  between steps, every ``cfg.monitor_every_s`` (optional method)
-  ``task_end(view, t, record)``    after task t's evaluation; may add keys to the record
+  ``on_resources(view, t, snap)``  between steps, every ``cfg.monitor_every_s``, when
+                                   ``watches_resources`` (the learner then runs a resource monitor)
+  ``task_end(view, t, record)``    after task t's evaluation; may set the record's controller fields
   ``state()`` / ``load_state(view, state)``   JSON-able, kept in every checkpoint
   ``summary()``                    keys merged into the run's summary
+``Controller`` declares each with a no-op default (as LMCache's abstract backend and Mammoth's
+``ContinualModel`` do): the learner calls them unconditionally, a controller overrides what it needs.
 """
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Any, Optional, Protocol
+
+from miro_runtime.records import TaskRecord
 
 
 class LearnerView(Protocol):
@@ -21,7 +26,7 @@ class LearnerView(Protocol):
     cfg: Any  # RunConfig: the live knobs; a controller writes the ones it adopts here
     stream: Any  # shape, num_classes, classes_upto(t), tasks
     flash: Any  # the FlashTier: class_ids / read_batch for validation data, set_budget to adopt
-    strategy: Any  # the running strategy: model, memory (resize), settle()
+    strategy: Any  # the running Strategy: model, memory (resize), settle(), set_knobs(), swap_engine
     meter: Any  # the energy meter: begin_window / end_window around what a controller spends
     device: str
 
@@ -32,13 +37,34 @@ class LearnerView(Protocol):
         """Write one decision to the structured log."""
 
 
-class Controller(Protocol):
-    def task_begin(self, view: LearnerView, t: int) -> None: ...
+class Controller:
+    """A controller that does nothing: the base of every controller, each hook a no-op."""
 
-    def task_end(self, view: LearnerView, t: int, record: dict) -> None: ...
+    watches_resources = False  # True: the learner hands ``on_resources`` a snapshot between steps
 
-    def state(self) -> dict: ...
+    def __init__(self) -> None:
+        self.decisions: list = []  # Decision records (miro_runtime.records), oldest first
 
-    def load_state(self, view: LearnerView, state: dict) -> None: ...
+    def task_begin(self, view: LearnerView, t: int) -> None:
+        """Task t is about to train: choose and adopt knobs."""
 
-    def summary(self) -> dict: ...
+    def on_resources(self, view: LearnerView, t: int, snap) -> None:
+        """Between steps of task t: ``snap`` is a profilers.monitor.Snapshot."""
+
+    def task_end(self, view: LearnerView, t: int, record: TaskRecord) -> None:
+        """Task t was evaluated: book what the controller spent on it in ``record``."""
+
+    def state(self) -> dict:
+        """What a resumed run needs to continue deciding as this one would (JSON-able)."""
+        return {}
+
+    def load_state(self, view: LearnerView, state: dict) -> None:
+        """Continue from ``state()`` of a checkpoint; re-adopt the knobs it was running with."""
+
+    def summary(self) -> dict:
+        """Keys merged into the run's summary."""
+        return {}
+
+    def knobs_key(self) -> Optional[str]:
+        """The knobs in force as the controller names them (Miro: ``Knobs.key()``); None: it tunes none."""
+        return None

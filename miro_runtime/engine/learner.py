@@ -5,10 +5,11 @@ known stream, ``miro run``), which drives the same calls in order.
 A task's life: ``begin_task`` (the strategy's, the controller's, an energy window) -> ``store``
 batches (durable in the flash tier) and, online, ``observe`` each as it arrives -> ``train_epochs``
 (epoch mode) -> ``finish_task`` (memory update, window closed, evaluation, metrics line, atomic
-checkpoint). ``predict``, ``evaluate``, ``status`` and ``checkpoint`` work between any two calls of
-the thread that trains. Controllers (Miro) see the learner through the ``Controller`` protocol of
-``hooks.py``: ``cfg``, ``stream``, ``flash``, ``strategy``, ``meter``, ``device``, ``task_data(t)``,
-``event(kind, **fields)``.
+checkpoint). ``predict``, ``evaluate`` and ``checkpoint`` work between any two calls of the thread
+that trains. Controllers (Miro) see the learner through the ``Controller`` protocol of ``hooks.py``:
+``cfg``, ``stream``, ``flash``, ``strategy``, ``meter``, ``device``, ``task_data(t)``,
+``event(kind, **fields)``. Positions are ``records.Position`` (a ``{"task", "epoch", "batch"}`` dict
+is accepted where one is taken); each finished task is a ``records.TaskRecord``.
 """
 
 from __future__ import annotations
@@ -25,11 +26,13 @@ import torch
 from miro_runtime.profilers import ResourceMonitor, make_meter
 from miro_runtime.storage import FlashTier, SampleSpec
 
-from miro_runtime.engine.checkpoint import CHECKPOINT, CheckpointError, load_latest, save_checkpoint
 from miro_runtime.config import RunConfig
-from miro_runtime.log import EventLog
+from miro_runtime.engine.checkpoint import CHECKPOINT, CheckpointError, load_latest, save_checkpoint
+from miro_runtime.engine.hooks import Controller
 from miro_runtime.engine.metrics import anon_rss_mb, bwt, evaluate, final_avg_acc, forgetting, peak_rss_mb
 from miro_runtime.engine.strategies import build_model, make_strategy
+from miro_runtime.log import EventLog
+from miro_runtime.records import Position, TaskRecord
 
 NS = "samples"
 
@@ -41,7 +44,8 @@ class Learner:
     ``num_classes``, ``tasks[t].classes``, ``classes_upto(t)``, ``train[t]`` / ``test[t]`` arrays
     (``LiveStream`` grows them as data arrives)."""
 
-    def __init__(self, cfg: RunConfig, stream, hooks=None, monitor: Optional[ResourceMonitor] = None,
+    def __init__(self, cfg: RunConfig, stream, hooks: Optional[Controller] = None,
+                 monitor: Optional[ResourceMonitor] = None,
                  on_event: Optional[Callable] = None, log: Optional[EventLog] = None, extra_state=None,
                  retrain_from_store: bool = False):
         cfg.validate()
@@ -51,7 +55,7 @@ class Learner:
         self.hooks = hooks  # a Controller (hooks.py) or None: the session builds it, the engine only calls it
         # controllers that react to resources (Miro) get snapshots between steps; tests pass a monitor
         # reading fixture sysfs trees
-        wants = hooks is not None and hasattr(hooks, "on_resources")
+        wants = hooks is not None and hooks.watches_resources
         self.monitor = (monitor or ResourceMonitor()) if wants else None
         self._last_watch = -math.inf
         os.makedirs(cfg.run_dir, exist_ok=True)
@@ -62,7 +66,9 @@ class Learner:
         self.extra_state = extra_state  # callable -> JSON-able dict kept in every checkpoint (the daemon's)
         self.retrain_from_store = retrain_from_store  # checkpoints gone on purpose: start over on the stored samples
         self.flash = self.strategy = self.meter = None
-        self.acc, self.per_task, self.steps = [], [], 0
+        self.acc: list = []  # row t: accuracy on tasks 0..t after training task t
+        self.per_task: list = []  # TaskRecord of each finished task
+        self.steps = 0
         self._cur = self._carry = None
         self._window = None
         self._n_checkpoints = 0
@@ -77,14 +83,15 @@ class Learner:
     def event(self, kind: str, **fields) -> dict:
         return self.log.event(kind, **fields)
 
-    def _emit(self, kind, **payload):
+    def emit(self, kind: str, **payload) -> None:
+        """Tell the caller's ``on_event`` (progress bars, the daemon's status)."""
         if self.on_event:
             self.on_event(kind, payload)
 
     # ------------------------------------------------------------------ open / close
-    def open(self, resume: bool = False) -> dict:
+    def open(self, resume: bool = False) -> Position:
         """Build model, flash tier, strategy and meter; on ``resume`` load the last checkpoint.
-        Returns the position to continue from: {"task", "epoch", "batch"}."""
+        Returns the position to continue from."""
         cfg, stream = self.cfg, self.stream
         self._t_start = time.perf_counter()
         torch.manual_seed(cfg.seed)
@@ -101,7 +108,7 @@ class Learner:
         self._threads_before = torch.get_num_threads()
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
-        return self._restore() if resume else {"task": 0, "epoch": 0, "batch": 0}
+        return self._restore() if resume else Position()
 
     def close(self):
         if self._window is not None:  # a task that raised: its energy window is cancelled, not leaked
@@ -123,14 +130,14 @@ class Learner:
         strat = self.strategy
         if strat.model.head.grow(len(self.stream.classes_upto(max(strat.task, 0)))):
             strat.model.to(strat.device)
-            inner = getattr(strat, "base", strat)  # CarM wraps its replay method: the optimizer is the inner one's
-            inner.opt = inner.make_optimizer()
+            strat.renew_optimizer()
             return True
         return False
 
     # ------------------------------------------------------------------ a task, step by step
-    def begin_task(self, t: int, pos: dict):
-        fresh = pos["epoch"] == 0 and pos["batch"] == 0
+    def begin_task(self, t: int, pos: Position | dict):
+        pos = Position.from_dict(pos)
+        fresh = pos.epoch == 0 and pos.batch == 0
         wall0 = time.perf_counter()
         if fresh:
             self.strategy.begin_task(t)
@@ -147,7 +154,7 @@ class Learner:
         """Write samples durably to the flash tier (returns once fsynced); -> PutResult."""
         return self.flash.put_batch(ns, list(x), y, np.full(len(y), t), meta=meta)
 
-    def observe(self, t: int, x, y, ids, pos: Optional[dict] = None):
+    def observe(self, t: int, x, y, ids, pos: Position | dict | None = None):
         """Online: one step on an arriving batch (plus replay), then offer it to the memory."""
         cur = self._cur
         xt, yt = torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(np.asarray(y))
@@ -156,33 +163,34 @@ class Learner:
         self.strategy.remember(xt, y, ids, t)
         cur["train_s"] += time.perf_counter() - t0
         cur["samples"] += len(y)
-        self._step(pos or {"task": t, "epoch": 0, "batch": 0})
+        self._step(Position.start_of(t) if pos is None else Position.from_dict(pos))
 
-    def train_epochs(self, t: int, x_task, y_task, ids_task, pos: dict, should_stop=None) -> bool:
+    def train_epochs(self, t: int, x_task, y_task, ids_task, pos: Position | dict, should_stop=None) -> bool:
         """Epoch mode: the task's epochs from ``pos`` on. ``should_stop()`` is asked between steps
         (the daemon's shutdown): then a checkpoint at the current position is written and False
         returned; True once every epoch ran."""
         cfg, strat, cur = self.cfg, self.strategy, self._cur
+        pos = Position.from_dict(pos)
         X, Y, _ = strat.training_data(t, torch.from_numpy(x_task), torch.from_numpy(y_task), ids_task)
         n = len(Y)
         nb = math.ceil(n / cfg.batch_size)
-        e = pos["epoch"]
+        e = pos.epoch
         while e < cfg.epochs:  # re-read each epoch: Miro may change the epochs mid-task
             perm = torch.from_numpy(np.random.default_rng([cfg.seed, t, e]).permutation(n))
-            for b in range(pos["batch"] if e == pos["epoch"] else 0, nb):
+            for b in range(pos.batch if e == pos.epoch else 0, nb):
                 if should_stop is not None and should_stop():
-                    self.checkpoint({"task": t, "epoch": e, "batch": b})
+                    self.checkpoint(Position(t, e, b))
                     return False
                 idx = perm[b * cfg.batch_size:(b + 1) * cfg.batch_size]
                 t0 = time.perf_counter()
                 strat.observe(X[idx], Y[idx])
                 cur["train_s"] += time.perf_counter() - t0
                 cur["samples"] += len(idx)
-                self._step({"task": t, "epoch": e, "batch": b + 1})
+                self._step(Position(t, e, b + 1))
             e += 1
         return True
 
-    def finish_task(self, t: int, x_task, y_task, ids_task) -> dict:
+    def finish_task(self, t: int, x_task, y_task, ids_task) -> TaskRecord:
         """Memory update, energy window closed, evaluation, metrics line, checkpoint -> the record."""
         cfg, strat, cur = self.cfg, self.strategy, self._cur
         strat.end_task(t, torch.from_numpy(x_task), y_task, ids_task, cfg.online)
@@ -196,26 +204,27 @@ class Learner:
         row = evaluate(strat.model, self.stream, t, self.device)
         self.acc.append(row)
         known = [a for a in row if a is not None]
-        rec = {"task": t, "acc": row, "avg_acc": float(np.mean(known)) if known else None, "wall_s": done["wall_s"],
-               "train_s": done["train_s"], "train_samples": done["samples"],
-               "train_samples_per_s": done["samples"] / done["train_s"] if done["train_s"] else None,
-               "energy_j": done["energy_j"], "energy_components_j": done["components"],
-               "energy_provenance": energy.summary(), "energy_warnings": energy.warnings,
-               "peak_rss_mb": peak_rss_mb(), "peak_anon_rss_mb": max(self.peak_anon, anon_rss_mb()),
-               "flash_records": int(self.flash.class_counts(NS).sum()), "torch_threads": torch.get_num_threads(),
-               **strat.stats()}
+        rec = TaskRecord(task=t, acc=row, avg_acc=float(np.mean(known)) if known else None, wall_s=done["wall_s"],
+                         train_s=done["train_s"], train_samples=done["samples"],
+                         train_samples_per_s=done["samples"] / done["train_s"] if done["train_s"] else None,
+                         energy_j=done["energy_j"], energy_components_j=done["components"],
+                         energy_provenance=energy.summary(), energy_warnings=energy.warnings,
+                         peak_rss_mb=peak_rss_mb(), peak_anon_rss_mb=max(self.peak_anon, anon_rss_mb()),
+                         flash_records=int(self.flash.class_counts(NS).sum()), torch_threads=torch.get_num_threads(),
+                         strategy=strat.stats())
         if carry:  # resumed in this task: its figures add what was metered before the restart
-            rec["before_restart"] = {k: carry[k] for k in ("energy_j", "wall_s", "train_s", "samples", "restarts")}
-            rec["before_restart"]["note"] = ("metered up to the last checkpoint before the restart; work between that "
-                                             "checkpoint and the kill is not known and was redone (metered again)")
+            rec.before_restart = {k: carry[k] for k in ("energy_j", "wall_s", "train_s", "samples", "restarts")}
+            rec.before_restart["note"] = ("metered up to the last checkpoint before the restart; work between that "
+                                          "checkpoint and the kill is not known and was redone (metered again)")
         if self.hooks is not None:
             self.hooks.task_end(self, t, rec)
         self.per_task.append(rec)
+        line = rec.to_dict()
         with open(self.metrics_path, "a") as fh:
-            fh.write(json.dumps(rec) + "\n")
-        self.log.event("task_end", **{k: v for k, v in rec.items()})
-        self._emit("task_end", **rec)
-        self.checkpoint({"task": t + 1, "epoch": 0, "batch": 0})
+            fh.write(json.dumps(line) + "\n")
+        self.log.event("task_end", **line)
+        self.emit("task_end", **line)
+        self.checkpoint(Position.start_of(t + 1))
         return rec
 
     def abort_task(self):
@@ -225,12 +234,12 @@ class Learner:
             self._window = None
         self._cur = None
 
-    def _step(self, pos):
+    def _step(self, pos: Position):
         self.steps += 1
         if self.steps % 25 == 0:  # a /proc read: cheap enough every few steps for a true peak
             self.peak_anon = max(self.peak_anon, anon_rss_mb())
-        self._emit("step", **pos)
-        self._watch(pos["task"])
+        self.emit("step", **pos.to_dict())
+        self._watch(pos.task)
         if self.cfg.checkpoint_every and self.steps % self.cfg.checkpoint_every == 0:
             self.checkpoint(pos)
 
@@ -264,11 +273,13 @@ class Learner:
         return evaluate(self.strategy.model, self.stream, upto, self.device)
 
     # ------------------------------------------------------------------ checkpoints
-    def checkpoint(self, pos: dict):
-        st = {"version": 1, "config": self.cfg.to_json(), "position": pos,
+    def checkpoint(self, pos: Position | dict):
+        pos = Position.from_dict(pos)
+        st = {"version": 1, "config": self.cfg.to_json(), "position": pos.to_dict(),
               "strategy": self.strategy.state_dict(), "torch_rng": torch.get_rng_state(),
-              "metrics": json.dumps({"acc": self.acc, "per_task": self.per_task, "steps": self.steps,
-                                     "wall_s": self._wall_before + time.perf_counter() - self._t_start,
+              "metrics": json.dumps({"acc": self.acc, "per_task": [r.to_dict() for r in self.per_task],
+                                     "steps": self.steps,
+                                     "wall_s": self.wall_s(),
                                      "partial": self._partial(pos)})}
         if self.hooks is not None:
             st["hooks"] = json.dumps(self.hooks.state())
@@ -281,14 +292,14 @@ class Learner:
         # the store remembers that checkpoints exist: losing every checkpoint file is then an error,
         # not a silent retrain from scratch on samples already stored
         self.flash.set_meta("checkpoints", str(self._n_checkpoints))
-        self.log.event("checkpoint", **pos, steps=self.steps)
-        self._emit("checkpoint", **pos)
+        self.log.event("checkpoint", **pos.to_dict(), steps=self.steps)
+        self.emit("checkpoint", **pos.to_dict())
 
-    def _partial(self, pos: dict) -> Optional[dict]:
+    def _partial(self, pos: Position) -> Optional[dict]:
         """What the task in progress has spent so far (a checkpoint in its middle), so a resumed
         run reports the task's whole cost, not only the part after the restart."""
         cur = self._cur
-        if cur is None or pos["task"] != cur["task"] or (pos["epoch"] == 0 and pos["batch"] == 0):
+        if cur is None or pos.task != cur["task"] or (pos.epoch == 0 and pos.batch == 0):
             return None
         m = self.meter.peek(f"task{cur['task']}")
         part = {"task": cur["task"], "energy_j": m.joules, "components": m.components,
@@ -296,7 +307,7 @@ class Learner:
                 "restarts": 0}
         return _add_partial(part, self._carry) if self._carry and self._carry["task"] == cur["task"] else part
 
-    def _restore(self) -> dict:
+    def _restore(self) -> Position:
         rd = self.cfg.run_dir
         st, path, problems = load_latest(rd)
         for p in problems:
@@ -317,7 +328,7 @@ class Learner:
                                       "continue where it stopped. Restore the files, or start over on the stored "
                                       "samples (mirod --retrain-from-store), or start a new run")
             self.log.event("resume", found_checkpoint=False)
-            return {"task": 0, "epoch": 0, "batch": 0}
+            return Position()
         store = json.loads(st["store"]) if "store" in st else {}
         if store.get("seen") is not None and self.flash.seen(NS) < store["seen"]:
             raise CheckpointError(f"{path} was taken after {store['seen']} samples were stored, but the store in "
@@ -327,7 +338,8 @@ class Learner:
         self.strategy.load_state_dict(st["strategy"])
         torch.set_rng_state(st["torch_rng"])
         m = json.loads(st["metrics"])
-        self.acc, self.per_task, self.steps = m["acc"], m["per_task"], m["steps"]
+        self.acc, self.steps = m["acc"], m["steps"]
+        self.per_task = [TaskRecord.from_dict(r) for r in m["per_task"]]
         self._wall_before = m.get("wall_s", 0.0)
         part = m.get("partial")
         if part and part["task"] == st["position"]["task"]:
@@ -336,40 +348,58 @@ class Learner:
             self.hooks.load_state(self, json.loads(st["hooks"]))
         self.restored = json.loads(st["extra"]) if "extra" in st else {}
         self.log.event("resume", found_checkpoint=True, checkpoint=os.path.basename(path), **st["position"])
-        return dict(st["position"])
+        return Position.from_dict(st["position"])
 
     # ------------------------------------------------------------------ summaries
+    @property
+    def in_task(self) -> bool:
+        """A task has begun and is not finished (or aborted) yet."""
+        return self._cur is not None
+
+    def task_energy_so_far(self) -> Optional[float]:
+        """Joules metered so far in the task in progress; None between tasks or when unresolved."""
+        if self._window is None:
+            return None
+        try:
+            return self.meter.peek(self._window).joules
+        except ValueError:  # the meter holds no such window
+            return None
+
+    @property
+    def wall_before_s(self) -> float:
+        """Wall seconds the run spent before this process resumed it (0 for a fresh run)."""
+        return self._wall_before
+
     def wall_s(self) -> float:
         return self._wall_before + time.perf_counter() - self._t_start
 
     def summary(self, wall_s: Optional[float] = None) -> dict:
         T = len(self.stream.tasks)
         acc = [row + [None] * (T - len(row)) for row in self.acc]
-        train_s = sum(r["train_s"] for r in self.per_task)
-        samples = sum(r["train_samples"] for r in self.per_task)
+        train_s = sum(r.train_s for r in self.per_task)
+        samples = sum(r.train_samples for r in self.per_task)
         out = {"final_avg_acc": final_avg_acc(self.acc), "forgetting": forgetting(self.acc), "bwt": bwt(self.acc),
                "acc_matrix": acc, "train_samples_per_s": samples / train_s if train_s else None,
-               "peak_rss_mb": peak_rss_mb(), "peak_anon_rss_mb": max((r["peak_anon_rss_mb"] for r in self.per_task),
+               "peak_rss_mb": peak_rss_mb(), "peak_anon_rss_mb": max((r.peak_anon_rss_mb for r in self.per_task),
                                                                      default=None),
                "energy_j": self.energy_total(), "energy_provenance": self.provenance(),
                "wall_s": self.wall_s() if wall_s is None else wall_s, "train_s": train_s, "steps": self.steps,
                "config": json.loads(self.cfg.to_json()), "stream": self.stream.describe(),
-               "per_task": self.per_task}
-        if hasattr(self.strategy, "summary_extra"):  # the prompt methods: step cost, memory, AToM/ALD applied
-            out.update(self.strategy.summary_extra())
+               "per_task": [r.to_dict() for r in self.per_task]}
+        out.update(self.strategy.summary_extra())  # the prompt methods: step cost, memory, AToM/ALD applied
         if self.hooks is not None:
             out.update(self.hooks.summary())
-        last = self.per_task[-1] if self.per_task else {}
+        last = self.per_task[-1].strategy if self.per_task else {}
         if "swap" in last:
             out["swap"] = last["swap"]
         return out
 
     def energy_total(self):
-        vals = [r["energy_j"] for r in self.per_task] + [r.get("profiling_energy_j") or 0.0 for r in self.per_task]
+        vals = [r.energy_j for r in self.per_task] + [r.profiling_energy_j or 0.0 for r in self.per_task]
         return None if not vals or any(v is None for v in vals) else float(sum(vals))
 
     def provenance(self):
-        return "; ".join(sorted({r["energy_provenance"] for r in self.per_task})) or None
+        return "; ".join(sorted({r.energy_provenance for r in self.per_task})) or None
 
 
 def _add_partial(a: dict, b: dict) -> dict:

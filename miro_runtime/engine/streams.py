@@ -46,6 +46,11 @@ class Stream:
     def __post_init__(self):
         self.shape = tuple(int(s) for s in self.shape)
 
+    @property
+    def max_classes(self) -> int:
+        """The most classes the stream can bring (a live stream caps an unknown count): all of them."""
+        return self.num_classes
+
     def describe(self) -> dict:
         return {"name": self.name, "shape": list(self.shape), "num_classes": self.num_classes,
                 "seed": self.seed, "tasks": [t.classes for t in self.tasks],

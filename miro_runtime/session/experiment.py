@@ -20,16 +20,19 @@ from miro_runtime.profilers import ResourceMonitor
 
 from miro_runtime.config import RunConfig
 from miro_runtime.control import make_controller
-from miro_runtime.engine.checkpoint import CHECKPOINT  # noqa: F401  (re-exported for callers of engine)
-from miro_runtime.engine.learner import NS, Learner  # noqa: F401
+from miro_runtime.engine.hooks import Controller
+from miro_runtime.engine.learner import Learner
 from miro_runtime.engine.streams import Stream, make_stream
+from miro_runtime.log import EventLog
+from miro_runtime.records import Position
 
 
 class Experiment:
     """One continual-learning run over a known stream. ``Experiment(cfg).run()`` returns the summary."""
 
     def __init__(self, cfg: RunConfig, stream: Optional[Stream] = None, resume: bool = False,
-                 on_event: Optional[Callable] = None, hooks=None, monitor: Optional[ResourceMonitor] = None):
+                 on_event: Optional[Callable] = None, hooks: Optional[Controller] = None,
+                 monitor: Optional[ResourceMonitor] = None):
         cfg.validate()
         if not cfg.run_dir:
             raise ValueError("RunConfig.run_dir is required (where the store, metrics and checkpoints live)")
@@ -46,7 +49,9 @@ class Experiment:
                                  f"{cfg.flash_budget} keeps fewer: pass --flash-budget 0 (unbounded) or >= {n}")
         if hooks is None:
             hooks = make_controller(cfg)
-        self.learner = Learner(cfg, self.stream, hooks=hooks, monitor=monitor, on_event=on_event)
+        # the run's log outlives the learner's close: the run_end line follows it
+        self.log = EventLog(os.path.join(cfg.run_dir, "events.jsonl"))
+        self.learner = Learner(cfg, self.stream, hooks=hooks, monitor=monitor, on_event=on_event, log=self.log)
 
     @classmethod
     def from_run_dir(cls, run_dir: str, **kw) -> "Experiment":
@@ -70,11 +75,6 @@ class Experiment:
             logging.getLogger("miro").warning("%s; resuming with the copy inside %s", e, ck)
         cfg.run_dir = run_dir
         return cls(cfg, resume=True, **kw)
-
-    def __getattr__(self, item):  # hooks and tests written against the engine see the learner's parts
-        if item == "learner":
-            raise AttributeError(item)
-        return getattr(self.learner, item)
 
     def _ingest(self, t: int, chunk: int):
         """Store task t, skipping batches a previous (killed) run acknowledged.
@@ -100,25 +100,24 @@ class Experiment:
             with open(os.path.join(cfg.run_dir, "config.json"), "w") as fh:
                 fh.write(cfg.to_json())
         pos = lr.open(self.resume)
-        lr.log.event("run_begin", config=json.loads(cfg.to_json()), stream=stream.describe(),
-                     resumed=self.resume, position=pos)
+        self.log.event("run_begin", config=json.loads(cfg.to_json()), stream=stream.describe(),
+                       resumed=self.resume, position=pos.to_dict())
         try:
-            for t in range(pos["task"], len(stream.tasks)):
-                self._task(t, pos if t == pos["task"] else {"task": t, "epoch": 0, "batch": 0})
+            for t in range(pos.task, len(stream.tasks)):
+                self._task(t, pos.within(t))
         except BaseException:
             lr.abort_task()
             raise
         finally:
-            lr._own_log = False  # the run_end line below still goes to the file
             lr.close()
-        summary = lr.summary(lr._wall_before + time.perf_counter() - t_start)
+        summary = lr.summary(lr.wall_before_s + time.perf_counter() - t_start)
         with open(os.path.join(cfg.run_dir, "summary.json"), "w") as fh:
             json.dump(summary, fh, indent=1)
-        lr.log.event("run_end", final_avg_acc=summary["final_avg_acc"], forgetting=summary["forgetting"])
-        lr.log.close()
+        self.log.event("run_end", final_avg_acc=summary["final_avg_acc"], forgetting=summary["forgetting"])
+        self.log.close()
         return summary
 
-    def _task(self, t: int, pos: dict):
+    def _task(self, t: int, pos: Position):
         cfg, stream, lr = self.cfg, self.stream, self.learner
         stream.validate_task(t)  # bad input stops here: nothing of this task is stored yet
         lr.begin_task(t, pos)
@@ -126,14 +125,14 @@ class Experiment:
         chunk = cfg.batch_size if cfg.online else 256
         n_batches = -(-len(y_task) // cfg.batch_size)
         steps_total = n_batches * (1 if cfg.online else cfg.epochs)
-        lr._emit("task_begin", task=t, steps=steps_total, done=pos["epoch"] * n_batches + pos["batch"],
-                 classes=stream.tasks[t].classes)
-        lr.log.event("task_begin", task=t, classes=stream.tasks[t].classes, samples=len(y_task))
+        lr.emit("task_begin", task=t, steps=steps_total, done=pos.epoch * n_batches + pos.batch,
+                classes=stream.tasks[t].classes)
+        self.log.event("task_begin", task=t, classes=stream.tasks[t].classes, samples=len(y_task))
         all_ids = []
         for b, x, y, ids in self._ingest(t, chunk):
             all_ids.append(ids)
-            if cfg.online and b >= pos["batch"]:  # single pass: train as each batch arrives
-                lr.observe(t, x, y, ids, {"task": t, "epoch": 0, "batch": b + 1})
+            if cfg.online and b >= pos.batch:  # single pass: train as each batch arrives
+                lr.observe(t, x, y, ids, Position(t, 0, b + 1))
         ids_task = np.concatenate(all_ids)
         if not cfg.online:
             lr.train_epochs(t, x_task, y_task, ids_task, pos)

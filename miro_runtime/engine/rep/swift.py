@@ -36,6 +36,7 @@ class SwiftQuery(nn.Module):
         if owned:
             self.small = vit  # its own frozen weights (excluded from checkpoints by the model)
         else:
+            self.small = None
             self._shared = [vit]
         self.layers, self.image_size = layers, image_size
         d = vit.hidden_dim
@@ -46,7 +47,7 @@ class SwiftQuery(nn.Module):
 
     @property
     def net(self):
-        return self.small if hasattr(self, "small") else self._shared[0]
+        return self.small if self.small is not None else self._shared[0]
 
     @torch.no_grad()
     def forward(self, img: torch.Tensor) -> torch.Tensor:  # (B, 3, S, S) -> (B, D)

@@ -20,7 +20,7 @@ assert tuple(STRATEGIES) == choices.STRATEGIES, "a strategy's name is listed in 
 def check_method(cfg) -> None:
     """Before anything is written: the strategy's own options parse, and its backbone file exists."""
     cls = STRATEGIES.get(cfg.strategy)
-    if cls is None or not hasattr(cls, "Options"):
+    if cls is None or cls.Options is None:
         if cfg.method:
             raise ValueError(f"--method-opt: --strategy {cfg.strategy} takes no method options (its knobs are "
                              f"`miro run` flags); got {sorted(cfg.method)}")
@@ -28,8 +28,7 @@ def check_method(cfg) -> None:
     from .prompt import parse_options
     opts = parse_options(cls.Options, cfg.method, cfg.strategy)
     import os
-    for flag, path in (("--backbone", cfg.backbone),
-                       ("--method-opt query_backbone", getattr(opts, "query_backbone", ""))):
+    for flag, path in (("--backbone", cfg.backbone), *cls.option_files(opts)):
         if path and not os.path.isfile(path):
             raise ValueError(f"{flag} {path}: no such file (make one with `miro rep pretrain`)")
 
@@ -37,11 +36,7 @@ def check_method(cfg) -> None:
 def build_model(cfg, stream):
     """The network a strategy trains: the prompt methods build their own (a frozen ViT from
     ``--backbone``), the others the backbone ``--model`` names."""
-    cls = STRATEGIES.get(cfg.strategy)
-    if cls is not None and hasattr(cls, "build_model"):
-        return cls.build_model(cfg, stream)
-    from ..models import make_model
-    return make_model(cfg.model, stream.shape)
+    return STRATEGIES.get(cfg.strategy, Strategy).build_model(cfg, stream)
 
 
 def make_strategy(name, model, cfg, flash, stream, device="cpu"):

@@ -1,9 +1,14 @@
 """The one shape every CL method has (Mammoth-style): ``begin_task`` / ``observe`` / ``end_task``,
-plus ``remember`` (offer stream samples to the episodic memory) and ``training_data``."""
+plus ``remember`` (offer stream samples to the episodic memory) and ``training_data``.
+
+``Strategy`` declares every hook a caller (the learner, Miro, the session) uses, each with a default
+that does nothing or the plain thing, as Mammoth's ``ContinualModel`` does: callers never probe a
+strategy for a method, and a wrapper (CarM) names what it forwards."""
 
 from __future__ import annotations
 
 import json
+from typing import ClassVar, Optional
 
 import numpy as np
 import torch
@@ -15,6 +20,19 @@ from ..memory import EpisodicMemory
 class Strategy:
     name = "base"
     uses_memory = False
+    Options: ClassVar[Optional[type]] = None  # the method's ``--method-opt`` dataclass; None: it takes none
+
+    @classmethod
+    def build_model(cls, cfg, stream) -> torch.nn.Module:
+        """The network this method trains: the backbone ``--model`` names (the prompt methods build a
+        frozen ViT of their own)."""
+        from ..models import make_model
+        return make_model(cfg.model, stream.shape)
+
+    @classmethod
+    def option_files(cls, opts) -> tuple:
+        """((flag, path), ...): files the method's parsed options name, checked before a run starts."""
+        return ()
 
     def __init__(self, model, cfg, flash, stream, device="cpu"):
         self.model, self.cfg, self.flash, self.stream = model, cfg, flash, stream
@@ -40,6 +58,10 @@ class Strategy:
 
     def make_optimizer(self):
         return torch.optim.SGD(self.model.parameters(), lr=self.cfg.lr, momentum=self.cfg.momentum)
+
+    def renew_optimizer(self) -> None:
+        """The head grew mid-task (online, new classes): a fresh optimizer over the new parameters."""
+        self.opt = self.make_optimizer()
 
     def training_data(self, t, x, y, ids):
         """What the epochs of task t iterate over (default: the task's own samples)."""
@@ -78,13 +100,34 @@ class Strategy:
                 idx = perm[i:i + 256]
                 self.remember(x[idx], y[idx], ids[idx], t)
 
+    def settle(self) -> None:
+        """Every asynchronous write the method started has landed (before a checkpoint, a resize, the
+        task's memory update); nothing to wait for by default."""
+
     def close(self) -> None:
         pass
 
+    # ---------------------------------------------------------------- what callers read
+    @property
+    def swap_engine(self):
+        """The storage.SwapEngine refreshing the memory from flash (CarM); None for the others."""
+        return None
+
     def stats(self) -> dict:
+        """Kept in each task's record (TaskRecord.strategy)."""
         return {"memory": None if self.memory is None else {"size": len(self.memory),
                                                             "capacity": self.memory.capacity},
                 "skipped_steps": self.skipped_steps}
+
+    def summary_extra(self) -> dict:
+        """Keys merged into the run's summary (the prompt methods: step cost, AToM/ALD applied)."""
+        return {}
+
+    def set_knobs(self, **knobs) -> None:
+        """Adopt the method's own knobs (a controller's choice: REP's r_max, theta_bar); the base
+        methods have none."""
+        if knobs:
+            raise ValueError(f"{self.name} has no tunable knobs {sorted(knobs)}")
 
     # ---------------------------------------------------------------- checkpoints
     def state_dict(self) -> dict:

@@ -15,6 +15,8 @@ import torch
 
 from miro_runtime.storage import SwapEngine
 
+from .base import Strategy
+
 MAX_GROUP = 8  # steps folded into one swap job at most: bounds how stale a chosen slot may get
 
 
@@ -94,8 +96,9 @@ def choose_group(group, ratio: float):
             np.concatenate(versions))
 
 
-class CarM:
-    """Wraps a replay strategy; forwards everything and adds the swap after each step.
+class CarM(Strategy):
+    """Wraps a replay strategy (ER or DER++) and adds the swap after each step. What it forwards to
+    the wrapped method is named below, hook by hook; it owns only the swap engine and its group.
 
     Async mode folds the swaps of consecutive steps into one worker job spanning about
     ``cfg.swap_group_ms`` of training (at most ``MAX_GROUP`` steps). A worker that sleeps between
@@ -104,24 +107,76 @@ class CarM:
     one LMDB read transaction and one RAM write per group instead of per step halves it. Each
     step's replay is still ranked on its own logits by CarM's rule."""
 
-    def __init__(self, base, sync: bool = False):
+    uses_memory = True
+
+    def __init__(self, base: Strategy, sync: bool = False):  # no Strategy.__init__: the parts are base's
         self.base, self.sync = base, sync
         self.name = "carm-sync" if sync else "carm"
-        self.engine = SwapEngine(base.flash, base.memory.ram, "samples", workers=base.cfg.swap_workers,
+        self._engine = SwapEngine(base.flash, base.memory.ram, "samples", workers=base.cfg.swap_workers,
                                  seed=base.cfg.seed + 29)
         self._group: list = []
         self._group_s = 0.0
 
-    def __getattr__(self, item):  # begin_task, remember, training_data, memory, model, ...
-        return getattr(self.base, item)
+    # ---------------------------------------------------------------- the wrapped method's parts
+    @property
+    def model(self):
+        return self.base.model
 
+    @property
+    def memory(self):
+        return self.base.memory
+
+    @property
+    def cfg(self):
+        return self.base.cfg
+
+    @property
+    def flash(self):
+        return self.base.flash
+
+    @property
+    def stream(self):
+        return self.base.stream
+
+    @property
+    def device(self):
+        return self.base.device
+
+    @property
+    def task(self) -> int:
+        return self.base.task
+
+    @property
+    def swap_engine(self) -> SwapEngine:
+        return self._engine
+
+    # ---------------------------------------------------------------- hooks forwarded as they are
+    def begin_task(self, t: int) -> None:
+        self.base.begin_task(t)
+
+    def training_data(self, t, x, y, ids):
+        return self.base.training_data(t, x, y, ids)
+
+    def remember(self, x, y, ids, t: int) -> None:
+        self.base.remember(x, y, ids, t)
+
+    def renew_optimizer(self) -> None:
+        self.base.renew_optimizer()
+
+    def set_knobs(self, **knobs) -> None:
+        self.base.set_knobs(**knobs)
+
+    def summary_extra(self) -> dict:
+        return self.base.summary_extra()
+
+    # ---------------------------------------------------------------- hooks with the swap added
     def observe(self, x, y):
         t0 = time.perf_counter()
         loss = self.base.observe(x, y)
         rep = self.base.last_replay
         if self.base.task > 0 and rep is not None and self.base.cfg.swap_ratio > 0:
             if self.sync:
-                self.engine.swap_now(*choose_group([rep], self.base.cfg.swap_ratio))
+                self._engine.swap_now(*choose_group([rep], self.base.cfg.swap_ratio))
             else:
                 self._group.append(rep)
                 self._group_s += time.perf_counter() - t0
@@ -135,36 +190,36 @@ class CarM:
             return
         group, ratio = self._group, self.base.cfg.swap_ratio
         self._group, self._group_s = [], 0.0
-        self.engine.request_swap_lazy(lambda: choose_group(group, ratio),
+        self._engine.request_swap_lazy(lambda: choose_group(group, ratio),
                                       expected=sum(int(round(ratio * len(g[0]))) for g in group))
 
     def settle(self):
         """Every swap chosen so far has landed (task ends, checkpoints, resizes)."""
         self.flush()
-        self.engine.drain()
+        self._engine.drain()
 
-    def end_task(self, *a, **kw):
+    def end_task(self, t: int, x, y, ids, online: bool) -> None:
         self.settle()  # the memory update below must see settled slots
-        return self.base.end_task(*a, **kw)
+        self.base.end_task(t, x, y, ids, online)
 
     def state_dict(self):
         self.settle()
         st = self.base.state_dict()
-        st["swap_counters"] = {k: float(v) for k, v in self.engine.counters.items()}
-        st["swap_rng"] = json.dumps(self.engine.rng_state())  # settled: no queued job draws after it
+        st["swap_counters"] = {k: float(v) for k, v in self._engine.counters.items()}
+        st["swap_rng"] = json.dumps(self._engine.rng_state())  # settled: no queued job draws after it
         return st
 
     def load_state_dict(self, st):
         self.base.load_state_dict(st)
         for k, v in st.get("swap_counters", {}).items():
-            if k in self.engine.counters:
-                self.engine.counters[k] = type(self.engine.counters[k])(v)
+            if k in self._engine.counters:
+                self._engine.counters[k] = type(self._engine.counters[k])(v)
         if "swap_rng" in st:
-            self.engine.set_rng_state(json.loads(st["swap_rng"]))
+            self._engine.set_rng_state(json.loads(st["swap_rng"]))
 
     def stats(self):
-        return {**self.base.stats(), "swap": self.engine.stats()}
+        return {**self.base.stats(), "swap": self._engine.stats()}
 
     def close(self):
         self.flush()
-        self.engine.close()
+        self._engine.close()

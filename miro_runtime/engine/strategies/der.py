@@ -17,7 +17,7 @@ class DER(Strategy):
     @property
     def aux_dim(self):
         # a live stream does not know its class count: logits are padded to its cap (max_classes)
-        return getattr(self.stream, "max_classes", self.stream.num_classes)
+        return self.stream.max_classes
 
     def aux_for(self, x, t):
         self.model.eval()

@@ -20,38 +20,22 @@ from .base import Strategy
 
 def parse_options(cls, given: dict, strategy: str):
     """A method's options dataclass from ``--method-opt KEY=VALUE`` pairs (strings) or a stored config
-    (JSON values); a ValueError naming the key otherwise."""
-    known = {f.name: f for f in fields(cls)}
-    defaults = cls()
+    (JSON values), each typed by the one conversion, ``miro_runtime.config.typed``; a ValueError naming
+    the key otherwise."""
+    import typing
+
+    from miro_runtime.config import typed
+    known = {f.name for f in fields(cls)}
+    hints = typing.get_type_hints(cls)
     out = {}
     for k, v in (given or {}).items():
         if k not in known:
             raise ValueError(f"--method-opt {k}: not an option of --strategy {strategy}; its options are "
                              f"{', '.join(sorted(known))}")
-        want = type(getattr(defaults, k))
-        try:
-            if want is bool:
-                if isinstance(v, str):
-                    if v.lower() not in ("1", "0", "true", "false", "on", "off", "yes", "no"):
-                        raise ValueError(v)
-                    v = v.lower() in ("1", "true", "on", "yes")
-                elif not isinstance(v, bool):
-                    raise ValueError(v)
-            elif want is tuple:
-                v = tuple(int(s) for s in (v.split(",") if isinstance(v, str) else v) if str(s).strip() != "")
-            elif want is str:
-                v = str(v)
-            else:
-                if isinstance(v, bool):
-                    raise ValueError(v)
-                v = want(v)
-                if want is float and not np.isfinite(v):
-                    raise ValueError(v)
-        except (TypeError, ValueError):
-            raise ValueError(f"--method-opt {k}={v!r}: must be {want.__name__}") from None
-        out[k] = v
+        want = tuple[int, ...] if hints[k] is tuple else hints[k]  # a bare tuple option lists layer indices
+        out[k] = typed(v, want, k, "--method-opt")
     opts = cls(**out)
-    problems = opts.check() if hasattr(opts, "check") else []
+    problems = opts.check()
     if problems:
         raise ValueError("; ".join(f"--method-opt {p}" for p in problems))
     return opts
@@ -149,7 +133,7 @@ class PromptStrategy(Strategy):
 
     def advance_clock(self):
         m = self.model
-        if getattr(m, "ald_opts", None):
+        if m.ald_opts:
             m.clock = float(self.task) if m.ald_opts["clock"] == "task" else float(self.steps_done)
 
     def observe(self, x, y):
@@ -255,13 +239,4 @@ class PromptStrategy(Strategy):
         self.opt = self.make_optimizer()
         if "opt" in st:
             self.opt.load_state_dict(st["opt"])
-
-    # ---------------------------------------------------------------- Miro's view
-    def knobs(self) -> dict:
-        """The method knobs a controller may tune (REP: r_max, theta_bar); empty for the base methods."""
-        return {}
-
-    def set_knobs(self, **kw) -> None:
-        if kw:
-            raise ValueError(f"{self.name} has no tunable knobs {sorted(kw)}")
 

@@ -50,9 +50,9 @@ class REPDualPromptOptions(DualPromptOptions, REPKnobs):
 class _REP:
     rep = True
 
-    def knobs(self) -> dict:
-        m = self.model
-        return {"r_max": m.r_max, "theta_bar": m.ald_opts["theta_bar"] if m.ald_opts else None}
+    @classmethod
+    def option_files(cls, opts) -> tuple:
+        return (("--method-opt query_backbone", opts.query_backbone),)
 
     def set_knobs(self, r_max=None, theta_bar=None, **rest) -> None:
         if rest:
