@@ -5,7 +5,7 @@ import time
 import numpy as np
 
 from miro_runtime.config import RunConfig
-from miro_runtime.session.session import Session
+from miro_runtime.session import Session
 
 
 def test_restart_recovers_exactly_the_untrained_tasks_samples(tmp_path):

@@ -1,0 +1,288 @@
+"""The trainer: the one thread that owns the model while it trains.
+
+Between steps it takes work in this order: wait while the pause policy says resources press (RAM,
+battery, thermals); run a job asked of it (a Miro profile round now); train the next online batch of
+the next task to train; finish that task once it has ended (epoch mode trains its epochs here). It
+snapshots the model after each task and every ``snapshot_every`` steps, so ``predict`` reads a copy
+and never waits behind a training step.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import copy
+import logging
+import threading
+import time
+from typing import Callable, Optional
+
+import numpy as np
+
+from miro_runtime.config import RunConfig
+from miro_runtime.log import EventLog
+from miro_runtime.records import Position, as_dict
+from miro_runtime.session.config import SessionConfig
+from miro_runtime.session.errors import SessionError
+from miro_runtime.session.ledger import TaskLedger, TaskState
+
+log = logging.getLogger("miro.session")
+DECISION_KEYS = ("task", "rule", "winner", "candidates", "not_profiled", "profiling_energy_j")
+
+
+class PausePolicy:
+    """Training pauses while resources press and resumes when they clear; both are logged. The
+    monitor is read at most every ``monitor_every_s`` (0.2 s at the least)."""
+
+    def __init__(self, cfg: RunConfig, scfg: SessionConfig, log_: EventLog, monitor=None):
+        self.cfg, self.scfg, self.log, self.monitor = cfg, scfg, log_, monitor
+        self.paused: Optional[str] = None  # why training is paused now
+        self._last_watch = 0.0
+
+    def check(self) -> Optional[str]:
+        """Why training must pause now, or None."""
+        if self.monitor is None or time.monotonic() - self._last_watch < max(self.cfg.monitor_every_s, 0.2):
+            return self.paused
+        self._last_watch = time.monotonic()
+        snap = self.monitor.snapshot()
+        why = None
+        sc = self.scfg
+        if snap.available_ram_mb is not None and snap.available_ram_mb < sc.pause_ram_floor_mb:
+            why = f"available RAM {snap.available_ram_mb:.0f} MB < pause_ram_floor_mb {sc.pause_ram_floor_mb:g}"
+        bat = snap.battery
+        low = bat and bat.get("percent") is not None and bat["percent"] < sc.pause_battery_floor
+        if low and not bat.get("plugged"):
+            why = f"battery {bat['percent']:g}% < pause_battery_floor {sc.pause_battery_floor:g}%, unplugged"
+        if sc.pause_on_throttle and snap.throttled:
+            why = f"thermal throttling ({snap.throttle_source})"
+        if why and not self.paused:
+            self.log.event("training_paused", why=why, resources=snap.to_dict())
+        elif not why and self.paused:
+            self.log.event("training_resumed", was=self.paused, resources=snap.to_dict())
+        self.paused = why
+        return why
+
+
+class OnlineBacklog:
+    """Online mode: batches stored but not yet trained, oldest first. Beyond ``online_backlog``
+    samples the oldest go untrained: they stay stored, and in the memory's offer at task end."""
+
+    def __init__(self, scfg: SessionConfig, log_: EventLog):
+        self.scfg, self.log = scfg, log_
+        self.batches: collections.deque = collections.deque()  # (task, x, y, ids)
+        self.n = 0  # samples held
+        self.untrained = 0  # samples dropped from training
+        self.trained_upto = -1  # the highest sample id trained (a restart queues the ones above it)
+
+    def head_task(self) -> Optional[int]:
+        return self.batches[0][0] if self.batches else None
+
+    def push(self, t: int, x, y, ids):
+        self.batches.append((t, x, y, np.asarray(ids)))
+        self.n += len(y)
+        while self.n > self.scfg.online_backlog and len(self.batches) > 1:
+            old = self.batches.popleft()
+            self.n -= len(old[2])
+            self.untrained += len(old[2])
+            self.log.event("online_backlog_dropped", samples=len(old[2]), task=old[0],
+                           why=f"more than online_backlog={self.scfg.online_backlog} untrained samples")
+
+    def take(self, batch_size: int) -> tuple:
+        """(task, x, y, ids): the next batch of at most ``batch_size`` samples of the oldest task."""
+        t, x, y, ids = self.batches[0]
+        if len(y) > batch_size:
+            self.batches[0] = (t, x[batch_size:], y[batch_size:], ids[batch_size:])
+        else:
+            self.batches.popleft()
+        yb = y[:batch_size]
+        self.n -= len(yb)
+        return t, x[:batch_size], yb, ids[:batch_size]
+
+
+class Trainer:
+    """The training loop over a session's learner; ``run`` is the thread's body. The session's
+    condition ``work`` guards the stream and the ledger, and wakes the loop when work arrives."""
+
+    def __init__(self, cfg: RunConfig, scfg: SessionConfig, ledger: TaskLedger, work: threading.Condition,
+                 log_: EventLog, monitor=None):
+        self.cfg, self.scfg, self.ledger, self.work, self.log = cfg, scfg, ledger, work, log_
+        self.learner = None  # set by ``attach`` once the first sample (or a resume) fixes the model
+        self.stream = None
+        self.backlog = OnlineBacklog(scfg, log_)
+        self.pause = PausePolicy(cfg, scfg, log_, monitor)
+        self.pos = Position()  # where training stands (what a checkpoint records)
+        self.state = "waiting for data"
+        self.snapshot = None  # (model copy, inverse label map, steps, tasks trained): what predict reads
+        self._stop = threading.Event()
+        self._pos_lock = threading.Lock()
+        self._jobs: collections.deque = collections.deque()  # (fn, Future): asked of the trainer
+
+    def attach(self, learner, stream, pos: Position):
+        self.learner, self.stream, self.pos = learner, stream, pos
+
+    def restore(self, extra: dict):
+        """The online progress a checkpoint kept (``extra_state``)."""
+        self.backlog.trained_upto = extra.get("trained_upto", -1)
+        self.backlog.untrained = extra.get("untrained", 0)
+
+    def extra_state(self) -> dict:
+        """Kept in every checkpoint: which online samples are trained, how many went untrained."""
+        return {"trained_upto": self.backlog.trained_upto, "untrained": self.backlog.untrained}
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    def stop(self):
+        self._stop.set()
+        with self.work:
+            self.work.notify_all()
+
+    # ------------------------------------------------------------------ the loop
+    def run(self):
+        """Train until ``stop()``; then return once the current step is done and a checkpoint is written."""
+        while not self._stop.is_set():
+            job = self._next_job()
+            if job is None:
+                continue
+            try:
+                job()
+            except Exception as e:  # logged with its context; the daemon stays up
+                log.exception("training failed")
+                self.log.event("error", component="trainer", error=f"{type(e).__name__}: {e}")
+                self.state = f"error: {type(e).__name__}: {e}"
+                if self.learner is not None:
+                    self.learner.abort_task()
+                self._stop.wait(1.0)
+        lr = self.learner
+        if lr is not None and lr.strategy is not None and self.cfg.online and not self.ledger.interrupted:
+            with self._pos_lock:  # online progress since the last checkpoint (epoch mode checkpointed itself)
+                lr.checkpoint(self.pos.to_dict())
+
+    def _next_job(self) -> Optional[Callable[[], None]]:
+        with self.work:
+            while not self._stop.is_set():
+                was_paused = self.pause.paused
+                why = self.pause.check()
+                if why:
+                    if not was_paused:
+                        self.state = f"paused: {why}"
+                    self.work.wait(min(1.0, self.cfg.monitor_every_s or 1.0))
+                    continue
+                if self._jobs:
+                    fn, fut = self._jobs.popleft()
+                    return lambda: _complete(fut, fn)
+                if self.stream is not None:
+                    led, head = self.ledger, self.backlog.head_task()
+                    if head is not None and head == led.trained:  # online batches train in task order
+                        if led.state(head) != TaskState.TRAINING:
+                            return lambda: self._begin(head)
+                        return self._online_step
+                    t = led.trained
+                    if led.is_ended(t) and not (self.cfg.online and head == t):
+                        return lambda: self._finish(t)
+                self.state = "idle" if self.stream is not None else "waiting for data"
+                self.work.wait(0.5)
+        return None
+
+    def _begin(self, t: int):
+        pos = self.pos.within(t)
+        self.state = f"training task {t}"
+        self.learner.begin_task(t, pos.to_dict())
+        with self.work:
+            self.ledger.begin(t)
+        with self._pos_lock:
+            self.pos = pos
+        self.log.event("task_begin", task=t, classes=self.stream.tasks[t].classes if t < len(self.stream.tasks) else [],
+                       mode="online" if self.cfg.online else "epochs")
+
+    def _online_step(self):
+        with self.work:
+            t, xb, yb, ib = self.backlog.take(self.cfg.batch_size)
+            grow = self.stream.num_classes > self.learner.strategy.model.head.num_classes
+        if grow:
+            self.learner.grow_classes()
+        self.state = f"training task {t} (online)"
+        with self._pos_lock:
+            self.pos = Position(t, 0, self.pos.batch + 1)
+            self.backlog.trained_upto = max(self.backlog.trained_upto, int(ib.max()))
+            self.learner.observe(t, xb, yb, ib, self.pos.to_dict())
+        if self.scfg.snapshot_every and self.learner.steps % self.scfg.snapshot_every == 0:
+            self.snap()
+
+    def _finish(self, t: int):
+        lr = self.learner
+        with self.work:
+            x, y, ids = self.stream.train_arrays(t)
+        if not len(y):  # ended with no train samples (or all evicted): nothing to learn, say so
+            self.log.event("error", component="trainer", task=t,
+                           error=f"task {t} ended with no stored training samples; skipped")
+        if self.ledger.state(t) != TaskState.TRAINING:
+            self._begin(t)  # epoch mode: the task's data is complete now (begin_task grows the head)
+        if not self.cfg.online and len(y):
+            self.state = f"training task {t} ({self.cfg.epochs} epochs)"
+            pos = self.pos.within(t)
+            if not lr.train_epochs(t, x, y, ids, pos.to_dict(), should_stop=self._stopping_step):
+                self.ledger.interrupt()
+                return
+        self.state = f"evaluating task {t}"
+        rec = as_dict(lr.finish_task(t, x, y, ids))
+        with self.work:
+            self.ledger.finish(t)
+            self.stream.free_train(t)
+            self.pos = Position.start_of(t + 1)
+        self.snap()
+        self.log.event("task_trained", task=t, acc=rec["acc"], avg_acc=rec["avg_acc"], energy_j=rec["energy_j"],
+                       energy_provenance=rec["energy_provenance"])
+
+    def _stopping_step(self) -> bool:
+        """Asked between epoch steps: stop now (shutdown) -- the learner then checkpoints. Also
+        snapshots for predict."""
+        lr = self.learner
+        if lr.steps and self.scfg.snapshot_every and lr.steps % self.scfg.snapshot_every == 0:
+            self.snap()
+        return self._stop.is_set()
+
+    # ------------------------------------------------------------------ asked of the trainer
+    def request_profile(self) -> concurrent.futures.Future:
+        """Miro now (``miro profile``): a profile round on the open task's samples so far, run between
+        steps; the Future holds the decision."""
+        fut: concurrent.futures.Future = concurrent.futures.Future()
+        with self.work:
+            self._jobs.append((self._profile_now, fut))
+            self.work.notify_all()
+        return fut
+
+    def _profile_now(self) -> dict:
+        lr, t = self.learner, self.ledger.open_task
+        with self.work:
+            n = len(self.stream.train_arrays(t)[1]) if t >= 0 else 0
+        if lr.hooks is None:
+            raise SessionError("not-ready", "no controller: start the daemon with learning.miro = true")
+        if t < self.ledger.trained or not n:
+            raise SessionError("not-ready", "Miro profiles on the open task's samples: ingest some first")
+        lr.hooks.task_begin(lr, t)
+        d = as_dict(lr.hooks.decisions[-1])
+        return {k: d.get(k) for k in DECISION_KEYS}
+
+    def checkpoint(self) -> dict:
+        """A checkpoint now if no epoch-mode task is mid-way (it checkpoints at its next boundary)."""
+        with self.work, self._pos_lock:
+            if not self.learner.in_task or self.cfg.online:
+                self.learner.checkpoint(self.pos.to_dict())
+                return {"written": True, "position": self.pos.to_dict()}
+        return {"written": False, "why": "a task is training; a checkpoint follows at its next boundary"}
+
+    def snap(self):
+        """Copy the model for predict (after each task, every ``snapshot_every`` steps)."""
+        if self.learner is None or self.learner.strategy.model.head.num_classes == 0:
+            return  # nothing trained yet: predict says not-ready rather than answer from an empty head
+        m = copy.deepcopy(self.learner.strategy.model).eval()
+        self.snapshot = (m, list(self.stream.inv), self.learner.steps, self.ledger.trained)
+
+
+def _complete(fut: concurrent.futures.Future, fn: Callable):
+    try:
+        fut.set_result(fn())
+    except Exception as e:  # the caller gets it, the trainer goes on
+        fut.set_exception(e)
