@@ -30,7 +30,7 @@ def test_wheel_holds_every_module_and_miro_help_runs_from_it(tmp_path):
     assert not missing, f"modules of the source tree missing from the wheel: {sorted(missing)}"
     entry = [n for n in names if n.endswith("entry_points.txt")]
     text = zipfile.ZipFile(whl).read(entry[0]).decode()
-    assert "miro = miro_runtime.cli.main:main" in text and "mirod = miro_runtime.daemon.daemon:main" in text
+    assert "miro = miro_runtime.cli.main:main" in text and "mirod = miro_runtime.daemon.main:main" in text
 
     # installed from the wheel alone (outside the checkout, so the editable install cannot answer)
     target = tmp_path / "site"

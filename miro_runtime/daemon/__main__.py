@@ -2,6 +2,6 @@
 
 import sys
 
-from miro_runtime.daemon.daemon import main
+from miro_runtime.daemon.main import main
 
 sys.exit(main())

@@ -1,0 +1,240 @@
+"""mirod's RPC methods, one coroutine each, like gunicorn's ctl/handlers.py: typed parameters
+declared once in the signature (server.py checks a request against them and maps every failure to
+an error code), one change of state, a dict back. Blocking work (the session, the flash tier, a
+generation) runs in the daemon's thread pools so the event loop always answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Optional
+
+from msgspec import Meta
+
+from miro_runtime.choices import LOG_LEVELS
+from miro_runtime.daemon.config import LIVE, DaemonConfig, default_toml, overrides_path, read_overrides, write_overrides
+from miro_runtime.daemon.files import DTYPES, SampleError, decode_array, read_folder, read_npz
+from miro_runtime.records import as_dict
+from miro_runtime.wire import protocol as P
+
+if TYPE_CHECKING:
+    from miro_runtime.daemon.process import Daemon
+
+# who may call what (server.py decides it from the peer's credentials). kv_generate is inference: it
+# changes no learning state (it may store prompt prefixes in the KV namespace)
+READ_ONLY = frozenset({"ping", "status", "eval", "predict", "logs", "config_show", "task_list", "kv_generate"})
+MUTATING = frozenset({"ingest", "task_end", "config_set", "config_reload", "profile", "checkpoint", "shutdown"})
+# methods that refuse parameters they do not declare; the others ignore extras (the client's ingest sends `wait`)
+STRICT = frozenset({"kv_generate"})
+
+# a task's state in task_list
+TASK_OPEN, TASK_ENDED, TASK_TRAINED = "open", "ended", "trained"
+TASK_RESULT = ("acc", "avg_acc", "energy_j", "energy_provenance")  # what task_end --wait adds once trained
+
+# parameter types; a Meta description is the words an error uses for the type
+Count = Annotated[int, Meta(ge=1)]
+UnixSeconds = Annotated[float, Meta(description="unix seconds")]
+Shape = Annotated[list[Annotated[int, Meta(gt=0)]],
+                  Meta(min_length=4, max_length=4, description="[n, c, h, w] of positive integers")]
+Dtype = Literal[DTYPES]
+Base64 = Annotated[str, Meta(description="a base64 string of the raw C-order bytes")]
+Labels = Annotated[list[int], Meta(description="a list of integers, one per sample")]
+TableKey = Annotated[str, Meta(description="a string 'table.key'")]
+
+
+class Handlers:
+    """Every RPC method of mirod; ``d`` is the running daemon (process.py) whose session, pools,
+    configuration and log they use."""
+
+    def __init__(self, daemon: Daemon):
+        self.d = daemon
+
+    async def _work(self, fn, *args, pool=None):
+        """``fn(*args)`` in a worker thread (the I/O pool unless another is named)."""
+        return await asyncio.get_running_loop().run_in_executor(pool or self.d.pool, fn, *args)
+
+    # ------------------------------------------------------------------ read-only
+    async def ping(self) -> dict:
+        return {"pong": True, "pid": os.getpid()}
+
+    async def status(self) -> dict:
+        d = self.d
+        st = d.session.status()
+        st["kv"] = {"enabled": d.cfg.kv.enabled, **d.kv.status()}
+        st["daemon"] = {"pid": os.getpid(), "uptime_s": round(time.time() - d.started, 3), "socket": d.sock_path,
+                        "state_dir": d.state_dir, "logs_dir": d.logs_dir, "open_connections": d.server.conns,
+                        **d.server.counters}
+        return st
+
+    async def eval(self) -> dict:
+        return await self._work(self.d.session.evaluate)
+
+    async def task_list(self) -> dict:
+        s = self.d.session
+        lr = s.learner
+        tasks = []
+        for t, spec in enumerate(s.stream.tasks if s.stream else []):
+            rec = as_dict(lr.per_task[t]) if lr is not None and t < len(lr.per_task) else None
+            tasks.append({"task": t, "classes": [s.stream.inv[c] for c in spec.classes],
+                          "state": TASK_TRAINED if t < s.done else TASK_ENDED if t in s.ended else TASK_OPEN,
+                          "test_samples": int(len(s.stream.test[t][1])),
+                          "avg_acc": rec and rec["avg_acc"], "energy_j": rec and rec["energy_j"]})
+        return {"tasks": tasks}
+
+    async def predict(self, shape: Shape, data: Base64, dtype: Dtype = "uint8", k: Count = 3) -> dict:
+        """The top-k labels of ``shape`` images, from the last trained model's snapshot."""
+        s = self.d.session
+        return await self._work(lambda: s.predict(decode_array(shape, dtype, data), k), pool=self.d.predict_pool)
+
+    async def kv_generate(self, prompt: str, max_new_tokens: int = 32, policy: Optional[str] = None,
+                          hot_budget: Optional[int] = None) -> dict:
+        """Greedy generation through the tiered KV cache, within the [kv] table's RAM and flash share."""
+        d = self.d
+        if not d.cfg.kv.enabled:
+            raise P.ProtocolError(P.NOT_READY, "KV generation is off (kv.enabled = false)")
+        args = (prompt, max_new_tokens, policy, hot_budget)
+        d.kv.check(*args)  # bad input answered at once, not after the queue
+        res = await self._work(d.kv.generate, *args, pool=d.kv_pool)
+        d.log.event("kv_generate", policy=res["policy"], prompt_tokens=res["prompt_tokens"],
+                    new_tokens=res["new_tokens"], tokens_per_s=res["tokens_per_s"], ttft_s=res["ttft_s"],
+                    hot_bytes=res["hot_bytes"], cold_bytes=res["cold_bytes"], prefix_hits=res["prefix_hits"])
+        return res
+
+    async def config_show(self, defaults: bool = False) -> dict:
+        cfg = self.d.cfg
+        return {"config": cfg.to_dict(), "sources": cfg.source, "live_keys": {k: sorted(v) for k, v in LIVE.items()},
+                "defaults_toml": default_toml() if defaults else None}
+
+    async def logs(self, level: Literal[LOG_LEVELS] = "debug", component: Optional[str] = None,
+                   task: Optional[int] = None, since: Optional[UnixSeconds] = None,
+                   until: Optional[UnixSeconds] = None, limit: Count = 200, after: Optional[int] = None) -> dict:
+        """Filtered lines of the JSON log: level (minimum), component, task, since/until, limit (the last
+        N matches), after (a byte offset: lines appended since, for follow)."""
+        import aiofiles
+        path = os.path.join(self.d.logs_dir, "mirod.jsonl")
+        async with aiofiles.open(path, "rb") as fh:
+            if after is not None and after >= 0:
+                size = os.path.getsize(path)
+                await fh.seek(after if after <= size else 0)  # a rotation since: start the new file over
+            data = await fh.read(8 << 20)
+            offset = await fh.tell()
+        out, minlvl = [], LOG_LEVELS.index(level)
+        for line in data.splitlines():
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue
+            if LOG_LEVELS.index(rec.get("level", "info")) < minlvl:
+                continue
+            if component and rec.get("component") != component:
+                continue
+            if task is not None and rec.get("task") != task:
+                continue
+            if since is not None and rec.get("ts", 0) < since or until is not None and rec.get("ts", 0) > until:
+                continue
+            out.append(rec)
+        return {"lines": out[-limit:], "offset": offset, "path": path}
+
+    # ------------------------------------------------------------------ mutating
+    async def ingest(self, task: Optional[int] = None, split: str = "train", path: Optional[str] = None,
+                     shape: Optional[Shape] = None, dtype: Dtype = "uint8", data: Optional[Base64] = None,
+                     labels: Optional[Labels] = None) -> dict:
+        """Samples into ``task``: arrays (shape, dtype, data, labels), or a ``path`` on the daemon's
+        machine (see ingest_file). Returns once they are durable."""
+        if self.d.stopping.is_set():
+            raise P.ProtocolError(P.STOPPING, "the daemon is stopping; nothing was stored")
+        if path is not None:
+            return await self._work(self.ingest_file, path, task, split)
+        missing = [n for n, v in (("task", task), ("shape", shape), ("data", data), ("labels", labels)) if v is None]
+        if missing:
+            raise P.ProtocolError(P.INVALID_PARAMS, f"an ingest of arrays needs task, shape, data and labels "
+                                                    f"(or a path); missing: {', '.join(missing)}")
+        s = self.d.session
+        return await self._work(lambda: s.ingest(task, split, decode_array(shape, dtype, data), labels))
+
+    def ingest_file(self, path: str, task: Optional[int] = None, split: Optional[str] = None,
+                    source: Optional[str] = None) -> dict:
+        """An .npz (into its own task and split, else ``task``/``split``, else the open task's train
+        split) or an image folder (each of its tasks ingested and ended, after the open one). An
+        .npz tagged ``source`` (the inbox's file identity) is ingested at most once. Blocking."""
+        s = self.d.session
+        if not os.path.exists(path):
+            raise SampleError(f"path {path} does not exist (on the daemon's machine)")
+        if os.path.isdir(path):
+            first = self._next_task()
+            out = {"acked": 0, "tasks": []}
+            for i, ft in enumerate(read_folder(path)):
+                r = s.ingest(first + i, "train", ft.x, ft.labels)
+                if ft.test_labels:
+                    s.ingest(first + i, "test", ft.test_x, ft.test_labels)
+                s.end_task(first + i)
+                out["acked"] += r["acked"] + len(ft.test_labels)
+                out["tasks"].append(first + i)
+            return out
+        npz = read_npz(path)
+        if source and s.already_ingested(source):
+            return {"acked": 0, "already_ingested": True, "source": source}
+        t = npz.task if npz.task is not None else task if task is not None else self._next_task()
+        return s.ingest(t, npz.split if npz.split is not None else split or "train", npz.x, npz.y, source=source)
+
+    def _next_task(self) -> int:
+        """Where samples without a task go: the open task, or the next one once it has ended."""
+        s = self.d.session
+        return s.open_task if s.open_task >= 0 and s.open_task not in s.ended else s.open_task + 1
+
+    async def task_end(self, task: Optional[int] = None, wait: bool = False, timeout: float = 600.0) -> dict:
+        """End ``task`` (default: the open one); with ``wait``, return once it is trained and evaluated
+        (or ``timeout`` seconds passed: ``trained`` says which)."""
+        s = self.d.session
+        task = s.open_task if task is None else task
+        res = await self._work(s.end_task, task)
+        if wait:
+            t0 = time.monotonic()
+            while s.done <= task and time.monotonic() - t0 < timeout and not self.d.stopping.is_set():
+                await asyncio.sleep(0.05)
+            res["trained"] = s.done > task
+            if res["trained"] and s.learner.per_task:
+                rec = as_dict(s.learner.per_task[task])
+                res.update({k: rec.get(k) for k in TASK_RESULT})
+        return res
+
+    async def checkpoint(self) -> dict:
+        return await self._work(self.d.session.checkpoint)
+
+    async def profile(self, timeout: float = 600.0) -> dict:
+        """A Miro round now, on the open task's samples so far; the decision."""
+        s = self.d.session
+        if not self.d.cfg.learning.miro:
+            raise P.ProtocolError(P.NOT_READY, "Miro is off (learning.miro = false): nothing to profile")
+        if s.learner is None or not s.learner.per_task:
+            raise P.ProtocolError(P.NOT_READY, "Miro profiles after the first task has trained")
+        return as_dict(await asyncio.wait_for(asyncio.wrap_future(s.request_profile()), timeout=timeout))
+
+    async def config_set(self, key: TableKey, value: Any = None) -> dict:
+        """Set ``table.key``: checked, kept in overrides.toml, applied now where it can be."""
+        d = self.d
+        probe = DaemonConfig()  # the value alone, against its key's type and allowed values
+        table, name, _, new = probe.set(key, value, "config set")
+        setattr(probe.section(table), name, new)
+        path = overrides_path(d.cfg)
+        ov = read_overrides(path)
+        ov.setdefault(table, {})[name] = new
+        trial = d.load_config()  # the whole configuration must still validate before the override is kept
+        trial.set(key, new, "config set")
+        trial.validate()
+        write_overrides(path, ov)
+        live = name in LIVE[table]
+        if live:
+            d.apply(table, name, new)
+        d.log.event("config_set", key=key, value=new, live=live)
+        return {"key": key, "value": new, "persisted": path, "applied_live": live, "restart_needed": not live}
+
+    async def config_reload(self) -> dict:
+        return self.d.reload()
+
+    async def shutdown(self) -> dict:
+        self.d.stopping.set()
+        return {"stopping": True}
