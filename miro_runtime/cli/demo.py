@@ -20,7 +20,7 @@ def start_daemon(state_dir: str, *sets: str, timeout: float = 120.0) -> tuple:
     from miro_runtime.wire.client import Client, NoDaemon
     os.makedirs(state_dir, exist_ok=True)
     sock = os.path.join(state_dir, "mirod.sock")
-    exe = [sys.executable, "-m", "miro_runtime.daemon.daemon", "--state-dir", state_dir, "--socket", sock]
+    exe = [sys.executable, "-m", "miro_runtime.daemon", "--state-dir", state_dir, "--socket", sock]
     for s in sets:
         exe += ["--set", s]
     env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC")}

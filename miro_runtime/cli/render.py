@@ -1,10 +1,20 @@
-"""What the CLI prints: the accuracy table of a run and a progress bar per task."""
+"""What the CLI prints: one JSON object or a human rendering of it, the accuracy table of a run, and a
+progress bar per task."""
 
 from __future__ import annotations
 
+import json
 import sys
 
 import click
+
+
+def emit(obj, as_json: bool, human) -> None:
+    """``--json``: one JSON object on stdout; otherwise ``human(obj)`` prints it for a person."""
+    if as_json:
+        click.echo(json.dumps(obj))
+    else:
+        human(obj)
 
 
 def _fmt(v):

@@ -1,0 +1,363 @@
+"""The daemon's control commands: each is a client of mirod's control socket (miro_runtime.wire), and
+``miro daemon`` runs mirod itself. Importing this module loads neither torch nor numpy nor the engine,
+so ``miro status`` answers in a fraction of a second; a command imports what it needs when it runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+import click
+
+from miro_runtime.choices import LOG_LEVELS
+from miro_runtime.cli.render import emit, print_table
+
+# exit codes of the control commands (sysexits.h)
+EXIT_NO_DAEMON = 69  # EX_UNAVAILABLE: nothing listens on the socket
+EXIT_DAEMON_ERROR = 65  # the daemon refused the request (bad input, conflict)
+EXIT_DENIED = 77  # EX_NOPERM: the socket or the method is not for this user
+
+
+def _sock(ctx) -> str:
+    from miro_runtime.wire.client import default_socket
+    o = ctx.find_root().obj or {}
+    return o["socket"] or default_socket(o["state_dir"])
+
+
+def call(ctx, method, **params):
+    """One request to mirod; a clear message and a distinct exit code when it cannot be served."""
+    from miro_runtime.wire.client import Client, DaemonError, NoDaemon
+    from miro_runtime.wire.protocol import PERMISSION_DENIED
+    path = _sock(ctx)
+    try:
+        with Client(path) as c:
+            return c.call(method, **params)
+    except NoDaemon as e:
+        click.echo(f"miro: {e}", err=True)
+        sys.exit(EXIT_NO_DAEMON)
+    except PermissionError:
+        click.echo(f"miro: permission denied on {path}: this user is not in the socket's group", err=True)
+        sys.exit(EXIT_DENIED)
+    except DaemonError as e:
+        click.echo(f"miro: {method}: {e.message}", err=True)
+        sys.exit(EXIT_DENIED if e.code == PERMISSION_DENIED else EXIT_DAEMON_ERROR)
+    except (ConnectionError, OSError) as e:
+        click.echo(f"miro: lost the daemon on {path}: {e}", err=True)
+        sys.exit(EXIT_NO_DAEMON)
+
+
+@click.command()
+@click.option("--config", "config_path", default=None, help="TOML configuration file.")
+@click.option("--set", "sets", multiple=True, metavar="TABLE.KEY=VALUE", help="Override a config key.")
+@click.option("--retrain-from-store", is_flag=True,
+              help="The checkpoints are gone on purpose: start over on the samples the store holds.")
+@click.pass_context
+def daemon(ctx, config_path, sets, retrain_from_store):
+    """Run mirod in the foreground (what the systemd unit runs)."""
+    from miro_runtime.daemon.main import run_daemon  # here: only `miro daemon` loads the daemon (and torch)
+    o = ctx.find_root().obj
+    pairs = []
+    for item in sets:
+        if "=" not in item:
+            raise click.UsageError(f"--set {item!r}: expected TABLE.KEY=VALUE")
+        pairs.append(tuple(item.split("=", 1)))
+    sys.exit(run_daemon(config_path, o["state_dir"], o["socket"], pairs, retrain_from_store))
+
+
+def _fmt_j(v):
+    return "-" if v is None else f"{v:.1f} J"
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def status(ctx, as_json):
+    """What the daemon is doing: task, classes, memory, flash, swaps, energy, Miro, accuracy."""
+    def human(s):
+        d = s.get("daemon", {})
+        rows = [("state", s["state"] + (f"  (paused: {s['paused']})" if s.get("paused") else "")),
+                ("uptime", f"{s['uptime_s']:.0f} s  (pid {d.get('pid')})"),
+                ("current task", f"{s['current_task']}  (open {s['open_task']}, trained {s['tasks_trained']}, "
+                                 f"mode {s['mode']}, strategy {s['strategy']})"),
+                ("classes seen", f"{s['classes_seen']}  {s['class_labels'][:20]}"),
+                ("samples", f"{s['counters']['ingested_train']} train, {s['counters']['ingested_test']} test, "
+                            f"{s['counters']['online_pending']} pending online")]
+        if s.get("memory"):
+            rows.append(("RAM memory", f"{s['memory']['size']} / {s['memory']['capacity']} samples"))
+        if s.get("flash"):
+            f = s["flash"]
+            rows.append(("flash", f"{f['records']} samples ({f['bytes'] / 2**20:.1f} MiB), budget "
+                                  f"{f['budget_records'] or 'unbounded'}"))
+        if s.get("swap"):
+            w = s["swap"]
+            rows.append(("swaps", f"{w.get('completed')} done, {w.get('dropped')} dropped"))
+        if s.get("energy"):
+            e = s["energy"]
+            rows.append(("energy", f"{_fmt_j(e['total_j'])}  ({e['provenance']})"))
+        if s.get("miro"):
+            m = s["miro"]
+            rows.append(("miro", f"{'on' if m['enabled'] else 'off'}: {m['knobs']}" +
+                         (f"; last decision: task {m['last_decision']['task']} chose {m['last_decision']['winner']}"
+                          if m.get("last_decision") else "")))
+        if s.get("kv"):
+            k = s["kv"]
+            rows.append(("kv", f"{'on' if k['enabled'] else 'off'}: {k['model']}, policy {k['policy']}, RAM share "
+                               f"{k['ram_bytes'] / 2**20:.1f} MiB, flash share {k['flash_bytes'] / 2**20:.1f} MiB "
+                               f"({(k['flash_used_bytes'] or 0) / 2**20:.1f} MiB used, {k['prefix_chunks'] or 0} "
+                               f"prefix chunks), {k['requests']} requests"))
+        if s.get("last_acc"):
+            rows.append(("last accuracies", " ".join("-" if a is None else f"{100 * a:.1f}" for a in s["last_acc"])))
+        for k, v in rows:
+            click.echo(f"{k:<16}{v}")
+    emit(call(ctx, "status"), as_json, human)
+
+
+@click.command(name="eval")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def eval_(ctx, as_json):
+    """Accuracy matrix, final average accuracy, forgetting, backward transfer (as `miro run --json`)."""
+    r = call(ctx, "eval")
+
+    def human(r):
+        print_table({**r, "train_samples_per_s": None, "peak_rss_mb": None, "wall_s": None, "config": None},
+                    short=True)
+        for t in r["per_task"]:
+            click.echo(f"  task {t['task']}: {_fmt_j(t['energy_j'])} ({t['energy_provenance']})")
+    emit({k: r[k] for k in ("acc_matrix", "final_avg_acc", "forgetting", "bwt", "energy_j", "energy_provenance",
+                            "per_task")}, as_json, human)
+
+
+def _load_arrays(path):
+    import numpy as np
+    with np.load(path, allow_pickle=False) as z:
+        if "x" not in z:
+            raise click.ClickException(f"{path}: an .npz needs an array 'x' (and 'y' to ingest)")
+        x = z["x"]
+        y = z["y"] if "y" in z else None
+        extra = {k: z[k] for k in ("task", "split") if k in z}
+    return (x[:, None] if x.ndim == 3 else x), y, extra
+
+
+@click.command()
+@click.argument("path", type=click.Path(exists=True))
+@click.option("--task", type=int, default=None, help="Task to ingest into (default: the open task, or the .npz's).")
+@click.option("--split", type=click.Choice(["train", "test"]), default=None)
+@click.option("--end", is_flag=True, help="End the task afterwards.")
+@click.option("--batch", default=1024, show_default=True, help="Samples per request.")
+@click.option("--server-side", is_flag=True, help="Let the daemon read PATH itself (a path on its machine).")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def ingest(ctx, path, task, split, end, batch, server_side, as_json):
+    """Send samples: an .npz (arrays x, y, optional task, split) or an image folder (the folder
+    stream's layouts; each task is ended after it)."""
+    import base64
+
+    if server_side or os.path.isdir(path):
+        r = call(ctx, "ingest", path=os.path.abspath(path), **({"task": task} if task is not None else {}),
+                 **({"split": split} if split else {}))
+    else:
+        import numpy as np
+
+        x, y, extra = _load_arrays(path)
+        if y is None:
+            raise click.ClickException(f"{path}: no labels (array 'y')")
+        st = call(ctx, "status")
+        if task is None:
+            task = int(extra["task"]) if "task" in extra else (
+                st["open_task"] if st["open_task"] >= 0 and st["open_task"] not in st["ended_tasks"]
+                else st["open_task"] + 1)
+        split = split or (str(extra["split"]) if "split" in extra else "train")
+        acked = 0
+        with click.progressbar(length=len(y), label=f"ingest into task {task} ({split})", file=sys.stderr) as bar:
+            for i in range(0, len(y), batch):
+                xb = np.ascontiguousarray(x[i:i + batch])
+                r = call(ctx, "ingest", task=task, split=split, dtype=str(xb.dtype), shape=list(xb.shape),
+                         labels=[int(v) for v in y[i:i + batch]], data=base64.b64encode(xb.tobytes()).decode())
+                acked += r["acked"]
+                bar.update(r["acked"])
+        r = {"acked": acked, "task": task, "split": split}
+        if end:
+            r["task_end"] = call(ctx, "task_end", task=task)
+    emit(r, as_json, lambda r: click.echo(f"acknowledged {r['acked']} samples (durable in the flash tier)"))
+
+
+@click.group()
+def task():
+    """End tasks, list them."""
+
+
+@task.command(name="end")
+@click.argument("task_id", type=int, required=False)
+@click.option("--wait", is_flag=True, help="Return once the task is trained and evaluated.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def task_end(ctx, task_id, wait, as_json):
+    """End TASK_ID (default: the open task): the daemon trains (epoch mode) and evaluates it."""
+    params = {"wait": wait}
+    if task_id is not None:
+        params["task"] = task_id
+    r = call(ctx, "task_end", **params)
+    emit(r, as_json, lambda r: click.echo(f"task {r['task']} ended" + (
+        f"; accuracy per task {[round(100 * a, 1) if a is not None else None for a in r['acc']]}"
+        if r.get("trained") else "")))
+
+
+@task.command(name="list")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def task_list(ctx, as_json):
+    """Every task: its classes, state, test samples, accuracy and energy."""
+    def human(r):
+        for t in r["tasks"]:
+            acc = "-" if t["avg_acc"] is None else f"{100 * t['avg_acc']:.1f}%"
+            click.echo(f"task {t['task']:<3} {t['state']:<8} classes {t['classes']}  test {t['test_samples']}  "
+                       f"avg acc {acc}  energy {_fmt_j(t['energy_j'])}")
+    emit(call(ctx, "task_list"), as_json, human)
+
+
+@click.command()
+@click.argument("path", type=click.Path(exists=True))
+@click.option("-k", default=3, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def predict(ctx, path, k, as_json):
+    """Predict the labels of the images in an .npz (array x) or an image file."""
+    import base64
+
+    import numpy as np
+    if path.endswith(".npz"):
+        x, _, _ = _load_arrays(path)
+    else:
+        from PIL import Image
+        with Image.open(path) as im:
+            a = np.asarray(im.convert("L") if im.mode in ("L", "1", "P", "I;16") else im.convert("RGB"))
+        x = (a[None] if a.ndim == 2 else a.transpose(2, 0, 1))[None]
+    x = np.ascontiguousarray(x)
+    r = call(ctx, "predict", k=k, dtype=str(x.dtype), shape=list(x.shape), data=base64.b64encode(x.tobytes()).decode())
+
+    def human(r):
+        for i, (lab, top, p) in enumerate(zip(r["labels"], r["topk"], r["probs"])):
+            click.echo(f"{i:>4}: {lab}   top-{len(top)} " + ", ".join(f"{a} ({100 * b:.1f}%)" for a, b in zip(top, p)))
+    emit(r, as_json, human)
+
+
+@click.group()
+def config():
+    """Show, set or reload the daemon's configuration."""
+
+
+@config.command(name="show")
+@click.option("--defaults", is_flag=True, help="Print the documented default TOML (no daemon needed).")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def config_show(ctx, defaults, as_json):
+    """Every table and key of the running daemon's configuration, live keys marked, and its sources."""
+    if defaults:
+        from miro_runtime.daemon.config import default_toml
+        click.echo(default_toml())
+        return
+
+    def human(r):
+        for table, values in r["config"].items():
+            click.echo(f"[{table}]")
+            for k, v in values.items():
+                live = "  (live)" if k in r["live_keys"][table] else ""
+                click.echo(f"{k} = {json.dumps(v)}{live}")
+            click.echo("")
+        click.echo(f"# sources: {', '.join(r['sources']) or 'defaults only'}")
+    emit(call(ctx, "config_show"), as_json, human)
+
+
+@config.command(name="set")
+@click.argument("key")
+@click.argument("value")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def config_set(ctx, key, value, as_json):
+    """Set TABLE.KEY to VALUE, kept in STATE_DIR/overrides.toml; applied live where it can be."""
+    r = call(ctx, "config_set", key=key, value=value)
+    emit(r, as_json, lambda r: click.echo(f"{r['key']} = {r['value']} ({'applied now' if r['applied_live'] else 'takes effect after a restart'}; kept in {r['persisted']})"))  # noqa: E501
+
+
+@config.command(name="reload")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def config_reload(ctx, as_json):
+    """Re-read the configuration (as SIGHUP does)."""
+    r = call(ctx, "config_reload")
+    emit(r, as_json, lambda r: click.echo(f"applied: {r['applied'] or 'nothing'}; needs a restart: "
+                                          f"{r['restart_needed'] or 'nothing'}" + (f"; error: {r['error']}"
+                                                                                     if r.get("error") else "")))
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def profile(ctx, as_json):
+    """Run a Miro profile round now, on the open task's samples."""
+    emit(call(ctx, "profile"), as_json, lambda r: click.echo(f"task {r['task']}: rule {r['rule']} chose {r['winner']} "
+                                                              f"({r['profiling_energy_j']:.2f} J of profiling)"))
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def checkpoint(ctx, as_json):
+    """Write a checkpoint now (or at the next step boundary while a task trains)."""
+    emit(call(ctx, "checkpoint"), as_json, lambda r: click.echo(json.dumps(r)))
+
+
+def _when(text):
+    """Unix seconds, an ISO time, or an age such as 90s, 15m, 2h, 1d."""
+    if text is None:
+        return None
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    try:
+        if text[-1] in units and text[:-1].replace(".", "", 1).isdigit():
+            return time.time() - float(text[:-1]) * units[text[-1]]
+        return float(text)
+    except ValueError:
+        pass
+    import datetime
+    try:
+        return datetime.datetime.fromisoformat(text).timestamp()
+    except ValueError:
+        raise click.BadParameter(f"{text!r}: give unix seconds, an ISO time or an age like 15m") from None
+
+
+@click.command()
+@click.option("--level", type=click.Choice(LOG_LEVELS), default="info",
+              show_default=True, help="Minimum level.")
+@click.option("--component", default=None, help="daemon | engine | trainer | socket | inbox | metrics")
+@click.option("--task", "task_id", type=int, default=None)
+@click.option("--since", default=None, help="Unix seconds, ISO time, or an age (15m, 2h).")
+@click.option("--until", default=None)
+@click.option("-n", "--limit", default=50, show_default=True)
+@click.option("-f", "--follow", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+@click.pass_context
+def logs(ctx, level, component, task_id, since, until, limit, follow, as_json):
+    """The daemon's structured log, filtered."""
+    params = {"level": level, "limit": limit}
+    for k, v in (("component", component), ("task", task_id), ("since", _when(since)), ("until", _when(until))):
+        if v is not None:
+            params[k] = v
+
+    def show(lines):
+        for rec in lines:
+            if as_json:
+                click.echo(json.dumps(rec))
+            else:
+                rest = {k: v for k, v in rec.items() if k not in ("ts", "level", "component", "event")}
+                ts = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(rec.get("ts", 0)))
+                click.echo(f"{ts} {rec.get('level', ''):<7} {rec.get('component', ''):<8} {rec.get('event')} "
+                           f"{json.dumps(rest)[:300]}")
+    r = call(ctx, "logs", **params)
+    show(r["lines"])
+    while follow:
+        time.sleep(0.5)
+        r = call(ctx, "logs", **{**params, "after": r["offset"], "limit": 10000})
+        show(r["lines"])
