@@ -15,8 +15,6 @@ from typing import TYPE_CHECKING, Optional
 if TYPE_CHECKING:
     import numpy as np
 
-DTYPES = ("uint8", "float32", "float64", "int16", "int32", "int64", "uint16")  # what a client may send
-
 
 class SampleError(ValueError):
     """Input that cannot be read as samples; the message names the file or the field."""

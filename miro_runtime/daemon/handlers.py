@@ -16,9 +16,10 @@ from msgspec import Meta
 
 from miro_runtime.choices import LOG_LEVELS
 from miro_runtime.daemon.config import LIVE, DaemonConfig, default_toml, overrides_path, read_overrides, write_overrides
-from miro_runtime.daemon.files import DTYPES, SampleError, decode_array, read_folder, read_npz
+from miro_runtime.daemon.files import SampleError, decode_array, read_folder, read_npz
 from miro_runtime.records import as_dict
 from miro_runtime.wire import protocol as P
+from miro_runtime.wire.protocol import DTYPES
 
 if TYPE_CHECKING:
     from miro_runtime.daemon.process import Daemon

@@ -14,6 +14,8 @@ import struct
 
 HEADER = struct.Struct(">I")
 DEFAULT_MAX_MESSAGE = 16 << 20  # 16 MiB
+# the element types an array in ingest/predict params may have (its "dtype"; "data" is its raw bytes, base64)
+DTYPES = ("uint8", "float32", "float64", "int16", "int32", "int64", "uint16")
 
 # error codes
 PARSE_ERROR = -32700  # not UTF-8 JSON
