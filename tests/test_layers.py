@@ -122,3 +122,12 @@ def test_control_commands_import_neither_torch_nor_numpy(tmp_path, argv):
 def test_importtime_check_sees_a_heavy_import():
     # the parser above reads importtime's table, so a command that does load numpy is caught
     assert "numpy" in _imported(["-c", "import numpy"])
+
+
+def test_tests_mirror_the_package():
+    # each layer of miro_runtime/ (the linked folders included) has its tests in tests/<layer>/
+    layers = sorted(d for d in os.listdir(os.path.join(REPO, "miro_runtime"))
+                    if os.path.isfile(os.path.join(REPO, "miro_runtime", d, "__init__.py")))
+    assert {"engine", "control", "session", "daemon", "cli", "storage", "kv"} <= set(layers)
+    missing = [d for d in layers if not glob.glob(os.path.join(REPO, "tests", d, "test_*.py"))]
+    assert not missing, f"layers with no tests/<layer>/test_*.py: {missing}"

@@ -20,7 +20,7 @@ from miro_runtime.wire.client import Client, DaemonError
 from miro_runtime.storage import FlashTier
 from miro_runtime.engine.streams import split_digits
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def raw_request(sock_path, payload: bytes, header=None, read=True, timeout=10):

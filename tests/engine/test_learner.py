@@ -11,7 +11,7 @@ from miro_runtime.config import RunConfig as RC
 from miro_runtime.engine.learner import Learner
 from miro_runtime.engine.streams import split_digits
 
-FIXTURE = os.path.join(os.path.dirname(__file__), "fixtures", "batch_path_acc.json")
+FIXTURE = os.path.join(os.path.dirname(os.path.dirname(__file__)), "fixtures", "batch_path_acc.json")
 
 
 def kernel_fingerprint() -> str:

@@ -12,7 +12,7 @@ from miro_runtime.profilers import (EstimateMeter, JetsonMeter, MeterUnavailable
                                     ResourceMonitor, battery_state, make_meter, nvml_meter, parse_pmic)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-PI5 = open(os.path.join(HERE, "fixtures", "pi5_pmic_read_adc.txt")).read()
+PI5 = open(os.path.join(os.path.dirname(HERE), "fixtures", "pi5_pmic_read_adc.txt")).read()
 
 
 def metered(meter, seconds):
