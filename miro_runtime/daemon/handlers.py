@@ -165,7 +165,7 @@ class Handlers:
         if not os.path.exists(path):
             raise SampleError(f"path {path} does not exist (on the daemon's machine)")
         if os.path.isdir(path):
-            first = self._next_task()
+            first = s.ledger.next_task()
             out = {"acked": 0, "tasks": []}
             for i, ft in enumerate(read_folder(path)):
                 r = s.ingest(first + i, "train", ft.x, ft.labels)
@@ -178,13 +178,8 @@ class Handlers:
         npz = read_npz(path)
         if source and s.already_ingested(source):
             return {"acked": 0, "already_ingested": True, "source": source}
-        t = npz.task if npz.task is not None else task if task is not None else self._next_task()
+        t = npz.task if npz.task is not None else task if task is not None else s.ledger.next_task()
         return s.ingest(t, npz.split if npz.split is not None else split or "train", npz.x, npz.y, source=source)
-
-    def _next_task(self) -> int:
-        """Where samples without a task go: the open task, or the next one once it has ended."""
-        s = self.d.session
-        return s.open_task if s.open_task >= 0 and s.open_task not in s.ended else s.open_task + 1
 
     async def task_end(self, task: Optional[int] = None, wait: bool = False, timeout: float = 600.0) -> dict:
         """End ``task`` (default: the open one); with ``wait``, return once it is trained and evaluated
@@ -217,9 +212,7 @@ class Handlers:
     async def config_set(self, key: TableKey, value: Any = None) -> dict:
         """Set ``table.key``: checked, kept in overrides.toml, applied now where it can be."""
         d = self.d
-        probe = DaemonConfig()  # the value alone, against its key's type and allowed values
-        table, name, _, new = probe.set(key, value, "config set")
-        setattr(probe.section(table), name, new)
+        table, name, _, new = DaemonConfig().set(key, value, "config set")  # the value alone, against its key
         path = overrides_path(d.cfg)
         ov = read_overrides(path)
         ov.setdefault(table, {})[name] = new

@@ -89,6 +89,10 @@ class TaskLedger:
             return implicit
         return None
 
+    def next_task(self) -> int:
+        """Where train samples that name no task go: the open task, or the next one once it has ended."""
+        return self.open_task if self.open_task >= 0 and self.open_task not in self.ended else self.open_task + 1
+
     def admit_test(self, task: int):
         """Test samples may go to any task up to the one after the open one."""
         if task > max(self.open_task, 0) + 1:

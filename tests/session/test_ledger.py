@@ -166,3 +166,14 @@ def test_a_task_below_the_open_one_takes_no_samples():
     assert led.open_task == 1 and led.state(0) == TaskState.ENDED and not led.is_ended(0)
     assert refused(led.end, 0) == "task 0 is not the open task (1); ended"
     assert refused(led.admit_train, 0) == "task 0 has ended; train samples go to task 2"
+
+
+def test_next_task_is_the_open_one_until_it_ends():
+    led, meta = TaskLedger(), Meta()
+    led.attach(meta)
+    assert led.next_task() == 0  # nothing open yet
+    led.admit_train(0)
+    led.opened(0)
+    assert led.next_task() == 0
+    led.end(0)
+    assert led.next_task() == 1
