@@ -4,7 +4,8 @@ storage tier, with raw records instead of one PNG per sample).
 One environment per state directory. Named databases:
   ``meta``            schema version, namespace specs (JSON), counters (ASCII ints), the eviction
                       RNG's state (JSON, committed with the evictions it drew: a reopened store
-                      evicts exactly as the store that never closed would have)
+                      evicts exactly as the store that never closed would have), each namespace's
+                      manifest and its log by samples seen; every value crc-sealed (see meta.py)
   ``<ns>.data``       sample id (8-byte big-endian) -> encoded record (see codec.py)
   ``<ns>.class``      class (4 B) + sample id (8 B) -> b"" : per-class index, scanned once at open
   ``<ns>.blob``       opaque blobs for generic namespaces (the KV-cache path)
@@ -33,9 +34,10 @@ from .codec import (HEADER_SIZE, Record, decode_blob, decode_into, decode_record
 from .names import EVICTION_POLICIES, SYNC_MODES
 from .errors import BadRecordError, BudgetError, DamagedStoreError, ForkError, SchemaTooNewError, StoreError
 from .integrity import check_data_file
+from .meta import Manifest, MetaScan, advance, check_dbs, damage_message, scan_meta, seal, unseal
 from .tier import Tier, blob_key
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: every meta record crc-sealed, a manifest per namespace (1 is upgraded on open)
 POLICIES = EVICTION_POLICIES
 RNG_KEY = "eviction_rng"
 log = logging.getLogger("miro.storage")
@@ -173,6 +175,14 @@ class _RWLock:
             self._cond.notify_all()
 
 
+_RETRY = "retry"
+
+
+def _db_names(txn) -> list:
+    """The named databases: the keys of LMDB's main database (a name that is not UTF-8 is shown mangled)."""
+    return [bytes(k).decode("utf-8", "replace") for k in txn.cursor().iternext(keys=True, values=False)]
+
+
 def _damaged(path: str, e: Exception, opening: bool = False) -> DamagedStoreError:
     what = "cannot open the LMDB store" if opening else "the LMDB store is damaged"
     return DamagedStoreError(f"{path}: {what} ({type(e).__name__}: {e}). `miro store verify {path}` says what is "
@@ -215,14 +225,17 @@ class FlashTier(Tier):
         self._id_lock = threading.Lock()
         self._next_id: dict[str, int] = {}
         self._last_key: dict[str, bytes] = {}
+        self._manifest: dict[str, Manifest] = {}
+        self._meta, self._sealed = None, True
+        self._unopenable: set = set()
         try:
-            self._meta = self._db("meta", create=not readonly)
-            self._check_schema()
-            self._load_namespaces()
+            saved = self._open_checked(upgrade=not readonly)
         except lmdb.Error as e:
             self.env.close()
             raise _damaged(self.path, e) from None
-        saved = self._read(lambda txn: self._meta_get(txn, RNG_KEY))
+        except StoreError:
+            self.env.close()  # nothing was written: a store that fails its checks is left as it was
+            raise
         if saved is not None:
             try:
                 self._rng.bit_generator.state = json.loads(saved)
@@ -267,8 +280,8 @@ class FlashTier(Tier):
         if name not in self._dbs:
             try:
                 self._dbs[name] = self.env.open_db(name.encode(), txn=txn, create=create)
-            except lmdb.NotFoundError:
-                return None
+            except (lmdb.NotFoundError, lmdb.IncompatibleError, lmdb.BadValsizeError):
+                return None  # absent, or a name the main DB holds for no database: the open-time check says so
         return self._dbs[name]
 
     def _read(self, fn: Callable):
@@ -338,7 +351,7 @@ class FlashTier(Tier):
 
     def _put_rng(self, txn):
         """Commit the eviction RNG's state with the evictions that drew from it."""
-        txn.put(RNG_KEY.encode(), json.dumps(self._rng.bit_generator.state).encode(), db=self._meta)
+        self._meta_put(txn, RNG_KEY, json.dumps(self._rng.bit_generator.state))
 
     def _grow_map(self):
         size = self.env.info()["map_size"]
@@ -352,52 +365,103 @@ class FlashTier(Tier):
 
     def _meta_get(self, txn, key: str):
         v = txn.get(key.encode(), db=self._meta)
-        return None if v is None else bytes(v).decode()
+        if v is None:
+            return None
+        try:
+            return unseal(key, v, self._sealed)
+        except ValueError as e:
+            raise DamagedStoreError(damage_message(self.path, [str(e)])) from None
 
-    def _check_schema(self):
-        found = self._read(lambda txn: self._meta_get(txn, "schema_version"))
-        if found is not None and int(found) > SCHEMA_VERSION:
-            raise SchemaTooNewError(f"{self.path} was written by schema {found}; this miro-runtime reads "
+    def _meta_put(self, txn, key: str, value) -> None:
+        txn.put(key.encode(), seal(key, str(value)), db=self._meta)
+
+    def _put_manifest(self, txn, ns: str, m: Manifest) -> None:
+        """The namespace's manifest, and the same under its log key (by samples seen and digest): a
+        checkpoint taken at any committed state finds that state's manifest (``manifest_at``)."""
+        self._meta_put(txn, f"ns/{ns}/manifest", m.to_json())
+        self._meta_put(txn, f"ns/{ns}/mlog/{m.seen:012d}/{m.digest:016x}", m.to_json())
+
+    def _open_checked(self, upgrade: bool):
+        """Every open-time check in one read transaction (meta.py: each meta record's crc, names and
+        types, the named databases against the declared namespaces; the class index against the
+        records, the manifest against both); a store that fails raises before anything is written.
+        ``upgrade``: seal a schema-1 store's records and write missing manifests. Returns the RNG state."""
+        for _ in range(3):  # DB handles are opened outside a transaction: again if another process made one
+            for name in self._read(_db_names):
+                if self._db(name, create=False) is None:
+                    self._unopenable.add(name)  # not a database: the check names it, no retry
+            got = self._read(self._load_checked)
+            if got != _RETRY:
+                break
+        else:
+            raise StoreError(f"{self.path}: named databases kept appearing while the store was opened")
+        if got is None:  # a new store (no named database yet)
+            if upgrade:
+                with self.env.begin(write=True) as txn:
+                    self._meta = self._db("meta", create=True, txn=txn)
+                    self._meta_put(txn, "schema_version", SCHEMA_VERSION)
+            return None
+        scan, specs, scans = got
+        problems = []
+        for ns, spec in specs.items():
+            self._specs[ns] = spec
+            problems += self._install_index(ns, *scans[ns], scan)
+        if problems:
+            raise DamagedStoreError(damage_message(self.path, problems))
+        self._sealed = scan.sealed
+        missing = [ns for ns in specs if f"ns/{ns}/manifest" not in scan.values]
+        if upgrade and (not scan.sealed or missing):
+            with self.env.begin(write=True) as txn:  # schema 1 -> 2: nothing else has been written yet
+                for k, v in scan.values.items():
+                    self._meta_put(txn, k, v)
+                self._meta_put(txn, "schema_version", SCHEMA_VERSION)
+                for ns in missing:
+                    self._put_manifest(txn, ns, self._manifest[ns])
+            self._sealed = True
+        return scan.values.get(RNG_KEY)
+
+    def _load_checked(self, txn):
+        names = _db_names(txn)
+        if not names:
+            return None
+        if any(n not in self._dbs and n not in self._unopenable for n in names):
+            return _RETRY
+        meta = self._dbs.get("meta")
+        scan = scan_meta(txn.cursor(db=meta)) if meta is not None else \
+            MetaScan({}, ["the 'meta' database is missing (its name in LMDB's table was altered?)"])
+        if scan.schema is not None and scan.schema > SCHEMA_VERSION:
+            raise SchemaTooNewError(f"{self.path} was written by schema {scan.schema}; this miro-runtime reads "
                                     f"schema <= {SCHEMA_VERSION}. Upgrade miro-runtime or use another state dir")
-        if found is None and not self.readonly:
-            with self.env.begin(write=True) as txn:
-                txn.put(b"schema_version", str(SCHEMA_VERSION).encode(), db=self._meta)
+        problems = scan.problems + check_dbs(scan, names)
+        specs = {}
+        for ns, text in scan.specs().items():
+            try:
+                specs[ns] = SampleSpec(**json.loads(text))
+            except (TypeError, ValueError) as e:  # BadRecordError is a ValueError
+                problems.append(f"namespace {ns!r}: its spec is not valid ({e})")
+        if problems:
+            raise DamagedStoreError(damage_message(self.path, problems))
+        self._meta, self._sealed = meta, scan.sealed
+        return scan, specs, {ns: self._scan_index(txn, ns) for ns in specs}
 
-    def _load_namespaces(self):
-        def load(txn):
-            specs = {}
-            with txn.cursor(db=self._meta) as cur:
-                if cur.set_range(b"ns/"):
-                    for k, v in cur:
-                        k = bytes(k).decode()
-                        if not k.startswith("ns/"):
-                            break
-                        if k.endswith("/spec"):
-                            specs[k[3:-5]] = json.loads(bytes(v))
-            return specs
+    def _scan_index(self, txn, ns: str):
+        cls_db, data_db = (self._dbs.get(f"{ns}.{kind}") for kind in ("class", "data"))
+        by_class: dict[int, list] = {}
+        if cls_db is not None:
+            for k in txn.cursor(db=cls_db).iternext(keys=True, values=False):
+                k = bytes(k)
+                by_class.setdefault(int.from_bytes(k[:4], "big"), []).append(int.from_bytes(k[4:], "big"))
+        last = b""
+        keys = []
+        if data_db is not None:
+            keys = [int.from_bytes(k, "big") for k in txn.cursor(db=data_db).iternext(keys=True, values=False)]
+            last = keys[-1].to_bytes(8, "big") if keys else b""
+        return by_class, int(self._meta_get(txn, f"ns/{ns}/next_id") or 0), last, keys
 
-        for name, spec in self._read(load).items():
-            self._specs[name] = SampleSpec(**spec)
-            self._rebuild_index(name)
-
-    def _rebuild_index(self, ns: str):
+    def _install_index(self, ns, by_class: dict, next_id: int, last: bytes, keys: list, scan: MetaScan) -> list:
+        """Check and adopt one namespace's scanned index; the manifest problems found (the index's own
+        disagreement with the records raises at once)."""
         spec = self._specs[ns]
-        cls_db, data_db = self._db(f"{ns}.class", create=False), self._db(f"{ns}.data", create=False)
-
-        def scan(txn):
-            by_class: dict[int, list] = {}
-            if cls_db is not None:
-                for k in txn.cursor(db=cls_db).iternext(keys=True, values=False):
-                    k = bytes(k)
-                    by_class.setdefault(int.from_bytes(k[:4], "big"), []).append(int.from_bytes(k[4:], "big"))
-            last = b""
-            keys = []
-            if data_db is not None:
-                keys = [int.from_bytes(k, "big") for k in txn.cursor(db=data_db).iternext(keys=True, values=False)]
-                last = keys[-1].to_bytes(8, "big") if keys else b""
-            return by_class, int(self._meta_get(txn, f"ns/{ns}/next_id") or 0), last, keys
-
-        by_class, next_id, last, keys = self._read(scan)
         self._check_index(ns, by_class, keys, next_id)
         idx = ClassIndex(spec.num_classes)
         for c, ids in by_class.items():
@@ -408,6 +472,17 @@ class FlashTier(Tier):
         with self._id_lock:
             self._next_id[ns] = max(next_id, self._next_id.get(ns, 0))
         self._last_key[ns] = last
+        have = Manifest.of_index(idx.ids, int(scan.values.get(f"ns/{ns}/seen", 0)))
+        self._manifest[ns] = have
+        problems = []
+        stored = scan.values.get(f"ns/{ns}/manifest")
+        diff = Manifest.from_json(stored).differences(have, Manifest.FIELDS + ("seen",)) if stored else []
+        if diff:
+            problems.append(f"namespace {ns!r}: its manifest disagrees with the stored records ({', '.join(diff)})")
+        count = scan.values.get(f"ns/{ns}/count")
+        if count is not None and int(count) != have.count:
+            problems.append(f"namespace {ns!r}: meta counts {count} records, {have.count} are stored")
+        return problems
 
     def _check_index(self, ns, by_class: dict, keys: list, next_id: int):
         """The class index must list exactly the stored records, each once, under a declared class:
@@ -434,7 +509,45 @@ class FlashTier(Tier):
 
     def refresh(self):
         """Reload namespaces and class indexes (a reader process following a live writer)."""
-        self._load_namespaces()
+        self._open_checked(upgrade=False)
+
+    def manifest(self, ns: str) -> Manifest:
+        """What the namespace holds now (count, id range, digest of ids and classes, samples seen)."""
+        self.spec(ns)
+        return self._manifest[ns]
+
+    def manifests(self) -> dict:
+        """{namespace: Manifest} of every sample namespace: what a checkpoint records."""
+        return dict(self._manifest)
+
+    def manifest_at(self, ns: str, seen: int) -> list:
+        """The manifests the namespace had when it had seen ``seen`` samples (several when a budget
+        change evicted without new samples; none when the log was pruned, or the store salvaged)."""
+        prefix = f"ns/{ns}/mlog/{int(seen):012d}/"
+
+        def read(txn):
+            out = []
+            with txn.cursor(db=self._meta) as cur:
+                if cur.set_range(prefix.encode()):
+                    for k, _ in cur:
+                        k = bytes(k).decode()
+                        if not k.startswith(prefix):
+                            break
+                        out.append(Manifest.from_json(self._meta_get(txn, k)))
+            return out
+        return self._read(read)
+
+    def prune_manifest_log(self, before_seen: dict) -> None:
+        """Drop each namespace's log entries older than ``before_seen[ns]`` (the oldest checkpoint kept)."""
+        def job(txn):
+            with txn.cursor(db=self._meta) as cur:
+                for ns, seen in before_seen.items():
+                    prefix, stop = f"ns/{ns}/mlog/".encode(), f"ns/{ns}/mlog/{int(seen):012d}".encode()
+                    ok = cur.set_range(prefix)
+                    while ok and bytes(cur.key()) < stop:
+                        ok = cur.delete()
+            return None, None
+        self._write(job)
 
     def close(self):
         if self._writer is not None and self._writer.is_alive() and os.getpid() == self._pid:
@@ -458,12 +571,18 @@ class FlashTier(Tier):
                 raise BadRecordError(f"namespace {ns!r} holds {old.dtype}{list(old.shape)} aux={old.aux_dim}; "
                                      f"asked for {spec.dtype}{list(spec.shape)} aux={spec.aux_dim}")
             spec.num_classes = max(spec.num_classes, old.num_classes)
+            if asdict(old) == asdict(spec):
+                return spec  # nothing to write: a reopen that is refused later leaves the file as it was
         def job(txn):
             for name in (f"{ns}.data", f"{ns}.class"):
                 self._db(name, create=True, txn=txn)
-            txn.put(f"ns/{ns}/spec".encode(), json.dumps(asdict(spec)).encode(), db=self._meta)
+            self._meta_put(txn, f"ns/{ns}/spec", json.dumps(asdict(spec)))
+            if old is None:
+                self._put_manifest(txn, ns, Manifest())
 
             def after():
+                if old is None:
+                    self._manifest[ns] = Manifest()
                 self._specs[ns] = spec
                 with self._index_lock:
                     self._index.setdefault(ns, ClassIndex(spec.num_classes)).grow(spec.num_classes)
@@ -482,7 +601,7 @@ class FlashTier(Tier):
 
     def set_meta(self, key: str, value: str) -> None:
         def job(txn):
-            txn.put(f"user/{key}".encode(), str(value).encode(), db=self._meta)
+            self._meta_put(txn, f"user/{key}", value)
             return None, None
         self._write(job)
 
@@ -557,17 +676,28 @@ class FlashTier(Tier):
             seen = int(self._meta_get(txn, f"ns/{ns}/seen") or 0) + n
             for k, v in ((f"ns/{ns}/next_id", first + n), (f"ns/{ns}/count", count),
                          (f"ns/{ns}/bytes", count * spec.record_bytes), (f"ns/{ns}/seen", seen)):
-                txn.put(k.encode(), str(v).encode(), db=self._meta)
+                self._meta_put(txn, k, v)
+            man = advance(self._manifest[ns], ids[keep], labels[keep], evict_old,
+                          lambda: self._bounds(ns, ids[keep], evict_old), n)
+            self._put_manifest(txn, ns, man)
             for k, v in (meta or {}).items():  # "{first_id}" in a value: the batch's first id
-                txn.put(f"user/{k}".encode(), str(v).replace("{first_id}", str(first)).encode(), db=self._meta)
+                self._meta_put(txn, f"user/{k}", str(v).replace("{first_id}", str(first)))
 
             def after():
+                self._manifest[ns] = man
                 self._apply_index(ns, ids[keep], labels[keep], evict_old)
                 if items and items[-1][0] > self._last_key.get(ns, b""):
                     self._last_key[ns] = items[-1][0]
             return PutResult(ids, keep, len(evict_old)), after
 
         return self._write(job)
+
+    def _bounds(self, ns, add_ids, evict_old) -> tuple:
+        """(lowest, highest) id stored once ``evict_old`` is gone and ``add_ids`` are in."""
+        with self._index_lock:
+            ids = np.concatenate(self._index[ns].ids + [np.asarray(add_ids, dtype=np.int64)])
+        ids = ids[~np.isin(ids, [sid for _, sid in evict_old])]
+        return (int(ids.min()), int(ids.max())) if ids.size else (-1, -1)
 
     def _count(self, ns) -> int:
         with self._index_lock:
@@ -661,11 +791,14 @@ class FlashTier(Tier):
                 txn.delete(int(sid).to_bytes(8, "big"), db=data_db)
                 txn.delete(int(cls).to_bytes(4, "big") + int(sid).to_bytes(8, "big"), db=cls_db)
             count = self._count(ns) - len(evict_old)
-            txn.put(f"ns/{ns}/spec".encode(), json.dumps(asdict(new)).encode(), db=self._meta)
-            txn.put(f"ns/{ns}/count".encode(), str(count).encode(), db=self._meta)
-            txn.put(f"ns/{ns}/bytes".encode(), str(count * spec.record_bytes).encode(), db=self._meta)
+            self._meta_put(txn, f"ns/{ns}/spec", json.dumps(asdict(new)))
+            self._meta_put(txn, f"ns/{ns}/count", count)
+            self._meta_put(txn, f"ns/{ns}/bytes", count * spec.record_bytes)
+            man = advance(self._manifest[ns], empty, empty, evict_old, lambda: self._bounds(ns, empty, evict_old), 0)
+            self._put_manifest(txn, ns, man)
 
             def after():
+                self._manifest[ns] = man
                 self._apply_index(ns, empty, empty, evict_old)
                 self._specs[ns] = new
             return len(evict_old), after
@@ -760,7 +893,7 @@ class FlashTier(Tier):
             used = int(self._meta_get(txn, f"blob/{namespace}/bytes") or 0)
             used += len(v) - (len(old) if old is not None else 0)
             txn.put(k, v, db=db)
-            txn.put(f"blob/{namespace}/bytes".encode(), str(used).encode(), db=self._meta)
+            self._meta_put(txn, f"blob/{namespace}/bytes", used)
             return None, None
 
         self._write(job)
@@ -797,7 +930,7 @@ class FlashTier(Tier):
                 old = txn.get(k, db=db)
                 used += len(v) - (len(old) if old is not None else 0)
                 txn.put(k, v, db=db)
-            txn.put(f"blob/{namespace}/bytes".encode(), str(used).encode(), db=self._meta)
+            self._meta_put(txn, f"blob/{namespace}/bytes", used)
             return None, None
 
         self._write(job)
@@ -820,7 +953,7 @@ class FlashTier(Tier):
                 return False, None
             used = int(self._meta_get(txn, f"blob/{namespace}/bytes") or 0) - len(old)
             txn.delete(k, db=db)
-            txn.put(f"blob/{namespace}/bytes".encode(), str(used).encode(), db=self._meta)
+            self._meta_put(txn, f"blob/{namespace}/bytes", used)
             return True, None
 
         return self._write(job)
@@ -838,7 +971,7 @@ class FlashTier(Tier):
                 if old is not None:
                     used, n = used - len(old), n + 1
                     txn.delete(k, db=db)
-            txn.put(f"blob/{namespace}/bytes".encode(), str(used).encode(), db=self._meta)
+            self._meta_put(txn, f"blob/{namespace}/bytes", used)
             return n, None
 
         return self._write(job)

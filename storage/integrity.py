@@ -16,6 +16,8 @@ import os
 import struct
 from typing import Optional
 
+import numpy as np
+
 MAGIC = 0xBEEFC0DE
 _PAGE_HDR = 16
 _META = struct.Struct("<IIQQ")  # magic, version, address, mapsize
@@ -144,12 +146,14 @@ def _raw_env(dirpath: str):
 
 
 def _specs(txn, meta) -> dict:
+    """The namespace specs whose records pass their crc (None for one that does not parse)."""
+    from .meta import unseal
     out = {}
     for k, v in txn.cursor(db=meta):
         k = bytes(k).decode("utf-8", "replace")
         if k.startswith("ns/") and k.endswith("/spec"):
             try:
-                out[k[3:-5]] = json.loads(bytes(v))
+                out[k[3:-5]] = json.loads(unseal(k, v, sealed=False))
             except ValueError:
                 out[k[3:-5]] = None
     return out
@@ -183,12 +187,14 @@ def _scan(txn, db, on_item, errors: list, what: str):
 
 
 def verify(dirpath: str) -> dict:
-    """Read-only check of a flash tier: every record's crc and header, the class index against the
-    records, the counts against meta. {"ok", "path", "errors", "namespaces": {ns: {...}}}."""
+    """Read-only check of a flash tier: every meta record's crc, name and type, the named databases
+    against the declared namespaces, every record's crc and header, the class index against the
+    records, the counts and manifest against meta. {"ok", "path", "errors", "namespaces": {ns: {...}}}."""
     import lmdb
 
     from .codec import decode_record
     from .errors import StoreError
+    from .meta import Manifest, check_dbs, digest_of, scan_meta
     rep = {"path": os.path.abspath(dirpath), "ok": True, "errors": [], "namespaces": {}}
     try:
         check_data_file(dirpath)
@@ -202,7 +208,9 @@ def verify(dirpath: str) -> dict:
     try:
         with env.begin() as txn:
             meta = env.open_db(b"meta", txn=txn, create=False)
-            specs = _specs(txn, meta)
+            scan = scan_meta(txn.cursor(db=meta))
+            rep["errors"] += scan.problems + check_dbs(scan, _db_names(txn, undecodable=True))
+            specs = {ns: json.loads(v) for ns, v in scan.specs().items()}
             for ns in sorted(specs):
                 r = {"records": 0, "bad_records": [], "index_entries": 0, "index_missing": [], "index_orphans": [],
                      "index_wrong_class": []}
@@ -220,10 +228,11 @@ def verify(dirpath: str) -> dict:
                         r["bad_records"].append({"id": sid, "why": str(e)})
                 data = env.open_db(f"{ns}.data".encode(), txn=txn, create=False)
                 _scan(txn, data, rec, rep["errors"], f"{ns}.data")
-                seen_idx = set()
+                seen_idx, pairs_idx = set(), []
 
-                def idx(k, v, r=r, labels=labels, seen_idx=seen_idx):
+                def idx(k, v, r=r, labels=labels, seen_idx=seen_idx, pairs_idx=pairs_idx):
                     cls, sid = int.from_bytes(k[:4], "big"), int.from_bytes(k[4:], "big")
+                    pairs_idx.append((cls, sid))
                     r["index_entries"] += 1
                     seen_idx.add(sid)
                     if sid not in labels and not any(b["id"] == sid for b in r["bad_records"]):
@@ -233,8 +242,17 @@ def verify(dirpath: str) -> dict:
                 cls_db = env.open_db(f"{ns}.class".encode(), txn=txn, create=False)
                 _scan(txn, cls_db, idx, rep["errors"], f"{ns}.class")
                 r["index_missing"] = sorted(set(labels) - seen_idx)
-                count = txn.get(f"ns/{ns}/count".encode(), db=meta)
-                r["count_meta"] = int(bytes(count)) if count is not None else None
+                count = scan.values.get(f"ns/{ns}/count")
+                r["count_meta"] = int(count) if count is not None else None
+                stored = scan.values.get(f"ns/{ns}/manifest")
+                if stored is not None:
+                    pairs = np.asarray(sorted(pairs_idx), dtype=np.int64).reshape(-1, 2)
+                    have = Manifest(len(pairs), int(pairs[:, 1].min()) if len(pairs) else -1,
+                                    int(pairs[:, 1].max()) if len(pairs) else -1,
+                                    digest_of(pairs[:, 1], pairs[:, 0]), 0)
+                    diff = Manifest.from_json(stored).differences(have)
+                    if diff:
+                        rep["errors"].append(f"{ns}: the manifest disagrees with the class index ({', '.join(diff)})")
                 if r["count_meta"] is not None and r["count_meta"] != r["records"]:
                     rep["errors"].append(f"{ns}: meta counts {r['count_meta']} records, {r['records']} found")
                 if r["bad_records"] or r["index_missing"] or r["index_orphans"] or r["index_wrong_class"]:
@@ -249,12 +267,14 @@ def verify(dirpath: str) -> dict:
     return rep
 
 
-def _db_names(txn) -> list:
-    """Named databases: the keys of the unnamed main DB."""
+def _db_names(txn, undecodable: bool = False) -> list:
+    """Named databases: the keys of the unnamed main DB (``undecodable``: a name that is not UTF-8
+    too, shown mangled; salvage skips them)."""
     names = []
     for k, _ in txn.cursor():
         try:
             names.append(bytes(k).decode())
         except UnicodeDecodeError:
-            pass
+            if undecodable:
+                names.append(bytes(k).decode("utf-8", "replace"))
     return names

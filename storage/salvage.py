@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
+
+from .meta import Manifest, unseal
 from .integrity import _DB, _META, _PAGE_HDR, _db_names, _meta_at, _raw_env, _scan, _specs, read_header
 
 
@@ -28,6 +31,11 @@ def _collect(env_dir: str) -> dict:
 
             def m(k, v):
                 key = k.decode("utf-8", "replace")
+                try:
+                    v = unseal(key, v, sealed=False)  # a record failing its crc is lost, never copied
+                except ValueError as e:
+                    got["errors"].append(str(e))
+                    return
                 if key.startswith("user/") or key == "eviction_rng" or key.endswith("/seen") or \
                         key.endswith("/next_id"):
                     got["meta"][key] = v
@@ -157,7 +165,7 @@ def salvage(src: str, dst: str) -> dict:
                     t.cursor(db=out._db(f"{ns}.data", txn=t)).putmulti(items)
                     t.cursor(db=out._db(f"{ns}.class", txn=t)).putmulti(idx)
                 for k, v in ((f"ns/{ns}/count", len(items)), (f"ns/{ns}/bytes", len(items) * rb)):
-                    t.put(k.encode(), str(v).encode(), db=out._meta)
+                    out._meta_put(t, k, v)
                 return None, None
             out._write(job)
             lost = sorted(got["lost"].get(ns, set()) - set(recs))
@@ -168,14 +176,21 @@ def salvage(src: str, dst: str) -> dict:
             def bjob(t, name=name, blobs=blobs):
                 if blobs:
                     t.cursor(db=out._db(name, txn=t)).putmulti(sorted(blobs.items()))
+                out._meta_put(t, f"blob/{name[:-5]}/bytes", sum(len(v) for v in blobs.values()))
                 return None, None
             out._write(bjob)
             rep["namespaces"][name] = {"kept": len(blobs), "lost": sorted(got["lost"].get(name, set()))}
 
         def mjob(t):
             for k, v in got["meta"].items():
-                t.put(k.encode(), v, db=out._meta)
-            t.put(b"user/salvaged_from", rep["src"].encode(), db=out._meta)
+                out._meta_put(t, k, v)
+            out._meta_put(t, "user/salvaged_from", rep["src"])
+            for ns, recs in got["records"].items():  # the manifest of what was kept; no log: a fresh history
+                if ns in got["specs"]:
+                    by_cls = [np.asarray(sorted(s for s, r in recs.items() if r[2] == c), dtype=np.int64)
+                              for c in range(max((r[2] for r in recs.values()), default=-1) + 1)]
+                    seen = int(got["meta"].get(f"ns/{ns}/seen", 0))
+                    out._meta_put(t, f"ns/{ns}/manifest", Manifest.of_index(by_cls, seen).to_json())
             return None, None
         out._write(mjob)
     finally:
