@@ -2,7 +2,7 @@
 
     python examples/ingest_and_read.py [STATE_DIR]
 """
-import sys
+import argparse
 import tempfile
 
 import numpy as np
@@ -11,7 +11,9 @@ from sklearn.datasets import load_digits
 
 from miro_runtime.storage import FlashTier, RamTier, SampleSpec, SwapEngine
 
-state = sys.argv[1] if len(sys.argv) > 1 else tempfile.mkdtemp(prefix="miro-example-")
+ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+ap.add_argument("state_dir", nargs="?", help="where the flash tier goes (default: a new temporary directory)")
+state = ap.parse_args().state_dir or tempfile.mkdtemp(prefix="miro-example-")
 digits = load_digits()
 x = (digits.images * 15).astype(np.uint8)[:, None]  # (N, 1, 8, 8): 0..16 -> 0..240, stays uint8
 y = digits.target
