@@ -81,7 +81,9 @@ def test_ingest_task_eval_predict_logs_config_through_the_cli(daemon):
     assert lines and all(x["component"] == "daemon" and x["level"] in ("info", "warning", "error") for x in lines)
     assert any(x["event"] == "task_end" for x in lines)
     r = miro(*S, "logs", "--json", "--task", "1", "--since", "1h", "-n", "500")
-    assert all(json.loads(x).get("task") == 1 for x in r.stdout.splitlines())
+    task1 = [json.loads(x) for x in r.stdout.splitlines()]
+    assert r.returncode == 0 and task1, r.stderr  # task 1 was ingested, ended and trained: it has events
+    assert all(x.get("task") == 1 for x in task1) and any(x["event"] == "task_end" for x in task1), task1
     r = miro(*S, "config", "set", "learning.epochs", "3")
     assert r.returncode == 0 and "applied now" in r.stdout
     r = miro(*S, "config", "set", "learning.memory", "abc")
