@@ -4,11 +4,44 @@ decoder (exported to a ``LlamaForCausalLM`` directory) and a random-init ``Llama
 layers' KV in a real LMDB flash tier."""
 
 import json
+import os
+import re
+from importlib import metadata
 
 import pytest
 import torch
 
-transformers = pytest.importorskip("transformers")  # in the dev extra: CI always has it
+
+def dev_extra_installed() -> bool:
+    """Every other package of setup.cfg's ``dev`` extra is installed: pip installed ``.[dev]`` (as
+    ``make test`` does), which brings transformers too."""
+    try:
+        reqs = metadata.requires("miro-runtime") or []
+    except metadata.PackageNotFoundError:
+        return False  # run from a bare source tree: nothing says which extras were meant
+    dev = [re.match(r"[A-Za-z0-9_.-]+", r).group(0) for r in reqs
+           if re.search(r"extra\s*==\s*['\"]dev['\"]", r)]
+    others = [n for n in dev if n.lower() != "transformers"]
+
+    def installed(name):
+        try:
+            return bool(metadata.version(name))
+        except metadata.PackageNotFoundError:
+            return False
+    return bool(others) and all(installed(n) for n in others)
+
+
+try:
+    import transformers  # noqa: F401
+except ImportError as e:
+    # where the extra is supposed to be installed a missing transformers is a broken install, not a
+    # reason to skip the adapter's tests silently
+    if os.environ.get("CI", "").lower() in ("true", "1"):
+        pytest.fail(f"CI=true but transformers does not import ({e}): the dev extra installs it", pytrace=False)
+    if dev_extra_installed():
+        pytest.fail(f"the dev extra is installed but transformers does not import ({e})", pytrace=False)
+    pytest.skip(f"transformers is not installed ({e}); pip install -e '.[dev]' (or '.[llm]') to run these",
+                allow_module_level=True)
 from transformers import DynamicCache, LlamaForCausalLM  # noqa: E402
 from transformers import LlamaConfig as HFConfig  # noqa: E402
 
