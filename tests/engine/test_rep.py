@@ -4,6 +4,7 @@ checkpoints, and `miro rep pretrain` + `miro run --strategy rep-*` end to end, k
 Backbones are real torchvision ViTs: random-init for the math (it holds for any weights), and one
 pretrained here with `miro rep pretrain` for the runs."""
 
+import itertools
 import json
 import os
 import signal
@@ -120,6 +121,83 @@ def test_proportional_attention_with_unit_sizes_is_plain_attention(random_backbo
     a, _, _ = block(blk, x, torch.ones(2, x.shape[1], 1), 1)
     b, _, _ = block(blk, x, None, 1)
     assert torch.allclose(a, b, atol=1e-6)
+
+
+def _hand_attention(mha, h, size, prefix=None):
+    """softmax(q.k / sqrt(dh) + log s) v, head by head in float64, from the block's own weights;
+    a DualPrompt prefix key has no size (log 1 = 0)."""
+    W, b = mha.in_proj_weight.detach().double(), mha.in_proj_bias.detach().double()
+    Bn, T, D = h.shape
+    H = mha.num_heads
+    dh = D // H
+    qkv = h.detach().double() @ W.T + b
+    q, k, v = (qkv[..., i * D:(i + 1) * D].reshape(Bn, T, H, dh).permute(0, 2, 1, 3) for i in range(3))
+    log_s = size.detach().double().log().view(Bn, 1, 1, T)
+    if prefix is not None:
+        pk, pv = (p.detach().double() for p in prefix)
+        k, v = torch.cat([pk, k], 2), torch.cat([pv, v], 2)
+        log_s = torch.cat([torch.zeros(Bn, 1, 1, pk.shape[2], dtype=torch.float64), log_s], -1)
+    logits = q @ k.transpose(-1, -2) / np.sqrt(dh) + log_s  # (B, H, T, P + T)
+    p = torch.exp(logits - logits.amax(-1, keepdim=True))
+    p = p / p.sum(-1, keepdim=True)
+    out = (p @ v).permute(0, 2, 1, 3).reshape(Bn, T, D)
+    return out @ mha.out_proj.weight.detach().double().T + mha.out_proj.bias.detach().double()
+
+
+def test_proportional_attention_adds_the_log_of_each_tokens_size(random_backbone):
+    vit, spec, _ = load_backbone(random_backbone)
+    torch.manual_seed(3)
+    x = torch.randn(2, 1 + spec.tokens, spec.hidden_dim)
+    sizes = torch.randint(1, 9, (2, x.shape[1], 1)).float()  # sizes 1..8: log s is far from 0
+    dh = spec.hidden_dim // spec.num_heads
+    prefix = (torch.randn(2, spec.num_heads, 3, dh), torch.randn(2, spec.num_heads, 3, dh))
+    for blk in vit.encoder.layers[:2]:
+        for pre in (None, prefix):
+            with torch.no_grad():
+                got, so, _ = block(blk, x, sizes, 1, prefix=pre)
+                h = x.double() + _hand_attention(blk.self_attention, blk.ln_1(x), sizes, pre)
+                want = h + blk.mlp(blk.ln_2(h.float())).double()
+                plain, _, _ = block(blk, x, None, 1, prefix=pre)
+            assert so is sizes
+            assert torch.allclose(got.double(), want, atol=2e-5), (got.double() - want).abs().max()
+            assert (got - plain).abs().max() > 1e-2  # the sizes do change the output: the check has teeth
+
+
+def _brute_force_merge(x, size, keys, r):
+    """One sample: every choice of r tokens of A (even positions) and a B partner (odd) for each,
+    the one of highest total cosine merged away by size-weighted means; rows as ``Merge`` lays
+    them out: the kept A tokens, then the B tokens, each in original order."""
+    x, size, keys = x.double().numpy(), size.double().numpy(), keys.double().numpy()
+    k = keys / np.linalg.norm(keys, axis=-1, keepdims=True)
+    A, B = list(range(0, len(k), 2)), list(range(1, len(k), 2))
+    best, pick = -np.inf, None
+    for chosen in itertools.combinations(A, r):
+        for partners in itertools.product(B, repeat=r):
+            total = sum(float(k[a] @ k[b]) for a, b in zip(chosen, partners))
+            if total > best:
+                best, pick = total, dict(zip(chosen, partners))
+    groups = [[a] for a in A if a not in pick] + [[b] + [a for a in pick if pick[a] == b] for b in B]
+    s = np.array([size[g].sum(0) for g in groups])
+    return np.array([(x[g] * size[g]).sum(0) for g in groups]) / s, s
+
+
+def test_matching_with_several_merges_is_the_brute_force_best():
+    gen = torch.Generator().manual_seed(4)
+    protect = 2
+    for T in (6, 7, 9):
+        for r in range(2, T // 2 + 1):
+            x = torch.randn(3, protect + T, 5, generator=gen)
+            size = torch.randint(1, 4, (3, protect + T, 1), generator=gen).float()
+            size[:, :protect] = 1.0  # the class token and a prompt: one patch each, never merged
+            keys = torch.randn(3, protect + T, 4, generator=gen)
+            out, so, m = merge_tokens(x, size, keys, r, protect=protect)
+            assert m == r and out.shape == (3, protect + T - r, 5)
+            for i in range(3):
+                want_x, want_s = _brute_force_merge(x[i, protect:], size[i, protect:], keys[i, protect:], r)
+                assert torch.equal(out[i, :protect], x[i, :protect]) and torch.equal(so[i, :protect], size[i, :protect])
+                np.testing.assert_allclose(so[i, protect:].numpy(), want_s, err_msg=f"T={T} r={r} sample {i}")
+                np.testing.assert_allclose(out[i, protect:].numpy(), want_x, rtol=1e-5, atol=1e-6,
+                                           err_msg=f"T={T} r={r} sample {i}")
 
 
 # ---------------------------------------------------------------- ALD
