@@ -8,11 +8,14 @@ from typing import Optional
 
 import psutil
 
+from .sysfs import sysfs
+
 POWER_SUPPLY = "/sys/class/power_supply"
 
 
-def battery_state(root: str = POWER_SUPPLY) -> Optional[dict]:
+def battery_state(root: Optional[str] = None) -> Optional[dict]:
     """{'percent', 'plugged', 'power_w' (None if unknown), 'source'} or None without a battery."""
+    root = root or sysfs(POWER_SUPPLY)
     for bat in sorted(glob.glob(os.path.join(root, "BAT*"))) + sorted(glob.glob(os.path.join(root, "battery"))):
         def rd(name, bat=bat):
             try:

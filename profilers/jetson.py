@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import glob
 import os
+from typing import Optional
 
 from .measurement import MeterUnavailable, PollingMeter
+from .sysfs import sysfs
 
 I2C = "/sys/bus/i2c/drivers"
 INPUT_RAILS = ("VDD_IN", "POM_5V_IN")
@@ -32,9 +34,10 @@ def _read(path):
         return fh.read().strip()
 
 
-def discover_rails(root: str = I2C) -> list:
+def discover_rails(root: Optional[str] = None) -> list:
     """[(rail name, reader() -> watts, path)] for every live channel in either layout."""
     rails = []
+    root = root or sysfs(I2C)
     for hw in sorted(glob.glob(os.path.join(root, "ina3221", "*", "hwmon", "hwmon*"))):
         for label_file in sorted(glob.glob(os.path.join(hw, "in*_label"))):
             n = os.path.basename(label_file)[2:-6]
@@ -66,7 +69,8 @@ def discover_rails(root: str = I2C) -> list:
 class JetsonMeter(PollingMeter):
     name = "jetson-ina3221"
 
-    def __init__(self, root: str = I2C, hz: float = 20.0):
+    def __init__(self, root: Optional[str] = None, hz: float = 20.0):
+        root = root or sysfs(I2C)
         self.rails = discover_rails(root)
         if not self.rails:
             raise MeterUnavailable(f"no INA3221 rails under {root} (not a Jetson, or the driver is not loaded)")

@@ -11,6 +11,7 @@ from typing import Optional
 import psutil
 
 from .battery import battery_state
+from .sysfs import sysfs
 
 
 @dataclass
@@ -30,10 +31,12 @@ class Snapshot:
 
 
 class ResourceMonitor:
-    def __init__(self, thermal_root: str = "/sys/class/thermal", cpufreq_root: str = "/sys/devices/system/cpu",
-                 power_supply_root: str = "/sys/class/power_supply"):
+    def __init__(self, thermal_root: Optional[str] = None, cpufreq_root: Optional[str] = None,
+                 power_supply_root: Optional[str] = None):
         self._proc = psutil.Process(os.getpid())
-        self.thermal_root, self.cpufreq_root, self.ps_root = thermal_root, cpufreq_root, power_supply_root
+        self.thermal_root = thermal_root or sysfs("/sys/class/thermal")
+        self.cpufreq_root = cpufreq_root or sysfs("/sys/devices/system/cpu")
+        self.ps_root = power_supply_root or sysfs("/sys/class/power_supply")
         psutil.cpu_percent(interval=None)  # prime: the next call reports utilisation since now
 
     def temperatures(self) -> dict:

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import os
 import threading
+from typing import Optional
 
 from .measurement import Meter, MeterUnavailable
+from .sysfs import sysfs
 
 POWERCAP = "/sys/class/powercap"
 _COMPONENT = {"package": "cpu", "dram": "dram", "psys": "board"}  # core/uncore are inside package
@@ -21,9 +23,9 @@ class RaplMeter(Meter):
     name = "rapl"
     update_period_s = 0.001  # the counters move about every millisecond
 
-    def __init__(self, root: str = POWERCAP, poll_s: float = 30.0):
+    def __init__(self, root: Optional[str] = None, poll_s: float = 30.0):
         super().__init__()
-        self.root = root
+        root = self.root = root or sysfs(POWERCAP)
         self.zones = []  # (component, path, max_range_uj)
         names = sorted(os.listdir(root)) if os.path.isdir(root) else []
         plain = [d for d in names if d.startswith("intel-rapl:")]
