@@ -487,6 +487,11 @@ class FlashTier(Tier):
     def _check_index(self, ns, by_class: dict, keys: list, next_id: int):
         """The class index must list exactly the stored records, each once, under a declared class:
         a flipped bit in an index key would otherwise send swaps to missing or foreign samples."""
+        top = max([max(v) for v in by_class.values()] + keys[-1:], default=0)  # keys come sorted
+        if top >= 1 << 63:  # no id this store gives out: a flipped top bit in a key
+            raise DamagedStoreError(f"{self.path}: namespace {ns!r}: a record or class index key holds the "
+                                    f"impossible id {top}. `miro store verify {self.path}` lists the damage; "
+                                    f"`miro store salvage {self.path} NEW_DIR` rebuilds a consistent store")
         indexed = np.sort(np.concatenate([np.asarray(v, dtype=np.int64) for v in by_class.values()])) \
             if by_class else np.empty(0, dtype=np.int64)
         stored = np.asarray(keys, dtype=np.int64)
@@ -535,6 +540,20 @@ class FlashTier(Tier):
                             break
                         out.append(Manifest.from_json(self._meta_get(txn, k)))
             return out
+        return self._read(read)
+
+    def manifest_log_span(self, ns: str) -> Optional[tuple]:
+        """(lowest, highest) samples seen that the namespace's manifest log holds; None when empty."""
+        prefix = f"ns/{ns}/mlog/"
+
+        def read(txn):
+            with txn.cursor(db=self._meta) as cur:
+                if not (cur.set_range(prefix.encode()) and bytes(cur.key()).startswith(prefix.encode())):
+                    return None
+                first = bytes(cur.key()).decode()
+                # "0" sorts right after "/": the first key past the log, or none (then the log ends the DB)
+                (cur.prev() if cur.set_range(f"ns/{ns}/mlog0".encode()) else cur.last())
+                return tuple(int(k[len(prefix):].split("/")[0]) for k in (first, bytes(cur.key()).decode()))
         return self._read(read)
 
     def prune_manifest_log(self, before_seen: dict) -> None:

@@ -246,7 +246,7 @@ def verify(dirpath: str) -> dict:
                 r["count_meta"] = int(count) if count is not None else None
                 stored = scan.values.get(f"ns/{ns}/manifest")
                 if stored is not None:
-                    pairs = np.asarray(sorted(pairs_idx), dtype=np.int64).reshape(-1, 2)
+                    pairs = np.asarray(sorted(pairs_idx), dtype=np.uint64).reshape(-1, 2)
                     have = Manifest(len(pairs), int(pairs[:, 1].min()) if len(pairs) else -1,
                                     int(pairs[:, 1].max()) if len(pairs) else -1,
                                     digest_of(pairs[:, 1], pairs[:, 0]), 0)

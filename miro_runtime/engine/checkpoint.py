@@ -6,6 +6,10 @@ and containers only, never code). Saving writes a temp file, fsyncs it, moves th
 ``checkpoint.pt`` to ``checkpoint.prev.pt``, renames the temp file in and fsyncs the directory. A
 damaged latest checkpoint (checksum, length, or torch refusing it) is reported and the previous
 one is used; plain torch files from before the envelope still load (no checksum to check).
+
+Each checkpoint records the flash tier's manifests (storage/meta.py) as they were when it was taken;
+a resume checks them against the store's manifest log, so a checkpoint is never continued on a store
+other than the one it was taken against (altered, replaced, rolled back).
 """
 
 from __future__ import annotations
@@ -13,9 +17,11 @@ from __future__ import annotations
 import glob
 import hashlib
 import io
+import json
 import os
 import struct
-from typing import Optional
+from dataclasses import asdict
+from typing import Callable, Optional
 
 import torch
 
@@ -87,19 +93,59 @@ def load_checkpoint(path: str) -> dict:
     return st
 
 
-def load_latest(run_dir: str) -> tuple:
+def load_latest(run_dir: str, accept: Optional[Callable] = None) -> tuple:
     """(state or None, the file it came from, [problems with the files tried]). Files that do not
-    exist are no problem; a damaged latest one sends us to the previous one."""
+    exist are no problem; a damaged latest one sends us to the previous one, and so does one that
+    ``accept(state, path)`` refuses (it returns why, or None)."""
     problems = []
     for name in (CHECKPOINT, PREVIOUS):
         path = os.path.join(run_dir, name)
         if not os.path.exists(path):
             continue
         try:
-            return load_checkpoint(path), path, problems
+            st = load_checkpoint(path)
         except CheckpointError as e:
             problems.append(str(e))
+            continue
+        why = accept(st, path) if accept is not None else None
+        if why is None:
+            return st, path, problems
+        problems.append(why)
     return None, None, problems
+
+
+def store_manifests(flash) -> dict:
+    """What a checkpoint records of the store: {namespace: manifest fields}."""
+    return {ns: asdict(m) for ns, m in flash.manifests().items()}
+
+
+def manifest_mismatch(flash, st: dict, path: str) -> Optional[str]:
+    """Why the store is not the one checkpoint ``st`` was taken against, or None. A checkpoint from
+    before manifests, or a state before the store's log begins (pruned; a salvaged or upgraded store
+    starts a fresh log) cannot be told apart and is accepted, as before."""
+    from miro_runtime.storage import StoreError
+    from miro_runtime.storage.meta import Manifest
+    recorded = json.loads(st["store"]).get("manifests") if "store" in st else None
+    diffs = []
+    for ns, fields in (recorded or {}).items():
+        want = Manifest(**fields)
+        try:
+            flash.spec(ns)
+        except StoreError:
+            diffs.append(f"namespace {ns!r} is missing from the store")
+            continue
+        logged, span = flash.manifest_at(ns, want.seen), flash.manifest_log_span(ns)
+        if logged and want not in logged:
+            diffs.append(f"namespace {ns!r} after {want.seen} samples: " + ", ".join(
+                f"{d} (store != checkpoint)" for d in logged[-1].differences(want)))
+        elif not logged and span is not None and span[0] <= want.seen <= span[1]:
+            diffs.append(f"namespace {ns!r}: the store's history ({span[0]}..{span[1]} samples seen) never "
+                         f"held the state after {want.seen} samples that the checkpoint recorded")
+    if not diffs:
+        return None
+    return (f"{path} was taken against a store that differs from the one in its run directory: "
+            + "; ".join(diffs) + f". `miro store verify {flash.path}` says what is damaged; "
+            f"`miro store salvage {flash.path} NEW_DIR` copies every readable record into a fresh store")
 
 
 def any_checkpoint(run_dir: str) -> Optional[str]:

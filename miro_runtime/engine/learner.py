@@ -27,7 +27,8 @@ from miro_runtime.profilers import ResourceMonitor, make_meter
 from miro_runtime.storage import FlashTier, SampleSpec
 
 from miro_runtime.config import RunConfig
-from miro_runtime.engine.checkpoint import CHECKPOINT, CheckpointError, load_latest, save_checkpoint
+from miro_runtime.engine.checkpoint import (CHECKPOINT, CheckpointError, load_latest, manifest_mismatch,
+                                            save_checkpoint, store_manifests)
 from miro_runtime.engine.hooks import Controller
 from miro_runtime.engine.metrics import anon_rss_mb, bwt, evaluate, final_avg_acc, forgetting, peak_rss_mb
 from miro_runtime.engine.strategies import build_model, make_strategy
@@ -72,6 +73,7 @@ class Learner:
         self._cur = self._carry = None
         self._window = None
         self._n_checkpoints = 0
+        self._ckpt_manifests: dict = {}  # what the last checkpoint recorded: its log entries stay
         self._wall_before = 0.0
         self.restored: dict = {}
 
@@ -286,9 +288,14 @@ class Learner:
         if self.extra_state is not None:
             st["extra"] = json.dumps(self.extra_state())
         # what the store held at this checkpoint: a resume on a store with fewer samples is refused
-        st["store"] = json.dumps({"seen": self.flash.seen(NS), "checkpoints": self._n_checkpoints + 1})
+        manifests = store_manifests(self.flash)
+        st["store"] = json.dumps({"seen": self.flash.seen(NS), "checkpoints": self._n_checkpoints + 1,
+                                  "manifests": manifests})
         save_checkpoint(os.path.join(self.cfg.run_dir, CHECKPOINT), st)
         self._n_checkpoints += 1
+        # the store's manifest log keeps what the previous checkpoint (still on disk) needs, no more
+        self.flash.prune_manifest_log({ns: m["seen"] for ns, m in self._ckpt_manifests.items()})
+        self._ckpt_manifests = manifests
         # the store remembers that checkpoints exist: losing every checkpoint file is then an error,
         # not a silent retrain from scratch on samples already stored
         self.flash.set_meta("checkpoints", str(self._n_checkpoints))
@@ -309,7 +316,15 @@ class Learner:
 
     def _restore(self) -> Position:
         rd = self.cfg.run_dir
-        st, path, problems = load_latest(rd)
+        mismatched = []
+
+        def accept(st, path):
+            why = manifest_mismatch(self.flash, st, path)
+            mismatched.extend([why] if why else [])
+            return why
+        st, path, problems = load_latest(rd, accept)
+        if st is None and mismatched:
+            raise CheckpointError("no checkpoint matches the store: " + "; ".join(mismatched))
         for p in problems:
             self.log.event("checkpoint_damaged", level="warning", problem=p,
                            using=path or "none")
@@ -335,6 +350,7 @@ class Learner:
                                   f"{rd}/state has seen only {self.flash.seen(NS)}: data.mdb was replaced or lost. "
                                   f"Restore it (or `miro store salvage` it) before resuming")
         self._n_checkpoints = max(written, store.get("checkpoints", 0))
+        self._ckpt_manifests = store.get("manifests", {})
         self.strategy.load_state_dict(st["strategy"])
         torch.set_rng_state(st["torch_rng"])
         m = json.loads(st["metrics"])

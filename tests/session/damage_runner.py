@@ -1,6 +1,8 @@
 """Resume many damaged copies of one run directory, each in a forked child running the real CLI
 (`miro run --resume --run-dir D --json`), two at a time. Importing torch once and forking keeps a
-case at about a second; a child killed by a signal shows up as such. Prints one JSON list."""
+case at about a second; a child killed by a signal shows up as such. Prints one JSON list.
+An optional second argument, a JSON list of commands ("{d}" stands for the case's directory), runs
+each command over every case, one command after the other (read-only checks before a resume)."""
 import json
 import os
 import sys
@@ -16,8 +18,11 @@ split_digits(5, 0)
 torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1, momentum=0.9)
 
 
-def run_case(d):
-    out, err = os.path.join(d, "..", os.path.basename(d) + ".out"), os.path.join(d, "..", os.path.basename(d) + ".err")
+RESUME = ["run", "--resume", "--run-dir", "{d}", "--json"]
+
+
+def run_case(d, argv=RESUME, tag=""):
+    out, err = (os.path.join(d, "..", os.path.basename(d) + tag + ext) for ext in (".out", ".err"))
     pid = os.fork()
     if pid == 0:  # child: the CLI as a user runs it, its output in files
         flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
@@ -26,7 +31,7 @@ def run_case(d):
         os.dup2(fe, 2)
         code = 1
         try:
-            cli.main(["run", "--resume", "--run-dir", d, "--json"], standalone_mode=True)
+            cli.main([a.replace("{d}", d) for a in argv], standalone_mode=True)
             code = 0
         except SystemExit as e:
             code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
@@ -41,14 +46,13 @@ def run_case(d):
     return pid, out, err
 
 
-def main():
-    cases = json.loads(sys.argv[1])
-    results, running = [], {}
+def run_all(cases, argv, tag, results):
+    running = {}
     queue = list(cases)
     while queue or running:
         while queue and len(running) < 2:
             d = queue.pop(0)
-            pid, out, err = run_case(d)
+            pid, out, err = run_case(d, argv, tag)
             running[pid] = (d, out, err)
         pid, status = os.wait()
         d, out, err = running.pop(pid)
@@ -60,9 +64,21 @@ def main():
             res["stderr"] = fh.read()[-3000:]
         try:
             res["acc_matrix"] = json.loads(lines[-1])["acc_matrix"] if lines else None
-        except ValueError:
+        except (ValueError, KeyError, TypeError):
             res["acc_matrix"] = None
+        if tag:
+            res["cmd"] = argv[0] if argv[0] != "store" else " ".join(argv[:2])
         results.append(res)
+
+
+def main():
+    cases = json.loads(sys.argv[1])
+    results = []
+    if len(sys.argv) > 2:
+        for i, argv in enumerate(json.loads(sys.argv[2])):
+            run_all(cases, argv, f".{i}", results)
+    else:
+        run_all(cases, RESUME, "", results)
     print(json.dumps(results))
 
 
