@@ -1,15 +1,18 @@
 """Energy meters. RAPL, NVML, Jetson and Pi 5 hardware is absent here: their real parsing and
-integration code runs against fixture sysfs trees and recorded outputs (tests/fixtures). The
-estimate meter runs for real on this machine."""
+integration code runs against fixture sysfs trees, a recorded Pi 5 output (tests/fixtures) and, for
+NVML, scripted answers in pynvml's shape (no recording from a real GPU exists here). The estimate
+meter runs for real on this machine."""
 import os
 import subprocess
 import sys
 import time
 
+import numpy as np
+import psutil
 import pytest
 
-from miro_runtime.profilers import (EstimateMeter, JetsonMeter, MeterUnavailable, MultiMeter, Pi5Meter, RaplMeter,
-                                    ResourceMonitor, battery_state, make_meter, nvml_meter, parse_pmic)
+from miro_runtime.profilers import (SOURCES, EstimateMeter, JetsonMeter, MeterUnavailable, MultiMeter, Pi5Meter,
+                                    RaplMeter, ResourceMonitor, battery_state, make_meter, nvml_meter, parse_pmic)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 PI5 = open(os.path.join(os.path.dirname(HERE), "fixtures", "pi5_pmic_read_adc.txt")).read()
@@ -93,7 +96,11 @@ def test_rapl_missing_and_permission_denied(tmp_path):
 
 # ---------------------------------------------------------------- NVML
 class RecordedNvml:
-    """Replays recorded NVML answers (mJ counters / mW power) in the shape of pynvml."""
+    """Stands in for pynvml, answering in its shapes and units (TotalEnergyConsumption in mJ,
+    PowerUsage in mW, NVMLError_NotSupported before Volta) with the answers it is given. Despite the
+    name, nothing here was recorded from a GPU: the tests give invented round numbers, chosen so the
+    meter's arithmetic can be checked by hand. No NVML recording exists in this project (the
+    reference, ../shared/reference/energy-formats.md, gives the API's units and errors, no readings)."""
 
     class NVMLError(Exception):
         pass
@@ -131,15 +138,38 @@ def test_nvml_energy_counter_and_power_polling():
     assert "PowerUsage polled" in w.provenance["gpu"]
 
 
-def test_nvml_on_this_machine():
+def test_nvml_on_this_machine(monkeypatch):
+    import pynvml
     try:
-        m = nvml_meter(0)
-    except MeterUnavailable as e:  # what a machine without an NVIDIA driver says
-        assert "NVML" in str(e)
+        pynvml.nvmlInit()
+        reason = None
+    except pynvml.NVMLError as e:  # here: NVMLError_LibraryNotFound, no NVIDIA driver
+        reason = e
+    if reason is not None:
+        for make in (lambda: nvml_meter(0), lambda: make_meter("nvml")):
+            with pytest.raises(MeterUnavailable) as info:
+                make()
+            assert str(info.value) == f"NVML unavailable: {reason} (no NVIDIA driver here)"
+            assert type(info.value.__cause__) is type(reason)
+        if isinstance(reason, pynvml.NVMLError_LibraryNotFound):  # what this machine says, word for word
+            assert str(info.value) == "NVML unavailable: NVML Shared Library Not Found (no NVIDIA driver here)"
+        monkeypatch.setitem(sys.modules, "pynvml", None)  # and where nvidia-ml-py is not installed
+        with pytest.raises(MeterUnavailable) as info:
+            nvml_meter(0)
+        assert str(info.value) == "pynvml is missing: pip install nvidia-ml-py"
         return
-    m.begin_window("w")  # a machine with a GPU: the real counter must answer
-    time.sleep(0.2)
-    assert m.end_window("w").joules is not None
+    # a machine with a GPU: the window is the driver's counter difference, in joules
+    h = pynvml.nvmlDeviceGetHandleByIndex(0)
+    m = nvml_meter(0)
+    e0 = pynvml.nvmlDeviceGetTotalEnergyConsumption(h)
+    m.begin_window("w")
+    time.sleep(0.5)
+    w = m.end_window("w")
+    e1 = pynvml.nvmlDeviceGetTotalEnergyConsumption(h)
+    watts = pynvml.nvmlDeviceGetPowerUsage(h) / 1e3
+    assert w.provenance == {"gpu": "measured: NVML nvmlDeviceGetTotalEnergyConsumption, GPU 0"} and w.measured
+    assert 0 < w.joules == w.components["gpu"] <= (e1 - e0) / 1e3
+    assert w.joules == pytest.approx(watts * w.seconds, rel=0.5)  # an idle GPU draws about what it reports
 
 
 # ---------------------------------------------------------------- Jetson
@@ -251,14 +281,68 @@ def test_estimate_meter_for_real_and_short_windows_are_flagged():
 
 
 def test_auto_meter_here_is_the_estimate():
+    readable = []  # each measuring source, in auto's order, that can be read here
+    for src in ("jetson", "pi5", "nvml", "rapl"):
+        try:
+            meter = SOURCES[src]()
+        except MeterUnavailable:
+            continue
+        readable.append(type(meter))
+        meter.close()
+        if src in ("jetson", "pi5"):
+            break  # board rails cover the rest
     m = make_meter("auto")
-    assert isinstance(m, (EstimateMeter, MultiMeter)) or m.name in ("rapl", "nvml")
-    if isinstance(m, EstimateMeter):
-        m.begin_window("w")
-        time.sleep(0.05)
-        assert "estimated" in m.end_window("w").summary()
+    parts = m.meters if type(m) is MultiMeter else [m]
+    m.begin_window("w")
+    time.sleep(0.05)
+    w = m.end_window("w")
+    m.close()
+    if not readable:  # this machine: no counter, so the estimate alone, labelled as such
+        assert type(m) is EstimateMeter and w.provenance == EstimateMeter().provenance()
+        assert w.summary().startswith("estimated") and not w.measured
+    else:
+        assert [type(x) for x in parts] == readable and (type(m) is MultiMeter) == (len(readable) > 1)
     with pytest.raises(ValueError, match="unknown energy source"):
         make_meter("tesla-coil")
+
+
+def test_estimate_follows_cpu_time_not_wall_time_and_charges_resident_memory():
+    """The model: cpu J = 4 W x this process's CPU-seconds; dram J = 3/8 W per GB of RSS x seconds."""
+    m = EstimateMeter()
+    proc = psutil.Process()
+
+    def window(name, work):
+        c0 = time.process_time()
+        rss0 = proc.memory_info().rss
+        m.begin_window(name)
+        inside = work()
+        w = m.end_window(name)
+        c1, rss1 = time.process_time(), proc.memory_info().rss
+        return w, inside, c1 - c0, (rss0 + rss1) / 2
+
+    def spin():
+        t0 = time.process_time()
+        while time.process_time() - t0 < 0.3:
+            pass
+        return time.process_time() - t0
+
+    def sleep():
+        time.sleep(0.4)
+        return 0.0
+
+    slept, _, cpu_around, rss = window("sleep", sleep)  # wall >> CPU: the estimate stays near 0
+    assert slept.seconds >= 0.4 and slept.components["cpu"] <= 4.0 * cpu_around < 0.1 * 4.0 * slept.seconds
+    assert slept.components["dram"] == pytest.approx(0.375 * rss / 1e9 * slept.seconds, rel=0.02)
+    spun, cpu_inside, cpu_around, _ = window("spin", spin)  # CPU ~ wall: 4 W x the CPU-seconds
+    assert 4.0 * cpu_inside <= spun.components["cpu"] <= 4.0 * cpu_around
+    big = np.ones(200 * 2**20 // 8)  # 200 MB more resident: the dram term grows by 3/8 W x 0.2 GB
+    fat, _, _, rss_big = window("sleep-big", sleep)
+    del big
+    assert rss_big - rss > 190 * 2**20
+    assert fat.components["dram"] == pytest.approx(0.375 * rss_big / 1e9 * fat.seconds, rel=0.02)
+    assert fat.components["dram"] / fat.seconds - slept.components["dram"] / slept.seconds == pytest.approx(
+        0.375 * (rss_big - rss) / 1e9, rel=0.1)
+    assert fat.joules == pytest.approx(fat.components["cpu"] + fat.components["dram"])
 
 
 # ---------------------------------------------------------------- battery and resources
