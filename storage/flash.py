@@ -34,7 +34,8 @@ from .codec import (HEADER_SIZE, Record, decode_blob, decode_into, decode_record
 from .names import EVICTION_POLICIES, SYNC_MODES
 from .errors import BadRecordError, BudgetError, DamagedStoreError, ForkError, SchemaTooNewError, StoreError
 from .integrity import check_data_file
-from .meta import Manifest, MetaScan, advance, check_dbs, damage_message, scan_meta, seal, unseal
+from .meta import (Manifest, MetaScan, advance, check_dbs, damage_message, log_at, log_key, log_prune, log_span,
+                   scan_meta, seal, unseal)
 from .tier import Tier, blob_key
 
 SCHEMA_VERSION = 2  # 2: every meta record crc-sealed, a manifest per namespace (1 is upgraded on open)
@@ -379,7 +380,7 @@ class FlashTier(Tier):
         """The namespace's manifest, and the same under its log key (by samples seen and digest): a
         checkpoint taken at any committed state finds that state's manifest (``manifest_at``)."""
         self._meta_put(txn, f"ns/{ns}/manifest", m.to_json())
-        self._meta_put(txn, f"ns/{ns}/mlog/{m.seen:012d}/{m.digest:016x}", m.to_json())
+        self._meta_put(txn, log_key(ns, m), m.to_json())
 
     def _open_checked(self, upgrade: bool):
         """Every open-time check in one read transaction (meta.py: each meta record's crc, names and
@@ -528,45 +529,15 @@ class FlashTier(Tier):
     def manifest_at(self, ns: str, seen: int) -> list:
         """The manifests the namespace had when it had seen ``seen`` samples (several when a budget
         change evicted without new samples; none when the log was pruned, or the store salvaged)."""
-        prefix = f"ns/{ns}/mlog/{int(seen):012d}/"
-
-        def read(txn):
-            out = []
-            with txn.cursor(db=self._meta) as cur:
-                if cur.set_range(prefix.encode()):
-                    for k, _ in cur:
-                        k = bytes(k).decode()
-                        if not k.startswith(prefix):
-                            break
-                        out.append(Manifest.from_json(self._meta_get(txn, k)))
-            return out
-        return self._read(read)
+        return self._read(lambda txn: log_at(txn, self._meta, ns, seen, self._meta_get))
 
     def manifest_log_span(self, ns: str) -> Optional[tuple]:
         """(lowest, highest) samples seen that the namespace's manifest log holds; None when empty."""
-        prefix = f"ns/{ns}/mlog/"
-
-        def read(txn):
-            with txn.cursor(db=self._meta) as cur:
-                if not (cur.set_range(prefix.encode()) and bytes(cur.key()).startswith(prefix.encode())):
-                    return None
-                first = bytes(cur.key()).decode()
-                # "0" sorts right after "/": the first key past the log, or none (then the log ends the DB)
-                (cur.prev() if cur.set_range(f"ns/{ns}/mlog0".encode()) else cur.last())
-                return tuple(int(k[len(prefix):].split("/")[0]) for k in (first, bytes(cur.key()).decode()))
-        return self._read(read)
+        return self._read(lambda txn: log_span(txn, self._meta, ns))
 
     def prune_manifest_log(self, before_seen: dict) -> None:
         """Drop each namespace's log entries older than ``before_seen[ns]`` (the oldest checkpoint kept)."""
-        def job(txn):
-            with txn.cursor(db=self._meta) as cur:
-                for ns, seen in before_seen.items():
-                    prefix, stop = f"ns/{ns}/mlog/".encode(), f"ns/{ns}/mlog/{int(seen):012d}".encode()
-                    ok = cur.set_range(prefix)
-                    while ok and bytes(cur.key()) < stop:
-                        ok = cur.delete()
-            return None, None
-        self._write(job)
+        self._write(lambda txn: (log_prune(txn, self._meta, before_seen), None))
 
     def close(self):
         if self._writer is not None and self._writer.is_alive() and os.getpid() == self._pid:

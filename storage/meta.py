@@ -125,6 +125,48 @@ def advance(m: Manifest, add_ids, add_cls, evict: list, remaining_bounds, n_offe
     return Manifest(count, lo, hi, d, m.seen + n_offered)
 
 
+# ---------------------------------------------------------------------------- the manifest log
+def log_key(ns: str, m: Manifest) -> str:
+    """Where the log keeps a manifest: by samples seen, then digest (a budget change evicts without
+    new samples: two states at one ``seen``)."""
+    return f"ns/{ns}/mlog/{m.seen:012d}/{m.digest:016x}"
+
+
+def log_at(txn, db, ns: str, seen: int, get) -> list:
+    """Every logged manifest at ``seen`` samples; ``get(txn, key)`` reads (and checks) one value."""
+    prefix, out = f"ns/{ns}/mlog/{int(seen):012d}/", []
+    with txn.cursor(db=db) as cur:
+        if cur.set_range(prefix.encode()):
+            for k in cur.iternext(keys=True, values=False):
+                k = bytes(k).decode()
+                if not k.startswith(prefix):
+                    break
+                out.append(Manifest.from_json(get(txn, k)))
+    return out
+
+
+def log_span(txn, db, ns: str) -> Optional[tuple]:
+    """(lowest, highest) samples seen that the namespace's log holds; None when it is empty."""
+    prefix = f"ns/{ns}/mlog/"
+    with txn.cursor(db=db) as cur:
+        if not (cur.set_range(prefix.encode()) and bytes(cur.key()).startswith(prefix.encode())):
+            return None
+        first = bytes(cur.key()).decode()
+        # "0" sorts right after "/": the first key past the log, or none (then the log ends the DB)
+        (cur.prev() if cur.set_range(f"ns/{ns}/mlog0".encode()) else cur.last())
+        return tuple(int(k[len(prefix):].split("/")[0]) for k in (first, bytes(cur.key()).decode()))
+
+
+def log_prune(txn, db, before_seen: dict) -> None:
+    """Delete each namespace's entries older than ``before_seen[ns]``."""
+    with txn.cursor(db=db) as cur:
+        for ns, seen in before_seen.items():
+            prefix, stop = f"ns/{ns}/mlog/".encode(), f"ns/{ns}/mlog/{int(seen):012d}".encode()
+            ok = cur.set_range(prefix)
+            while ok and bytes(cur.key()) < stop:
+                ok = cur.delete()
+
+
 # ---------------------------------------------------------------------------- the open-time checks
 @dataclass
 class MetaScan:
