@@ -96,7 +96,9 @@ def test_swap_never_yields_a_torn_sample_under_concurrent_reads(flash):
         g = ram.gather(rng.choice(32, 16, replace=False))
         for x, y, sid in zip(g["x"], g["y"], g["ids"]):
             assert int(x.min()) == int(x.max()) == sid % 251, "torn sample"
-            assert int(y) == (sid % 10 if sid < 100000 else int(y))
+            # a swapped-in sample has its flash label (sid % 10 in the fixture); an original RAM sample
+            # the label filled_ram gave slot i = sid - 100000 (i % 10)
+            assert int(y) == (sid % 10 if sid < 100000 else (sid - 100000) % 10), (int(y), int(sid))
             checked += 1
     stop.set()
     t.join()
