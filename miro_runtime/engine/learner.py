@@ -324,7 +324,7 @@ class Learner:
             return why
         st, path, problems = load_latest(rd, accept)
         if st is None and mismatched:
-            raise CheckpointError("no checkpoint matches the store: " + "; ".join(mismatched))
+            raise CheckpointError("no usable checkpoint matches the store: " + "; ".join(problems))
         for p in problems:
             self.log.event("checkpoint_damaged", level="warning", problem=p,
                            using=path or "none")
