@@ -76,3 +76,26 @@ def _plain(o):
         return o.item()
     except AttributeError:
         return str(o)
+
+
+def select(lines, level: str = "debug", component=None, task=None, since=None, until=None) -> list:
+    """The records of JSON-log ``lines`` (bytes or str) at ``level`` or above that match the filters;
+    unreadable lines (one cut by a kill) are passed over. The daemon's ``logs`` method and `miro logs`
+    without a daemon both filter with this."""
+    out, minlvl = [], LEVELS.index(level)
+    for line in lines:
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        if not isinstance(rec, dict) or LEVELS.index(rec.get("level", "info")) < minlvl:
+            continue
+        if component and rec.get("component") != component:
+            continue
+        if task is not None and rec.get("task") != task:
+            continue
+        ts = rec.get("ts", 0)
+        if since is not None and ts < since or until is not None and ts > until:
+            continue
+        out.append(rec)
+    return out

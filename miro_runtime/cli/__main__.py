@@ -2,4 +2,4 @@
 
 from miro_runtime.cli.main import main
 
-main()
+main(prog_name="miro")

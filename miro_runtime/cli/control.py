@@ -26,26 +26,47 @@ def _sock(ctx) -> str:
     return o["socket"] or default_socket(o["state_dir"])
 
 
+def request(ctx, method, **params):
+    """One request to mirod: its result, or the client's exception (NoDaemon, DaemonError, OSError)."""
+    from miro_runtime.wire.client import Client
+    with Client(_sock(ctx)) as c:
+        return c.call(method, **params)
+
+
 def call(ctx, method, **params):
     """One request to mirod; a clear message and a distinct exit code when it cannot be served."""
-    from miro_runtime.wire.client import Client, DaemonError, NoDaemon
-    from miro_runtime.wire.protocol import PERMISSION_DENIED
-    path = _sock(ctx)
     try:
-        with Client(path) as c:
-            return c.call(method, **params)
-    except NoDaemon as e:
-        click.echo(f"miro: {e}", err=True)
-        sys.exit(EXIT_NO_DAEMON)
-    except PermissionError:
-        click.echo(f"miro: permission denied on {path}: this user is not in the socket's group", err=True)
-        sys.exit(EXIT_DENIED)
-    except DaemonError as e:
-        click.echo(f"miro: {method}: {e.message}", err=True)
-        sys.exit(EXIT_DENIED if e.code == PERMISSION_DENIED else EXIT_DAEMON_ERROR)
-    except (ConnectionError, OSError) as e:
-        click.echo(f"miro: lost the daemon on {path}: {e}", err=True)
-        sys.exit(EXIT_NO_DAEMON)
+        return request(ctx, method, **params)
+    except Exception as e:  # noqa: BLE001 -- failed() exits for the client's errors and re-raises a bug
+        failed(ctx, method, e)
+
+
+def failed(ctx, method: str, e: Exception):
+    """What a request's failure means to the user: its message and exit code (a bug is re-raised)."""
+    from miro_runtime.wire.client import DaemonError, NoDaemon
+    from miro_runtime.wire.protocol import PERMISSION_DENIED
+    if isinstance(e, NoDaemon):
+        fail(ctx, str(e), EXIT_NO_DAEMON)
+    if isinstance(e, PermissionError):
+        fail(ctx, f"permission denied on {_sock(ctx)}: this user is not in the socket's group", EXIT_DENIED)
+    if isinstance(e, DaemonError):
+        why = e.message
+        for prefix in (f"{method}: ", f"{method.replace('_', ' ')}: "):  # the daemon may name the method too
+            why = why[len(prefix):] if why.startswith(prefix) else why
+        fail(ctx, f"{method.replace('_', ' ')}: {why}", EXIT_DENIED if e.code == PERMISSION_DENIED else
+             EXIT_DAEMON_ERROR, code=e.code)
+    if isinstance(e, (ConnectionError, OSError)):
+        fail(ctx, f"lost the daemon on {_sock(ctx)}: {e}", EXIT_NO_DAEMON)
+    raise e
+
+
+def fail(ctx, message: str, exit_code: int, code=None):
+    """The one way a control command fails: a line `miro: <what>: <why>` on stderr, and, for a command
+    run with --json, a JSON error object on stdout as well (scripts read stdout); then the exit code."""
+    click.echo(f"miro: {message}", err=True)
+    if ctx.params.get("as_json"):
+        click.echo(json.dumps({"error": {"message": message, "exit_code": exit_code, "code": code}}))
+    sys.exit(exit_code)
 
 
 @click.command()
@@ -329,8 +350,8 @@ def _when(text):
 
 
 @click.command()
-@click.option("--level", type=click.Choice(LOG_LEVELS), default="info",
-              show_default=True, help="Minimum level.")
+@click.option("--level", type=click.Choice(LOG_LEVELS + ("warn", "err")), default="info", show_default=True,
+              help="Minimum level (warn and err as journalctl spells them).")
 @click.option("--component", default=None, help="daemon | engine | trainer | socket | inbox | metrics")
 @click.option("--task", "task_id", type=int, default=None)
 @click.option("--since", default=None, help="Unix seconds, ISO time, or an age (15m, 2h).")
@@ -340,7 +361,9 @@ def _when(text):
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
 @click.pass_context
 def logs(ctx, level, component, task_id, since, until, limit, follow, as_json):
-    """The daemon's structured log, filtered."""
+    """The daemon's structured log, filtered. With no daemon running, the log files themselves are read
+    (the crash you most want to read is the one that stopped it)."""
+    level = {"warn": "warning", "err": "error"}.get(level, level)
     params = {"level": level, "limit": limit}
     for k, v in (("component", component), ("task", task_id), ("since", _when(since)), ("until", _when(until))):
         if v is not None:
@@ -355,9 +378,43 @@ def logs(ctx, level, component, task_id, since, until, limit, follow, as_json):
                 ts = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(rec.get("ts", 0)))
                 click.echo(f"{ts} {rec.get('level', ''):<7} {rec.get('component', ''):<8} {rec.get('event')} "
                            f"{json.dumps(rest)[:300]}")
-    r = call(ctx, "logs", **params)
+    from miro_runtime.wire.client import NoDaemon
+    try:
+        r = request(ctx, "logs", **params)
+    except NoDaemon:
+        lines, path = _log_files(ctx)
+        if not path:
+            fail(ctx, f"no daemon answers on {_sock(ctx)} and no log file is there to read; start one with "
+                      f"`miro daemon`", EXIT_NO_DAEMON)
+        click.echo(f"miro: no daemon is running; reading {path}", err=True)
+        from miro_runtime.log import select
+        show(select(lines, level, component, params.get("task"), params.get("since"), params.get("until"))[-limit:])
+        return
+    except Exception as e:  # noqa: BLE001 -- the one error path
+        failed(ctx, "logs", e)
     show(r["lines"])
-    while follow:
-        time.sleep(0.5)
-        r = call(ctx, "logs", **{**params, "after": r["offset"], "limit": 10000})
-        show(r["lines"])
+    try:
+        while follow:
+            time.sleep(0.5)
+            r = call(ctx, "logs", **{**params, "after": r["offset"], "limit": 10000})
+            show(r["lines"])
+    except KeyboardInterrupt:  # Ctrl-C ends a follow, as journalctl -f's does: quietly, exit 0
+        return
+
+
+def _log_files(ctx) -> tuple:
+    """(lines oldest first, path) of the daemon's JSON log and its rotated backups, or ([], None)."""
+    from miro_runtime.wire.client import default_state_dir
+    o = ctx.find_root().obj or {}
+    logs_dir = os.environ.get("LOGS_DIRECTORY", "").split(":")[0] or \
+        os.path.join(o.get("state_dir") or default_state_dir(), "logs")
+    path = os.path.join(logs_dir, "mirod.jsonl")
+    if not os.path.exists(path):
+        return [], None
+    files = sorted((p for p in os.listdir(logs_dir) if p.startswith("mirod.jsonl.") and p[12:].isdigit()),
+                   key=lambda p: -int(p[12:])) + ["mirod.jsonl"]  # path.5 (oldest) ... path.1, path
+    lines = []
+    for name in files:
+        with open(os.path.join(logs_dir, name), "rb") as fh:
+            lines += fh.read().splitlines()
+    return lines, path

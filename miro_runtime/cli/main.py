@@ -23,7 +23,35 @@ from miro_runtime.cli.run import inspect, rep, run, store
 from miro_runtime.cli.service import demo, service
 
 
-@click.group()
+class MiroGroup(click.Group):
+    """The group, taking its global options after the subcommand too (``miro status --state-dir X``,
+    as systemctl and journalctl take theirs): they are moved before it, up to a ``--``."""
+
+    GLOBAL = {"--state-dir": True, "--socket": True, "-v": False, "--verbose": False}  # option -> takes a value
+
+    def parse_args(self, ctx, args):
+        if args and args[0] in self.commands:
+            head, rest, moved, i = [args[0]], args[1:], [], 0
+            while i < len(rest) and rest[i] != "--":
+                name = rest[i].split("=", 1)[0]
+                if name in self.GLOBAL:
+                    takes = self.GLOBAL[name] and "=" not in rest[i]
+                    moved += rest[i:i + 1 + takes]
+                    del rest[i:i + 1 + takes]
+                else:
+                    i += 1
+            args = moved + head + rest
+        return super().parse_args(ctx, args)
+
+
+EXIT_CODES = """Exit codes (sysexits.h where one fits): 0 done; 1 a failure the message names (damage
+that inspect or store verify found, a run that failed); 2 a usage error (a flag or a value; store verify:
+a store that cannot be opened at all); 3 another mirod owns the state directory; 65 the daemon refused the
+request (bad input, a conflict); 69 no daemon answers on the socket; 77 permission denied (the socket's
+group, or a mutating method for a read-only peer); 78 a bad configuration (miro daemon)."""
+
+
+@click.group(cls=MiroGroup, context_settings={"help_option_names": ["-h", "--help"]}, epilog=EXIT_CODES)
 @click.version_option(package_name="miro-runtime")
 @click.option("-v", "--verbose", is_flag=True, help="Log every decision to stderr.")
 @click.option("--state-dir", envvar="MIRO_STATE_DIR", default=None,

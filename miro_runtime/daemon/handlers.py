@@ -7,7 +7,6 @@ generation) runs in the daemon's thread pools so the event loop always answers.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import time
 from typing import TYPE_CHECKING, Annotated, Any, Literal, Optional
@@ -17,6 +16,7 @@ from msgspec import Meta
 from miro_runtime.choices import LOG_LEVELS
 from miro_runtime.daemon.config import LIVE, DaemonConfig, default_toml, overrides_path, read_overrides, write_overrides
 from miro_runtime.daemon.files import SampleError, decode_array, read_folder, read_npz
+from miro_runtime.log import select
 from miro_runtime.records import as_dict
 from miro_runtime.wire import protocol as P
 from miro_runtime.wire.protocol import DTYPES
@@ -122,21 +122,7 @@ class Handlers:
                 await fh.seek(after if after <= size else 0)  # a rotation since: start the new file over
             data = await fh.read(8 << 20)
             offset = await fh.tell()
-        out, minlvl = [], LOG_LEVELS.index(level)
-        for line in data.splitlines():
-            try:
-                rec = json.loads(line)
-            except ValueError:
-                continue
-            if LOG_LEVELS.index(rec.get("level", "info")) < minlvl:
-                continue
-            if component and rec.get("component") != component:
-                continue
-            if task is not None and rec.get("task") != task:
-                continue
-            if since is not None and rec.get("ts", 0) < since or until is not None and rec.get("ts", 0) > until:
-                continue
-            out.append(rec)
+        out = select(data.splitlines(), level, component, task, since, until)
         return {"lines": out[-limit:], "offset": offset, "path": path}
 
     # ------------------------------------------------------------------ mutating

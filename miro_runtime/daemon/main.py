@@ -59,6 +59,8 @@ def run_daemon(config_path=None, state_dir=None, socket_path=None, overrides=(),
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="mirod", description="miro-runtime daemon: learns continually from data "
                                                            "clients send over a Unix socket")
+    from miro_runtime import __version__
+    ap.add_argument("--version", action="version", version=f"mirod (miro-runtime) {__version__}")
     ap.add_argument("--config", default=os.environ.get("MIROD_CONFIG"), help="TOML file (default: none)")
     ap.add_argument("--state-dir", default=None, help="state directory (default: $MIRO_STATE_DIR, "
                                                       "$STATE_DIRECTORY, ~/.local/state/miro)")
