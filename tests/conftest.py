@@ -6,6 +6,10 @@ import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PY = sys.executable
+# the `miro` console script beside this interpreter (a wheel or editable install), else the module
+MIRO = [os.path.join(os.path.dirname(os.path.realpath(PY)), "miro")]
+if not os.path.exists(MIRO[0]):
+    MIRO = [PY, "-m", "miro_runtime.cli"]
 
 
 def fill_for(sample_id: int, shape=(1, 8, 8)) -> np.ndarray:

@@ -1,14 +1,9 @@
 """`miro` as a user runs it: real subprocesses, real signals."""
 import json
-import os
 import signal
 import subprocess
 
-from conftest import wait_for_event
-
-MIRO = [os.path.join(os.path.dirname(os.path.realpath(__import__("sys").executable)), "miro")]
-if not os.path.exists(MIRO[0]):
-    MIRO = [__import__("sys").executable, "-m", "miro_runtime.cli"]
+from conftest import MIRO, wait_for_event
 
 
 def miro(*args, **kw):

@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 from daemon_util import Mirod
-from test_cli import MIRO
+from conftest import MIRO
 
 from miro_runtime.daemon.config import ConfigError, default_toml, load
 from miro_runtime.engine.streams import split_digits

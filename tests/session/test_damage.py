@@ -10,7 +10,7 @@ import sys
 
 import numpy as np
 import pytest
-from test_cli import MIRO
+from conftest import MIRO
 
 from miro_runtime import RunConfig
 from miro_runtime.session.experiment import Experiment
