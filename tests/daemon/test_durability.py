@@ -35,7 +35,7 @@ if STRACE is None:
 TRACED = "openat,open,close,pwrite64,pwritev,pwritev2,writev,write,fdatasync,fsync,msync,sendto,sendmsg"
 SYNCS = {"fdatasync", "fsync", "msync"}
 WRITES = {"pwrite64", "pwritev", "pwritev2", "writev", "write"}
-_CALL = re.compile(r"^(\d+) (?:<\.\.\. (\w+) resumed>|(\w+)\()(.*)$")
+_CALL = re.compile(r"^(\d+)\s+(?:<\.\.\. (\w+) resumed>|(\w+)\()(.*)$")  # strace pads the pid column
 _FD = re.compile(r"^(\d+)<([^>]*)>")
 
 
