@@ -84,6 +84,25 @@ def samples(k0, n, shape=(1, 8, 8)):
     return x, (ks % 4).tolist(), ks
 
 
+def client_for_other_users(sdir) -> tuple:
+    """(python, sys.path entry) with which another uid runs the stdlib-only client: a copy of
+    miro_runtime/wire it can read, on the system python (the venv's interpreter may sit under a home
+    directory it cannot enter)."""
+    import shutil
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    root = os.path.join(sdir, "pkg")
+    wire = os.path.join(root, "miro_runtime", "wire")
+    os.makedirs(wire)
+    open(os.path.join(root, "miro_runtime", "__init__.py"), "w").close()
+    for m in ("__init__.py", "client.py", "protocol.py"):
+        shutil.copy(os.path.join(repo, "miro_runtime", "wire", m), wire)
+    for d, dirs, files in os.walk(root):
+        for n in dirs + files:
+            os.chmod(os.path.join(d, n), 0o755)
+    os.chmod(root, 0o755)
+    return shutil.which("python3", path="/usr/bin:/usr/local/bin:/bin") or PY, root
+
+
 def socket_dir():
     """A directory other uids can traverse (pytest's tmp dirs are 0700)."""
     d = tempfile.mkdtemp(prefix="mirod-test-")

@@ -13,14 +13,13 @@ import time
 
 import numpy as np
 import pytest
-from daemon_util import PY, Mirod, samples, socket_dir
+from daemon_util import PY, Mirod, client_for_other_users, samples, socket_dir
 
 from miro_runtime.wire import protocol as P
 from miro_runtime.wire.client import Client, DaemonError
 from miro_runtime.storage import FlashTier
 from miro_runtime.engine.streams import split_digits
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def raw_request(sock_path, payload: bytes, header=None, read=True, timeout=10):
@@ -382,21 +381,10 @@ def test_peer_credentials_decide_who_may_mutate(tmp_path):
                 "    try:\n      c.call(m); out[m] = 'ok'\n    except DaemonError as e:\n"
                 "      out[m] = [e.code, e.message]\nprint(json.dumps(out))")
 
-        # the other uid runs the stdlib-only client from a copy it can read, on the system python (the
-        # venv's interpreter may sit under a home directory it cannot enter)
-        pkg = os.path.join(sdir, "pkg", "miro_runtime")
-        os.makedirs(os.path.join(pkg, "wire"))
-        open(os.path.join(pkg, "__init__.py"), "w").close()
-        for m in ("__init__.py", "client.py", "protocol.py"):
-            shutil.copy(os.path.join(REPO, "miro_runtime", "wire", m), os.path.join(pkg, "wire"))
-        for root, dirs, files in os.walk(os.path.join(sdir, "pkg")):
-            for n in dirs + files:
-                os.chmod(os.path.join(root, n), 0o755)
-        os.chmod(os.path.join(sdir, "pkg"), 0o755)
-        py = shutil.which("python3", path="/usr/bin:/usr/local/bin:/bin") or PY
+        py, pkg_root = client_for_other_users(sdir)
 
         def as_user(uid, gid, groups=()):
-            return subprocess.run([py, "-c", code, os.path.join(sdir, "pkg"), sock], capture_output=True, text=True,
+            return subprocess.run([py, "-c", code, pkg_root, sock], capture_output=True, text=True,
                                   timeout=60, user=uid, group=gid, extra_groups=list(groups), cwd=sdir)
         r = as_user(65534, 65534)
         assert r.returncode == 0, r.stderr

@@ -13,12 +13,11 @@ import sys
 import threading
 
 import pytest
-from daemon_util import Mirod, socket_dir
+from daemon_util import Mirod, client_for_other_users, socket_dir
 
 from miro_runtime.daemon.handlers import MUTATING, READ_ONLY
 from miro_runtime.wire import protocol as P
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 NOBODY = 65534
 
 CALL_ALL = """
@@ -42,19 +41,10 @@ def test_a_read_only_peer_is_refused_every_mutating_method_and_served_the_rest(t
     sock = os.path.join(sdir, "mirod.sock")
     d = Mirod(tmp_path / "s", f"daemon.socket_group={NOBODY}", sock=sock).start()
     try:
-        pkg = os.path.join(sdir, "pkg", "miro_runtime")
-        os.makedirs(os.path.join(pkg, "wire"))
-        open(os.path.join(pkg, "__init__.py"), "w").close()
-        for m in ("__init__.py", "client.py", "protocol.py"):
-            shutil.copy(os.path.join(REPO, "miro_runtime", "wire", m), os.path.join(pkg, "wire"))
-        for root, dirs, files in os.walk(os.path.join(sdir, "pkg")):
-            for n in dirs + files:
-                os.chmod(os.path.join(root, n), 0o755)
-        os.chmod(os.path.join(sdir, "pkg"), 0o755)
-        py = shutil.which("python3", path="/usr/bin:/usr/local/bin:/bin") or sys.executable
+        py, pkg_root = client_for_other_users(sdir)
         # shutdown last: were it served, nothing after it would answer
         methods = sorted(MUTATING - {"shutdown"}) + sorted(READ_ONLY - {"kv_generate"}) + ["shutdown"]
-        r = subprocess.run([py, "-c", CALL_ALL, os.path.join(sdir, "pkg"), sock, json.dumps(methods)],
+        r = subprocess.run([py, "-c", CALL_ALL, pkg_root, sock, json.dumps(methods)],
                            capture_output=True, text=True, timeout=120, user=NOBODY, group=NOBODY, cwd=sdir)
         assert r.returncode == 0, r.stderr
         out = json.loads(r.stdout)
