@@ -4,6 +4,8 @@ relies on live in ``integrity.py``; this module sits above both it and ``flash.p
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 
 import numpy as np
@@ -12,19 +14,24 @@ from .meta import Manifest, unseal
 from .integrity import _DB, _META, _PAGE_HDR, _db_names, _meta_at, _raw_env, _scan, _specs, read_header
 
 
-def _collect(env_dir: str) -> dict:
-    """Everything readable in one snapshot: specs, the metadata worth keeping, crc-valid records and
-    blobs by key, the ids whose records fail their checks, and the walk's errors."""
+def _walk(env_dir: str, emit) -> None:
+    """Everything readable in one snapshot, as events: ("walk", db) before each database, ("meta",
+    key, value), ("count", ns, n), ("spec", ns, spec), ("record", ns, id, key hex, value base64,
+    label), ("lost", name, id), ("blob", name, key hex, value base64), ("error", message)."""
     import lmdb
 
     from .codec import decode_blob, decode_record
     from .errors import StoreError
-    got = {"specs": {}, "meta": {}, "counts": {}, "records": {}, "lost": {}, "blobs": {}, "errors": []}
+
+    class Errors(list):  # _scan reports into a list: each report becomes an event as it happens
+        def append(self, msg):
+            emit(("error", msg))
+    errors = Errors()
     try:
         env = _raw_env(env_dir)
     except lmdb.Error as e:
-        got["errors"].append(f"LMDB: {type(e).__name__}: {e}")
-        return got
+        emit(("error", f"LMDB: {type(e).__name__}: {e}"))
+        return
     try:
         with env.begin() as txn:
             meta = env.open_db(b"meta", txn=txn, create=False)
@@ -34,48 +41,100 @@ def _collect(env_dir: str) -> dict:
                 try:
                     v = unseal(key, v, sealed=False)  # a record failing its crc is lost, never copied
                 except ValueError as e:
-                    got["errors"].append(str(e))
+                    emit(("error", str(e)))
                     return
                 if key.startswith("user/") or key == "eviction_rng" or key.endswith("/seen") or \
                         key.endswith("/next_id"):
-                    got["meta"][key] = v
+                    emit(("meta", key, v))
                 elif key.startswith("ns/") and key.endswith("/count"):
                     try:
-                        got["counts"][key[3:-6]] = int(v)
+                        emit(("count", key[3:-6], int(v)))
                     except ValueError:
                         pass
-            _scan(txn, meta, m, got["errors"], "meta")
-            got["specs"] = {ns: sp for ns, sp in _specs(txn, meta).items() if sp is not None}
-            for ns in got["specs"]:
-                recs, lost = got["records"].setdefault(ns, {}), got["lost"].setdefault(ns, set())
-
-                def rec(k, v, ns=ns, recs=recs, lost=lost):
+            emit(("walk", "meta"))
+            _scan(txn, meta, m, errors, "meta")
+            specs = {ns: sp for ns, sp in _specs(txn, meta).items() if sp is not None}
+            for ns, sp in specs.items():
+                emit(("spec", ns, sp))
+            for ns in specs:
+                def rec(k, v, ns=ns):
                     sid = int.from_bytes(k, "big")
                     try:
                         d = decode_record(v, key=(ns, sid))
                         if d.sample_id != sid:
                             raise StoreError("id mismatch")
                     except StoreError:
-                        lost.add(sid)
+                        emit(("lost", ns, sid))
                         return
-                    recs[sid] = (k, v, int(d.label))
-                _scan(txn, env.open_db(f"{ns}.data".encode(), txn=txn, create=False), rec, got["errors"],
-                      f"{ns}.data")
+                    emit(("record", ns, sid, bytes(k).hex(), base64.b64encode(v).decode(), int(d.label)))
+                emit(("walk", f"{ns}.data"))
+                _scan(txn, env.open_db(f"{ns}.data".encode(), txn=txn, create=False), rec, errors, f"{ns}.data")
             for name in _db_names(txn):
                 if name.endswith(".blob"):
-                    good, bad = got["blobs"].setdefault(name, {}), got["lost"].setdefault(name, set())
-
-                    def blob(k, v, good=good, bad=bad):
+                    def blob(k, v, name=name):
                         try:
                             decode_blob(v)
-                            good[k] = v
+                            emit(("blob", name, bytes(k).hex(), base64.b64encode(v).decode()))
                         except StoreError:
-                            bad.add(k.hex())
-                    _scan(txn, env.open_db(name.encode(), txn=txn, create=False), blob, got["errors"], name)
+                            emit(("lost", name, bytes(k).hex()))
+                    emit(("walk", name))
+                    _scan(txn, env.open_db(name.encode(), txn=txn, create=False), blob, errors, name)
     except lmdb.Error as e:
-        got["errors"].append(f"LMDB: {type(e).__name__}: {e}")
+        emit(("error", f"LMDB: {type(e).__name__}: {e}"))
     finally:
         env.close()
+
+
+def _collect(env_dir: str) -> dict:
+    """Everything readable in one snapshot: specs, the metadata worth keeping, crc-valid records and
+    blobs by key, the ids whose records fail their checks, and the walk's errors. The walk runs in a
+    forked child that streams what it reads: on some damaged pages (a store cut short, padded with
+    zeros) LMDB ends the process with a C assertion instead of returning an error, and then only the
+    rest of that database's walk is lost, never the salvage."""
+    got = {"specs": {}, "meta": {}, "counts": {}, "records": {}, "lost": {}, "blobs": {}, "errors": []}
+    where = None
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: walk, one JSON line an event, flushed as it goes (an abort loses nothing sent)
+        os.close(r)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 2)  # LMDB's assertion text: the report says what stopped the walk
+        try:
+            with os.fdopen(w, "w", buffering=1) as out:
+                _walk(env_dir, lambda ev: out.write(json.dumps(ev) + "\n"))
+        finally:
+            os._exit(0)
+    os.close(w)
+    with os.fdopen(r) as inp:
+        for line in inp:
+            try:
+                ev = json.loads(line)
+            except ValueError:
+                continue  # the line the abort cut
+            kind, args = ev[0], ev[1:]
+            if kind == "walk":
+                where = args[0]
+            elif kind == "meta":
+                got["meta"][args[0]] = args[1]
+            elif kind == "count":
+                got["counts"][args[0]] = args[1]
+            elif kind == "spec":
+                got["specs"][args[0]] = args[1]
+                got["records"].setdefault(args[0], {})
+                got["lost"].setdefault(args[0], set())
+            elif kind == "record":
+                ns, sid, khex, vb64, label = args
+                got["records"].setdefault(ns, {})[sid] = (bytes.fromhex(khex), base64.b64decode(vb64), label)
+            elif kind == "lost":
+                got["lost"].setdefault(args[0], set()).add(args[1])
+            elif kind == "blob":
+                got["blobs"].setdefault(args[0], {})[bytes.fromhex(args[1])] = base64.b64decode(args[2])
+            elif kind == "error":
+                got["errors"].append(args[0])
+    _, status = os.waitpid(pid, 0)
+    if os.WIFSIGNALED(status):
+        got["errors"].append(f"LMDB stopped with signal {os.WTERMSIG(status)} (an assertion on a damaged page) "
+                             f"while walking {where or 'the store'}: the rest of it is unreadable in this snapshot")
     return got
 
 

@@ -17,7 +17,8 @@ from miro_runtime.session.experiment import Experiment
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CFG = dict(stream="split-digits", strategy="carm-sync", epochs=1, checkpoint_every=10, seed=0)
-FILES = ["state/data.mdb", "state/lock.mdb", "checkpoint.pt", "checkpoint.prev.pt", "config.json", "metrics.jsonl"]
+FILES = ["state/data.mdb", "state/lock.mdb", "checkpoint.pt", "checkpoint.prev.pt", "config.json", "metrics.jsonl",
+         "events.jsonl"]
 
 
 class Crash(Exception):
@@ -95,9 +96,9 @@ def test_every_damaged_file_resumes_exactly_or_fails_clearly(runs, tmp_path):
     for res in results:
         label = what[res["case"]]
         if label.split()[0] in ("state/lock.mdb", "metrics.jsonl", "checkpoint.prev.pt", "config.json",
-                                "checkpoint.pt"):
+                                "checkpoint.pt", "events.jsonl"):
             assert res["rc"] == 0, f"{label}: {res['stderr'][-800:]}"
-    assert exact >= 40 and errors >= 8, (exact, errors)
+    assert exact >= 50 and errors >= 8, (exact, errors)
 
 
 def test_verify_finds_every_damaged_record_and_salvage_then_resume_completes(runs, tmp_path):
@@ -159,3 +160,29 @@ def test_a_store_cut_short_never_reaches_the_mmap(runs, tmp_path):
                 assert r.returncode != 0 and "cut short" in r.stderr + r.stdout, (args, r.returncode, r.stderr)
             # 1% off the end may hold only pages LMDB allocated and freed (never written): then the
             # store is whole and opens; either way nothing reads past the end of the file
+
+
+@pytest.mark.parametrize("frac", [0.5, 0.9])
+def test_salvage_of_a_store_cut_short_keeps_what_it_can_and_the_copy_resumes(runs, tmp_path, frac):
+    # LMDB ends a process with a C assertion on some pages of a zero-padded file: salvage's walk runs
+    # in a child, so the report says where the walk stopped and what was kept, and nothing aborts
+    base, _ = runs
+    d = tmp_path / "cut"
+    shutil.copytree(base / "partial", d)
+    p = d / "state" / "data.mdb"
+    with open(p, "r+b") as fh:
+        fh.truncate(int(p.stat().st_size * frac))
+    r = subprocess.run(MIRO + ["store", "salvage", str(d), str(tmp_path / "saved"), "--json"], capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0, (r.returncode, r.stderr[-1500:])
+    rep = json.loads(r.stdout)
+    assert rep["padded_bytes"] > 0 and rep["snapshots"] == ["newest", "previous"]
+    v = subprocess.run(MIRO + ["store", "verify", str(tmp_path / "saved")], capture_output=True, text=True, timeout=120)
+    assert v.returncode == 0 and "intact" in v.stdout
+    if frac == 0.9:  # a tenth cut off the end: most records survive, and the copy resumes
+        assert rep["kept"] > 1000
+        res = subprocess.run(MIRO + ["run", "--resume", "--run-dir", str(tmp_path / "saved"), "--json"],
+                             capture_output=True, text=True, timeout=300)
+        assert res.returncode == 0 or "Error:" in res.stderr, res.stderr[-1500:]
+        if res.returncode == 0:
+            assert len(json.loads(res.stdout.strip().splitlines()[-1])["acc_matrix"]) == 5
