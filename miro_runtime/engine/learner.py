@@ -143,11 +143,17 @@ class Learner:
         wall0 = time.perf_counter()
         if fresh:
             self.strategy.begin_task(t)
+        elif self.strategy.model.head.grow(len(self.stream.classes_upto(t))):
+            # resumed mid-task: classes that arrived after the checkpoint (a restart, a mode change) need the head
+            self.strategy.model.to(self.strategy.device)
+            self.strategy.renew_optimizer()
         if self.hooks is not None and fresh:
             if len(self.task_data(t)[1]):
                 self.hooks.task_begin(self, t)  # Miro profiles here: its energy is metered on its own
             else:  # online in the daemon: the task's data has not arrived yet
                 self.event("controller_skipped", task=t, why="no samples of the task yet to profile on (online)")
+        if self._window is not None:  # a window left open (an aborted attempt) is cancelled, never carried on
+            self.meter.cancel_window(self._window)
         self._window = f"task{t}"
         self.meter.begin_window(self._window)
         self._cur = {"task": t, "wall0": wall0, "train_s": 0.0, "samples": 0}

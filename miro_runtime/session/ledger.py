@@ -17,8 +17,13 @@ from typing import Optional, Protocol
 from miro_runtime.session.errors import SessionError
 
 ENDED_KEY = "live/ended"  # flash meta: the tasks whose end was committed, in order (JSON list)
+FAILED_KEY = "live/failed"  # flash meta: the tasks whose training failed after its retries (JSON list)
 TRAIN, TEST = "train", "test"
 SPLITS = (TRAIN, TEST)
+# the trainer's health (status "health"; the daemon's watchdog and ``miro status``'s exit code read it)
+HEALTH_OK = "ok"
+HEALTH_ERROR = "error"  # a task failed, or the last training job raised and is being retried
+HEALTH_WEDGED = "wedged"  # work pending and no training progress for the trainer's bound
 
 
 class TaskState:
@@ -30,6 +35,7 @@ class TaskState:
     ENDED = "ended"  # takes no more train samples; waits for the trainer (epoch mode: its data is complete)
     TRAINING = "training"  # the trainer has begun it (its energy window is open)
     TRAINED = "trained"  # trained and evaluated; its train samples are freed
+    FAILED = "failed"  # training kept failing (retries spent): skipped, its samples stay stored
 
 
 class MetaStore(Protocol):
@@ -42,7 +48,8 @@ class TaskLedger:
     def __init__(self):
         self.open_task = -1  # the task train samples go to (-1: none yet)
         self.ended: list = []  # tasks whose end was committed, in order
-        self.trained = 0  # tasks trained and evaluated: 0 .. trained-1; the trainer's next is ``trained``
+        self.trained = 0  # tasks done (trained or failed): 0 .. trained-1; the trainer's next is ``trained``
+        self.failed: list = []  # tasks whose training failed after its retries, in order
         self._begun = -1  # the task the trainer has begun and not yet finished
         self._interrupted = False  # a shutdown stopped an epoch-mode task mid-way (the learner checkpointed it)
         self._meta: Optional[MetaStore] = None
@@ -51,16 +58,20 @@ class TaskLedger:
         """Where ends are committed from now on (the store opens with the first sample or the resume)."""
         self._meta = meta
 
-    def restore(self, ended_json: Optional[str], trained: int, n_tasks: int):
-        """After a restart: the ended list the store holds, ``trained`` tasks the checkpoint trained,
-        ``n_tasks`` tasks the stream knows. The open task is the last one unless it has ended."""
+    def restore(self, ended_json: Optional[str], trained: int, n_tasks: int, failed_json: Optional[str] = None):
+        """After a restart: the ended and failed lists the store holds, ``trained``: the tasks below
+        it the checkpoint trained, ``n_tasks`` tasks the stream knows. The open task is the last one
+        unless it has ended."""
         self.ended = json.loads(ended_json or "[]")
-        self.trained = trained
+        self.failed = json.loads(failed_json or "[]")
+        self.trained = max([trained] + [t + 1 for t in self.failed])
         last = n_tasks - 1
         self.open_task = last if n_tasks and last not in self.ended else (max(self.ended) if self.ended else -1)
 
     # ------------------------------------------------------------------ states
     def state(self, t: int) -> str:
+        if t in self.failed:
+            return TaskState.FAILED
         if t < self.trained:
             return TaskState.TRAINED
         if t == self._begun:
@@ -125,6 +136,17 @@ class TaskLedger:
 
     def finish(self, t: int):
         """``t`` is trained and evaluated."""
+        self.trained = t + 1
+        self._begun = -1
+
+    def abort(self):
+        """The task in training raised: the trainer begins it again (its energy window was cancelled)."""
+        self._begun = -1
+
+    def fail(self, t: int):
+        """``t``'s training failed after its retries: committed (a restart skips it too); the next task is due."""
+        self.failed.append(t)
+        self._meta.set_meta(FAILED_KEY, json.dumps(self.failed))
         self.trained = t + 1
         self._begun = -1
 

@@ -36,7 +36,7 @@ from miro_runtime.log import EventLog
 from miro_runtime.records import Position, as_dict
 from miro_runtime.session.config import SessionConfig
 from miro_runtime.session.errors import SessionError
-from miro_runtime.session.ledger import ENDED_KEY, SPLITS, TRAIN, TaskLedger
+from miro_runtime.session.ledger import ENDED_KEY, FAILED_KEY, SPLITS, TRAIN, TaskLedger
 from miro_runtime.session.stream import LABELS_KEY, TASKS_KEY, TEST_NS, LiveStream
 from miro_runtime.session.trainer import Trainer
 
@@ -108,7 +108,7 @@ class Session:
                 spec = f.spec("samples")
             except Exception:
                 return  # created, never written: nothing to resume
-            meta = {k: f.get_meta(k) for k in (LABELS_KEY, TASKS_KEY, ENDED_KEY)}
+            meta = {k: f.get_meta(k) for k in (LABELS_KEY, TASKS_KEY, ENDED_KEY, FAILED_KEY)}
         self._start(spec.shape, resume=True, meta=meta)
 
     def _check_same_run(self):
@@ -146,7 +146,7 @@ class Session:
         self.ledger.attach(lr.flash)
         self.trainer.attach(lr, s, pos)
         if resume:
-            self._recover(lr, NS, meta.get(ENDED_KEY))
+            self._recover(lr, NS, meta.get(ENDED_KEY), meta.get(FAILED_KEY))
         self.trainer.snap()
 
     def _open_learner(self, lr, resume: bool) -> Position:
@@ -170,14 +170,16 @@ class Session:
                                         f"{msg[:300]}. The samples in the flash tier are intact: move the checkpoint "
                                         f"aside and start mirod --retrain-from-store to train afresh on them") from e
 
-    def _recover(self, lr, ns: str, ended_json: Optional[str]):
+    def _recover(self, lr, ns: str, ended_json: Optional[str], failed_json: Optional[str] = None):
         """Rebuild the live stream and the ledger from the store and position the trainer after a restart."""
         s, backlog = self.stream, self.trainer.backlog
         self.trainer.restore(lr.restored or {})
-        trained = len(lr.acc)
         s.restore_tests(lr.flash)
+        failed = json.loads(failed_json or "[]")  # failed tasks were skipped: the next task is after them too
+        trained = max([r.task + 1 for r in lr.per_task] + [t + 1 for t in failed], default=0)
         restored = s.restore_train(lr.flash, ns, first=trained)
-        self.ledger.restore(ended_json, trained, len(s.tasks))
+        self.ledger.restore(ended_json, trained, len(s.tasks), failed_json)
+        self._safe_point(lr.restored or {})
         if self.cfg.online:  # batches stored but not trained before the restart: train them now
             for t in restored:
                 x, y, ids = s.train_arrays(t)
@@ -188,6 +190,19 @@ class Session:
                        classes=len(s.inv), pending_online=backlog.n, position=self.trainer.pos.to_dict())
         with self.lock:
             self.work.notify_all()
+
+    def _safe_point(self, extra: dict):
+        """A setting the checkpoint's position depends on (the mode, the batch size) changed across the
+        restart while a task was mid-way: that task trains again from its start under the new setting,
+        on all its stored samples -- its position would mean something else now. Logged with the reason."""
+        pos = self.trainer.pos
+        changed = self.trainer.position_changes(extra)
+        if not changed or (pos.epoch == 0 and pos.batch == 0) or pos.task < self.ledger.trained:
+            return
+        self.trainer.pos = Position.start_of(pos.task)
+        self.log.event("config_applied", level="warning", task=pos.task, changed=changed, was=pos.to_dict(),
+                       why=f"task {pos.task} was mid-way under the old settings: it trains again from its start "
+                           f"under the new ones, on every sample it has stored")
 
     # ------------------------------------------------------------------ ingest
     def already_ingested(self, source: str) -> bool:
@@ -334,7 +349,11 @@ class Session:
                "counters": dict(self.counters, online_pending=backlog.n, online_untrained=backlog.untrained),
                # every key is always there (None before the first sample), so clients need no special case
                "memory": None, "flash": None, "swap": None, "steps": 0, "energy": None, "miro": None,
-               "last_acc": None, "last_avg_acc": None}
+               "last_acc": None, "last_avg_acc": None,
+               # health: "ok", "error" (a task failed, or the last training job raised and is being retried),
+               # "wedged" (work pending and no training progress for wedged_after_s)
+               "health": self.trainer.health(), "failed_tasks": list(self.ledger.failed),
+               "last_error": self.trainer.last_error, "trainer_errors": self.trainer.errors}
         if lr is None or lr.strategy is None:
             return out
         strat = lr.strategy

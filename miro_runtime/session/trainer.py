@@ -5,6 +5,12 @@ battery, thermals); run a job asked of it (a Miro profile round now); train the 
 the next task to train; finish that task once it has ended (epoch mode trains its epochs here). It
 snapshots the model after each task and every ``snapshot_every`` steps, so ``predict`` reads a copy
 and never waits behind a training step.
+
+A job that raises is logged once per attempt (its cause and the frame that raised, no traceback
+flood), its task's energy window is cancelled, and it is tried again after a back-off that doubles
+from ``retry_backoff_s``; after ``retries`` retries its task is FAILED (kept in the store's meta,
+its samples stay stored) and the trainer moves on to the next task. ``health`` says whether the
+trainer is wedged: work pending and no progress for ``wedged_after_s``.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import copy
 import logging
 import threading
 import time
+import traceback
 from typing import Callable, Optional
 
 import numpy as np
@@ -24,10 +31,16 @@ from miro_runtime.log import EventLog
 from miro_runtime.records import Position, as_dict
 from miro_runtime.session.config import SessionConfig
 from miro_runtime.session.errors import SessionError
-from miro_runtime.session.ledger import TaskLedger, TaskState
+from miro_runtime.session.ledger import HEALTH_ERROR, HEALTH_OK, HEALTH_WEDGED, TaskLedger, TaskState
 
 log = logging.getLogger("miro.session")
 DECISION_KEYS = ("task", "rule", "winner", "candidates", "not_profiled", "profiling_energy_j")
+TRAIN_RETRIES = 3  # a failing training job is tried again this many times, then its task is FAILED
+RETRY_BACKOFF_S = 1.0  # the wait before the first retry; it doubles for each next one
+WEDGED_AFTER_S = 600.0  # work pending and no training progress for this long: the trainer is wedged
+# what the position a checkpoint records means depends on these: changed across a restart while a task
+# is mid-way, that task trains again from its start (the safe point) under the new settings
+POSITION_KEYS = ("online", "batch_size")
 
 
 class PausePolicy:
@@ -87,6 +100,20 @@ class OnlineBacklog:
             self.log.event("online_backlog_dropped", samples=len(old[2]), task=old[0],
                            why=f"more than online_backlog={self.scfg.online_backlog} untrained samples")
 
+    def put_back(self, batch: tuple):
+        """A batch whose step raised goes back to the front, to be tried again."""
+        self.batches.appendleft(batch)
+        self.n += len(batch[2])
+
+    def drop_before(self, t: int) -> int:
+        """Batches of tasks below ``t`` (failed ones) go untrained; -> samples dropped."""
+        dropped = 0
+        while self.batches and self.batches[0][0] < t:
+            dropped += len(self.batches.popleft()[2])
+        self.n -= dropped
+        self.untrained += dropped
+        return dropped
+
     def take(self, batch_size: int) -> tuple:
         """(task, x, y, ids): the next batch of at most ``batch_size`` samples of the oldest task."""
         t, x, y, ids = self.batches[0]
@@ -116,6 +143,12 @@ class Trainer:
         self._stop = threading.Event()
         self._pos_lock = threading.Lock()
         self._jobs: collections.deque = collections.deque()  # (fn, Future): asked of the trainer
+        self.retries, self.retry_backoff_s, self.wedged_after_s = TRAIN_RETRIES, RETRY_BACKOFF_S, WEDGED_AFTER_S
+        self.attempts = 0  # failed attempts of the task in training (reset when a job succeeds)
+        self.errors = 0  # failed training jobs since start (the metrics' counter)
+        self.last_error: Optional[dict] = None  # {"task", "error", "where", "attempt", "ts"}
+        self.progress_at = time.monotonic()  # the last training progress (or idle moment)
+        self.pending = False  # whether the last look for work found some
 
     def attach(self, learner, stream, pos: Position):
         self.learner, self.stream, self.pos = learner, stream, pos
@@ -126,8 +159,16 @@ class Trainer:
         self.backlog.untrained = extra.get("untrained", 0)
 
     def extra_state(self) -> dict:
-        """Kept in every checkpoint: which online samples are trained, how many went untrained."""
-        return {"trained_upto": self.backlog.trained_upto, "untrained": self.backlog.untrained}
+        """Kept in every checkpoint: which online samples are trained, how many went untrained, and
+        the settings its position depends on."""
+        return {"trained_upto": self.backlog.trained_upto, "untrained": self.backlog.untrained,
+                "position_cfg": {k: getattr(self.cfg, k) for k in POSITION_KEYS}}
+
+    def position_changes(self, extra: dict) -> dict:
+        """The settings the restored position depends on that differ now: {key: [then, now]}."""
+        then = extra.get("position_cfg") or {}
+        now = {k: getattr(self.cfg, k) for k in POSITION_KEYS}
+        return {k: [then[k], now[k]] for k in POSITION_KEYS if k in then and then[k] != now[k]}
 
     @property
     def stopping(self) -> bool:
@@ -147,13 +188,11 @@ class Trainer:
                 continue
             try:
                 job()
-            except Exception as e:  # logged with its context; the daemon stays up
-                log.exception("training failed")
-                self.log.event("error", component="trainer", error=f"{type(e).__name__}: {e}")
-                self.state = f"error: {type(e).__name__}: {e}"
-                if self.learner is not None:
-                    self.learner.abort_task()
-                self._stop.wait(1.0)
+            except Exception as e:  # logged once with its cause, retried, then the task is failed; the daemon stays up
+                self._failed(e)
+                continue
+            self.attempts = 0
+            self.progress_at = time.monotonic()
         lr = self.learner
         if lr is not None and lr.strategy is not None and self.cfg.online and not self.ledger.interrupted:
             with self._pos_lock:  # online progress since the last checkpoint (epoch mode checkpointed itself)
@@ -172,8 +211,11 @@ class Trainer:
                 if self._jobs:
                     fn, fut = self._jobs.popleft()
                     return lambda: _complete(fut, fn)
+                self.pending = True
                 if self.stream is not None:
-                    led, head = self.ledger, self.backlog.head_task()
+                    led = self.ledger
+                    self.backlog.drop_before(led.trained)  # batches of a failed task stay stored, untrained
+                    head = self.backlog.head_task()
                     if head is not None and head == led.trained:  # online batches train in task order
                         if led.state(head) != TaskState.TRAINING:
                             return lambda: self._begin(head)
@@ -182,8 +224,53 @@ class Trainer:
                     if led.is_ended(t) and not (self.cfg.online and head == t):
                         return lambda: self._finish(t)
                 self.state = "idle" if self.stream is not None else "waiting for data"
+                self.pending = False
+                self.progress_at = time.monotonic()
                 self.work.wait(0.5)
         return None
+
+    def _failed(self, e: Exception):
+        """One attempt of the task in training raised: log it once, cancel its energy window, wait the
+        back-off -- or, the retries spent, mark the task FAILED and move on to the next."""
+        t = self.ledger.trained
+        self.attempts += 1
+        self.errors += 1
+        frame = traceback.extract_tb(e.__traceback__)[-1]
+        err = {"task": t, "error": f"{type(e).__name__}: {e}"[:500],
+               "where": f"{frame.filename}:{frame.lineno} in {frame.name}", "attempt": self.attempts,
+               "ts": round(time.time(), 3)}
+        self.last_error = err
+        log.debug("training job failed", exc_info=e)  # the whole traceback only at debug level
+        if self.learner is not None:
+            self.learner.abort_task()
+        with self.work:
+            self.ledger.abort()
+        if self.attempts <= self.retries:
+            wait = self.retry_backoff_s * 2 ** (self.attempts - 1)
+            self.state = f"error: task {t}: {err['error']} (retry {self.attempts} of {self.retries} in {wait:g} s)"
+            self.log.event("error", component="trainer", **err, retry_in_s=wait)
+            self._stop.wait(wait)
+            return
+        self.log.event("error", component="trainer", **err, retry_in_s=None)
+        with self.work:
+            self.ledger.fail(t)
+            dropped = self.backlog.drop_before(t + 1)
+            if self.stream is not None:
+                self.stream.free_train(t)  # freed from RAM; the flash tier keeps them
+        with self._pos_lock:
+            self.pos = Position.start_of(t + 1)
+        self.attempts = 0
+        self.state = f"error: task {t} failed: {err['error']}"
+        self.log.event("task_failed", level="error", component="trainer", task=t, error=err["error"],
+                       where=err["where"], attempts=self.retries + 1, online_untrained=dropped,
+                       why=f"training failed {self.retries + 1} times; its samples stay stored; the next task trains")
+
+    def health(self) -> str:
+        """``wedged``: work pending and no progress for ``wedged_after_s`` (not while paused);
+        ``error``: a task failed or the last job raised; else ``ok``."""
+        if self.pending and not self.pause.paused and time.monotonic() - self.progress_at > self.wedged_after_s:
+            return HEALTH_WEDGED
+        return HEALTH_ERROR if self.ledger.failed or self.attempts else HEALTH_OK
 
     def _begin(self, t: int):
         pos = self.pos.within(t)
@@ -198,15 +285,23 @@ class Trainer:
 
     def _online_step(self):
         with self.work:
-            t, xb, yb, ib = self.backlog.take(self.cfg.batch_size)
+            batch = self.backlog.take(self.cfg.batch_size)
             grow = self.stream.num_classes > self.learner.strategy.model.head.num_classes
-        if grow:
-            self.learner.grow_classes()
+        t, xb, yb, ib = batch
         self.state = f"training task {t} (online)"
         with self._pos_lock:
+            before = (self.pos, self.backlog.trained_upto)
             self.pos = Position(t, 0, self.pos.batch + 1)
             self.backlog.trained_upto = max(self.backlog.trained_upto, int(ib.max()))
-            self.learner.observe(t, xb, yb, ib, self.pos.to_dict())
+            try:
+                if grow:
+                    self.learner.grow_classes()
+                self.learner.observe(t, xb, yb, ib, self.pos.to_dict())
+            except Exception:  # tried again from the same batch
+                self.pos, self.backlog.trained_upto = before
+                with self.work:
+                    self.backlog.put_back(batch)
+                raise
         if self.scfg.snapshot_every and self.learner.steps % self.scfg.snapshot_every == 0:
             self.snap()
 
@@ -239,6 +334,7 @@ class Trainer:
         """Asked between epoch steps: stop now (shutdown) -- the learner then checkpoints. Also
         snapshots for predict."""
         lr = self.learner
+        self.progress_at = time.monotonic()
         if lr.steps and self.scfg.snapshot_every and lr.steps % self.scfg.snapshot_every == 0:
             self.snap()
         return self._stop.is_set()
