@@ -14,7 +14,8 @@ parse), its validation errors name the path that failed ("Expected `int`, got `s
 ``typed`` names the key as the user wrote it instead), it is fast (C), and it needs neither torch nor
 numpy, so the torch-free control path (the daemon's config, ``miro config set``) uses it as is. Around it,
 ``typed`` keeps the spellings msgspec does not know: yes/no/on/off, none for an optional setting, a comma
-list for a tuple, JSON text for a table; and a number must be finite.
+list for a tuple, JSON text for a table; and a number must be finite. A byte-size setting (the daemon's
+``*_bytes`` keys) also takes a unit, ``10MiB``, ``512KiB``, ``1GB`` (``parse_bytes``, the one reading of one).
 """
 
 from __future__ import annotations
@@ -31,18 +32,36 @@ from miro_runtime.choices import PROMPT_STRATEGIES, RUN_CHOICES
 TRUE_WORDS = ("1", "true", "yes", "on")
 FALSE_WORDS = ("0", "false", "no", "off")
 NONE_WORDS = ("", "none", "None")  # an optional setting left unset, as env, --set and TOML strings spell it
+# byte-size units: SI (powers of 1000) and IEC (powers of 1024), as `ls`, `df` and systemd spell them
+BYTE_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
+              "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30, "TiB": 1 << 40}
 _WHAT = {int: "int (an integer)", float: "float (a finite number)", bool: "bool (true or false)",
          str: "str (a string)", dict: "dict (a table, or JSON text)", tuple: "tuple (integers, e.g. 0,1)"}
 
 
-def typed(value, type_, key: str, origin: str, spelled: bool = True):
+def parse_bytes(text: str) -> int:
+    """"10MiB" -> 10485760, "1.5KiB" -> 1536, "4096" -> 4096; a ValueError naming the unit otherwise."""
+    m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([A-Za-z]*)\s*", text)
+    if not m:
+        raise ValueError("a byte size is a number with an optional unit, e.g. 4096, 512KiB, 10MiB, 1GB")
+    number, unit = m.groups()
+    if unit not in BYTE_UNITS:
+        raise ValueError(f"unknown unit {unit!r}; byte sizes take {', '.join(u for u in BYTE_UNITS if u)}")
+    n = float(number) * BYTE_UNITS[unit] if "." in number else int(number) * BYTE_UNITS[unit]
+    if n != int(n):
+        raise ValueError(f"{text.strip()} is not a whole number of bytes")
+    return int(n)
+
+
+def typed(value, type_, key: str, origin: str, spelled: bool = True, byte_size: bool = False):
     """``value`` as ``type_`` (int, float, bool, str, dict, tuple[int, ...], or Optional of one), else a
     ValueError ``"{origin} {key}={value!r}: must be {type}"`` naming the key as the caller knows it.
 
     ``spelled``: the value was written by a person (env, CLI, TOML, --method-opt): a string is read as its
     spelling (bool 1/0/true/false/yes/no/on/off, none/None/"" for an optional setting, "0,1" for a tuple,
     JSON text for a dict, numbers as msgspec parses them). Otherwise (a stored JSON config) each value must
-    already be of its type, ints widening to float."""
+    already be of its type, ints widening to float. ``byte_size``: an int setting counting bytes, whose
+    spelling may carry a unit (``parse_bytes``)."""
     import msgspec  # here, not at the top: `miro status` imports this module for RunConfig's fields only
 
     base, optional = unwrap_optional(type_)
@@ -61,6 +80,11 @@ def typed(value, type_, key: str, origin: str, spelled: bool = True):
                 value = json.loads(text)
             except ValueError:
                 raise bad from None
+        elif byte_size and base is int:
+            try:
+                value = parse_bytes(text)
+            except ValueError as e:
+                raise ValueError(f"{origin} {key}={value!r}: {e}") from None
         elif typing.get_origin(base) is tuple:
             value = [part.strip() for part in text.split(",") if part.strip()]
         elif base is not str:

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field, fields
 from typing import Optional
 
 from miro_runtime.choices import KV_POLICIES, LOG_LEVELS, RUN_CHOICES
-from miro_runtime.config import RunConfig, typed
+from miro_runtime.config import RunConfig, about, typed
 from miro_runtime.session.config import SessionConfig  # noqa: F401  (stdlib only: no numpy, no torch)
 
 if sys.version_info >= (3, 11):
@@ -31,38 +31,56 @@ else:  # pragma: no cover - 3.9/3.10 boards
     import tomli as tomllib
 
 
+def size(help_: str) -> dict:
+    """A byte-size field's metadata: its help, and ``byte_size`` (its value may carry a unit, ``10MiB``)."""
+    return about(help_ + " Bytes; a unit may follow: 512KiB, 10MiB, 1GB.", byte_size=True)
+
+
 @dataclass
 class DaemonSection:
-    state_dir: str = ""  # "" -> $STATE_DIRECTORY, else ~/.local/state/miro (overridden by --state-dir)
-    socket: str = ""  # "" -> $RUNTIME_DIRECTORY/mirod.sock, else <state_dir>/mirod.sock
-    socket_mode: str = "0660"
-    socket_group: str = ""  # group owning the socket; its members may call read-only methods
-    admin_group: str = ""  # members may also call mutating methods (besides the daemon's uid and root)
-    max_message_bytes: int = 16 << 20
-    idle_timeout_s: float = 300.0  # a connection silent this long is closed
-    max_connections: int = 64
-    logs_dir: str = ""  # "" -> $LOGS_DIRECTORY, else <state_dir>/logs
-    log_level: str = "info"  # debug | info | warning | error (the JSON file and stderr)
-    log_max_bytes: int = 10 << 20  # the JSON-lines log rotates at this size
-    log_backups: int = 5
-    inbox_dir: str = ""  # "" -> no inbox; else *.npz files and image folders dropped here are ingested
-    inbox_scan_s: float = 2.0
-    metrics_file: str = ""  # "" -> none; else Prometheus text written atomically (node_exporter textfile)
-    metrics_every_s: float = 15.0
-    shutdown_timeout_s: float = 20.0  # SIGTERM: the current step, a checkpoint and a flush within this
-    watchdog: bool = True  # ping systemd's watchdog from the event loop when WATCHDOG_USEC is set
+    state_dir: str = field(default="", metadata=about(
+        "The state directory; \"\" -> $STATE_DIRECTORY, else ~/.local/state/miro (mirod --state-dir wins)."))
+    socket: str = field(default="", metadata=about(
+        "The control socket; \"\" -> $RUNTIME_DIRECTORY/mirod.sock, else <state_dir>/mirod.sock."))
+    socket_mode: str = field(default="0660", metadata=about("The socket's permission bits, in octal."))
+    socket_group: str = field(default="", metadata=about(
+        "The group owning the socket; its members may call the read-only methods (\"\": the daemon's)."))
+    admin_group: str = field(default="", metadata=about(
+        "Its members may also call mutating methods (besides the daemon's uid and root)."))
+    max_message_bytes: int = field(default=16 << 20, metadata=size("The largest request or reply."))
+    idle_timeout_s: float = field(default=300.0, metadata=about("A connection silent this long is closed."))
+    max_connections: int = field(default=64, metadata=about("Connections served at once; more are refused."))
+    logs_dir: str = field(default="", metadata=about(
+        "The JSON-lines log's directory; \"\" -> $LOGS_DIRECTORY, else <state_dir>/logs."))
+    log_level: str = field(default="info", metadata=about("The least level logged (the JSON file and stderr)."))
+    log_max_bytes: int = field(default=10 << 20, metadata=size("The JSON-lines log rotates at this size."))
+    log_backups: int = field(default=5, metadata=about("Rotated log files kept."))
+    inbox_dir: str = field(default="", metadata=about(
+        "\"\" -> no inbox; else *.npz files and image folders dropped here are ingested."))
+    inbox_scan_s: float = field(default=2.0, metadata=about("Seconds between scans of the inbox."))
+    metrics_file: str = field(default="", metadata=about(
+        "\"\" -> none; else Prometheus text written here atomically (node_exporter's textfile collector)."))
+    metrics_every_s: float = field(default=15.0, metadata=about("Seconds between writes of the metrics file."))
+    shutdown_timeout_s: float = field(default=20.0, metadata=about(
+        "SIGTERM: the current step, a checkpoint and a flush within this many seconds."))
+    watchdog: bool = field(default=True, metadata=about(
+        "Ping systemd's watchdog from the event loop when WATCHDOG_USEC is set."))
 
 
 @dataclass
 class KVSection:
-    enabled: bool = True  # serve kv_generate on the control socket
-    model: str = "builtin-tiny"  # or a local transformers model directory (the llm extra; policy full only)
-    policy: str = "full"  # a request may ask for another
-    ram_bytes: int = 32 << 20  # the KV namespace's share of RAM: a generation's hot budget (the most a request gets)
-    flash_bytes: int = 256 << 20  # its share of flash: stored prompt prefixes are capped here
-    block_tokens: int = 16
-    max_new_tokens: int = 512  # a request asking for more is refused by name
-    reuse_prefixes: bool = True  # keep prompt prefixes of lossless generations in <state_dir>/kv
+    enabled: bool = field(default=True, metadata=about("Serve kv_generate on the control socket."))
+    model: str = field(default="builtin-tiny", metadata=about(
+        "builtin-tiny (random-init), or a local transformers model directory (the llm extra; policy full only)."))
+    policy: str = field(default="full", metadata=about("The default KV policy; a request may ask for another."))
+    ram_bytes: int = field(default=32 << 20, metadata=size(
+        "The KV namespace's share of RAM: a generation's hot budget (the most a request gets)."))
+    flash_bytes: int = field(default=256 << 20, metadata=size(
+        "Its share of flash: stored prompt prefixes are capped here."))
+    block_tokens: int = field(default=16, metadata=about("Tokens per KV block."))
+    max_new_tokens: int = field(default=512, metadata=about("A request asking for more is refused by name."))
+    reuse_prefixes: bool = field(default=True, metadata=about(
+        "Keep prompt prefixes of lossless generations in <state_dir>/kv."))
 
 
 LIVE = {  # what SIGHUP / config set change in a running daemon; everything else needs a restart
@@ -111,8 +129,8 @@ class DaemonConfig:
             raise ConfigError(f"unknown table [{name}]; tables are {', '.join(TABLES)}")
         return getattr(self, name)
 
-    def set(self, key: str, raw, origin: str = "set") -> tuple:
-        """Set 'table.key' from a TOML value or a string (env, CLI) -> (table, key, old, new)."""
+    def field_of(self, key: str, origin: str = "set") -> tuple:
+        """'table.key' -> (table, name, its dataclass field); a ConfigError naming the key otherwise."""
         if "." not in key:
             raise ConfigError(f"{origin}: key {key!r} must be table.key (daemon.*, learning.*, session.*, kv.*)")
         table, name = key.split(".", 1)
@@ -121,12 +139,19 @@ class DaemonConfig:
         if name not in known or (table == "learning" and name in NOT_FOR_DAEMON):
             allowed = sorted(k for k in known if not (table == "learning" and k in NOT_FOR_DAEMON))
             raise ConfigError(f"{origin}: unknown key {key!r}; [{table}] has {', '.join(allowed)}")
+        return table, name, known[name]
+
+    def set(self, key: str, raw, origin: str = "set") -> tuple:
+        """Set 'table.key' from a TOML value or a string (env, CLI) -> (table, key, old, new)."""
+        table, name, f = self.field_of(key, origin)
+        sec = self.section(table)
         old = getattr(sec, name)
         try:
-            new = typed(raw, typing.get_type_hints(type(sec))[name], f"{table}.{name}", f"{origin}:")
+            new = typed(raw, typing.get_type_hints(type(sec))[name], f"{table}.{name}", f"{origin}:",
+                        byte_size=f.metadata.get("byte_size", False))
         except ValueError as e:
             raise ConfigError(str(e)) from None
-        if new == 0 and known[name].metadata.get("zero_is_none"):  # flash_budget = 0: unbounded
+        if new == 0 and f.metadata.get("zero_is_none"):  # flash_budget = 0: unbounded
             new = None
         choices = CHOICES.get((table, name))
         if choices and new not in choices:
@@ -173,46 +198,60 @@ class DaemonConfig:
             raise ConfigError("; ".join(problems))
 
 
-def _apply_table(cfg: DaemonConfig, data: dict, origin: str):
+def _apply_table(cfg: DaemonConfig, data: dict, origin: str, problems: list):
+    """Every key of a parsed TOML file into ``cfg``; each key's error appended to ``problems``."""
     for table, values in data.items():
         if not isinstance(values, dict):
-            raise ConfigError(f"{origin}: top-level key {table!r} must be a table ([daemon], [learning], [session], "
-                              "[kv])")
+            problems.append(f"{origin}: top-level key {table!r} must be a table ([daemon], [learning], [session], "
+                            "[kv])")
+            continue
         for k, v in values.items():
-            cfg.set(f"{table}.{k}", v, origin)
+            try:
+                cfg.set(f"{table}.{k}", v, origin)
+            except ConfigError as e:
+                problems.append(str(e))
+
+
+def _read_toml(path: str, what: str) -> dict:
+    try:
+        with open(path, "rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"{what} {path} does not exist") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{what} {path} is not valid TOML: {e}") from None
 
 
 def load(path: Optional[str] = None, state_dir: Optional[str] = None, env=None) -> DaemonConfig:
-    """Defaults, then the file, then the state dir's overrides, then the environment; validated."""
+    """Defaults, then the file, then the state dir's overrides, then the environment; validated. Every
+    problem is collected and reported in one ConfigError (a file with three mistakes names all three)."""
     env = os.environ if env is None else env
     cfg = DaemonConfig()
+    problems = []
     if path:
-        try:
-            with open(path, "rb") as fh:
-                data = tomllib.load(fh)
-        except FileNotFoundError:
-            raise ConfigError(f"config file {path} does not exist") from None
-        except tomllib.TOMLDecodeError as e:
-            raise ConfigError(f"config file {path} is not valid TOML: {e}") from None
-        _apply_table(cfg, data, path)
+        _apply_table(cfg, _read_toml(path, "config file"), path, problems)
         cfg.source.append(path)
     sd = state_dir or cfg.daemon.state_dir
     if sd:
         cfg.daemon.state_dir = sd
     ov = overrides_path(cfg)
     if ov and os.path.exists(ov):
-        try:
-            with open(ov, "rb") as fh:
-                _apply_table(cfg, tomllib.load(fh), ov)
-        except tomllib.TOMLDecodeError as e:
-            raise ConfigError(f"overrides file {ov} is not valid TOML: {e}") from None
+        _apply_table(cfg, _read_toml(ov, "overrides file"), ov, problems)
         cfg.source.append(ov)
     for name, value in sorted(env.items()):
         if name.startswith("MIROD_") and name.count("_") >= 2:
             table, _, key = name[len("MIROD_"):].lower().partition("_")
-            cfg.set(f"{table}.{key}", value, f"environment {name}")
+            try:
+                cfg.set(f"{table}.{key}", value, f"environment {name}")
+            except ConfigError as e:
+                problems.append(str(e))
             cfg.source.append(name)
-    cfg.validate()
+    try:
+        cfg.validate()
+    except ConfigError as e:
+        problems.append(str(e))
+    if problems:
+        raise ConfigError("; ".join(problems))
     return cfg
 
 
@@ -244,25 +283,56 @@ def read_overrides(path: str) -> dict:
 
 
 def _toml_value(v) -> str:
+    """One value as TOML text. TOML has no null: an unset optional setting is written "none", which
+    reads back as unset (``typed``); callers that show a configuration comment such keys out instead."""
+    if v is None:
+        return '"none"'
     if isinstance(v, bool):
         return "true" if v else "false"
     if isinstance(v, (int, float)):
         return repr(v)
+    if isinstance(v, dict):
+        return "{" + ", ".join(f"{json.dumps(str(k))} = {_toml_value(x)}" for k, x in v.items()) + "}"
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
     return json.dumps(str(v))  # a JSON string is a valid TOML basic string
 
 
+def toml_line(key: str, v, comment: str = "") -> str:
+    """``key = value`` (TOML), or, for an unset setting, the line commented out: ``# key = none``."""
+    tail = f" # {comment}" if comment else ""
+    return f"# {key} = none (unset){tail}" if v is None else f"{key} = {_toml_value(v)}{tail}"
+
+
+def to_toml(values: dict, live: dict, sources: list) -> str:
+    """A configuration ({table: {key: value}}) as TOML that tomllib reads back to the same values (unset
+    keys commented out), live keys marked, its sources in a comment: ``miro config show``."""
+    out = [f"# sources: {', '.join(sources) or 'defaults only'}; (live): changes without a restart", ""]
+    for table, keys in values.items():
+        out.append(f"[{table}]")
+        out += [toml_line(k, v, "(live)" if k in live.get(table, ()) else "") for k, v in keys.items()]
+        out.append("")
+    return "\n".join(out)
+
+
+def help_of(table: str, key: str) -> str:
+    sec = DaemonConfig().section(table)
+    return next(f.metadata.get("help", "") for f in fields(sec) if f.name == key)
+
+
 def default_toml() -> str:
-    """The documented default configuration (``miro config show --defaults``)."""
+    """The documented default configuration (``miro config show --defaults``; examples/mirod.toml is
+    its output): every key with its help line and default, live keys and allowed values marked."""
     cfg = DaemonConfig()
     out = ["# mirod configuration: every key with its default. Keys marked (live) change on SIGHUP",
-           "# or `miro config set`; the others need a restart.", ""]
+           "# or `miro config set`; the others need a restart. Generated by `miro config show --defaults`.", ""]
     for table in TABLES:
         out.append(f"[{table}]")
         for k, v in cfg.to_dict()[table].items():
-            live = " # (live)" if k in LIVE[table] else ""
+            out.append(f"# {help_of(table, k)}")
             choices = CHOICES.get((table, k))
-            hint = f" # one of: {', '.join(choices)}" if choices else ""
-            out.append(f"{'# ' if v is None else ''}{k} = {_toml_value(v) if v is not None else '(unset)'}"
-                       f"{live}{hint}")
+            marks = ["(live)"] if k in LIVE[table] else []
+            marks += [f"one of: {', '.join(choices)}"] if choices else []
+            out.append(toml_line(k, v, " ".join(marks)))
         out.append("")
     return "\n".join(out)
