@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal, Optional
 from msgspec import Meta
 
 from miro_runtime.choices import LOG_LEVELS
-from miro_runtime.daemon.config import LIVE, DaemonConfig, default_toml, overrides_path, read_overrides, write_overrides
+from miro_runtime.daemon.config import (LIVE, ConfigError, DaemonConfig, default_toml, overrides_path, read_overrides,
+                                         write_overrides)
 from miro_runtime.daemon.files import SampleError, decode_array, read_folder, read_npz
 from miro_runtime.log import select
 from miro_runtime.records import as_dict
@@ -27,7 +28,8 @@ if TYPE_CHECKING:
 # who may call what (server.py decides it from the peer's credentials). kv_generate is inference: it
 # changes no learning state (it may store prompt prefixes in the KV namespace)
 READ_ONLY = frozenset({"ping", "status", "eval", "predict", "logs", "config_show", "task_list", "kv_generate"})
-MUTATING = frozenset({"ingest", "task_end", "config_set", "config_reload", "profile", "checkpoint", "shutdown"})
+MUTATING = frozenset({"ingest", "task_end", "config_set", "config_unset", "config_reload", "profile", "checkpoint",
+                      "shutdown"})
 # methods that refuse parameters they do not declare; the others ignore extras (the client's ingest sends `wait`)
 STRICT = frozenset({"kv_generate"})
 
@@ -211,6 +213,33 @@ class Handlers:
             d.apply(table, name, new)
         d.log.event("config_set", key=key, value=new, live=live)
         return {"key": key, "value": new, "persisted": path, "applied_live": live, "restart_needed": not live}
+
+    async def config_unset(self, key: TableKey) -> dict:
+        """Drop ``table.key`` from overrides.toml: the file's (or the default) value applies again, now
+        where the key is live, after a restart otherwise."""
+        d = self.d
+        table, name, _ = DaemonConfig().field_of(key, "config unset")
+        path = overrides_path(d.cfg)
+        before = read_overrides(path)
+        ov = {t: {k: v for k, v in keys.items() if (t, k) != (table, name)} for t, keys in before.items()}
+        removed = name in before.get(table, {})
+        if removed:
+            write_overrides(path, {t: keys for t, keys in ov.items() if keys})
+            try:
+                trial = d.load_config()  # the configuration without the override must still validate
+            except ConfigError:
+                write_overrides(path, before)
+                raise
+        else:
+            trial = d.load_config()
+        new = getattr(trial.section(table), name)
+        changed = new != getattr(d.cfg.section(table), name)
+        live = name in LIVE[table]
+        if live and changed:
+            d.apply(table, name, new)
+        d.log.event("config_unset", key=key, value=new, removed=removed, live=live)
+        return {"key": key, "value": new, "removed": removed, "persisted": path, "applied_live": live and changed,
+                "restart_needed": changed and not live}
 
     async def config_reload(self) -> dict:
         return self.d.reload()
