@@ -339,10 +339,17 @@ def config_unset(ctx, key, as_json):
 @click.pass_context
 def config_reload(ctx, as_json):
     """Re-read the configuration (as SIGHUP does)."""
+    from miro_runtime.daemon.config import toml_line
     r = call(ctx, "config_reload")
-    emit(r, as_json, lambda r: click.echo(f"applied: {r['applied'] or 'nothing'}; needs a restart: "
-                                          f"{r['restart_needed'] or 'nothing'}" + (f"; error: {r['error']}"
-                                                                                     if r.get("error") else "")))
+    if r.get("error"):  # the daemon kept its configuration: a refusal, as any other
+        fail(ctx, f"config reload: {r['error']}", EXIT_DAEMON_ERROR)
+
+    def human(r):
+        for title, keys in (("applied now", r["applied"]), ("takes effect after a restart", r["restart_needed"])):
+            click.echo(f"# {title}: {len(keys) or 'nothing'}")
+            for k, v in keys.items():
+                click.echo(toml_line(k, v))
+    emit(r, as_json, human)
 
 
 @click.command()

@@ -91,3 +91,17 @@ def test_config_unset_restores_the_file_value_live_or_after_a_restart(daemon):
     assert json.loads(r.stdout)["removed"] is False
     r = miro(daemon, "config", "unset", "kv.nope")
     assert r.returncode == 65 and "unknown key 'kv.nope'" in r.stderr
+
+
+def test_config_reload_answers_in_toml_and_a_bad_file_is_a_refusal(daemon, tmp_path):
+    f = tmp_path / "mirod.toml"
+    f.write_text("[learning]\nepochs = 6\nmemory = 31\nmethod = {k = 3}\n")
+    r = miro(daemon, "config", "reload")
+    assert r.returncode == 0, r.stderr
+    assert "# applied now: 1\nlearning.epochs = 6\n" in r.stdout and "learning.memory = 31" in r.stdout, r.stdout
+    assert "{'" not in r.stdout and "None" not in r.stdout
+    f.write_text('[learning]\nepochs = 0\nmemory = "x"\n')
+    r = miro(daemon, "config", "reload", "--json")
+    assert r.returncode == 65 and "learning.memory" in r.stderr and "epochs must be >= 1" in r.stderr, r.stderr
+    assert json.loads(r.stdout)["error"]["exit_code"] == 65
+    assert daemon.call("config_show")["config"]["learning"]["epochs"] == 6
