@@ -18,6 +18,8 @@ from miro_runtime.cli.render import emit, print_table
 EXIT_NO_DAEMON = 69  # EX_UNAVAILABLE: nothing listens on the socket
 EXIT_DAEMON_ERROR = 65  # the daemon refused the request (bad input, conflict)
 EXIT_DENIED = 77  # EX_NOPERM: the socket or the method is not for this user
+EXIT_UNHEALTHY = 70  # EX_SOFTWARE: status answered, but a task failed or the trainer is failing or wedged
+
 
 
 def _sock(ctx) -> str:
@@ -95,10 +97,14 @@ def _fmt_j(v):
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
 def status(ctx, as_json):
-    """What the daemon is doing: task, classes, memory, flash, swaps, energy, Miro, accuracy."""
+    """What the daemon is doing: task, classes, memory, flash, swaps, energy, Miro, accuracy. Exits 70
+    (after printing) when the trainer is unhealthy: a task failed, a job is failing, or it is wedged."""
     def human(s):
         d = s.get("daemon", {})
         rows = [("state", s["state"] + (f"  (paused: {s['paused']})" if s.get("paused") else "")),
+                ("health", s["health"] + (f"  (failed tasks {s['failed_tasks']})" if s["failed_tasks"] else "") +
+                 (f"; last error: task {s['last_error']['task']}: {s['last_error']['error']}"
+                  if s["health"] != "ok" and s["last_error"] else "")),
                 ("uptime", f"{s['uptime_s']:.0f} s  (pid {d.get('pid')})"),
                 ("current task", f"{s['current_task']}  (open {s['open_task']}, trained {s['tasks_trained']}, "
                                  f"mode {s['mode']}, strategy {s['strategy']})"),
@@ -132,7 +138,11 @@ def status(ctx, as_json):
             rows.append(("last accuracies", " ".join("-" if a is None else f"{100 * a:.1f}" for a in s["last_acc"])))
         for k, v in rows:
             click.echo(f"{k:<16}{v}")
-    emit(call(ctx, "status"), as_json, human)
+    st = call(ctx, "status")
+    emit(st, as_json, human)
+    if st["health"] != "ok":
+        sys.exit(EXIT_UNHEALTHY)
+
 
 
 @click.command(name="eval")

@@ -47,8 +47,10 @@ class MiroGroup(click.Group):
 EXIT_CODES = """Exit codes (sysexits.h where one fits): 0 done; 1 a failure the message names (damage
 that inspect or store verify found, a run that failed); 2 a usage error (a flag or a value; store verify:
 a store that cannot be opened at all); 3 another mirod owns the state directory; 65 the daemon refused the
-request (bad input, a conflict); 69 no daemon answers on the socket; 77 permission denied (the socket's
-group, or a mutating method for a read-only peer); 78 a bad configuration (miro daemon)."""
+request (bad input, a conflict); 69 no daemon answers on the socket; 70 miro status: the daemon answered
+but its trainer is unhealthy (a task failed, a job is failing, or it is wedged; status is still printed);
+77 permission denied (the socket's group, or a mutating method for a read-only peer); 78 a bad
+configuration (miro daemon)."""
 
 
 @click.group(cls=MiroGroup, context_settings={"help_option_names": ["-h", "--help"]}, epilog=EXIT_CODES)

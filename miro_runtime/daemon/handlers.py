@@ -34,7 +34,7 @@ MUTATING = frozenset({"ingest", "task_end", "config_set", "config_unset", "confi
 STRICT = frozenset({"kv_generate"})
 
 # a task's state in task_list
-TASK_OPEN, TASK_ENDED, TASK_TRAINED = "open", "ended", "trained"
+TASK_OPEN, TASK_ENDED, TASK_TRAINED, TASK_FAILED = "open", "ended", "trained", "failed"
 TASK_RESULT = ("acc", "avg_acc", "energy_j", "energy_provenance")  # what task_end --wait adds once trained
 
 # parameter types; a Meta description is the words an error uses for the type
@@ -79,10 +79,12 @@ class Handlers:
         s = self.d.session
         lr = s.learner
         tasks = []
+        recs = {r.task: as_dict(r) for r in lr.per_task} if lr is not None else {}  # failed tasks have none
         for t, spec in enumerate(s.stream.tasks if s.stream else []):
-            rec = as_dict(lr.per_task[t]) if lr is not None and t < len(lr.per_task) else None
-            tasks.append({"task": t, "classes": [s.stream.inv[c] for c in spec.classes],
-                          "state": TASK_TRAINED if t < s.done else TASK_ENDED if t in s.ended else TASK_OPEN,
+            rec = recs.get(t)
+            state = (TASK_FAILED if t in s.ledger.failed else TASK_TRAINED if t < s.done else
+                     TASK_ENDED if t in s.ended else TASK_OPEN)
+            tasks.append({"task": t, "classes": [s.stream.inv[c] for c in spec.classes], "state": state,
                           "test_samples": int(len(s.stream.test[t][1])),
                           "avg_acc": rec and rec["avg_acc"], "energy_j": rec and rec["energy_j"]})
         return {"tasks": tasks}
@@ -171,7 +173,8 @@ class Handlers:
 
     async def task_end(self, task: Optional[int] = None, wait: bool = False, timeout: float = 600.0) -> dict:
         """End ``task`` (default: the open one); with ``wait``, return once it is trained and evaluated
-        (or ``timeout`` seconds passed: ``trained`` says which)."""
+        (or ``timeout`` seconds passed: ``trained`` says which). A task whose training failed is an
+        error naming its cause, at once."""
         s = self.d.session
         task = s.open_task if task is None else task
         res = await self._work(s.end_task, task)
@@ -179,9 +182,14 @@ class Handlers:
             t0 = time.monotonic()
             while s.done <= task and time.monotonic() - t0 < timeout and not self.d.stopping.is_set():
                 await asyncio.sleep(0.05)
+            if task in s.ledger.failed:
+                err = s.trainer.last_error or {}
+                raise P.ProtocolError(P.CONFLICT, f"task {task} ended, but its training failed "
+                                                  f"({err.get('error', 'see miro logs')}); its samples stay "
+                                                  f"stored: see miro logs --component trainer")
             res["trained"] = s.done > task
-            if res["trained"] and s.learner.per_task:
-                rec = as_dict(s.learner.per_task[task])
+            rec = next((as_dict(r) for r in s.learner.per_task if r.task == task), None) if res["trained"] else None
+            if rec:
                 res.update({k: rec.get(k) for k in TASK_RESULT})
         return res
 

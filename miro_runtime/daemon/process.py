@@ -3,8 +3,10 @@ claims the control socket (never a live daemon's; a stale one is replaced), open
 runs its trainer thread, and serves the control socket (server.py), the inbox and the metrics
 file on one asyncio loop. Signal handlers only enqueue: SIGTERM/SIGINT stop, SIGHUP reloads (what
 can change live is applied, the rest reported as needing a restart). systemd Type=notify: READY,
-STATUS notes, STOPPING, RELOADING, and watchdog pings from the loop itself. Shutdown finishes or
-checkpoints the current step in bounded time.
+STATUS notes, STOPPING, RELOADING, and watchdog pings from the loop itself -- withheld while the trainer is
+wedged (work pending, no progress for its bound), so systemd restarts a hung trainer as it would a hung
+loop; a failed task is a STATUS note, not a restart. Shutdown finishes or checkpoints the current step
+in bounded time.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from miro_runtime.daemon.prometheus import MetricsExport
 from miro_runtime.daemon.server import ControlServer, group_id
 from miro_runtime.kv.service import KVService, KVShare  # torch-free until the first generation
 from miro_runtime.log import EventLog
+from miro_runtime.session.ledger import HEALTH_OK, HEALTH_WEDGED
 
 log = logging.getLogger("miro.daemon")
 
@@ -183,14 +186,18 @@ class Daemon:
         if not every:
             return
         while True:  # pinged from the loop itself: a blocked loop stops the pings and systemd restarts us
-            systemd.notify("WATCHDOG=1")
+            if self.session.trainer.health() != HEALTH_WEDGED:  # so does a wedged trainer
+                systemd.notify("WATCHDOG=1")
             await asyncio.sleep(every)
 
     async def _status_notes(self):
         while True:
             await asyncio.sleep(STATUS_NOTE_EVERY_S)
             s = self.session
-            systemd.notify(f"STATUS={s.state}; tasks trained {s.done}; samples {s.counters['ingested_train']}")
+            health, failed = s.trainer.health(), s.ledger.failed
+            note = "" if health == HEALTH_OK else f"trainer {health}" + (
+                f" (failed tasks {failed})" if failed else "") + "; "
+            systemd.notify(f"STATUS={note}{s.state}; tasks trained {s.done}; samples {s.counters['ingested_train']}")
 
     async def _reloader(self):
         while True:

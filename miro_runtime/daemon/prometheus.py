@@ -14,7 +14,7 @@ from miro_runtime.log import EventLog
 
 def write_textfile(path: str, st: dict, uptime_s: float, counters: dict):
     """The gauges of one session status (``Session.status()``) and the server's request counters."""
-    from prometheus_client import CollectorRegistry, Gauge, write_to_textfile
+    from prometheus_client import CollectorRegistry, Counter, Gauge, write_to_textfile
     reg = CollectorRegistry()
 
     def g(name, doc, value, **labels):
@@ -34,6 +34,11 @@ def write_textfile(path: str, st: dict, uptime_s: float, counters: dict):
     g("miro_last_avg_accuracy", "average accuracy after the last task", st.get("last_avg_acc"))
     e = st.get("energy") or {}
     g("miro_energy_joules", "energy of the trained tasks", e.get("tasks_j"), provenance=e.get("provenance") or "")
+    g("miro_failed_tasks", "tasks whose training failed after its retries", len(st["failed_tasks"]))
+    g("miro_trainer_healthy", "1 while the trainer is healthy (no failed task, not retrying, not wedged)",
+      1 if st["health"] == "ok" else 0)
+    errors = Counter("miro_trainer_errors", "training jobs that raised since mirod started", registry=reg)
+    errors.inc(st["trainer_errors"])
     g("miro_requests", "control requests served", counters["requests"])
     g("miro_peers_refused", "requests refused by SO_PEERCRED", counters["refused"])
     write_to_textfile(path, reg)

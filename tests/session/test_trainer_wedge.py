@@ -101,3 +101,60 @@ def test_a_job_that_keeps_failing_is_retried_then_its_task_fails_and_the_next_tr
         assert r.ledger.failed == [1] and r.done == 3 and r.ledger.state(1) == "failed"
     finally:
         r.close()
+
+
+def test_a_hung_step_reads_as_wedged_until_it_moves_again(tmp_path, monkeypatch):
+    from miro_runtime.engine import strategies
+    release = threading.Event()
+
+    class HangsOnce(strategies.ER):  # a test-only strategy: the first step blocks until released
+        def observe(self, x, y):
+            release.wait(30)
+            return super().observe(x, y)
+    monkeypatch.setitem(strategies.STRATEGIES, "er", HangsOnce)
+    cfg = dict(run_dir=str(tmp_path / "s"), online=False, epochs=1, strategy="er", flash_budget=None, batch_size=10)
+    s, th = _start(cfg)
+    s.trainer.wedged_after_s = 0.3
+    try:
+        assert s.status()["health"] == "ok"
+        x, y = _data([0, 1])
+        s.ingest(0, "train", x, y)
+        s.end_task(0)
+        assert _wait(lambda: s.status()["health"] == "wedged", 10), s.status()
+        release.set()
+        assert _wait(lambda: s.done == 1), s.state
+        assert s.status()["health"] == "ok"
+    finally:
+        release.set()
+        s.stop()
+        th.join(60)
+        s.close()
+
+
+def test_a_transient_failure_is_retried_and_the_task_trains(tmp_path, monkeypatch):
+    from miro_runtime.engine import strategies
+    from miro_runtime.session import trainer as trainer_mod
+    raised = []
+
+    class FailsTwice(strategies.ER):  # a test-only strategy: the first two steps raise, then it recovers
+        def observe(self, x, y):
+            if len(raised) < 2:
+                raised.append(1)
+                raise RuntimeError("injected transient failure")
+            return super().observe(x, y)
+    monkeypatch.setitem(strategies.STRATEGIES, "er", FailsTwice)
+    monkeypatch.setattr(trainer_mod, "RETRY_BACKOFF_S", 0.05)
+    cfg = dict(run_dir=str(tmp_path / "s"), online=False, epochs=1, strategy="er", flash_budget=None, batch_size=10)
+    s, th = _start(cfg)
+    try:
+        x, y = _data([0, 1])
+        s.ingest(0, "train", x, y)
+        s.ingest(0, "test", x[:20], y[:20])
+        s.end_task(0)
+        assert _wait(lambda: s.done == 1), s.state
+        assert not s.ledger.failed and s.trainer.errors == 2 and s.status()["health"] == "ok"
+        assert s.learner.per_task[0].train_samples == 120  # the energy and work of the attempt that trained
+    finally:
+        s.stop()
+        th.join(60)
+        s.close()
