@@ -155,7 +155,7 @@ class DaemonConfig:
             new = None
         choices = CHOICES.get((table, name))
         if choices and new not in choices:
-            raise ConfigError(f"{origin}: {table}.{name} = {new!r} is not one of {', '.join(choices)}")
+            raise ConfigError(f"{origin}: {table}.{name} = {_toml_value(new)} is not one of {', '.join(choices)}")
         setattr(sec, name, new)
         return table, name, old, new
 

@@ -49,6 +49,9 @@ def test_a_bad_file_reports_all_its_problems_at_once(tmp_path):
         load(str(f), str(tmp_path), env={"MIROD_SESSION_SNAPSHOT_EVERY": "no"})
     for needle in ("learning.memory", "epochs must be >= 1", "MIROD_SESSION_SNAPSHOT_EVERY"):
         assert needle in str(e.value), str(e.value)
+    with pytest.raises(ConfigError) as e:  # a value is quoted as TOML writes it, not as Python's repr
+        load(None, str(tmp_path), env={"MIROD_LEARNING_STRATEGY": "bogus"})
+    assert 'learning.strategy = "bogus" is not one of' in str(e.value)
 
 
 def test_none_unsets_an_optional_setting_and_round_trips_through_overrides(tmp_path):
