@@ -22,7 +22,7 @@ from dataclasses import dataclass, field, fields
 from typing import Optional
 
 from miro_runtime.choices import KV_POLICIES, LOG_LEVELS, RUN_CHOICES
-from miro_runtime.config import RunConfig, about, typed
+from miro_runtime.config import NONE_WORDS, RunConfig, about, typed
 from miro_runtime.session.config import SessionConfig  # noqa: F401  (stdlib only: no numpy, no torch)
 
 if sys.version_info >= (3, 11):
@@ -153,6 +153,8 @@ class DaemonConfig:
             raise ConfigError(str(e)) from None
         if new == 0 and f.metadata.get("zero_is_none"):  # flash_budget = 0: unbounded
             new = None
+        if f.default == "" and new in NONE_WORDS:  # a path or group whose unset value is "": none spells it too
+            new = ""
         choices = CHOICES.get((table, name))
         if choices and new not in choices:
             raise ConfigError(f"{origin}: {table}.{name} = {_toml_value(new)} is not one of {', '.join(choices)}")

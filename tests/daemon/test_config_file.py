@@ -64,6 +64,8 @@ def test_none_unsets_an_optional_setting_and_round_trips_through_overrides(tmp_p
     assert cfg.learning.flash_budget is None and cfg.learning.backbone is None and cfg.learning.method == {"k": 3}
     cfg = load(None, str(tmp_path), env={"MIROD_LEARNING_FLASH_BUDGET": "500"})
     assert cfg.learning.flash_budget == 500
+    cfg = load(None, str(tmp_path), env={"MIROD_DAEMON_INBOX_DIR": "none", "MIROD_DAEMON_SOCKET_GROUP": "None"})
+    assert cfg.daemon.inbox_dir == "" and cfg.daemon.socket_group == ""  # unset, not a directory named none
 
 
 def test_the_example_mirod_toml_is_what_the_generator_prints_and_loads(tmp_path):
