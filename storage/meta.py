@@ -24,6 +24,10 @@ SEALED_SCHEMA = 2  # the first schema whose meta records all carry a crc
 _INT_FIELDS = ("next_id", "count", "bytes", "seen")
 _NS_KEY = re.compile(r"ns/(?P<ns>[^/]+)/(?P<field>spec|manifest|next_id|count|bytes|seen|mlog/\d+/[0-9a-f]+)")
 _BLOB_KEY = re.compile(r"blob/(?P<ns>[^/]+)/bytes")
+# a client's batch id (1..128 bytes of UTF-8) -> the JSON object its ingest acknowledged, committed with the
+# batch (the session's exactly-once ingest); written through put_batch's meta, hence under user/
+BATCH_KEY_PREFIX = "user/batch/"
+BATCH_ID_MAX_BYTES = 128
 _MASK = (1 << 64) - 1
 
 
@@ -225,9 +229,16 @@ def scan_meta(items) -> MetaScan:
 
 def _check_type(key: str, text: str) -> None:
     """Every key the store writes has one known form; anything else is an altered key."""
-    if key.startswith("user/"):
-        return
     try:
+        if key.startswith(BATCH_KEY_PREFIX):
+            if not 0 < len(key[len(BATCH_KEY_PREFIX):].encode()) <= BATCH_ID_MAX_BYTES:
+                raise ValueError(f"a batch id is 1 to {BATCH_ID_MAX_BYTES} bytes")
+            ack = json.loads(text)
+            if not isinstance(ack, dict) or not isinstance(ack.get("acked"), int) or ack["acked"] < 0:
+                raise ValueError("not an ingest acknowledgement")
+            return
+        if key.startswith("user/"):
+            return
         if key == "eviction_rng":
             if not isinstance(json.loads(text), dict):
                 raise ValueError("not a JSON object")

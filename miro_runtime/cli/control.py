@@ -161,15 +161,17 @@ def eval_(ctx, as_json):
                             "per_task")}, as_json, human)
 
 
-def _load_arrays(path):
-    import numpy as np
-    with np.load(path, allow_pickle=False) as z:
-        if "x" not in z:
-            raise click.ClickException(f"{path}: an .npz needs an array 'x' (and 'y' to ingest)")
-        x = z["x"]
-        y = z["y"] if "y" in z else None
-        extra = {k: z[k] for k in ("task", "split") if k in z}
-    return (x[:, None] if x.ndim == 3 else x), y, extra
+def _load_arrays(path, need_labels: bool = False):
+    """(x, labels or None, {task, split} the file names) of an .npz, read as the daemon reads one
+    (daemon/files.py: integer labels only); an unreadable file fails the command with exit 65."""
+    from miro_runtime.daemon.files import SampleError, read_npz
+    ctx = click.get_current_context()
+    try:
+        f = read_npz(path, need_labels=need_labels)
+    except SampleError as e:
+        fail(ctx, f"{ctx.info_name}: {e}; send an .npz with arrays 'x' (images) and 'y' (integer labels)",
+             EXIT_DAEMON_ERROR)
+    return f.x, f.y, {k: v for k, v in (("task", f.task), ("split", f.split)) if v is not None}
 
 
 @click.command()
@@ -177,42 +179,46 @@ def _load_arrays(path):
 @click.option("--task", type=int, default=None, help="Task to ingest into (default: the open task, or the .npz's).")
 @click.option("--split", type=click.Choice(["train", "test"]), default=None)
 @click.option("--end", is_flag=True, help="End the task afterwards.")
-@click.option("--batch", default=1024, show_default=True, help="Samples per request.")
+@click.option("--batch", type=click.IntRange(min=1), default=1024, show_default=True, help="Samples per request.")
 @click.option("--server-side", is_flag=True, help="Let the daemon read PATH itself (a path on its machine).")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
 def ingest(ctx, path, task, split, end, batch, server_side, as_json):
     """Send samples: an .npz (arrays x, y, optional task, split) or an image folder (the folder
-    stream's layouts; each task is ended after it)."""
+    stream's layouts; each task is ended after it). Each request carries a batch id (the file's
+    sha256 and the batch's sample range): sending a file again after a kill never stores it twice."""
     import base64
 
-    if server_side or os.path.isdir(path):
+    if server_side or os.path.isdir(path):  # the daemon names an .npz's batch by its content itself
         r = call(ctx, "ingest", path=os.path.abspath(path), **({"task": task} if task is not None else {}),
                  **({"split": split} if split else {}))
     else:
         import numpy as np
 
-        x, y, extra = _load_arrays(path)
-        if y is None:
-            raise click.ClickException(f"{path}: no labels (array 'y')")
+        from miro_runtime.daemon.files import file_batch_id, sha256_of
+        x, y, extra = _load_arrays(path, need_labels=True)
+        digest = sha256_of(path)
         st = call(ctx, "status")
         if task is None:
             task = int(extra["task"]) if "task" in extra else (
                 st["open_task"] if st["open_task"] >= 0 and st["open_task"] not in st["ended_tasks"]
                 else st["open_task"] + 1)
         split = split or (str(extra["split"]) if "split" in extra else "train")
-        acked = 0
+        acked = dup = 0
         with click.progressbar(length=len(y), label=f"ingest into task {task} ({split})", file=sys.stderr) as bar:
             for i in range(0, len(y), batch):
                 xb = np.ascontiguousarray(x[i:i + batch])
                 r = call(ctx, "ingest", task=task, split=split, dtype=str(xb.dtype), shape=list(xb.shape),
-                         labels=[int(v) for v in y[i:i + batch]], data=base64.b64encode(xb.tobytes()).decode())
+                         labels=y[i:i + batch], data=base64.b64encode(xb.tobytes()).decode(),
+                         batch_id=file_batch_id(digest, i, i + len(xb)))
                 acked += r["acked"]
+                dup += r["acked"] if r.get("duplicate") else 0  # stored by an earlier send of this file
                 bar.update(r["acked"])
-        r = {"acked": acked, "task": task, "split": split}
+        r = {"acked": acked, "task": task, "split": split, "already_stored": dup}
         if end:
             r["task_end"] = call(ctx, "task_end", task=task)
-    emit(r, as_json, lambda r: click.echo(f"acknowledged {r['acked']} samples (durable in the flash tier)"))
+    emit(r, as_json, lambda r: click.echo(f"acknowledged {r['acked']} samples (durable in the flash tier)" + (
+        f"; {r['already_stored']} of them were stored by an earlier send" if r.get("already_stored") else "")))
 
 
 @click.group()

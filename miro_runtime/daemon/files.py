@@ -1,14 +1,17 @@
 """Samples from files and from the wire, as arrays: an ``.npz`` (arrays x, y, optional task and
 split), an image folder (the folder stream's layouts, one task per folder task), and a base64
 string of raw C-order bytes with its shape and dtype. The daemon reads them for ``ingest``,
-``predict`` and its inbox; the CLI can read its ``.npz`` files the same way. numpy and the engine
-are imported when a file is read, never on import.
+``predict`` and its inbox; the CLI reads its ``.npz`` files the same way. A file's batches are
+named by its content (``file_batch_id``), so re-sending a file after a kill never stores it twice.
+numpy and the engine are imported when a file is read, never on import.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
+import zipfile
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Optional
 
@@ -43,20 +46,42 @@ class FolderTask:
 
 
 def read_npz(path: str, need_labels: bool = True) -> Samples:
+    """The samples of an .npz; ``need_labels``: its array 'y' must hold integer labels (else y is not read)."""
     import numpy as np
     try:
         with np.load(path, allow_pickle=False) as z:
             x = z["x"] if "x" in z else None
-            y = z["y"] if "y" in z else None
+            y = z["y"] if need_labels and "y" in z else None
             task = int(z["task"]) if "task" in z and z["task"].ndim == 0 else None  # an array: not a task
             split = str(z["split"]) if "split" in z else None
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:  # a text file, a truncated zip, ...
         raise SampleError(f"{path}: not a readable .npz ({e})") from None
     if x is None or (need_labels and y is None):
         raise SampleError(f"{path}: an .npz needs arrays 'x' and 'y'" if need_labels else
                           f"{path}: an .npz needs an array 'x'")
-    labels = None if y is None else [int(v) for v in np.asarray(y).reshape(-1)]
+    if x.ndim not in (3, 4):
+        raise SampleError(f"{path}: array 'x' must be images (n, c, h, w) or (n, h, w), got shape {list(x.shape)}")
+    if y is not None and y.dtype.kind not in "iu":  # never truncated into classes: 0.5 is not class 0
+        kind = {"f": "float", "U": "string", "S": "bytes", "b": "boolean", "c": "complex"}.get(y.dtype.kind, "")
+        raise SampleError(f"{path}: array 'y' holds {kind or y.dtype.name} labels ({y.dtype}); labels must be "
+                          f"integers")
+    labels = None if y is None else y.reshape(-1).tolist()
     return Samples(x[:, None] if x.ndim == 3 else x, labels, task, split)
+
+
+def sha256_of(path: str) -> str:
+    """The hex sha256 of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def file_batch_id(digest: str, start: int, stop: int) -> str:
+    """The batch id of samples [start, stop) of a file whose sha256 is ``digest`` (89 bytes at most). The
+    range, not a batch number: a resend with another batch size never takes new samples for stored ones."""
+    return f"sha256:{digest}:{start}-{stop}"
 
 
 def read_folder(path: str) -> list:

@@ -1,14 +1,15 @@
 """The inbox: mirod ingests what producers drop into ``daemon.inbox_dir``, ``*.npz`` files and
 image folders, once their size held still across two scans (a producer should write elsewhere and
 rename in). Done ones move to done/, bad ones to failed/ with a ``.reason.txt`` beside them. An
-.npz file's identity (name, size, mtime) is committed with its samples, so a kill between storing
-it and moving it never ingests it twice; an image folder is several commits and may be, after a kill.
+.npz file is one batch whose batch id is its content (sha256 and sample range, files.file_batch_id),
+committed with its samples, so a kill between storing it and moving it never ingests it twice (nor
+does the same file dropped in again, under any name); an image folder is several commits and may
+be, after a kill.
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
 import os
 from typing import Callable, Optional
 
@@ -21,7 +22,7 @@ DONE, FAILED = "done", "failed"  # where a file goes once ingested, or refused
 
 class Inbox:
     """Scans the inbox every ``daemon.inbox_scan_s`` (live) and hands settled entries to ``ingest``
-    (blocking, run in ``pool``: ``ingest(path, source=identity)``)."""
+    (blocking, run in ``pool``: ``ingest(path)``, which names an .npz's batch by its content)."""
 
     def __init__(self, cfg: DaemonConfig, log_: EventLog, pool, ingest: Callable[..., dict]):
         self.cfg, self.log, self.pool, self.ingest = cfg, log_, pool, ingest
@@ -53,15 +54,16 @@ class Inbox:
                     seen[name] = sig
                     continue
                 seen.pop(name, None)
-                await self._take(inbox, name, f"{name}:{sig[0]}:{sig[1]}")
+                await self._take(inbox, name)
 
-    async def _take(self, inbox: str, name: str, identity: str):
+    async def _take(self, inbox: str, name: str):
         import aiofiles
         import aiofiles.os
         p = os.path.join(inbox, name)
-        try:  # an .npz is ingested exactly once: its identity is committed with its samples
-            res = await asyncio.get_running_loop().run_in_executor(
-                self.pool, functools.partial(self.ingest, p, source=identity))
+        try:  # an .npz is ingested exactly once: its batch id (its content) is committed with its samples
+            res = await asyncio.get_running_loop().run_in_executor(self.pool, self.ingest, p)
+            if res.get("duplicate"):  # committed before a kill cut the move short: nothing stored now
+                res = {**res, "already_ingested": True}
             dest = os.path.join(inbox, DONE, name)
             self.log.event("inbox_ingested", component="inbox", path=p, result=res)
         except Exception as e:

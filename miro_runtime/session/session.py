@@ -42,7 +42,8 @@ from miro_runtime.session.trainer import Trainer
 
 __all__ = ["Session", "SessionError", "SessionConfig", "LiveStream", "TEST_NS"]
 
-INBOX_PREFIX = "inbox/"  # flash meta: inbox/<file identity> = "1", committed with the file's samples
+BATCH_PREFIX = "batch/"  # flash meta: batch/<client's batch id> = its acknowledgement (JSON), committed with it
+BATCH_ID_MAX_BYTES = 128
 FIXED = ("strategy", "replay", "model", "em_policy", "flash_policy")  # what shapes a state dir's model and memory
 PER_TASK_KEYS = ("task", "acc", "avg_acc", "energy_j", "energy_provenance", "train_samples", "train_s", "wall_s")
 LAST_DECISION_KEYS = ("task", "rule", "winner", "profiling_energy_j")
@@ -205,12 +206,27 @@ class Session:
                            f"under the new ones, on every sample it has stored")
 
     # ------------------------------------------------------------------ ingest
-    def already_ingested(self, source: str) -> bool:
-        """Whether samples tagged ``source`` (an inbox file's identity) were committed before."""
-        return self.learner is not None and self.learner.flash.get_meta(INBOX_PREFIX + source) is not None
+    def already_ingested(self, batch_id: str) -> Optional[dict]:
+        """The acknowledgement of the batch committed under ``batch_id``, or None (never committed).
+        The caller holds the lock when the answer must stay true until its own store."""
+        ack = self.learner.flash.get_meta(BATCH_PREFIX + batch_id) if self.learner is not None else None
+        return None if ack is None else {**json.loads(ack), "duplicate": True, "batch_id": batch_id}
 
-    def ingest(self, task: int, split: str, x, labels, source: Optional[str] = None) -> dict:
-        """Validate, store durably, hand to the trainer. Returns once the samples are fsynced."""
+    def ingest(self, task: int, split: str, x, labels, batch_id: Optional[str] = None) -> dict:
+        """Validate, store durably, hand to the trainer. Returns once the samples are fsynced.
+        ``batch_id`` (a client's string, 1 to 128 bytes) makes it exactly-once: it is committed with
+        the batch, and a batch id already committed stores nothing and answers the original
+        acknowledgement with ``duplicate: true``. Without one, a resend after a lost answer stores
+        the samples again (at-least-once)."""
+        if batch_id is not None:
+            try:
+                size = len(batch_id.encode()) if isinstance(batch_id, str) else -1
+            except UnicodeEncodeError:  # a lone surrogate: JSON can carry one, LMDB keys cannot
+                size = -1
+            if not 0 < size <= BATCH_ID_MAX_BYTES:
+                raise SessionError("params", f"batch_id must be a string of 1 to {BATCH_ID_MAX_BYTES} bytes "
+                                             f"(UTF-8), got {str(batch_id)[:40]!r}" +
+                                   (f" ({size} bytes)" if size > 0 else ""))
         if split not in SPLITS:
             raise SessionError("params", f"split must be 'train' or 'test', got {split!r}")
         if isinstance(task, bool) or not isinstance(task, int) or task < 0:
@@ -218,22 +234,29 @@ class Session:
         x = np.asarray(x)
         if x.ndim != 4 or 0 in x.shape:
             raise SessionError("params", f"samples must be a non-empty (n, c, h, w) array, got shape {list(x.shape)}")
+        labels = labels.reshape(-1).tolist() if isinstance(labels, np.ndarray) else list(labels)
+        bad = next((v for v in labels if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer))
+                    or v < 0), None)  # a float is never truncated into a class: refused by name
+        if bad is not None:
+            raise SessionError("params", f"labels must be integers >= 0, got {bad!r}")
         labels = [int(v) for v in labels]
         if len(labels) != len(x):
             raise SessionError("params", f"{len(x)} samples but {len(labels)} labels")
-        if any(v < 0 for v in labels):
-            raise SessionError("params", "labels must be integers >= 0")
         if not self.inflight.acquire(timeout=self.scfg.ingest_timeout_s):
             raise SessionError("busy", f"the flash writer is behind ({self.scfg.max_inflight} ingests in flight for "
                                        f"{self.scfg.ingest_timeout_s:g} s); nothing was stored, send again")
         try:
-            return self._ingest(task, split, x, labels, source)
+            return self._ingest(task, split, x, labels, batch_id)
         finally:
             self.inflight.release()
 
-    def _ingest(self, task: int, split: str, x, labels: list, source: Optional[str] = None) -> dict:
+    def _ingest(self, task: int, split: str, x, labels: list, batch_id: Optional[str] = None) -> dict:
         from miro_runtime.engine.learner import NS
-        with self.lock:
+        with self.lock:  # every store runs under it: the check below stays true until this batch commits
+            dup = self.already_ingested(batch_id) if batch_id is not None else None
+            if dup is not None:  # committed before (its answer lost to a kill, say): store nothing
+                self.log.event("ingest_duplicate", task=dup.get("task"), batch_id=batch_id, acked=dup["acked"])
+                return dup
             if self.stream is None:
                 if self.trainer.stopping:
                     raise SessionError("stopping", "the daemon is stopping")
@@ -258,8 +281,10 @@ class Session:
                 f = self.learner.flash
                 for ns in (NS, TEST_NS):
                     f.declare_samples(ns, dataclasses.replace(f.spec(ns), num_classes=s.num_classes))
-            if source:  # committed with the samples: a restart after a kill does not ingest the file twice
-                meta[INBOX_PREFIX + source] = "1"
+            if batch_id is not None:  # the answer, committed with the batch; put_batch fills in {first_id}
+                ack = {"acked": len(labels), "task": task, "split": split, "new_classes": bool(new),
+                       "first_id": "{first_id}"}
+                meta[BATCH_PREFIX + batch_id] = json.dumps(ack).replace('"{first_id}"', "{first_id}")
             if train:
                 self.ledger.opened(task)
             s.ensure_task(task)

@@ -106,14 +106,20 @@ class Client:
             raise DaemonError(resp["error"].get("code"), resp["error"].get("message"))
         return resp["result"]
 
-    def ingest(self, task: int, split: str, x, labels=None, wait: bool = True):
-        """Send samples (uint8/float (n, c, h, w) array); returns once they are durable."""
+    def ingest(self, task: int, split: str, x, labels=None, wait: bool = True, batch_id=None):
+        """Send samples (uint8/float (n, c, h, w) array); returns once they are durable. Labels go as
+        they are (the daemon refuses non-integers by name; nothing is truncated here). ``batch_id``
+        (a string of at most 128 bytes) makes a resend after a lost answer safe: a batch id the
+        daemon committed before stores nothing and answers the original ``acked`` with
+        ``duplicate: true``."""
         import numpy as np
         x = np.ascontiguousarray(x)
         params = {"task": int(task), "split": split, "dtype": str(x.dtype), "shape": list(x.shape),
                   "data": base64.b64encode(x.tobytes()).decode("ascii"), "wait": wait}
         if labels is not None:
-            params["labels"] = [int(v) for v in np.asarray(labels).reshape(-1)]
+            params["labels"] = np.asarray(labels).reshape(-1).tolist()
+        if batch_id is not None:
+            params["batch_id"] = batch_id
         return self.call("ingest", **params)
 
     def predict(self, x, k: int = 3):

@@ -5,6 +5,13 @@ Each message is a 4-byte big-endian unsigned length N, then N bytes of UTF-8 JSO
 ``{"id", "method", "params"}``; the answer ``{"id", "result"}`` or ``{"id", "error": {"code",
 "message"}}``. The framing follows gunicorn's ctl protocol; the error codes follow JSON-RPC where
 one fits, and add our own (peer refused, busy, not ready) in the server range.
+
+``ingest`` may carry ``"batch_id"``, a client-chosen string of 1 to 128 bytes (UTF-8). It is committed
+in the same transaction as the batch; an ingest whose batch id is already committed stores nothing
+and answers ``{"acked": n, "duplicate": true, "task", "split", "first_id", "new_classes", "batch_id"}``
+with the original acknowledgement's values. A client that lost an answer (the daemon died between
+commit and reply) resends with the same batch id: exactly once. Without a batch id a resend stores
+the samples again (at least once). ``labels`` are integers; anything else is refused by name.
 """
 
 from __future__ import annotations
