@@ -144,7 +144,7 @@ class Trainer:
         self._pos_lock = threading.Lock()
         self._jobs: collections.deque = collections.deque()  # (fn, Future): asked of the trainer
         self.retries, self.retry_backoff_s, self.wedged_after_s = TRAIN_RETRIES, RETRY_BACKOFF_S, WEDGED_AFTER_S
-        self.attempts = 0  # failed attempts of the task in training (reset when a job succeeds)
+        self.attempts = 0  # failed attempts of the task in training (reset when it trains a step or finishes)
         self.errors = 0  # failed training jobs since start (the metrics' counter)
         self.last_error: Optional[dict] = None  # {"task", "error", "where", "attempt", "ts"}
         self.progress_at = time.monotonic()  # the last training progress (or idle moment)
@@ -191,7 +191,6 @@ class Trainer:
             except Exception as e:  # logged once with its cause, retried, then the task is failed; the daemon stays up
                 self._failed(e)
                 continue
-            self.attempts = 0
             self.progress_at = time.monotonic()
         lr = self.learner
         if lr is not None and lr.strategy is not None and self.cfg.online and not self.ledger.interrupted:
@@ -302,6 +301,7 @@ class Trainer:
                 with self.work:
                     self.backlog.put_back(batch)
                 raise
+        self.attempts = 0  # a step trained: the task's failures so far were transient
         if self.scfg.snapshot_every and self.learner.steps % self.scfg.snapshot_every == 0:
             self.snap()
 
@@ -326,6 +326,7 @@ class Trainer:
             self.ledger.finish(t)
             self.stream.free_train(t)
             self.pos = Position.start_of(t + 1)
+        self.attempts = 0
         self.snap()
         self.log.event("task_trained", task=t, acc=rec["acc"], avg_acc=rec["avg_acc"], energy_j=rec["energy_j"],
                        energy_provenance=rec["energy_provenance"])

@@ -158,3 +158,36 @@ def test_a_transient_failure_is_retried_and_the_task_trains(tmp_path, monkeypatc
         s.stop()
         th.join(60)
         s.close()
+
+
+def test_online_a_failing_task_is_skipped_and_the_next_trains_online(tmp_path, monkeypatch):
+    from miro_runtime.engine import strategies
+    from miro_runtime.session import trainer as trainer_mod
+
+    class FailsOnTask1(strategies.ER):  # a test-only strategy: every step of task 1 raises
+        def observe(self, x, y):
+            if self.task == 1:
+                raise RuntimeError("injected failure in task 1")
+            return super().observe(x, y)
+    monkeypatch.setitem(strategies.STRATEGIES, "er", FailsOnTask1)
+    monkeypatch.setattr(trainer_mod, "TRAIN_RETRIES", 1)
+    monkeypatch.setattr(trainer_mod, "RETRY_BACKOFF_S", 0.05)
+    cfg = dict(run_dir=str(tmp_path / "s"), online=True, strategy="er", flash_budget=None, batch_size=10)
+    s, th = _start(cfg)
+    try:
+        for t, classes in enumerate(([0, 1], [2, 3], [4, 5])):
+            x, y = _data(classes, seed=t)
+            s.ingest(t, "train", x, y)
+            s.ingest(t, "test", x[:20], y[:20])
+            if t == 1:
+                assert _wait(lambda: s.ledger.failed == [1]), s.state  # failed while still open
+                s.ingest(1, "train", x, y)  # more samples for it are stored, never trained
+            s.end_task(t)
+            assert _wait(lambda t=t: s.done > t), s.state
+        assert [r.task for r in s.learner.per_task] == [0, 2] and s.trainer.errors == 2
+        assert s.trainer.backlog.n == 0 and s.trainer.backlog.untrained == 240
+        assert s.learner.flash.class_counts("samples").sum() == 480  # every train sample stays stored
+    finally:
+        s.stop()
+        th.join(60)
+        s.close()
