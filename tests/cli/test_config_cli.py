@@ -27,7 +27,7 @@ def miro(d, *args):
 def daemon(tmp_path):
     f = tmp_path / "mirod.toml"
     f.write_text("[learning]\nepochs = 4\nmemory = 30\nmethod = {k = 3}\n")
-    d = Mirod(tmp_path / "s", config=f).start()
+    d = Mirod(tmp_path / "s", "kv.flash_bytes=128MiB", config=f).start()  # a unit in mirod --set too
     yield d
     if d.alive():
         assert d.kill(signal.SIGTERM) == 0
@@ -41,6 +41,7 @@ def test_config_show_is_toml_with_the_daemons_values(daemon):
     assert shown == {t: {k: v for k, v in keys.items() if v is not None} for t, keys in want.items()}
     assert want["learning"]["flash_budget"] is None and "# flash_budget = none (unset)" in r.stdout
     assert "None" not in r.stdout and "null" not in r.stdout and "epochs = 4 # (live)" in r.stdout
+    assert want["kv"]["flash_bytes"] == 128 << 20
     one = miro(daemon, "config", "show", "learning.epochs")
     assert one.returncode == 0 and one.stdout == "learning.epochs = 4\n" and tomllib.loads(one.stdout) == \
         {"learning": {"epochs": 4}}
