@@ -18,8 +18,8 @@ from miro_runtime.cli.render import emit, print_table
 EXIT_NO_DAEMON = 69  # EX_UNAVAILABLE: nothing listens on the socket
 EXIT_DAEMON_ERROR = 65  # the daemon refused the request (bad input, conflict)
 EXIT_DENIED = 77  # EX_NOPERM: the socket or the method is not for this user
+WAIT_S = 3600.0  # `task end --wait`: the longest wait for a task's training (the daemon's own bound)
 EXIT_UNHEALTHY = 70  # EX_SOFTWARE: status answered, but a task failed or the trainer is failing or wedged
-
 
 
 def _sock(ctx) -> str:
@@ -28,17 +28,18 @@ def _sock(ctx) -> str:
     return o["socket"] or default_socket(o["state_dir"])
 
 
-def request(ctx, method, **params):
-    """One request to mirod: its result, or the client's exception (NoDaemon, DaemonError, OSError)."""
+def request(ctx, method, timeout: float = 60.0, **params):
+    """One request to mirod: its result, or the client's exception (NoDaemon, DaemonError, OSError).
+    ``timeout``: how long the answer may take (a request that waits on the daemon says so)."""
     from miro_runtime.wire.client import Client
-    with Client(_sock(ctx)) as c:
+    with Client(_sock(ctx), timeout=timeout) as c:
         return c.call(method, **params)
 
 
-def call(ctx, method, **params):
+def call(ctx, method, timeout: float = 60.0, **params):
     """One request to mirod; a clear message and a distinct exit code when it cannot be served."""
     try:
-        return request(ctx, method, **params)
+        return request(ctx, method, timeout, **params)
     except Exception as e:  # noqa: BLE001 -- failed() exits for the client's errors and re-raises a bug
         failed(ctx, method, e)
 
@@ -144,7 +145,6 @@ def status(ctx, as_json):
         sys.exit(EXIT_UNHEALTHY)
 
 
-
 @click.command(name="eval")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
@@ -233,10 +233,10 @@ def task():
 @click.pass_context
 def task_end(ctx, task_id, wait, as_json):
     """End TASK_ID (default: the open task): the daemon trains (epoch mode) and evaluates it."""
-    params = {"wait": wait}
+    params = {"wait": wait, "timeout": WAIT_S}
     if task_id is not None:
         params["task"] = task_id
-    r = call(ctx, "task_end", **params)
+    r = call(ctx, "task_end", timeout=WAIT_S + 30 if wait else 60.0, **params)  # the daemon answers within WAIT_S
     emit(r, as_json, lambda r: click.echo(f"task {r['task']} ended" + (
         f"; accuracy per task {[round(100 * a, 1) if a is not None else None for a in r['acc']]}"
         if r.get("trained") else "")))

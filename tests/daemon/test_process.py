@@ -134,6 +134,9 @@ def test_watchdog_pings_come_from_the_event_loop(tmp_path, monkeypatch):
     cfg = DaemonConfig()
     cfg.daemon.state_dir = str(tmp_path / "state")
     d = Daemon(cfg)
+    from miro_runtime.config import RunConfig
+    from miro_runtime.session import Session
+    d.session = Session(RunConfig(run_dir=str(tmp_path / "state"), online=True))  # a healthy trainer: pings go
     marks = {}
 
     async def main():
