@@ -28,18 +28,18 @@ def _sock(ctx) -> str:
     return o["socket"] or default_socket(o["state_dir"])
 
 
-def request(ctx, method, timeout: float = 60.0, **params):
+def request(ctx, method, answer_within: float = 60.0, **params):
     """One request to mirod: its result, or the client's exception (NoDaemon, DaemonError, OSError).
-    ``timeout``: how long the answer may take (a request that waits on the daemon says so)."""
+    ``answer_within``: seconds the answer may take (a request that waits on the daemon says so)."""
     from miro_runtime.wire.client import Client
-    with Client(_sock(ctx), timeout=timeout) as c:
+    with Client(_sock(ctx), timeout=answer_within) as c:
         return c.call(method, **params)
 
 
-def call(ctx, method, timeout: float = 60.0, **params):
+def call(ctx, method, answer_within: float = 60.0, **params):
     """One request to mirod; a clear message and a distinct exit code when it cannot be served."""
     try:
-        return request(ctx, method, timeout, **params)
+        return request(ctx, method, answer_within, **params)
     except Exception as e:  # noqa: BLE001 -- failed() exits for the client's errors and re-raises a bug
         failed(ctx, method, e)
 
@@ -236,7 +236,7 @@ def task_end(ctx, task_id, wait, as_json):
     params = {"wait": wait, "timeout": WAIT_S}
     if task_id is not None:
         params["task"] = task_id
-    r = call(ctx, "task_end", timeout=WAIT_S + 30 if wait else 60.0, **params)  # the daemon answers within WAIT_S
+    r = call(ctx, "task_end", answer_within=WAIT_S + 30 if wait else 60.0, **params)  # the daemon answers within WAIT_S
     emit(r, as_json, lambda r: click.echo(f"task {r['task']} ended" + (
         f"; accuracy per task {[round(100 * a, 1) if a is not None else None for a in r['acc']]}"
         if r.get("trained") else "")))
