@@ -59,18 +59,23 @@ def test_online_to_epochs_mid_task_restart_trains_to_the_end(tmp_path):
         r.close()
 
 
-def test_a_job_that_keeps_failing_is_retried_then_its_task_fails_and_the_next_trains(tmp_path, monkeypatch):
+def fail_task_1(monkeypatch, retries: int):
+    """`er` becomes a test-only strategy whose every step of task 1 raises; retries come quickly."""
     from miro_runtime.engine import strategies
     from miro_runtime.session import trainer as trainer_mod
 
-    class FailsOnTask1(strategies.ER):  # a test-only strategy: every step of task 1 raises
+    class FailsOnTask1(strategies.ER):
         def observe(self, x, y):
             if self.task == 1:
                 raise RuntimeError("injected failure in task 1")
             return super().observe(x, y)
     monkeypatch.setitem(strategies.STRATEGIES, "er", FailsOnTask1)
-    monkeypatch.setattr(trainer_mod, "TRAIN_RETRIES", 2)
+    monkeypatch.setattr(trainer_mod, "TRAIN_RETRIES", retries)
     monkeypatch.setattr(trainer_mod, "RETRY_BACKOFF_S", 0.05)
+
+
+def test_a_job_that_keeps_failing_is_retried_then_its_task_fails_and_the_next_trains(tmp_path, monkeypatch):
+    fail_task_1(monkeypatch, retries=2)
     cfg = dict(run_dir=str(tmp_path / "s"), online=False, epochs=1, strategy="er", flash_budget=None, batch_size=10)
     s, th = _start(cfg)
     try:
@@ -161,17 +166,7 @@ def test_a_transient_failure_is_retried_and_the_task_trains(tmp_path, monkeypatc
 
 
 def test_online_a_failing_task_is_skipped_and_the_next_trains_online(tmp_path, monkeypatch):
-    from miro_runtime.engine import strategies
-    from miro_runtime.session import trainer as trainer_mod
-
-    class FailsOnTask1(strategies.ER):  # a test-only strategy: every step of task 1 raises
-        def observe(self, x, y):
-            if self.task == 1:
-                raise RuntimeError("injected failure in task 1")
-            return super().observe(x, y)
-    monkeypatch.setitem(strategies.STRATEGIES, "er", FailsOnTask1)
-    monkeypatch.setattr(trainer_mod, "TRAIN_RETRIES", 1)
-    monkeypatch.setattr(trainer_mod, "RETRY_BACKOFF_S", 0.05)
+    fail_task_1(monkeypatch, retries=1)
     cfg = dict(run_dir=str(tmp_path / "s"), online=True, strategy="er", flash_budget=None, batch_size=10)
     s, th = _start(cfg)
     try:
