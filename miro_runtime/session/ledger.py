@@ -119,6 +119,9 @@ class TaskLedger:
         """Commit the end of ``task`` (the open one); durable when this returns. False: it had ended."""
         if task in self.ended:
             return False
+        if self.open_task < 0:  # a fresh state directory: nothing to end, and no store to commit to yet
+            raise SessionError("conflict", f"no task is open yet, so task {task} cannot end: ingest train samples "
+                                           f"first (tasks are numbered from 0)")
         if task != self.open_task:
             raise SessionError("conflict", f"task {task} is not the open task ({self.open_task}); "
                                            f"{'ingest its samples first' if task > self.open_task else 'ended'}")

@@ -177,3 +177,9 @@ def test_next_task_is_the_open_one_until_it_ends():
     assert led.next_task() == 0
     led.end(0)
     assert led.next_task() == 1
+
+
+def test_ending_a_task_before_any_is_open_is_a_refusal_not_a_crash():
+    led = TaskLedger()  # a fresh state directory: no store attached yet
+    for t in (-1, 0, 3):
+        assert "no task is open yet" in refused(led.end, t)
