@@ -7,11 +7,9 @@ from __future__ import annotations
 import json
 import os
 import sys
-import time
 
 import click
 
-from miro_runtime.choices import LOG_LEVELS
 from miro_runtime.cli.render import emit, print_table
 
 # exit codes of the control commands (sysexits.h)
@@ -22,7 +20,7 @@ WAIT_S = 3600.0  # `task end --wait`: the longest wait for a task's training (th
 EXIT_UNHEALTHY = 70  # EX_SOFTWARE: status answered, but a task failed or the trainer is failing or wedged
 
 
-def _sock(ctx) -> str:
+def socket_of(ctx) -> str:
     from miro_runtime.wire.client import default_socket
     o = ctx.find_root().obj or {}
     return o["socket"] or default_socket(o["state_dir"])
@@ -32,7 +30,7 @@ def request(ctx, method, answer_within: float = 60.0, **params):
     """One request to mirod: its result, or the client's exception (NoDaemon, DaemonError, OSError).
     ``answer_within``: seconds the answer may take (a request that waits on the daemon says so)."""
     from miro_runtime.wire.client import Client
-    with Client(_sock(ctx), timeout=answer_within) as c:
+    with Client(socket_of(ctx), timeout=answer_within) as c:
         return c.call(method, **params)
 
 
@@ -51,7 +49,7 @@ def failed(ctx, method: str, e: Exception):
     if isinstance(e, NoDaemon):
         fail(ctx, str(e), EXIT_NO_DAEMON)
     if isinstance(e, PermissionError):
-        fail(ctx, f"permission denied on {_sock(ctx)}: this user is not in the socket's group", EXIT_DENIED)
+        fail(ctx, f"permission denied on {socket_of(ctx)}: this user is not in the socket's group", EXIT_DENIED)
     if isinstance(e, DaemonError):
         why = e.message
         for prefix in (f"{method}: ", f"{method.replace('_', ' ')}: "):  # the daemon may name the method too
@@ -59,7 +57,7 @@ def failed(ctx, method: str, e: Exception):
         fail(ctx, f"{method.replace('_', ' ')}: {why}", EXIT_DENIED if e.code == PERMISSION_DENIED else
              EXIT_DAEMON_ERROR, code=e.code)
     if isinstance(e, (ConnectionError, OSError)):
-        fail(ctx, f"lost the daemon on {_sock(ctx)}: {e}", EXIT_NO_DAEMON)
+        fail(ctx, f"lost the daemon on {socket_of(ctx)}: {e}", EXIT_NO_DAEMON)
     raise e
 
 
@@ -281,93 +279,6 @@ def predict(ctx, path, k, as_json):
     emit(r, as_json, human)
 
 
-@click.group()
-def config():
-    """Show, set or reload the daemon's configuration."""
-
-
-@config.command(name="show")
-@click.argument("key", required=False)
-@click.option("--defaults", is_flag=True, help="Print the documented default TOML (no daemon needed).")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of TOML.")
-@click.pass_context
-def config_show(ctx, key, defaults, as_json):
-    """The running daemon's configuration as TOML (live keys marked, its sources in a comment), or one
-    KEY (TABLE.KEY) as `key = value`. An unset setting is shown commented out: `# key = none (unset)`."""
-    from miro_runtime.daemon.config import ConfigError, DaemonConfig, to_toml, toml_line
-    if defaults:
-        from miro_runtime.daemon.config import default_toml
-        click.echo(default_toml(), nl=False)
-        return
-    if key is not None:
-        try:
-            table, name, _ = DaemonConfig().field_of(key, "config show")
-        except ConfigError as e:
-            fail(ctx, str(e), EXIT_DAEMON_ERROR)
-        v = call(ctx, "config_show")["config"][table][name]
-        emit({key: v}, as_json, lambda r: click.echo(toml_line(key, v)))
-        return
-    emit(call(ctx, "config_show"), as_json, lambda r: click.echo(to_toml(r["config"], r["live_keys"], r["sources"])))
-
-
-def _key_value(ctx, words: tuple) -> tuple:
-    """`KEY=VALUE` or `KEY VALUE` -> (key, value); a usage error otherwise."""
-    if len(words) == 1 and "=" in words[0]:
-        return tuple(words[0].split("=", 1))
-    if len(words) == 2 and "=" not in words[0]:
-        return words[0], words[1]
-    raise click.UsageError("give TABLE.KEY=VALUE or TABLE.KEY VALUE (e.g. learning.lr=0.01)", ctx)
-
-
-def _said(r) -> str:
-    from miro_runtime.daemon.config import toml_line
-    when = "applied now" if r["applied_live"] else "takes effect after a restart" if r["restart_needed"] else \
-        "no change to the running daemon"
-    return f"{toml_line(r['key'], r['value'])}  ({when}; {r['persisted']})"
-
-
-@config.command(name="set", context_settings={"ignore_unknown_options": True})
-@click.argument("words", nargs=-1, required=True, metavar="TABLE.KEY=VALUE | TABLE.KEY VALUE")
-@click.option("--json", "as_json", is_flag=True, help="Print the reply as JSON.")
-@click.pass_context
-def config_set(ctx, words, as_json):
-    """Set TABLE.KEY to VALUE, kept in STATE_DIR/overrides.toml; applied live where it can be. VALUE may
-    be negative (learning.lr -0.1 reaches the config's check), `none` for an optional setting leaves it
-    unset, and a byte size may carry a unit (kv.ram_bytes=64MiB)."""
-    key, value = _key_value(ctx, words)
-    emit(call(ctx, "config_set", key=key, value=value), as_json, lambda r: click.echo(_said(r)))
-
-
-@config.command(name="unset")
-@click.argument("key", metavar="TABLE.KEY")
-@click.option("--json", "as_json", is_flag=True, help="Print the reply as JSON.")
-@click.pass_context
-def config_unset(ctx, key, as_json):
-    """Drop TABLE.KEY from STATE_DIR/overrides.toml: the config file's value (or the default) applies
-    again, at once where the key is live, after a restart otherwise."""
-    r = call(ctx, "config_unset", key=key)
-    emit(r, as_json, lambda r: click.echo(_said(r) if r["removed"] else f"{r['key']} was not set by `miro config set`; "
-                                          f"{_said(r)}"))
-
-
-@config.command(name="reload")
-@click.option("--json", "as_json", is_flag=True)
-@click.pass_context
-def config_reload(ctx, as_json):
-    """Re-read the configuration (as SIGHUP does)."""
-    from miro_runtime.daemon.config import toml_line
-    r = call(ctx, "config_reload")
-    if r.get("error"):  # the daemon kept its configuration: a refusal, as any other
-        fail(ctx, f"config reload: {r['error']}", EXIT_DAEMON_ERROR)
-
-    def human(r):
-        for title, keys in (("applied now", r["applied"]), ("takes effect after a restart", r["restart_needed"])):
-            click.echo(f"# {title}: {len(keys) or 'nothing'}")
-            for k, v in keys.items():
-                click.echo(toml_line(k, v))
-    emit(r, as_json, human)
-
-
 @click.command()
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
@@ -383,92 +294,3 @@ def profile(ctx, as_json):
 def checkpoint(ctx, as_json):
     """Write a checkpoint now (or at the next step boundary while a task trains)."""
     emit(call(ctx, "checkpoint"), as_json, lambda r: click.echo(json.dumps(r)))
-
-
-def _when(text):
-    """Unix seconds, an ISO time, or an age such as 90s, 15m, 2h, 1d."""
-    if text is None:
-        return None
-    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-    try:
-        if text[-1] in units and text[:-1].replace(".", "", 1).isdigit():
-            return time.time() - float(text[:-1]) * units[text[-1]]
-        return float(text)
-    except ValueError:
-        pass
-    import datetime
-    try:
-        return datetime.datetime.fromisoformat(text).timestamp()
-    except ValueError:
-        raise click.BadParameter(f"{text!r}: give unix seconds, an ISO time or an age like 15m") from None
-
-
-@click.command()
-@click.option("--level", type=click.Choice(LOG_LEVELS + ("warn", "err")), default="info", show_default=True,
-              help="Minimum level (warn and err as journalctl spells them).")
-@click.option("--component", default=None, help="daemon | engine | trainer | socket | inbox | metrics")
-@click.option("--task", "task_id", type=int, default=None)
-@click.option("--since", default=None, help="Unix seconds, ISO time, or an age (15m, 2h).")
-@click.option("--until", default=None)
-@click.option("-n", "--limit", default=50, show_default=True)
-@click.option("-f", "--follow", is_flag=True)
-@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
-@click.pass_context
-def logs(ctx, level, component, task_id, since, until, limit, follow, as_json):
-    """The daemon's structured log, filtered. With no daemon running, the log files themselves are read
-    (the crash you most want to read is the one that stopped it)."""
-    level = {"warn": "warning", "err": "error"}.get(level, level)
-    params = {"level": level, "limit": limit}
-    for k, v in (("component", component), ("task", task_id), ("since", _when(since)), ("until", _when(until))):
-        if v is not None:
-            params[k] = v
-
-    def show(lines):
-        for rec in lines:
-            if as_json:
-                click.echo(json.dumps(rec))
-            else:
-                rest = {k: v for k, v in rec.items() if k not in ("ts", "level", "component", "event")}
-                ts = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(rec.get("ts", 0)))
-                click.echo(f"{ts} {rec.get('level', ''):<7} {rec.get('component', ''):<8} {rec.get('event')} "
-                           f"{json.dumps(rest)[:300]}")
-    from miro_runtime.wire.client import NoDaemon
-    try:
-        r = request(ctx, "logs", **params)
-    except NoDaemon:
-        lines, path = _log_files(ctx)
-        if not path:
-            fail(ctx, f"no daemon answers on {_sock(ctx)} and no log file is there to read; start one with "
-                      f"`miro daemon`", EXIT_NO_DAEMON)
-        click.echo(f"miro: no daemon is running; reading {path}", err=True)
-        from miro_runtime.log import select
-        show(select(lines, level, component, params.get("task"), params.get("since"), params.get("until"))[-limit:])
-        return
-    except Exception as e:  # noqa: BLE001 -- the one error path
-        failed(ctx, "logs", e)
-    show(r["lines"])
-    try:
-        while follow:
-            time.sleep(0.5)
-            r = call(ctx, "logs", **{**params, "after": r["offset"], "limit": 10000})
-            show(r["lines"])
-    except KeyboardInterrupt:  # Ctrl-C ends a follow, as journalctl -f's does: quietly, exit 0
-        return
-
-
-def _log_files(ctx) -> tuple:
-    """(lines oldest first, path) of the daemon's JSON log and its rotated backups, or ([], None)."""
-    from miro_runtime.wire.client import default_state_dir
-    o = ctx.find_root().obj or {}
-    logs_dir = os.environ.get("LOGS_DIRECTORY", "").split(":")[0] or \
-        os.path.join(o.get("state_dir") or default_state_dir(), "logs")
-    path = os.path.join(logs_dir, "mirod.jsonl")
-    if not os.path.exists(path):
-        return [], None
-    files = sorted((p for p in os.listdir(logs_dir) if p.startswith("mirod.jsonl.") and p[12:].isdigit()),
-                   key=lambda p: -int(p[12:])) + ["mirod.jsonl"]  # path.5 (oldest) ... path.1, path
-    lines = []
-    for name in files:
-        with open(os.path.join(logs_dir, name), "rb") as fh:
-            lines += fh.read().splitlines()
-    return lines, path

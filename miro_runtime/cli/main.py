@@ -15,12 +15,13 @@ import sys
 
 import click
 
-from miro_runtime.cli.control import (checkpoint, config, daemon, eval_, ingest, logs, predict, profile, status,
-                                      task)
+from miro_runtime.cli.control import checkpoint, daemon, eval_, ingest, predict, profile, status, task
 from miro_runtime.cli.kv import kv
+from miro_runtime.cli.logs import logs
 from miro_runtime.cli.options import config_from_options
 from miro_runtime.cli.run import inspect, rep, run, store
 from miro_runtime.cli.service import demo, service
+from miro_runtime.cli.settings import config
 
 
 class MiroGroup(click.Group):
