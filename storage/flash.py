@@ -670,8 +670,14 @@ class FlashTier(Tier):
             man = advance(self._manifest[ns], ids[keep], labels[keep], evict_old,
                           lambda: self._bounds(ns, ids[keep], evict_old), n)
             self._put_manifest(txn, ns, man)
-            for k, v in (meta or {}).items():  # "{first_id}" in a value: the batch's first id
-                self._meta_put(txn, f"user/{k}", str(v).replace("{first_id}", str(first)))
+            # placeholders in a value are filled with what this transaction decided, so a caller can
+            # commit the batch's answer with the batch (an exactly-once ingest's acknowledgement)
+            filled = {"{first_id}": first, "{stored}": int(keep.sum()), "{evicted}": len(evict_old)}
+            for k, v in (meta or {}).items():
+                v = str(v)
+                for mark, value in filled.items():
+                    v = v.replace(mark, str(value))
+                self._meta_put(txn, f"user/{k}", v)
 
             def after():
                 self._manifest[ns] = man

@@ -281,10 +281,10 @@ class Session:
                 f = self.learner.flash
                 for ns in (NS, TEST_NS):
                     f.declare_samples(ns, dataclasses.replace(f.spec(ns), num_classes=s.num_classes))
-            if batch_id is not None:  # the answer, committed with the batch; put_batch fills in {first_id}
-                ack = {"acked": len(labels), "task": task, "split": split, "new_classes": bool(new),
-                       "first_id": "{first_id}"}
-                meta[BATCH_PREFIX + batch_id] = json.dumps(ack).replace('"{first_id}"', "{first_id}")
+            if batch_id is not None:  # the answer, committed with the batch; put_batch fills in the marks
+                ack = {"acked": len(labels), "task": task, "split": split, "new_classes": bool(new)}
+                marks = ", ".join(f'"{k}": {{{k}}}' for k in ("first_id", "stored", "evicted"))
+                meta[BATCH_PREFIX + batch_id] = json.dumps(ack)[:-1] + ", " + marks + "}"
             if train:
                 self.ledger.opened(task)
             s.ensure_task(task)

@@ -17,7 +17,7 @@ from daemon_util import Mirod, samples
 from miro_runtime.wire import protocol as P
 from miro_runtime.wire.client import DaemonError
 
-FIELDS = ("acked", "task", "split", "first_id", "new_classes")
+FIELDS = ("acked", "task", "split", "first_id", "stored", "evicted", "new_classes")
 
 
 def miro(*args):

@@ -31,3 +31,20 @@ def test_a_batch_id_is_stored_once_across_a_reopen_and_float_labels_are_refused(
         assert int(r.learner.flash.class_counts("samples").sum()) == 12
     finally:
         r.close()
+
+
+def test_a_duplicate_answers_what_the_first_send_stored_and_evicted(tmp_path):
+    # a flash budget of 8 records: the second batch evicts, so stored/evicted differ from acked
+    s = Session(RunConfig(run_dir=str(tmp_path / "s"), online=False, strategy="er", flash_budget=8))
+    s.open()
+    try:
+        x = np.arange(6 * 64, dtype=np.uint8).reshape(6, 1, 8, 8)
+        s.ingest(0, "train", x, [0, 1, 0, 1, 0, 1], batch_id="a")
+        first = s.ingest(0, "train", x, [0, 1, 0, 1, 0, 1], batch_id="b")
+        again = s.ingest(0, "train", x, [0, 1, 0, 1, 0, 1], batch_id="b")
+        assert first["evicted"] > 0 or first["stored"] < first["acked"]  # the budget did bite
+        assert again["duplicate"] and {k: again[k] for k in ("first_id", "stored", "evicted")} == \
+            {k: first[k] for k in ("first_id", "stored", "evicted")}
+        assert int(s.learner.flash.class_counts("samples").sum()) == 8
+    finally:
+        s.close()
