@@ -45,6 +45,28 @@ class Measurement:
                 "components": self.components, "provenance": self.provenance, "warnings": self.warnings}
 
 
+class _Window:
+    """An open energy window: the counted time and joules of its finished segments, and the start
+    (time, cumulative snapshot) of the running one -- ``t0`` None while paused."""
+
+    def __init__(self, t0: float, snap: dict):
+        self.t0, self.snap = t0, snap
+        self.seconds, self.comps = 0.0, {}
+
+    def fold(self, now: float, snap: dict) -> None:
+        """End the running segment at (now, snap): its time and joules join the counted ones."""
+        self.seconds, self.comps = self.so_far(now, snap)
+        self.t0 = self.snap = None
+
+    def so_far(self, now: float, snap: dict) -> tuple:
+        """(seconds, {component: joules}) counted up to (now, snap)."""
+        if self.t0 is None:
+            return self.seconds, dict(self.comps)
+        keys = set(self.comps) | set(snap)
+        return (self.seconds + now - self.t0,
+                {k: self.comps.get(k, 0.0) + snap.get(k, 0.0) - self.snap.get(k, 0.0) for k in keys})
+
+
 class Meter:
     """Base: subclasses implement ``_cumulative() -> {component: joules since start}``.
 
@@ -71,7 +93,7 @@ class Meter:
         with self._lock:
             if name in self._windows:
                 raise ValueError(f"energy window {name!r} is already open")
-            self._windows[name] = (time.monotonic(), snap)
+            self._windows[name] = _Window(time.monotonic(), snap)
 
     def end_window(self, name: str) -> Measurement:
         return self._measure(name, close=True)
@@ -80,6 +102,24 @@ class Meter:
         """Forget an open window without measuring it (the work it covered raised); no-op if not open."""
         with self._lock:
             self._windows.pop(name, None)
+
+    def pause_window(self, name: str) -> None:
+        """Stop counting an open window (its work waits: an online task idle between batches) until
+        ``resume_window``; what it held so far is kept. No-op if paused already or not open."""
+        snap = self._cumulative()
+        now = time.monotonic()
+        with self._lock:
+            w = self._windows.get(name)
+            if w is not None and w.t0 is not None:
+                w.fold(now, snap)
+
+    def resume_window(self, name: str) -> None:
+        """Count a paused window again from now; no-op if it runs already or is not open."""
+        snap = self._cumulative()
+        with self._lock:
+            w = self._windows.get(name)
+            if w is not None and w.t0 is None:
+                w.t0, w.snap = time.monotonic(), snap
 
     def peek(self, name: str) -> Measurement:
         """What an open window holds so far, leaving it open (a checkpoint in the middle of a task)."""
@@ -91,9 +131,8 @@ class Meter:
         with self._lock:
             if name not in self._windows:
                 raise ValueError(f"energy window {name!r} was never begun")
-            t0, start = self._windows.pop(name) if close else self._windows[name]
-        seconds = now - t0
-        comps = {k: snap[k] - start.get(k, 0.0) for k in snap}
+            w = self._windows.pop(name) if close else self._windows[name]
+            seconds, comps = w.so_far(now, snap)
         warnings = []
         if seconds < self.update_period_s:
             # never a silent 0 J: a component that did not move inside a too-short window is unresolved

@@ -378,6 +378,12 @@ class Learner:
         """A task has begun and is not finished (or aborted) yet."""
         return self._cur is not None
 
+    def energy_paused(self, paused: bool) -> None:
+        """Stop (or start again) counting the open task's energy while the task waits for work (an
+        online task idle between batches, a pause for resources): a task's joules are its work's."""
+        if self._window is not None:
+            (self.meter.pause_window if paused else self.meter.resume_window)(self._window)
+
     def task_energy_so_far(self) -> Optional[float]:
         """Joules metered so far in the task in progress; None between tasks or when unresolved."""
         if self._window is None:

@@ -149,6 +149,11 @@ class Trainer:
         self.last_error: Optional[dict] = None  # {"task", "error", "where", "attempt", "ts"}
         self.progress_at = time.monotonic()  # the last training progress (or idle moment)
         self.pending = False  # whether the last look for work found some
+        # epoch mode, for ``progress``: the learner's last step, and (task, batches per epoch) of the task
+        # training -- estimated from its samples, raised by the steps seen, exact once an epoch has ended
+        # (a strategy may train on more than the task's own samples: joint)
+        self._live: Optional[Position] = None
+        self._epoch_batches: tuple = (-1, 0)
 
     def attach(self, learner, stream, pos: Position):
         self.learner, self.stream, self.pos = learner, stream, pos
@@ -186,6 +191,8 @@ class Trainer:
             job = self._next_job()
             if job is None:
                 continue
+            if self.learner is not None:
+                self.learner.energy_paused(False)
             try:
                 job()
             except Exception as e:  # logged once with its cause, retried, then the task is failed; the daemon stays up
@@ -205,6 +212,7 @@ class Trainer:
                 if why:
                     if not was_paused:
                         self.state = f"paused: {why}"
+                    self._idle()
                     self.work.wait(min(1.0, self.cfg.monitor_every_s or 1.0))
                     continue
                 if self._jobs:
@@ -225,8 +233,14 @@ class Trainer:
                 self.state = "idle" if self.stream is not None else "waiting for data"
                 self.pending = False
                 self.progress_at = time.monotonic()
+                self._idle()
                 self.work.wait(0.5)
         return None
+
+    def _idle(self):
+        """The trainer waits: the open task's energy window stops counting until the next job runs."""
+        if self.learner is not None:
+            self.learner.energy_paused(True)
 
     def _failed(self, e: Exception):
         """One attempt of the task in training raised: log it once, cancel its energy window, wait the
@@ -263,6 +277,42 @@ class Trainer:
         self.log.event("task_failed", level="error", component="trainer", task=t, error=err["error"],
                        where=err["where"], attempts=self.retries + 1, online_untrained=dropped,
                        why=f"training failed {self.retries + 1} times; its samples stay stored; the next task trains")
+
+    def on_learner_event(self, kind: str, payload: dict):
+        """The learner's events (its ``on_event``): epoch mode's steps move ``progress`` on."""
+        if kind != "step" or self.cfg.online:
+            return
+        pos, last = Position.from_dict(payload), self._live
+        t, nb = self._epoch_batches
+        if last is not None and last.task == pos.task and pos.epoch > last.epoch:
+            nb = last.batch  # the epoch just done had this many batches: exact from now on
+        self._epoch_batches = (pos.task, max(nb, pos.batch) if t == pos.task else pos.batch)
+        self._live = pos
+
+    def progress(self) -> Optional[dict]:
+        """How far the next task to train is trained: epoch mode in steps (once it has ended), online
+        mode in samples (trained of stored; ones the backlog skipped count as passed). None when no
+        task has work. Read without the lock (status answers at once): figures are a moment's view."""
+        led, s = self.ledger, self.stream
+        t = led.trained
+        if s is None or t >= len(s.tasks) or led.state(t) not in (TaskState.INGESTING, TaskState.ENDED,
+                                                                   TaskState.TRAINING):
+            return None
+        stored = s.pending_train(t)
+        if self.cfg.online:
+            queued = sum(len(b[2]) for b in list(self.backlog.batches) if b[0] == t)  # list(): a snapshot
+            return _progress(t, led.state(t), max(stored - queued, 0), stored, "samples")
+        if led.state(t) == TaskState.INGESTING:
+            return None  # epoch mode trains a task once it has ended
+        epochs = (self.learner.cfg if self.learner is not None else self.cfg).epochs
+        known_t, nb = self._epoch_batches
+        nb = nb if known_t == t else -(-stored // self.cfg.batch_size)
+        live = self._live if self._live is not None and self._live.task == t else self.pos.within(t)
+        total = epochs * nb
+        p = _progress(t, led.state(t), min(live.epoch * nb + live.batch, total), total, "steps")
+        if p is not None:
+            p.update(epoch=min(epochs, p["done"] // nb + 1), epochs=epochs)
+        return p
 
     def health(self) -> str:
         """``wedged``: work pending and no progress for ``wedged_after_s`` (not while paused);
@@ -316,6 +366,8 @@ class Trainer:
             self._begin(t)  # epoch mode: the task's data is complete now (begin_task grows the head)
         if not self.cfg.online and len(y):
             self.state = f"training task {t} ({self.cfg.epochs} epochs)"
+            if self._epoch_batches[0] != t:  # an estimate until its first epoch ends (on_learner_event)
+                self._epoch_batches = (t, -(-len(y) // self.cfg.batch_size))
             pos = self.pos.within(t)
             if not lr.train_epochs(t, x, y, ids, pos.to_dict(), should_stop=self._stopping_step):
                 self.ledger.interrupt()
@@ -376,6 +428,14 @@ class Trainer:
             return  # nothing trained yet: predict says not-ready rather than answer from an empty head
         m = copy.deepcopy(self.learner.strategy.model).eval()
         self.snapshot = (m, list(self.stream.inv), self.learner.steps, self.ledger.trained)
+
+
+def _progress(t: int, state: str, done: int, total: int, unit: str) -> Optional[dict]:
+    """Session.status's ``progress`` (every key always there; None when there is nothing to train)."""
+    if total <= 0:
+        return None
+    return {"task": t, "state": state, "done": done, "total": total, "unit": unit,
+            "fraction": round(done / total, 4), "epoch": None, "epochs": None}
 
 
 def _complete(fut: concurrent.futures.Future, fn: Callable):

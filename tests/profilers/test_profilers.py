@@ -406,3 +406,34 @@ def test_polling_integral_never_runs_backwards_under_concurrent_reads():
         sys.setswitchinterval(old)
     assert all(seen)
     assert total == pytest.approx(10.0 * span, rel=1e-9)
+
+
+def test_a_paused_window_counts_neither_the_time_nor_the_joules_of_its_pause():
+    """A fixture meter whose joules are 10 W x a clock the test moves: a window open 3 s of which 2 s
+    paused holds 1 s and 10 J; paused and resumed twice over changes nothing."""
+    from miro_runtime.profilers.measurement import Meter
+
+    clock = [100.0]
+
+    class Clocked(Meter):
+        name = "clocked"
+
+        def _cumulative(self):
+            return {"x": 10.0 * clock[0]}
+
+        def provenance(self):
+            return {"x": "fixture: 10 W on the test's clock"}
+
+    m = Clocked()
+    m.begin_window("t")
+    clock[0] += 0.5
+    m.pause_window("t")
+    m.pause_window("t")  # no-op: paused already
+    clock[0] += 2.0
+    assert m.peek("t").joules == pytest.approx(5.0)
+    m.resume_window("t")
+    m.resume_window("t")  # no-op: running already
+    clock[0] += 0.5
+    w = m.end_window("t")
+    assert w.joules == pytest.approx(10.0) and w.components == {"x": pytest.approx(10.0)}
+    m.pause_window("t")  # closed: no-op, no error

@@ -108,3 +108,28 @@ def test_training_pauses_on_a_low_unplugged_battery_and_on_throttling(tmp_path):
              if e["event"] in ("training_paused", "training_resumed")]
     assert [k for k, _ in kinds] == ["training_paused", "training_resumed", "training_paused", "training_resumed"]
     assert "battery" in kinds[0][1] and "throttling" in kinds[2][1]
+
+
+def test_an_online_task_idle_between_batches_is_not_metered(tmp_path):
+    """The task's energy window stops counting while the trainer waits for the next batch: with the
+    estimate meter (its DRAM term grows with wall time while open) an idle second adds nothing."""
+    rng = np.random.default_rng(0)
+    x, y = rng.integers(0, 256, (32, 1, 8, 8), dtype=np.uint8), rng.integers(0, 2, 32).tolist()
+    s = Session(online_cfg(tmp_path))
+    s.open()
+    th = threading.Thread(target=s.run_trainer)
+    th.start()
+    try:
+        s.ingest(0, "train", x[:16], y[:16])
+        assert wait(lambda: s.status()["steps"] == 2 and s.trainer.state == "idle")
+        time.sleep(0.3)
+        before = s.learner.task_energy_so_far()
+        time.sleep(1.5)
+        assert before > 0 and s.learner.task_energy_so_far() == before  # idle: not a joule more
+        s.ingest(0, "train", x[16:], y[16:])
+        assert wait(lambda: s.status()["steps"] == 4)
+        assert s.learner.task_energy_so_far() > before  # the next batch's work counts again
+    finally:
+        s.stop()
+        th.join(60)
+        s.close()
