@@ -37,7 +37,7 @@ from miro_runtime.records import Position, as_dict
 from miro_runtime.session.config import SessionConfig
 from miro_runtime.session.errors import SessionError
 from miro_runtime.session.ledger import ENDED_KEY, FAILED_KEY, SPLITS, TRAIN, TaskLedger
-from miro_runtime.session.stream import LABELS_KEY, TASKS_KEY, TEST_NS, LiveStream
+from miro_runtime.session.stream import LABELS_KEY, TASKS_KEY, TEST_NS, TRAIN_TASKS_KEY, LiveStream
 from miro_runtime.session.trainer import Trainer
 
 __all__ = ["Session", "SessionError", "SessionConfig", "LiveStream", "TEST_NS"]
@@ -109,7 +109,7 @@ class Session:
                 spec = f.spec("samples")
             except Exception:
                 return  # created, never written: nothing to resume
-            meta = {k: f.get_meta(k) for k in (LABELS_KEY, TASKS_KEY, ENDED_KEY, FAILED_KEY)}
+            meta = {k: f.get_meta(k) for k in (LABELS_KEY, TASKS_KEY, TRAIN_TASKS_KEY, ENDED_KEY, FAILED_KEY)}
         self._start(spec.shape, resume=True, meta=meta)
 
     def _check_same_run(self):
@@ -179,7 +179,7 @@ class Session:
         failed = json.loads(failed_json or "[]")  # failed tasks were skipped: the next task is after them too
         trained = max([r.task + 1 for r in lr.per_task] + [t + 1 for t in failed], default=0)
         restored = s.restore_train(lr.flash, ns, first=trained)
-        self.ledger.restore(ended_json, trained, len(s.tasks), failed_json)
+        self.ledger.restore(ended_json, trained, s.train_tasks, failed_json)
         self._safe_point(lr.restored or {})
         if self.cfg.online:  # batches stored but not trained before the restart: train them now
             for t in restored:
@@ -275,9 +275,11 @@ class Session:
             else:
                 self.ledger.admit_test(task)
             y, new = s.map_labels(task, labels)
-            meta = {}
-            if new:  # the map goes into the same transaction as the batch that needs it
-                meta = s.label_meta()
+            opens = train and task >= s.train_tasks  # a task's first train samples, new classes or not
+            if opens:
+                s.train_tasks = task + 1
+            meta = s.label_meta() if new or opens else {}  # in the same transaction as the batch that needs it
+            if new:
                 f = self.learner.flash
                 for ns in (NS, TEST_NS):
                     f.declare_samples(ns, dataclasses.replace(f.spec(ns), num_classes=s.num_classes))

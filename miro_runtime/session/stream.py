@@ -18,6 +18,7 @@ from miro_runtime.session.errors import SessionError
 
 LABELS_KEY = "live/labels"  # flash meta: the client label of each internal id, in arrival order (JSON list)
 TASKS_KEY = "live/tasks"  # flash meta: the internal ids first seen in each task (JSON list of lists)
+TRAIN_TASKS_KEY = "live/train_tasks"  # flash meta: how many tasks have train samples (the last is open or ended)
 TEST_NS = "test"  # the flash namespace of test samples (train samples live in the learner's NS)
 READ_CHUNK = 4096  # ids read back per batch when a restart recovers untrained samples
 
@@ -35,6 +36,9 @@ class LiveStream:
         self.inv: list = []  # internal id -> client label
         self.map: dict = {}  # client label -> internal id
         self.tasks: list = []  # TaskSpec per task: the classes first seen in it
+        # tasks that got train samples: a task may bring no new class (domain-incremental), and test samples
+        # sent ahead may create the next task's entry, so neither ``tasks`` nor the label map counts them
+        self.train_tasks = 0
         self.train: list = []  # per task (x, y); the open task's grows, a trained task's is freed
         self.train_ids: list = []  # per task, the flash ids of train[t]
         self.test: list = []  # per task (x, y), kept for evaluation
@@ -50,11 +54,15 @@ class LiveStream:
             for t, classes in enumerate(json.loads(meta.get(TASKS_KEY) or "[]")):
                 s.ensure_task(t)
                 s.tasks[t].classes = list(classes)
+        # a store written before the key: every task the map names had train samples (restore_train adds
+        # any later task it finds samples of)
+        s.train_tasks = int(meta.get(TRAIN_TASKS_KEY) or len(s.tasks))
         return s
 
     def label_meta(self) -> dict:
         """The flash meta that makes the label map durable (committed with the batch that grew it)."""
-        return {LABELS_KEY: json.dumps(self.inv), TASKS_KEY: json.dumps([t.classes for t in self.tasks])}
+        return {LABELS_KEY: json.dumps(self.inv), TASKS_KEY: json.dumps([t.classes for t in self.tasks]),
+                TRAIN_TASKS_KEY: str(self.train_tasks)}
 
     @property
     def num_classes(self) -> int:
@@ -134,10 +142,9 @@ class LiveStream:
     def restore_train(self, flash, ns: str, first: int) -> list:
         """The stored train samples of tasks ``first`` on (not yet trained: the open one, an ended one
         cut short) back into the stream; returns the tasks that got samples back."""
-        pending = list(range(first, len(self.tasks)))
         ids_all = [flash.class_ids(ns, c) for c in range(len(flash.class_counts(ns)))]
         ids_all = np.sort(np.concatenate(ids_all)) if ids_all else np.zeros(0, np.int64)
-        if not pending or not ids_all.size:
+        if not ids_all.size:
             return []
         # train ids grow with arrival and tasks arrive in order, so the pending tasks' samples are a
         # suffix of the ids: read back from the end until a chunk reaches an older task, never the
@@ -151,11 +158,10 @@ class LiveStream:
                 break
             end -= READ_CHUNK
         b = {k: np.concatenate([p[k] for p in reversed(parts)]) for k in parts[0]}
-        restored = []
-        for t in pending:
+        restored = np.unique(b["tasks"]).tolist()  # from the samples themselves, whatever the meta says
+        for t in restored:
             m = b["tasks"] == t
-            if m.any():
-                self.ensure_task(t)
-                self.add_train(t, b["ids"][m], b["x"][m], b["labels"][m])
-                restored.append(t)
+            self.ensure_task(t)
+            self.add_train(t, b["ids"][m], b["x"][m], b["labels"][m])
+        self.train_tasks = max([self.train_tasks] + [t + 1 for t in restored])
         return restored
