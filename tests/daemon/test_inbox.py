@@ -69,3 +69,39 @@ def test_an_npz_committed_before_a_kill_is_not_ingested_again_after_the_restart(
         assert any(e["event"] == "inbox_ingested" and e["result"].get("already_ingested") for e in d.logs())
     finally:
         d.kill(signal.SIGTERM)
+
+
+def test_an_entry_still_growing_waits_until_its_size_holds_still_across_two_scans(tmp_path):
+    """A producer writing straight into the inbox (which README advises against): an image folder that
+    gains files, then an .npz that gains bytes, faster than the scan interval are left alone while they
+    grow -- nothing taken half-written, nothing failed -- and ingested whole once they hold still."""
+    from PIL import Image
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    d = Mirod(tmp_path / "s", f"daemon.inbox_dir={inbox}", "daemon.inbox_scan_s=0.3").start()
+    rng = np.random.default_rng(0)
+    x, labels, _ = samples(0, 24)
+    np.savez(tmp_path / "whole.npz", x=x, y=np.array(labels), task=np.array(1))
+    blob = (tmp_path / "whole.npz").read_bytes()
+    try:
+        folder = inbox / "cam-grow" / "task0"
+        for i in range(20):  # 20 x 0.1 s of writes: every scan sees a change
+            for c in ("2", "4"):
+                (folder / c).mkdir(parents=True, exist_ok=True)
+                Image.fromarray(rng.integers(0, 255, (8, 8), dtype=np.uint8)).save(folder / c / f"{i}.png")
+            time.sleep(0.1)
+            assert (inbox / "cam-grow").is_dir()  # not taken while it grows
+        assert wait_for(lambda: (inbox / "done" / "cam-grow").is_dir())
+        npz = inbox / "cam-grow.npz"
+        with open(npz, "wb") as fh:
+            for i in range(20):
+                fh.write(blob[i * len(blob) // 20:(i + 1) * len(blob) // 20])
+                fh.flush()
+                time.sleep(0.1)
+                assert npz.exists()  # not taken while it grows
+        assert wait_for(lambda: (inbox / "done" / "cam-grow.npz").exists())
+        assert not list((inbox / "failed").iterdir())  # nothing was read half-written
+        ev = {os.path.basename(e["path"]): e["result"] for e in d.logs() if e["event"] == "inbox_ingested"}
+        assert ev["cam-grow"]["acked"] == 40 and ev["cam-grow.npz"]["acked"] == 24  # every file, every byte
+    finally:
+        d.kill(signal.SIGTERM)
