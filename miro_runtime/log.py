@@ -1,13 +1,16 @@
 """Structured event log: one JSON object per line ({"ts", "level", "component", "event", ...}),
-rotated by size, plus readable lines on stderr through ``logging``. Under systemd each stderr line
+rotated by size, plus readable lines on stderr through ``logging``. Each record names the component
+that produced it (KIND_COMPONENT). When stderr goes to journald (or any non-terminal) each stderr line
 starts with its syslog priority (``<6>`` info, ``<4>`` warning, ``<3>`` error), which journald reads
-as the line's level. Safe to call from several threads (the trainer, the event loop's helpers)."""
+as the line's level; a terminal gets the plain line. Safe to call from several threads (the trainer,
+the event loop's helpers)."""
 
 from __future__ import annotations
 
 import json
 import logging
 import os
+import sys
 import threading
 import time
 
@@ -15,10 +18,30 @@ from miro_runtime.choices import LOG_LEVELS as LEVELS
 
 logger = logging.getLogger("miro")
 
-SYSLOG = {"debug": 7, "info": 6, "warning": 4, "error": 3}
 PYLEVEL = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
-KIND_LEVEL = {"error": "error", "peer_refused": "warning", "training_paused": "warning", "request_error": "warning",
+KIND_LEVEL = {"error": "error", "peer_refused": "warning", "training_paused": "warning",
               "online_backlog_dropped": "warning", "inbox_failed": "warning", "config_rejected": "warning"}
+COMPONENTS = ("daemon", "socket", "inbox", "session", "trainer", "engine", "miro", "kv", "metrics", "run")
+# event kind -> the component that produces it, so a record says where it came from whichever EventLog
+# the producer was handed (the daemon hands its one log down to the session, trainer, engine and Miro).
+# A kind several producers share ("error") is tagged by its caller (component=...); tests/test_log.py
+# checks every kind the package emits is here or tagged so.
+KIND_COMPONENT = {
+    **dict.fromkeys(("started", "stopping", "stopped", "socket_stale_replaced", "config_rejected", "config_reloaded",
+                     "config_set", "config_unset"), "daemon"),
+    **dict.fromkeys(("request_refused", "peer_refused"), "socket"),
+    **dict.fromkeys(("inbox_ingested", "inbox_failed"), "inbox"),
+    **dict.fromkeys(("session_resume", "config_applied", "ingest_duplicate", "model_chosen", "task_end_requested"),
+                    "session"),
+    **dict.fromkeys(("task_begin", "task_trained", "task_failed", "training_paused", "training_resumed",
+                     "online_backlog_dropped"), "trainer"),
+    **dict.fromkeys(("task_end", "checkpoint", "checkpoint_damaged", "retrain_from_store", "resume",
+                     "controller_skipped"), "engine"),
+    **dict.fromkeys(("miro_decision", "miro_adopt"), "miro"),
+    "kv_generate": "kv",
+    **dict.fromkeys(("run_begin", "run_end"), "run"),
+}
+STDERR_CHARS = 400  # of an event's fields on its stderr line; the JSON log holds them whole
 
 
 class EventLog:
@@ -31,7 +54,7 @@ class EventLog:
 
     def event(self, kind: str, **fields) -> dict:
         level = fields.pop("level", None) or KIND_LEVEL.get(kind, "info")
-        component = fields.pop("component", None) or self.component
+        component = fields.pop("component", None) or KIND_COMPONENT.get(kind) or self.component
         rec = {"ts": round(time.time(), 3), "level": level, "component": component, "event": kind, **fields}
         if self._fh and LEVELS.index(level) >= LEVELS.index(self.level):
             line = json.dumps(rec, default=_plain) + "\n"
@@ -40,8 +63,16 @@ class EventLog:
                     self._fh.write(line)
                     if self.max_bytes and self._fh.tell() >= self.max_bytes:
                         self._rotate()
-        logger.log(PYLEVEL[level], "%s %s %s", component, kind, json.dumps(fields, default=_plain)[:400])
+        if logger.isEnabledFor(PYLEVEL[level]):
+            logger.log(PYLEVEL[level], "%s %s %s", component, kind, self._cut(json.dumps(fields, default=_plain)))
         return rec
+
+    def _cut(self, text: str) -> str:
+        """``text``, or its first STDERR_CHARS and a visible mark of what was left out and where it is."""
+        if len(text) <= STDERR_CHARS:
+            return text
+        where = f"; whole in {self.path}" if self.path else ""
+        return f"{text[:STDERR_CHARS]} ... (+{len(text) - STDERR_CHARS} chars{where})"
 
     def _rotate(self):
         """path -> path.1 -> ... -> path.<backups> (the oldest dropped), then a fresh path."""
@@ -62,10 +93,32 @@ class EventLog:
                 self._fh = None
 
 
+def to_journal(stream=None) -> bool:
+    """Whether lines written to ``stream`` (stderr) should carry ``<N>`` priority prefixes: yes when
+    systemd says the stream is the journal (JOURNAL_STREAM names its device:inode, as sd_journal
+    documents), no on a terminal (a person reads it raw), yes otherwise (a pipe or file a supervisor
+    reads)."""
+    try:
+        fd = (stream or sys.stderr).fileno()
+    except (OSError, ValueError):  # no descriptor behind it (a test's capture): not a terminal
+        return True
+    st = os.fstat(fd)
+    if os.environ.get("JOURNAL_STREAM") == f"{st.st_dev}:{st.st_ino}":
+        return True
+    return not os.isatty(fd)
+
+
 class SyslogPrefixFormatter(logging.Formatter):
-    """``<N>component: message`` for journald (N: the syslog priority of the record's level)."""
+    """``<N>component: message`` for journald (N: the syslog priority of the record's level); the plain
+    line when the stream is a terminal (``journal``: decided by ``to_journal(stream)`` unless given)."""
+
+    def __init__(self, fmt=None, stream=None, journal=None):
+        super().__init__(fmt)
+        self.journal = to_journal(stream) if journal is None else journal
 
     def format(self, record):
+        if not self.journal:
+            return super().format(record)
         n = 3 if record.levelno >= logging.ERROR else 4 if record.levelno >= logging.WARNING else \
             6 if record.levelno >= logging.INFO else 7
         return f"<{n}>{super().format(record)}"

@@ -1,8 +1,13 @@
-"""The structured log: levels and components per line, size rotation, journald priorities."""
+"""The structured log: levels and components per line, size rotation, journald priorities only where
+journald reads them, long stderr lines cut visibly."""
+import ast
 import json
 import logging
+import os
+import pty
 
-from miro_runtime.log import EventLog, SyslogPrefixFormatter
+from conftest import REPO
+from miro_runtime.log import COMPONENTS, KIND_COMPONENT, EventLog, SyslogPrefixFormatter, to_journal
 
 
 def test_json_lines_rotate_by_size_and_keep_backups(tmp_path):
@@ -30,7 +35,86 @@ def test_level_filter_and_syslog_prefixes(tmp_path):
     log.close()
     lines = [json.loads(x) for x in (tmp_path / "l.jsonl").read_text().splitlines()]
     assert [x["event"] for x in lines] == ["error"]
-    f = SyslogPrefixFormatter("%(name)s: %(message)s")
+    f = SyslogPrefixFormatter("%(name)s: %(message)s", journal=True)
     mk = lambda lvl: logging.LogRecord("miro", lvl, __file__, 1, "m", None, None)
     assert [f.format(mk(lv))[:3] for lv in (logging.ERROR, logging.WARNING, logging.INFO, logging.DEBUG)] == \
         ["<3>", "<4>", "<6>", "<7>"]
+
+
+def emitted_kinds() -> list:
+    """(kind, file, tagged) of every ``X.event("kind", ...)`` call in the package's source; tagged: the
+    call names its component itself."""
+    out = []
+    for top in ("miro_runtime", "kv", "storage", "profilers"):
+        for d, _, files in os.walk(os.path.join(REPO, top)):
+            for name in files:
+                if not name.endswith(".py"):
+                    continue
+                path = os.path.join(d, name)
+                with open(path) as fh:
+                    tree = ast.parse(fh.read())
+                for n in ast.walk(tree):
+                    if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute) and n.func.attr == "event" \
+                            and n.args and isinstance(n.args[0], ast.Constant):
+                        out.append((n.args[0].value, os.path.relpath(path, REPO),
+                                    any(k.arg == "component" for k in n.keywords)))
+    return out
+
+
+def test_every_event_the_package_emits_names_its_component():
+    kinds = emitted_kinds()
+    assert len({k for k, _, _ in kinds}) > 30  # the scan found the producers
+    untagged = [(k, f) for k, f, tagged in kinds if not tagged and k not in KIND_COMPONENT]
+    assert not untagged, f"add these kinds to miro_runtime/log.py's KIND_COMPONENT: {untagged}"
+    assert set(KIND_COMPONENT.values()) <= set(COMPONENTS)
+    stale = set(KIND_COMPONENT) - {k for k, _, _ in kinds}
+    assert not stale, f"no code emits these kinds any more; drop them from KIND_COMPONENT: {stale}"
+
+
+def test_the_component_is_the_producers_not_the_logs_default(tmp_path):
+    log = EventLog(str(tmp_path / "l.jsonl"), component="daemon")  # the one log the daemon hands down
+    recs = [log.event("task_trained", task=0), log.event("task_end", task=0), log.event("miro_decision", task=0),
+            log.event("inbox_failed", path="x"), log.event("error", component="trainer", error="boom"),
+            log.event("started")]
+    log.close()
+    assert [r["component"] for r in recs] == ["trainer", "engine", "miro", "inbox", "trainer", "daemon"]
+    written = [json.loads(x)["component"] for x in (tmp_path / "l.jsonl").read_text().splitlines()]
+    assert written == [r["component"] for r in recs]
+
+
+def test_a_long_stderr_line_is_cut_visibly_and_the_json_log_keeps_it_whole(tmp_path, caplog):
+    path = tmp_path / "l.jsonl"
+    log = EventLog(str(path), component="daemon")
+    long = "x" * 1000
+    with caplog.at_level(logging.INFO, logger="miro"):
+        log.event("config_set", key="k", value=long)
+        log.event("config_set", key="k", value="short")
+    log.close()
+    cut, whole = [r.getMessage() for r in caplog.records]
+    assert "... (+" in cut and f"chars; whole in {path})" in cut and len(cut) < 700
+    shown = int(cut.split("... (+")[1].split(" chars")[0])
+    assert shown == len(json.dumps({"key": "k", "value": long})) - 400
+    assert whole.endswith('{"key": "k", "value": "short"}')
+    assert json.loads(path.read_text().splitlines()[0])["value"] == long
+
+
+def test_priority_prefixes_only_where_journald_reads_them(tmp_path, monkeypatch):
+    monkeypatch.delenv("JOURNAL_STREAM", raising=False)
+    rec = logging.LogRecord("miro", logging.INFO, __file__, 1, "daemon started", None, None)
+    master, slave = pty.openpty()
+    r, w = os.pipe()
+    try:
+        with open(slave, "w", closefd=False) as tty, open(w, "w", closefd=False) as pipe:
+            assert not to_journal(tty) and to_journal(pipe)
+            assert SyslogPrefixFormatter("%(name)s: %(message)s", stream=tty).format(rec) == "miro: daemon started"
+            assert SyslogPrefixFormatter("%(name)s: %(message)s", stream=pipe).format(rec) == \
+                "<6>miro: daemon started"
+            st = os.fstat(slave)  # systemd names the journal's stream: believed even on a character device
+            monkeypatch.setenv("JOURNAL_STREAM", f"{st.st_dev}:{st.st_ino}")
+            assert to_journal(tty)
+            monkeypatch.setenv("JOURNAL_STREAM", "1:2")  # inherited from a unit, naming another stream
+            assert not to_journal(tty)
+    finally:
+        for fd in (master, slave, r, w):
+            os.close(fd)
+

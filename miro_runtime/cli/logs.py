@@ -11,6 +11,7 @@ import click
 
 from miro_runtime.choices import LOG_LEVELS
 from miro_runtime.cli.control import EXIT_NO_DAEMON, socket_of, call, fail, failed, request
+from miro_runtime.log import COMPONENTS
 
 
 def _when(text):
@@ -34,12 +35,12 @@ def _when(text):
 @click.command()
 @click.option("--level", type=click.Choice(LOG_LEVELS + ("warn", "err")), default="info", show_default=True,
               help="Minimum level (warn and err as journalctl spells them).")
-@click.option("--component", default=None, help="daemon | engine | trainer | socket | inbox | metrics")
-@click.option("--task", "task_id", type=int, default=None)
+@click.option("--component", default=None, help=f"Only the events this part produced: {' | '.join(COMPONENTS)}.")
+@click.option("--task", "task_id", type=int, default=None, help="Only the events of this task.")
 @click.option("--since", default=None, help="Unix seconds, ISO time, or an age (15m, 2h).")
-@click.option("--until", default=None)
-@click.option("-n", "--limit", default=50, show_default=True)
-@click.option("-f", "--follow", is_flag=True)
+@click.option("--until", default=None, help="Nothing after this: unix seconds, ISO time, or an age (15m, 2h).")
+@click.option("-n", "--limit", default=50, show_default=True, help="Show the last N matching events.")
+@click.option("-f", "--follow", is_flag=True, help="Keep printing new events as they come (Ctrl-C ends).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
 @click.pass_context
 def logs(ctx, level, component, task_id, since, until, limit, follow, as_json):
@@ -58,8 +59,9 @@ def logs(ctx, level, component, task_id, since, until, limit, follow, as_json):
             else:
                 rest = {k: v for k, v in rec.items() if k not in ("ts", "level", "component", "event")}
                 ts = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(rec.get("ts", 0)))
+                # whole, however long: the line a user greps for is often the long one
                 click.echo(f"{ts} {rec.get('level', ''):<7} {rec.get('component', ''):<8} {rec.get('event')} "
-                           f"{json.dumps(rest)[:300]}")
+                           f"{json.dumps(rest)}")
     from miro_runtime.wire.client import NoDaemon
     try:
         r = request(ctx, "logs", **params)

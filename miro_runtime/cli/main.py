@@ -6,6 +6,8 @@ options, and the list of commands; each command lives with its concern:
     kv.py        KV-cache inference
     service.py   the systemd unit, and `miro demo`
 
+and `miro completion SHELL`, the shell completion script, here.
+
 Only the commands import the engine, torch or numpy, when they run: ``miro status`` loads neither."""
 
 from __future__ import annotations
@@ -51,7 +53,11 @@ a store that cannot be opened at all); 3 another mirod owns the state directory;
 request (bad input, a conflict); 69 no daemon answers on the socket; 70 miro status: the daemon answered
 but its trainer is unhealthy (a task failed, a job is failing, or it is wedged; status is still printed);
 77 permission denied (the socket's group, or a mutating method for a read-only peer); 78 a bad
-configuration (miro daemon)."""
+configuration (miro daemon).
+
+Shell completion: `miro completion bash|zsh|fish` prints the script (see its --help for where it goes);
+it is click's, so `_MIRO_COMPLETE=bash_source miro` (zsh_source, fish_source) prints the same."""
+SHELLS = ("bash", "zsh", "fish")
 
 
 @click.group(cls=MiroGroup, context_settings={"help_option_names": ["-h", "--help"]}, epilog=EXIT_CODES)
@@ -71,9 +77,24 @@ def main(ctx, verbose, state_dir, socket_path):
     ctx.obj = {"state_dir": state_dir, "socket": socket_path}
 
 
+@click.command()
+@click.argument("shell", type=click.Choice(SHELLS))
+def completion(shell):
+    """Print the completion script for SHELL. Load it from the shell's startup file:
+
+    \b
+      bash  ~/.bashrc:  eval "$(miro completion bash)"
+      zsh   ~/.zshrc:   eval "$(miro completion zsh)"
+      fish  miro completion fish > ~/.config/fish/completions/miro.fish
+    """
+    from click.shell_completion import get_completion_class
+    script = get_completion_class(shell)(main, {}, "miro", "_MIRO_COMPLETE")
+    click.echo(script.source(), nl=False)
+
+
 for command in (run, inspect, store, rep,
                 daemon, status, eval_, ingest, task, predict, config, profile, checkpoint, logs,
-                kv, service, demo):
+                kv, service, demo, completion):
     main.add_command(command)
 
 __all__ = ["main", "run", "config_from_options"]  # `miro` is main; tests drive run and config_from_options

@@ -2,14 +2,15 @@
 default are the field's, the help and metavar come from its ``metadata`` (config.about) and the allowed
 values from choices.RUN_CHOICES. A setting is defined once, in config.py, so --help cannot drift from it.
 The options that are not one field each are declared here by hand, once: --method-opt (KEY=VALUE pairs
-of the ``method`` table) and --synthetic-* (the ``synthetic`` table)."""
+of the ``method`` table, listed per strategy at the end of --help from the strategies' own option
+dataclasses) and --synthetic-* (the ``synthetic`` table)."""
 
 from __future__ import annotations
 
 import os
 import time
 import typing
-from dataclasses import Field, fields
+from dataclasses import MISSING, Field, fields
 
 import click
 
@@ -22,7 +23,7 @@ CLICK_TYPES = {int: click.INT, float: click.FLOAT, str: click.STRING}
 BY_HAND = {
     "method": [click.option("--method-opt", "method_opts", multiple=True, default=(), metavar="KEY=VALUE",
                             help="A hyperparameter of the strategy itself, repeatable (e.g. r_max=8, theta_bar=0.5, "
-                                 "atom=false).")],
+                                 "atom=false); each strategy's keys are listed at the end.")],
     "synthetic": [click.option("--synthetic-shape", default="1,16,16", show_default=True, metavar="C,H,W",
                                help="Image shape of --stream synthetic."),
                   click.option("--synthetic-classes", default=10, show_default=True,
@@ -59,6 +60,36 @@ def run_options(command):
     for decorate in reversed(decorators):  # click lists options in the order their decorators are written
         command = decorate(command)
     return command
+
+
+def _spell(value) -> str:
+    """A default as --method-opt takes it: true/false, 0,1 for a tuple, nothing for an empty string."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, tuple):
+        return ",".join(map(str, value))
+    return str(value)
+
+
+def _default(f: Field):
+    return f.default_factory() if f.default is MISSING else f.default
+
+
+class RunCommand(click.Command):
+    """`miro run`, whose --help ends with the --method-opt keys each strategy takes and their defaults,
+    read from the strategies' own option dataclasses: imported only when the help is shown (the
+    strategies import torch)."""
+
+    def format_epilog(self, ctx, formatter):
+        super().format_epilog(ctx, formatter)
+        from miro_runtime.engine.strategies import STRATEGIES
+        plain = [name for name, cls in STRATEGIES.items() if cls.Options is None]
+        rows = [(", ".join(plain), "none: their knobs are the flags above (--memory, --replay, --der-alpha, ...)")]
+        for name, cls in STRATEGIES.items():
+            if cls.Options is not None:
+                rows.append((name, "  ".join(f"{f.name}={_spell(_default(f))}" for f in fields(cls.Options))))
+        with formatter.section("Method options (--method-opt KEY=VALUE, defaults shown; README: Prompt methods)"):
+            formatter.write_dl(rows)
 
 
 def config_from_options(o: dict) -> RunConfig:

@@ -10,11 +10,11 @@ import sys
 
 import click
 
-from miro_runtime.cli.options import config_from_options, run_options
+from miro_runtime.cli.options import RunCommand, config_from_options, run_options
 from miro_runtime.cli.render import Progress, emit, print_table
 
 
-@click.command()
+@click.command(cls=RunCommand)
 @run_options
 @click.option("--resume", is_flag=True, help="Continue the run in --run-dir from its last checkpoint.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON summary as the last stdout line.")
@@ -53,7 +53,7 @@ def _state_path(path: str) -> str:
 
 @click.command()
 @click.argument("state_dir", type=click.Path(file_okay=False), required=False)
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the stats as JSON.")
 @click.pass_context
 def inspect(ctx, state_dir, as_json):
     """Show what a flash tier holds: a run dir, a store dir, or (no argument) the daemon's state dir
@@ -119,7 +119,7 @@ def store():
 
 @store.command()
 @click.argument("path", type=click.Path())
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def verify(path, as_json):
     """Every record's crc and header, the class index against the records, counts against meta.
     Exit 0: intact; 1: damage found; 2: the store cannot be opened at all."""
@@ -147,7 +147,7 @@ def verify(path, as_json):
 @store.command()
 @click.argument("src", type=click.Path(exists=True, file_okay=False))
 @click.argument("dst", type=click.Path())
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def salvage(src, dst, as_json):
     """Copy every readable record of SRC's store into a fresh store at DST and say what was lost.
     When SRC is a run directory, DST becomes one too (config, checkpoints and metrics copied), so
@@ -206,10 +206,10 @@ def rep():
 @click.option("--size", default="micro", show_default=True, help="micro | mini | tiny | small | base")
 @click.option("--image-size", default=0, show_default=True, help="Input side in pixels (0: max(16, the stream's)).")
 @click.option("--patch-size", default=0, show_default=True, help="Patch side (0: an eighth of the image).")
-@click.option("--epochs", default=30, show_default=True)
-@click.option("--batch-size", default=64, show_default=True)
+@click.option("--epochs", default=30, show_default=True, help="Passes over the base classes' samples.")
+@click.option("--batch-size", default=64, show_default=True, help="Samples per training step.")
 @click.option("--lr", default=5e-4, show_default=True, help="AdamW peak rate (one-cycle); deeper ViTs want less.")
-@click.option("--seed", default=0, show_default=True)
+@click.option("--seed", default=0, show_default=True, help="Random seed (initial weights, batch order).")
 @click.option("--data-dir", default=None, help="Local dataset directory (torchvision or folder streams).")
 @click.option("--threads", default=0, show_default=True, help="Torch threads (0: torch's default).")
 @click.option("--layer-drop", default=0.0, show_default=True,

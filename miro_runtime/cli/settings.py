@@ -78,7 +78,7 @@ def config_unset(ctx, key, as_json):
 
 
 @config.command(name="reload")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the reply as JSON.")
 @click.pass_context
 def config_reload(ctx, as_json):
     """Re-read the configuration (as SIGHUP does)."""

@@ -35,6 +35,7 @@ log = logging.getLogger("miro.daemon")
 # SessionError.kind -> the code a client sees
 SESSION_CODES = {"params": P.INVALID_PARAMS, "conflict": P.CONFLICT, "busy": P.BUSY, "not-ready": P.NOT_READY,
                  "stopping": P.STOPPING}
+RETRY_CODES = (P.BUSY, P.NOT_READY, P.STOPPING)  # refusals that say "try again later", not "you got it wrong"
 LATENCIES_KEPT = 1000  # per method; the older half is dropped when full
 
 
@@ -185,8 +186,9 @@ class ControlServer:
         d = self.cfg.daemon
         try:
             if self.conns > d.max_connections:
-                await self._send(writer, P.error_response(None, P.BUSY, f"too many connections "
-                                                                        f"(max_connections={d.max_connections})"))
+                why = f"too many connections (max_connections={d.max_connections})"
+                self._refused(peer, P.BUSY, why)
+                await self._send(writer, P.error_response(None, P.BUSY, why))
                 return
             while not self.stopping.is_set():
                 try:
@@ -195,8 +197,9 @@ class ControlServer:
                     return
                 (n,) = P.HEADER.unpack(head)
                 if n > d.max_message_bytes:
-                    await self._send(writer, P.error_response(None, P.TOO_LARGE, f"message of {n} bytes is over the "
-                                                              f"limit of {d.max_message_bytes} (max_message_bytes)"))
+                    why = f"message of {n} bytes is over the limit of {d.max_message_bytes} (max_message_bytes)"
+                    self._refused(peer, P.TOO_LARGE, why)
+                    await self._send(writer, P.error_response(None, P.TOO_LARGE, why))
                     self.counters["errors"] += 1
                     return  # the rest of the frame cannot be skipped safely: close
                 try:
@@ -227,7 +230,7 @@ class ControlServer:
     async def handle(self, body: bytes, peer: Peer) -> dict:
         """One request frame -> its response object; a failure is an error response, never a dead daemon."""
         self.counters["requests"] += 1
-        rid = None
+        rid, name = None, None
         t0 = time.perf_counter()
         try:
             rid, name, params = P.parse_request(body)
@@ -247,9 +250,16 @@ class ControlServer:
                 self.log.event("error", component="socket", error=f"{type(e).__name__}: {e}", peer=peer.to_dict())
                 return P.error_response(rid, P.INTERNAL_ERROR, f"{type(e).__name__}: {e}")
             rid = getattr(err, "id", rid)  # parse_request names the id it could read
-            if err.code != P.PERMISSION_DENIED:
-                self.log.event("request_error", level="debug", code=err.code, error=err.message, peer=peer.to_dict())
+            if err.code != P.PERMISSION_DENIED:  # _authorise logged that one, as peer_refused
+                # info, so `miro logs` shows a client's mistakes by default; debug for the answers that only
+                # say "try again", which a polling client repeats many times a second
+                self._refused(peer, err.code, err.message, name, "debug" if err.code in RETRY_CODES else "info")
             return P.error_response(rid, err.code, err.message)
+
+    def _refused(self, peer: Peer, code: int, why: str, method: Optional[str] = None, level: str = "info"):
+        """One log line for a request (or connection) the daemon refused: who asked (uid, pid) and why."""
+        self.log.event("request_refused", level=level, method=method, code=code, reason=P.CODE_NAMES.get(code, code),
+                       error=why, peer=peer.to_dict())
 
     def _authorise(self, method: Method, peer: Peer):
         if peer.uid in (0, self.uid) or (self.admin_gid is not None and self.admin_gid in peer.groups):
@@ -257,12 +267,12 @@ class ControlServer:
         if not method.mutating and self.read_gid is not None and self.read_gid in peer.groups:
             return
         self.counters["refused"] += 1
-        self.log.event("peer_refused", method=method.name, peer=peer.to_dict())
         what = "mutating" if method.mutating else "read-only"
-        raise P.ProtocolError(P.PERMISSION_DENIED,
-                              f"uid {peer.uid} may not call {what} method {method.name!r}: "
-                              + ("mutating methods are for the daemon's uid, root and the admin group"
-                                 if method.mutating else "read-only methods are for the socket group and admins"))
+        why = f"uid {peer.uid} may not call {what} method {method.name!r}: " + (
+            "mutating methods are for the daemon's uid, root and the admin group" if method.mutating
+            else "read-only methods are for the socket group and admins")
+        self.log.event("peer_refused", method=method.name, code=P.PERMISSION_DENIED, error=why, peer=peer.to_dict())
+        raise P.ProtocolError(P.PERMISSION_DENIED, why)
 
     def _latency(self, method: str, dt: float):
         q = self.lat.setdefault(method, [])

@@ -76,9 +76,9 @@ def test_ingest_task_eval_predict_logs_config_through_the_cli(daemon):
     np.savez(base / "q.npz", x=st.test[1][0][:5])
     pr = json.loads(miro(*S, "predict", str(base / "q.npz"), "--json").stdout)
     assert len(pr["labels"]) == 5
-    r = miro(*S, "logs", "--json", "--component", "daemon", "--level", "info", "-n", "500")
+    r = miro(*S, "logs", "--json", "--component", "engine", "--level", "info", "-n", "500")
     lines = [json.loads(x) for x in r.stdout.splitlines()]
-    assert lines and all(x["component"] == "daemon" and x["level"] in ("info", "warning", "error") for x in lines)
+    assert lines and all(x["component"] == "engine" and x["level"] in ("info", "warning", "error") for x in lines)
     assert any(x["event"] == "task_end" for x in lines)
     r = miro(*S, "logs", "--json", "--task", "1", "--since", "1h", "-n", "500")
     task1 = [json.loads(x) for x in r.stdout.splitlines()]
