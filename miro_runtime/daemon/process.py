@@ -143,14 +143,15 @@ class Daemon:
                        logs_dir=self.logs_dir, config=self.cfg.to_dict(), config_sources=self.cfg.source)
         systemd.notify("READY=1\nSTATUS=serving on " + self.sock_path)
         inbox = Inbox(self.cfg, self.log, self.pool, handlers.ingest_file)
-        metrics = MetricsExport(self.cfg, self.log, self.pool, self.session.status, self.server.counters, self.started)
+        metrics = MetricsExport(self.cfg, self.log, self.pool, self.session.status, self.server.counters, self.started,
+                                kv_status=self.kv.status)
         helpers = [asyncio.ensure_future(c) for c in (self._watchdog(), self._reloader(), inbox.run(), metrics.run(),
                                                        self._status_notes())]
         await self.stopping.wait()
-        await self._shutdown(helpers)
+        await self._shutdown(helpers, metrics)
         return 0
 
-    async def _shutdown(self, helpers):
+    async def _shutdown(self, helpers, metrics: MetricsExport):
         """Stop accepting, let the trainer finish or checkpoint its step, flush, exit in bounded time."""
         systemd.notify("STOPPING=1\nSTATUS=stopping: finishing the current step")
         self.log.event("stopping")
@@ -162,6 +163,11 @@ class Daemon:
         for h in helpers:
             h.cancel()
         if clean:
+            if self.cfg.daemon.metrics_file:  # the counts since the last export survive a clean stop
+                try:
+                    metrics.write(self.cfg.daemon.metrics_file)
+                except OSError as e:
+                    self.log.event("error", component="metrics", error=f"{type(e).__name__}: {e}")
             self.session.close()
         self.log.event("stopped", clean=clean, uptime_s=round(time.time() - self.started, 1))
         self.log.close()

@@ -131,7 +131,8 @@ def test_bad_daemon_config_exits_with_ex_config(tmp_path):
 def test_service_unit_prints(tmp_path):
     r = miro("service", "unit", "--group", "sensors")
     assert r.returncode == 0 and "Type=notify" in r.stdout and "Group=sensors" in r.stdout
-    r = miro("service", "install", "--path", str(tmp_path / "mirod.service"), "--no-reload")
+    r = miro("service", "install", "--path", str(tmp_path / "mirod.service"), "--config", str(tmp_path / "mirod.toml"),
+             "--exec", "/usr/bin/true", "--no-reload")
     assert r.returncode == 0 and (tmp_path / "mirod.service").exists()
     r = miro("service", "uninstall", "--path", str(tmp_path / "mirod.service"), "--no-reload")
     assert r.returncode == 0 and not (tmp_path / "mirod.service").exists()
