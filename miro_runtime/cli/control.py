@@ -7,16 +7,20 @@ from __future__ import annotations
 import json
 import os
 import sys
+import threading
+from typing import Optional
 
 import click
 
-from miro_runtime.cli.render import emit, print_table
+from miro_runtime.cli.render import accuracy_text, emit, print_table, progress_text, status_lines
 
 # exit codes of the control commands (sysexits.h)
 EXIT_NO_DAEMON = 69  # EX_UNAVAILABLE: nothing listens on the socket
 EXIT_DAEMON_ERROR = 65  # the daemon refused the request (bad input, conflict)
 EXIT_DENIED = 77  # EX_NOPERM: the socket or the method is not for this user
 WAIT_S = 3600.0  # `task end --wait`: the longest wait for a task's training (the daemon's own bound)
+PROGRESS_EVERY_S = 0.5  # `task end --wait` on a terminal: how often its progress line is redrawn
+CLEAR_EOL = "\x1b[K"  # ANSI: clear to the end of the line (a shorter redraw leaves no tail)
 EXIT_UNHEALTHY = 70  # EX_SOFTWARE: status answered, but a task failed or the trainer is failing or wedged
 
 
@@ -93,50 +97,16 @@ def _fmt_j(v):
 
 
 @click.command()
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the whole status as JSON (every key always present).")
 @click.pass_context
 def status(ctx, as_json):
-    """What the daemon is doing: task, classes, memory, flash, swaps, energy, Miro, accuracy. Exits 70
-    (after printing) when the trainer is unhealthy: a task failed, a job is failing, or it is wedged."""
+    """What the daemon is doing: tasks (trained, open for samples, training and how far), classes,
+    samples (stored, and since this daemon started), memory, flash, swaps, energy, Miro, accuracy per
+    task. Exits 70 (after printing) when the trainer is unhealthy: a task failed, a job is failing, or
+    it is wedged."""
     def human(s):
-        d = s.get("daemon", {})
-        rows = [("state", s["state"] + (f"  (paused: {s['paused']})" if s.get("paused") else "")),
-                ("health", s["health"] + (f"  (failed tasks {s['failed_tasks']})" if s["failed_tasks"] else "") +
-                 (f"; last error: task {s['last_error']['task']}: {s['last_error']['error']}"
-                  if s["health"] != "ok" and s["last_error"] else "")),
-                ("uptime", f"{s['uptime_s']:.0f} s  (pid {d.get('pid')})"),
-                ("current task", f"{s['current_task']}  (open {s['open_task']}, trained {s['tasks_trained']}, "
-                                 f"mode {s['mode']}, strategy {s['strategy']})"),
-                ("classes seen", f"{s['classes_seen']}  {s['class_labels'][:20]}"),
-                ("samples", f"{s['counters']['ingested_train']} train, {s['counters']['ingested_test']} test, "
-                            f"{s['counters']['online_pending']} pending online")]
-        if s.get("memory"):
-            rows.append(("RAM memory", f"{s['memory']['size']} / {s['memory']['capacity']} samples"))
-        if s.get("flash"):
-            f = s["flash"]
-            rows.append(("flash", f"{f['records']} samples ({f['bytes'] / 2**20:.1f} MiB), budget "
-                                  f"{f['budget_records'] or 'unbounded'}"))
-        if s.get("swap"):
-            w = s["swap"]
-            rows.append(("swaps", f"{w.get('completed')} done, {w.get('dropped')} dropped"))
-        if s.get("energy"):
-            e = s["energy"]
-            rows.append(("energy", f"{_fmt_j(e['total_j'])}  ({e['provenance']})"))
-        if s.get("miro"):
-            m = s["miro"]
-            rows.append(("miro", f"{'on' if m['enabled'] else 'off'}: {m['knobs']}" +
-                         (f"; last decision: task {m['last_decision']['task']} chose {m['last_decision']['winner']}"
-                          if m.get("last_decision") else "")))
-        if s.get("kv"):
-            k = s["kv"]
-            rows.append(("kv", f"{'on' if k['enabled'] else 'off'}: {k['model']}, policy {k['policy']}, RAM share "
-                               f"{k['ram_bytes'] / 2**20:.1f} MiB, flash share {k['flash_bytes'] / 2**20:.1f} MiB "
-                               f"({(k['flash_used_bytes'] or 0) / 2**20:.1f} MiB used, {k['prefix_chunks'] or 0} "
-                               f"prefix chunks), {k['requests']} requests"))
-        if s.get("last_acc"):
-            rows.append(("last accuracies", " ".join("-" if a is None else f"{100 * a:.1f}" for a in s["last_acc"])))
-        for k, v in rows:
-            click.echo(f"{k:<16}{v}")
+        for line in status_lines(s):
+            click.echo(line)
     st = call(ctx, "status")
     emit(st, as_json, human)
     if st["health"] != "ok":
@@ -144,7 +114,7 @@ def status(ctx, as_json):
 
 
 @click.command(name="eval")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the reply as JSON.")
 @click.pass_context
 def eval_(ctx, as_json):
     """Accuracy matrix, final average accuracy, forgetting, backward transfer (as `miro run --json`)."""
@@ -175,11 +145,12 @@ def _load_arrays(path, need_labels: bool = False):
 @click.command()
 @click.argument("path", type=click.Path(exists=True))
 @click.option("--task", type=int, default=None, help="Task to ingest into (default: the open task, or the .npz's).")
-@click.option("--split", type=click.Choice(["train", "test"]), default=None)
+@click.option("--split", type=click.Choice(["train", "test"]), default=None,
+              help="Train or test samples (default: the .npz's split array, else train).")
 @click.option("--end", is_flag=True, help="End the task afterwards.")
 @click.option("--batch", type=click.IntRange(min=1), default=1024, show_default=True, help="Samples per request.")
 @click.option("--server-side", is_flag=True, help="Let the daemon read PATH itself (a path on its machine).")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the reply as JSON.")
 @click.pass_context
 def ingest(ctx, path, task, split, end, batch, server_side, as_json):
     """Send samples: an .npz (arrays x, y, optional task, split) or an image folder (the folder
@@ -227,21 +198,68 @@ def task():
 @task.command(name="end")
 @click.argument("task_id", type=int, required=False)
 @click.option("--wait", is_flag=True, help="Return once the task is trained and evaluated.")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the reply as JSON.")
 @click.pass_context
 def task_end(ctx, task_id, wait, as_json):
-    """End TASK_ID (default: the open task): the daemon trains (epoch mode) and evaluates it."""
+    """End TASK_ID (default: the open task): the daemon trains (epoch mode) and evaluates it. With
+    --wait on a terminal, a line on stderr shows how far its training is."""
     params = {"wait": wait, "timeout": WAIT_S}
     if task_id is not None:
         params["task"] = task_id
-    r = call(ctx, "task_end", answer_within=WAIT_S + 30 if wait else 60.0, **params)  # the daemon answers within WAIT_S
-    emit(r, as_json, lambda r: click.echo(f"task {r['task']} ended" + (
-        f"; accuracy per task {[round(100 * a, 1) if a is not None else None for a in r['acc']]}"
-        if r.get("trained") else "")))
+    show = wait and not as_json and sys.stderr.isatty()
+    shown = ProgressLine(socket_of(ctx), task_id) if show else None
+    try:
+        # the daemon answers within WAIT_S
+        r = call(ctx, "task_end", answer_within=WAIT_S + 30 if wait else 60.0, **params)
+    finally:
+        if shown is not None:
+            shown.close()
+
+    def human(r):
+        line = f"task {r['task']} ended"
+        if r.get("trained"):
+            line += f"; accuracy {accuracy_text(r.get('acc'), r.get('avg_acc'))}"
+        elif wait:
+            line += f"; not trained after {WAIT_S:.0f} s of waiting: see miro status"
+        click.echo(line)
+    emit(r, as_json, human)
+
+
+class ProgressLine:
+    """`task end --wait` on a terminal: one stderr line, redrawn from `status`'s ``progress`` read on
+    a second connection every PROGRESS_EVERY_S while the first waits for the answer. Best effort: a
+    status that cannot be read leaves the line as it was (the wait itself reports failures)."""
+
+    def __init__(self, sock: str, task: Optional[int]):
+        self.sock, self.task, self.drawn = sock, task, False
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="progress", daemon=True)
+        self.thread.start()
+
+    def _run(self):
+        from miro_runtime.wire.client import Client, DaemonError
+        try:
+            with Client(self.sock, timeout=PROGRESS_EVERY_S * 20) as c:
+                while not self.stop.is_set():
+                    st = c.call("status")
+                    self.task = st["open_task"] if self.task is None else self.task  # what the request ends
+                    p = st.get("progress")
+                    if p and p["task"] == self.task:
+                        click.echo(f"\r{progress_text(p)}{CLEAR_EOL}", err=True, nl=False)
+                        self.drawn = True
+                    self.stop.wait(PROGRESS_EVERY_S)
+        except (OSError, DaemonError):
+            return
+
+    def close(self):
+        self.stop.set()
+        self.thread.join(PROGRESS_EVERY_S * 20)
+        if self.drawn:
+            click.echo(f"\r{CLEAR_EOL}", err=True, nl=False)  # the answer follows on stdout
 
 
 @task.command(name="list")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the reply as JSON.")
 @click.pass_context
 def task_list(ctx, as_json):
     """Every task: its classes, state, test samples, accuracy and energy."""
@@ -255,8 +273,8 @@ def task_list(ctx, as_json):
 
 @click.command()
 @click.argument("path", type=click.Path(exists=True))
-@click.option("-k", default=3, show_default=True)
-@click.option("--json", "as_json", is_flag=True)
+@click.option("-k", default=3, show_default=True, help="How many of the likeliest labels to show per image.")
+@click.option("--json", "as_json", is_flag=True, help="Print the reply as JSON.")
 @click.pass_context
 def predict(ctx, path, k, as_json):
     """Predict the labels of the images in an .npz (array x) or an image file."""
@@ -280,7 +298,7 @@ def predict(ctx, path, k, as_json):
 
 
 @click.command()
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the reply as JSON.")
 @click.pass_context
 def profile(ctx, as_json):
     """Run a Miro profile round now, on the open task's samples."""
@@ -289,7 +307,7 @@ def profile(ctx, as_json):
 
 
 @click.command()
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the reply as JSON.")
 @click.pass_context
 def checkpoint(ctx, as_json):
     """Write a checkpoint now (or at the next step boundary while a task trains)."""

@@ -17,6 +17,166 @@ def emit(obj, as_json: bool, human) -> None:
         human(obj)
 
 
+NONE = "-"  # what a person reads for a value the daemon does not have (never Python's None)
+LABELS_SHOWN = 20  # class labels listed by `miro status` before "and N more"
+
+
+def _v(v, none: str = NONE) -> str:
+    return none if v is None else str(v)
+
+
+def _pct(v) -> str:
+    return NONE if v is None else f"{100 * v:.1f}%"
+
+
+def _mib(v) -> str:
+    return NONE if v is None else f"{v / 2**20:.1f} MiB"
+
+
+def _joules(v) -> str:
+    return NONE if v is None else f"{v:.1f} J"
+
+
+def _duration(s) -> str:
+    if s is None:
+        return NONE
+    s = int(s)
+    if s < 120:
+        return f"{s} s"
+    if s < 7200:
+        return f"{s // 60} min {s % 60} s"
+    return f"{s // 3600} h {s % 3600 // 60} min"
+
+
+def _tasks(ts) -> str:
+    return ", ".join(str(t) for t in ts)
+
+
+def progress_text(p: dict) -> str:
+    """One line for Session.status's ``progress``: 'task 2: 40% (epoch 2 of 5, 120 of 300 steps)'."""
+    if p["unit"] == "steps":
+        how = f"epoch {_v(p.get('epoch'))} of {_v(p.get('epochs'))}, {p['done']} of {p['total']} steps"
+    else:
+        how = f"{p['done']} of {p['total']} stored samples trained"
+    waits = {"ended": "; ended, waits for the trainer", "ingesting": "; open for samples, trains as they arrive"}
+    return f"task {p['task']}: {100 * p['fraction']:.0f}% ({how}){waits.get(p.get('state'), '')}"
+
+
+def status_lines(s: dict) -> list:
+    """`miro status` for a person: the daemon's status object (Session.status plus the daemon's keys)
+    in -> labelled lines out. Pure: a test feeds it any status, a restarted daemon's included. What
+    counts since this daemon started says so; what the store holds says "stored"."""
+    rows = [("state", s["state"] + (f"  (paused: {s['paused']})" if s.get("paused") else "")),
+            ("health", _health(s)),
+            ("uptime", f"{_duration(s.get('uptime_s'))}  (pid {_v((s.get('daemon') or {}).get('pid'))})"),
+            ("tasks", _task_words(s)),
+            ("training", _training_words(s)),
+            ("learner", f"strategy {_v(s.get('strategy'))}, {_v(s.get('mode'))} mode"),
+            ("classes seen", _classes(s)),
+            ("samples", _samples(s))]
+    if s.get("memory"):
+        rows.append(("RAM memory", f"{_v(s['memory']['size'])} / {_v(s['memory']['capacity'])} samples"))
+    if s.get("flash"):
+        f = s["flash"]
+        rows.append(("flash", f"{_v(f.get('records'))} samples ({_mib(f.get('bytes'))}), budget "
+                              f"{_v(f.get('budget_records'), 'unbounded')}"))
+    if s.get("swap"):
+        w = s["swap"]
+        rows.append(("swaps", f"{_v(w.get('completed'))} done, {_v(w.get('dropped'))} dropped"))
+    if s.get("energy"):
+        rows.append(("energy", _energy(s["energy"])))
+    if s.get("miro"):
+        m = s["miro"]
+        d = m.get("last_decision")
+        rows.append(("miro", f"{'on' if m.get('enabled') else 'off'}: {_knobs(m.get('knobs'))}" +
+                     (f"; last decision: task {_v(d.get('task'))} chose {_knobs(d.get('winner'))}" if d else "")))
+    if s.get("kv"):
+        k = s["kv"]
+        note = f" ({k['model_note']})" if k.get("model_note") else ""
+        rows.append(("kv", f"{'on' if k.get('enabled') else 'off'}: {_v(k.get('model'))}{note}, policy "
+                           f"{_v(k.get('policy'))}, RAM share {_mib(k.get('ram_bytes'))}, flash share "
+                           f"{_mib(k.get('flash_bytes'))} ({_mib(k.get('flash_used_bytes') or 0)} used, "
+                           f"{k.get('prefix_chunks') or 0} prefix chunks), {_v(k.get('requests'))} requests"))
+    rows.append(("accuracy", accuracy_text(s.get("last_acc"), s.get("last_avg_acc"))))
+    return [f"{k:<16}{v}" for k, v in rows]
+
+
+def _health(s: dict) -> str:
+    err = s.get("last_error")
+    return (s["health"] + (f"  (failed tasks {s['failed_tasks']})" if s.get("failed_tasks") else "") +
+            (f"; last error: task {_v(err.get('task'))}: {_v(err.get('error'))}" if s["health"] != "ok" and err
+             else ""))
+
+
+def _knobs(key) -> str:
+    """A knobs key (control/knobs.py: 'mem=16,flash=None,...') in words: no flash budget is unbounded,
+    a strategy knob of None is off."""
+    if key is None:
+        return NONE
+    pairs = [kv.partition("=") for kv in str(key).split(",")]
+    return ",".join(f"{k}={('unbounded' if k == 'flash' else 'off') if v == 'None' else v}" for k, _, v in pairs)
+
+
+def _task_words(s: dict) -> str:
+    """Which tasks are trained (or failed), which ended and waits, which is open for samples."""
+    failed = s.get("failed_tasks") or []
+    done = s.get("tasks_trained") or 0
+    trained = [t for t in range(done) if t not in failed]
+    parts = [f"{len(trained)} trained ({_tasks(trained)})" if trained else "none trained yet"]
+    if failed:
+        parts.append(f"{len(failed)} failed ({_tasks(failed)})")
+    p = s.get("progress") or {}
+    for t in [t for t in s.get("ended_tasks") or [] if t >= done]:
+        parts.append(f"task {t} ended, " + ("training" if (p.get("task"), p.get("state")) == (t, "training")
+                                            else "waiting to train"))
+    o = s.get("open_task", -1)
+    if o >= 0 and o not in (s.get("ended_tasks") or []):
+        parts.append(f"task {o} open for samples")
+    else:
+        parts.append(f"no task open: the next train samples open task {o + 1}")
+    return "; ".join(parts)
+
+
+def _training_words(s: dict) -> str:
+    p = s.get("progress")
+    if p:
+        return progress_text(p)
+    return "waiting for the first samples" if s.get("state") == "waiting for data" else "idle"
+
+
+def _classes(s: dict) -> str:
+    labels = s.get("class_labels") or []
+    more = f" and {len(labels) - LABELS_SHOWN} more" if len(labels) > LABELS_SHOWN else ""
+    return f"{s.get('classes_seen') or 0}" + (f"  (labels {_tasks(labels[:LABELS_SHOWN])}{more})" if labels else "")
+
+
+def _samples(s: dict) -> str:
+    """Stored (what the store holds, across restarts) and since start (this process's counters)."""
+    stored, c = s.get("stored") or {}, s.get("counters") or {}
+    line = (f"{stored.get('train', 0)} train / {stored.get('test', 0)} test stored "
+            f"({c.get('ingested_train', 0)} train, {c.get('ingested_test', 0)} test since start)")
+    if s.get("mode") == "online":
+        line += f", {c.get('online_pending', 0)} pending online"
+        if c.get("online_untrained"):
+            line += f", {c['online_untrained']} skipped untrained (online backlog full)"
+    return line
+
+
+def _energy(e: dict) -> str:
+    line = _joules(e.get("total_j")) + (f"  ({e['provenance']})" if e.get("provenance") else "")
+    if e.get("current_task_j"):
+        line += f"; {_joules(e['current_task_j'])} of it on the task in training"
+    return line
+
+
+def accuracy_text(acc, avg) -> str:
+    """'task 0 91.2%, task 1 88.0% (after task 1, average 89.6%)': the row after the last trained task."""
+    if not acc:
+        return "none yet (a task is evaluated once it has trained)"
+    per = ", ".join(f"task {t} {_pct(a) if a is not None else 'no test samples'}" for t, a in enumerate(acc))
+    return f"{per} (after task {len(acc) - 1}" + (f", average {_pct(avg)})" if avg is not None else ")")
+
+
 def _fmt(v):
     return "  -  " if v is None else f"{100 * v:5.1f}"
 

@@ -138,7 +138,8 @@ class Session:
         meta = meta or {}
         s = LiveStream.from_meta(shape, self.scfg.max_classes, meta)
         lr = Learner(self.cfg, s, hooks=make_controller(self.cfg), log=self.log,
-                     extra_state=self.trainer.extra_state, retrain_from_store=self.retrain_from_store)
+                     extra_state=self.trainer.extra_state, retrain_from_store=self.retrain_from_store,
+                     on_event=self.trainer.on_learner_event)
         pos = self._open_learner(lr, resume)
         if not resume:
             with open(os.path.join(self.cfg.run_dir, "config.json"), "w") as fh:
@@ -380,15 +381,21 @@ class Session:
                # health: "ok", "error" (a task failed, or the last training job raised and is being retried),
                # "wedged" (work pending and no training progress for wedged_after_s)
                "health": self.trainer.health(), "failed_tasks": list(self.ledger.failed),
-               "last_error": self.trainer.last_error, "trainer_errors": self.trainer.errors}
+               "last_error": self.trainer.last_error, "trainer_errors": self.trainer.errors,
+               # the next task to train, how far: {task, state, done, total, unit ("steps" in epoch mode,
+               # "samples" online), fraction, epoch (the one in progress, from 1), epochs}, or None
+               "progress": self.trainer.progress(),
+               # samples the store holds (``counters`` count since this process started)
+               "stored": {"train": 0, "test": 0}}
         if lr is None or lr.strategy is None:
             return out
         strat = lr.strategy
         mem = strat.memory
         out["memory"] = None if mem is None else {"size": len(mem), "capacity": mem.capacity}
         counts = lr.flash.class_counts("samples")
-        out["flash"] = {"records": int(counts.sum()), "budget_records": self.cfg.flash_budget,
-                        "test_records": int(lr.flash.class_counts(TEST_NS).sum()),
+        out["stored"] = {"train": int(counts.sum()), "test": int(lr.flash.class_counts(TEST_NS).sum())}
+        out["flash"] = {"records": out["stored"]["train"], "budget_records": self.cfg.flash_budget,
+                        "test_records": out["stored"]["test"],
                         "bytes": int(counts.sum()) * lr.flash.spec("samples").record_bytes}
         if strat.swap_engine is not None:  # CarM's: swaps between flash and the RAM memory
             out["swap"] = strat.swap_engine.stats()

@@ -324,6 +324,7 @@ class Trainer:
     def _begin(self, t: int):
         pos = self.pos.within(t)
         self.state = f"training task {t}"
+        self._live = None  # a retry starts from the position, not where the failed attempt got to
         self.learner.begin_task(t, pos.to_dict())
         with self.work:
             self.ledger.begin(t)
