@@ -218,7 +218,8 @@ class TieredKVCache:
         k_eff = min(pol.k, (share - fixed) // block_bytes)
         if k_eff < 0:
             raise ValueError(f"hot budget {self.hot_budget} B: at {self.seen + T} tokens a layer's sinks, recent "
-                             f"blocks and block representatives need {fixed} B, more than its share {share} B")
+                             f"blocks and block representatives need {fixed} B, more than its share {share} B; "
+                             f"give --hot-budget {fixed * self.n_layers} or more, or fewer sinks or recent blocks")
         since = self._since.get(layer, 0)
         chosen = [b for b in self._chosen.get(layer, []) if b in candidates][:k_eff]
         if T > 1 or since % pol.refresh == 0:  # a prefill chunk chooses for its queries; decoding every few steps

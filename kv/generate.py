@@ -15,12 +15,14 @@ import torch
 
 from .cache import TieredKVCache
 from .llama import Llama, LlamaConfig, rope
+from .names import BUILTIN_MODELS, BYTE_TOKENS, RANDOM_INIT
 from .planner import LayerCost, Replanner
 from .policies import make_policy
 from .prefix import PrefixStore
 from .sizes import kv_bytes
 
 BUILTIN = {"builtin-tiny": LlamaConfig()}
+assert tuple(BUILTIN) == BUILTIN_MODELS, "kv/names.py lists every built-in model (--help and status read it)"
 # KV blocks are a cache: everything in them can be recomputed, and each carries a checksum (a prefix
 # block also its sha256), so their LMDB environment commits without fsync -- a crash may lose the
 # last commits, never hand back a wrong block.
@@ -34,7 +36,8 @@ class Builtin:
     def __init__(self, name: str, seed: int):
         torch.manual_seed(seed)  # random weights: the mechanics, not the text, are what it shows
         self.model = Llama(BUILTIN[name]).eval()
-        self.described = f"{name} (random init, seed {seed})"
+        self.described = f"{name} (random init, seed {seed})"  # its identity in prefix keys: keep it stable
+        self.note, self.tokenizer = RANDOM_INIT, BYTE_TOKENS
         c = self.model.cfg
         self.n_layers, self.n_kv_heads, self.head_dim = c.n_layers, c.n_kv_heads, c.head_dim
         self.rope = partial(rope, theta=c.rope_theta)
@@ -66,6 +69,8 @@ class HFModel:
         self.model, self.tok = load_local(path)
         self._cache_arg = None
         self.described = f"transformers {type(self.model).__name__} at {os.path.abspath(path)}"
+        self.note = None
+        self.tokenizer = f"the model's own ({type(self.tok).__name__})" if self.tok else BYTE_TOKENS
         c = self.model.config.get_text_config(decoder=True)
         self.n_layers = c.num_hidden_layers
         self.n_kv_heads = getattr(c, "num_key_value_heads", None) or c.num_attention_heads
@@ -81,7 +86,7 @@ class HFModel:
 
     def make_cache(self, policy=None, **kw):
         if policy is not None:
-            raise ValueError(f"--policy {policy.name}: a transformers model hands the cache keys after RoPE, so "
+            raise ValueError(f"--policy {policy.name}: a transformers model hands the cache keys after RoPE; "
                              "only --policy full (lossless, with cold layers) runs on --model PATH")
         from .hf import TieredCache
         return TieredCache(self.model.config, **{k: v for k, v in kw.items() if k != "hot_budget"})
@@ -109,8 +114,13 @@ def load_model(name: str, seed: int = 0):
         except ImportError:
             raise ValueError(f"--model {name}: local transformers models need the llm extra "
                              "(pip install 'miro-runtime[llm]')") from None
-        return HFModel(name)
-    raise ValueError(f"--model {name!r}: not a built-in model ({', '.join(BUILTIN)}) nor a local directory")
+        try:
+            return HFModel(name)
+        except OSError as e:  # transformers says what is missing or unreadable; a path, not a disk, problem
+            why = " ".join(str(e).split()).rstrip(".")
+            raise ValueError(f"--model {name}: {why}; give a directory that transformers can load") from None
+    raise ValueError(f"--model {name}: not a built-in model nor a local directory; give "
+                     f"{' or '.join(BUILTIN)} or the directory of a transformers model")
 
 
 def measure_fetch(tier, ns: str, block_bytes: int, n: int = 5) -> float:
@@ -136,9 +146,9 @@ def run_generate(model_name: str, prompt: bytes, max_new_tokens: int, policy: st
     ``reuse_prefixes`` then keeps prefixes in that tier, and this generation's cold blocks are
     deleted from it afterwards."""
     if max_new_tokens < 1:
-        raise ValueError(f"--max-new-tokens must be >= 1, got {max_new_tokens}")
+        raise ValueError(f"--max-new-tokens {max_new_tokens}: at least 1 token is generated; give 1 or more")
     if not prompt:
-        raise ValueError("the prompt is empty")
+        raise ValueError("the prompt is empty; give at least one character")
     pol = make_policy(policy, **(policy_opts or {}))  # bad options named before anything is loaded
     model = model or load_model(model_name, seed)
     described, c = model.described, model
@@ -150,7 +160,8 @@ def run_generate(model_name: str, prompt: bytes, max_new_tokens: int, policy: st
     cold_dir = cold_dir or store_dir
     if store_dir or (reuse_prefixes and tier is not None):
         if policy != "full":
-            raise ValueError(f"--store keeps prefixes of lossless caches; --policy {policy} evicts tokens")
+            raise ValueError(f"--store: keeps the prefixes of lossless caches, and --policy {policy} evicts tokens; "
+                             "use --policy full with --store, or leave --store out")
         if tier is None:
             from miro_runtime.storage import FlashTier
             tier = FlashTier(store_dir, sync_mode=KV_SYNC)
@@ -176,7 +187,7 @@ def run_generate(model_name: str, prompt: bytes, max_new_tokens: int, policy: st
             tails = c.n_layers * kv_bytes(block_tokens - 1, c.n_kv_heads, c.head_dim)
             if hot_budget < tails:
                 raise ValueError(f"--hot-budget {hot_budget} B is below what the cold layers' tail blocks need "
-                                 f"({tails} B at --block-tokens {block_tokens})")
+                                 f"({tails} B in {block_tokens}-token blocks); give --hot-budget {tails} or more")
             # planned for the next REPLAN_EVERY tokens, solved again as the sequence grows: early on more
             # layers stay hot, later they go down as their KV outgrows the budget
             replanner = Replanner(grow_tokens=REPLAN_EVERY)
@@ -185,7 +196,8 @@ def run_generate(model_name: str, prompt: bytes, max_new_tokens: int, policy: st
         cache = model.make_cache(cold=tier, hot_layers=hot_layers, block_tokens=block_tokens)
     else:
         if not hot_budget:
-            raise ValueError(f"--policy {policy} needs --hot-budget BYTES")
+            raise ValueError(f"--policy {policy}: a lossy policy keeps the KV within a hot budget; give "
+                             "--hot-budget BYTES (e.g. 60000)")
         cache = model.make_cache(policy=pol, hot_budget=hot_budget, block_tokens=block_tokens)
     kv = model.tiered(cache)
     try:
@@ -220,7 +232,8 @@ def run_generate(model_name: str, prompt: bytes, max_new_tokens: int, policy: st
             peak = max(peak, kv.hot_bytes())
         decode_s = time.perf_counter() - t1
         res = {"model": described, "policy": policy, "prompt_tokens": int(ids.shape[1]), "new_tokens": len(out),
-               "text": model.decode(out), "tokens": out, "ttft_s": ttft,
+               "text": model.decode(out), "tokens": out, "model_note": model.note, "tokenizer": model.tokenizer,
+               "ttft_s": ttft,
                "tokens_per_s": (len(out) - 1) / decode_s if decode_s > 0 and len(out) > 1 else None,
                "hot_bytes": kv.hot_bytes(), "peak_hot_bytes": peak, "cold_bytes": kv.cold_bytes(),
                "hot_budget": hot_budget or None,

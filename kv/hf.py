@@ -85,7 +85,7 @@ def load_local(path: str):
     prompt's bytes are its tokens (the model's vocabulary must hold 256)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
     if not os.path.isfile(os.path.join(path, "config.json")):
-        raise ValueError(f"--model {path}: no config.json there (a local transformers model directory is needed)")
+        raise ValueError(f"--model {path}: no config.json there; give the directory of a local transformers model")
     model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True).eval()
     tok = None
     if any(os.path.exists(os.path.join(path, f)) for f in ("tokenizer.json", "tokenizer_config.json",
@@ -93,7 +93,7 @@ def load_local(path: str):
         tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
     elif model.config.vocab_size < 256:
         raise ValueError(f"--model {path}: no tokenizer files and a vocabulary of {model.config.vocab_size} "
-                         "(< 256), so the prompt's bytes cannot be its tokens")
+                         "(< 256), so the prompt's bytes cannot be its tokens; give a directory with its tokenizer")
     return model, tok
 
 

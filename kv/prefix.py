@@ -95,13 +95,14 @@ class PrefixStore:
         return written
 
     def entries(self) -> list:
-        """Every stored chunk: hash, depth in its chain, bytes, when stored, model identity."""
+        """Every stored chunk: hash, depth in its chain, tokens, bytes, when last stored, model identity."""
         out = []
         for k in self.tier.keys(IDX):
             h = k.decode() if isinstance(k, bytes) else k
             m = self._meta(h)
-            if m is not None:
-                out.append({"hash": h, **{x: m[x] for x in ("depth", "bytes", "used", "model")}})
+            if m is not None:  # shape is (B, Hkv, chunk, hd): the chunk's tokens are its third axis
+                out.append({"hash": h, "tokens": m["shape"][2],
+                            **{x: m[x] for x in ("depth", "bytes", "used", "model")}})
         return out
 
     def _drop(self, h: str):
@@ -128,3 +129,23 @@ class PrefixStore:
         for e in entries:
             self._drop(e["hash"])
         return len(entries)
+
+
+def summarize(entries: list) -> dict:
+    """Stored chunks grouped by what their keys hash (the model's identity and the chunk size: a prompt
+    is reused only within its group), with totals per group and overall: chunks, tokens, bytes, and
+    prompt starts (chunks at depth 0, one per distinct first chunk of a stored prompt)."""
+    groups: dict = {}
+    for e in entries:
+        g = groups.setdefault((e["model"], e["tokens"]), {
+            "model": e["model"], "chunk_tokens": e["tokens"], "chunks": 0, "tokens": 0, "bytes": 0,
+            "prompt_starts": 0, "longest_prefix_tokens": 0, "last_used": 0.0})
+        g["chunks"] += 1
+        g["tokens"] += e["tokens"]
+        g["bytes"] += e["bytes"]
+        g["prompt_starts"] += e["depth"] == 0
+        g["longest_prefix_tokens"] = max(g["longest_prefix_tokens"], (e["depth"] + 1) * e["tokens"])
+        g["last_used"] = max(g["last_used"], e["used"])
+    rows = sorted(groups.values(), key=lambda g: (-g["bytes"], g["model"]))
+    total = {k: sum(g[k] for g in rows) for k in ("chunks", "tokens", "bytes", "prompt_starts")}
+    return {"groups": rows, "total": {"groups": len(rows), **total}}

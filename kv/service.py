@@ -14,7 +14,7 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Optional
 
-from .names import POLICIES
+from .names import POLICIES, model_note
 from .sizes import kv_bytes
 
 
@@ -108,7 +108,8 @@ class KVService:
         if self._tier is not None:  # opened by the first generation
             prefix, cold = self._tier.bytes_used("kvprefix"), self._tier.bytes_used("kv")
             used, prefixes = prefix + cold, len(self._tier.keys("kvprefix.idx"))
-        return {**asdict(self.share), "dir": self.root, "model_loaded": self._model is not None,
+        return {**asdict(self.share), "model_note": model_note(self.share.model), "dir": self.root,
+                "model_loaded": self._model is not None,
                 "flash_used_bytes": used, "flash_prefix_bytes": prefix, "flash_cold_bytes": cold,
                 "prefix_chunks": prefixes, "busy": self.busy, **self.counters, "last": self.last}
 

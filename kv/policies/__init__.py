@@ -16,11 +16,14 @@ assert ("full", *POLICIES) == NAMES, "kv/names.py lists every policy (the daemon
 def make_policy(name: str, **kw):
     if name == "full":
         if kw:
-            raise ValueError(f"--policy full takes no options, got {sorted(kw)}")
+            raise ValueError(f"--policy full takes no options, got {', '.join(sorted(kw))}; leave --policy-opt out")
         return None
     if name not in POLICIES:
-        raise ValueError(f"unknown KV policy {name!r}; choose full or one of {sorted(POLICIES)}")
-    return POLICIES[name](**kw)
+        raise ValueError(f"--policy {name}: not a KV policy; choose one of {', '.join(NAMES)}")
+    try:
+        return POLICIES[name](**kw)
+    except ValueError as e:  # the policy names its own bounds; say where the values came from
+        raise ValueError(f"--policy-opt: {e}; see each policy's options in `miro kv generate -h`") from None
 
 
 def parse_options(name: str, pairs) -> dict:
@@ -36,18 +39,18 @@ def parse_options(name: str, pairs) -> dict:
     if not pairs:
         return {}
     if name not in POLICIES:
-        raise ValueError(f"--policy-opt: --policy {name} takes no options")
+        raise ValueError(f"--policy-opt: --policy {name} takes no options; leave --policy-opt out")
     params = {k: p.default for k, p in inspect.signature(POLICIES[name].__init__).parameters.items() if k != "self"}
     out = {}
     for pair in pairs:
         key, sep, raw = pair.partition("=")
         if not sep:
-            raise ValueError(f"--policy-opt {pair!r}: give KEY=VALUE")
+            raise ValueError(f"--policy-opt {pair!r}: no value; give KEY=VALUE")
         if key not in params:
             raise ValueError(f"--policy-opt {key}: not an option of --policy {name}; its options are "
                              f"{', '.join(sorted(params))}")
         want = type(params[key])
-        bad = ValueError(f"--policy-opt {key}={raw!r}: must be {want.__name__}")
+        bad = ValueError(f"--policy-opt {key}={raw!r}: must be {want.__name__}; e.g. {key}={params[key]}")
         try:
             out[key] = msgspec.convert(raw.strip(), want, strict=False)
         except msgspec.ValidationError:

@@ -30,6 +30,7 @@ from miro_runtime.daemon.handlers import Handlers
 from miro_runtime.daemon.inbox import Inbox
 from miro_runtime.daemon.prometheus import MetricsExport
 from miro_runtime.daemon.server import ControlServer, group_id
+from miro_runtime.kv.names import STATE_SUBDIR as KV_STATE_SUBDIR
 from miro_runtime.kv.service import KVService, KVShare  # torch-free until the first generation
 from miro_runtime.log import EventLog
 from miro_runtime.session.ledger import HEALTH_OK, HEALTH_WEDGED
@@ -63,7 +64,7 @@ class Daemon:
         self.pool = concurrent.futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="mirod-io")
         self.predict_pool = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="mirod-predict")
         self.kv_pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="mirod-kv")
-        self.kv = KVService(os.path.join(self.state_dir, "kv"),
+        self.kv = KVService(os.path.join(self.state_dir, KV_STATE_SUBDIR),
                             KVShare(**{k: getattr(cfg.kv, k) for k in KV_SHARE_KEYS}))
         self.started = time.time()
 

@@ -211,7 +211,7 @@ def test_policies_keep_what_their_papers_keep():
     bound = torch.stack([keys.amax(dim=2), keys.amin(dim=2)], dim=2)  # (1, 1, 2, 4)
     qq = torch.randn(4)
     assert float((keys[0, 0] @ qq).max()) <= float(torch.maximum(qq * bound[0, 0, 0], qq * bound[0, 0, 1]).sum()) + 1e-6
-    with pytest.raises(ValueError, match="unknown KV policy"):
+    with pytest.raises(ValueError, match="--policy lru: not a KV policy"):
         make_policy("lru")
 
 
