@@ -110,7 +110,8 @@ def unwrap_optional(type_) -> tuple:
 def about(help_: str, **more) -> dict:
     """A RunConfig field's metadata, its `miro run` option: ``help`` (allowed values are appended from
     choices.RUN_CHOICES), and where they apply ``metavar``, ``min`` (the least value the flag takes),
-    ``file`` (a file path), ``zero_is_none`` (0 spells None, unbounded, on the command line and in TOML)."""
+    ``file`` (a file path), ``zero_is_none`` (0 spells None, unbounded, on the command line and in TOML),
+    ``flag`` (the option's name where it is not the field's)."""
     return {"help": help_, **more}
 
 
@@ -176,6 +177,15 @@ class RunConfig:
         "Battery % under which (unplugged) Miro moves to a cheaper arm, mid-task."))
     monitor_every_s: float = field(default=2.0, metadata=about(
         "Seconds between resource readings during a task (0: every step)."))
+    # the user's energy budget (engine/budget.py): its guard stops a task's training when it is spent
+    energy_budget_j: Optional[float] = field(default=None, metadata=about(
+        "Joules each task may spend: training, profiling, evaluation and requests (none: no budget).",
+        flag="--energy-budget", metavar="J"))
+    power_budget_w: Optional[float] = field(default=None, metadata=about(
+        "Average watts over the stream: at most P x elapsed time plus a bucket (none: no budget).",
+        flag="--power-budget", metavar="W"))
+    power_bucket_s: float = field(default=60.0, metadata=about(
+        "A power budget's bucket: seconds of P it may bank while idle (its burst)."))
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -241,6 +251,13 @@ class RunConfig:
                      "der_beta", "momentum"):
             if getattr(self, name) < 0:
                 bad(name, f"{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("energy_budget_j", "power_budget_w"):
+            if getattr(self, name) is not None and getattr(self, name) <= 0:
+                bad(name, f"must be > 0 (or none: no budget), got {getattr(self, name)}")
+        if self.energy_budget_j is not None and self.power_budget_w is not None:
+            bad("power_budget_w", "give an energy budget per task or a power budget, not both")
+        if self.power_bucket_s <= 0:
+            bad("power_bucket_s", f"must be > 0 s, got {self.power_bucket_s}")
         if not 0 < self.miro_budget <= 1:
             bad("miro_budget", f"must lie in (0, 1] (a share of the previous task's energy), got {self.miro_budget}")
         if self.threads < 0:

@@ -36,7 +36,7 @@ KIND_COMPONENT = {
     **dict.fromkeys(("task_begin", "task_trained", "task_failed", "training_paused", "training_resumed",
                      "online_backlog_dropped"), "trainer"),
     **dict.fromkeys(("task_end", "checkpoint", "checkpoint_damaged", "retrain_from_store", "resume",
-                     "controller_skipped"), "engine"),
+                     "controller_skipped", "budget_guard", "budget_changed"), "engine"),
     **dict.fromkeys(("miro_decision", "miro_adopt"), "miro"),
     "kv_generate": "kv",
     **dict.fromkeys(("run_begin", "run_end"), "run"),

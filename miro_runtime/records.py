@@ -75,11 +75,12 @@ class TaskRecord:
     reaction_profiling_j: Optional[float] = None  # controller: mid-task profiling moved out of energy_j, J
     profiling_energy_j: Optional[float] = None  # controller: this task's profiling energy, J
     knobs: Optional[dict] = None  # controller: the knobs the task ended with
+    budget: Optional[dict] = None  # under an energy budget: the task's joules by kind, and whether the guard tripped
 
     _FIXED = ("task", "acc", "avg_acc", "wall_s", "train_s", "train_samples", "train_samples_per_s", "energy_j",
               "energy_components_j", "energy_provenance", "energy_warnings", "peak_rss_mb", "peak_anon_rss_mb",
               "flash_records", "torch_threads")
-    _TAIL = ("before_restart", "reaction_profiling_j", "profiling_energy_j", "knobs")
+    _TAIL = ("before_restart", "reaction_profiling_j", "profiling_energy_j", "knobs", "budget")
 
     def to_dict(self) -> dict:
         """The JSON line: the fixed fields, the strategy's stats flat beside them, then what is set of the rest."""

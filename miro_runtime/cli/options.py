@@ -36,18 +36,18 @@ BY_HAND = {
 def field_option(f: Field, hint):
     """One RunConfig field as a click option decorator: ``--the-field``, typed and defaulted as the field."""
     meta = f.metadata
-    flag = "--" + f.name.replace("_", "-")
+    flag = meta.get("flag") or "--" + f.name.replace("_", "-")
     help_ = meta["help"] + (f": {' | '.join(RUN_CHOICES[f.name])}" if f.name in RUN_CHOICES else "")
     base, _ = unwrap_optional(hint)
     if base is bool:
-        return click.option(flag, is_flag=True, default=f.default, help=help_)
+        return click.option(flag, f.name, is_flag=True, default=f.default, help=help_)
     if "min" in meta:
         type_ = click.IntRange(min=meta["min"])
     elif meta.get("file"):
         type_ = click.Path(dir_okay=False)
     else:
         type_ = CLICK_TYPES[base]
-    return click.option(flag, type=type_, default=f.default, show_default=True, metavar=meta.get("metavar"),
+    return click.option(flag, f.name, type=type_, default=f.default, show_default=True, metavar=meta.get("metavar"),
                         help=help_)
 
 

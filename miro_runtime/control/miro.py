@@ -73,7 +73,8 @@ class MiroController(Controller):
     # ------------------------------------------------------------------ engine hooks
     def task_begin(self, view: LearnerView, t: int):
         self._profiling_j, self._inside_j = 0.0, 0.0
-        cands, skipped, _ = self._metered_round(view, t)
+        cands, skipped, spent = self._metered_round(view, t)
+        view.guard.book("profile", spent, t)  # before the task's window opens: the budget pays for it
         winner = select(cands, self.rule, self.eta).knobs if cands else self.current
         tie = None
         if t == 0 and cands:

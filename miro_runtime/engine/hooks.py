@@ -28,6 +28,7 @@ class LearnerView(Protocol):
     flash: Any  # the FlashTier: class_ids / read_batch for validation data, set_budget to adopt
     strategy: Any  # the running Strategy: model, memory (resize), settle(), set_knobs(), swap_engine
     meter: Any  # the energy meter: begin_window / end_window around what a controller spends
+    guard: Any  # engine.budget.BudgetGuard: the user's energy budget; a controller books its profiling there
     device: str
 
     def task_data(self, t: int) -> tuple:

@@ -27,10 +27,11 @@ from miro_runtime.profilers import ResourceMonitor, make_meter
 from miro_runtime.storage import FlashTier, SampleSpec
 
 from miro_runtime.config import RunConfig
+from miro_runtime.engine.budget import BudgetGuard
 from miro_runtime.engine.checkpoint import (CHECKPOINT, CheckpointError, load_latest, manifest_mismatch,
                                             save_checkpoint, store_manifests)
 from miro_runtime.engine.hooks import Controller
-from miro_runtime.engine.metrics import anon_rss_mb, bwt, evaluate, final_avg_acc, forgetting, peak_rss_mb
+from miro_runtime.engine.metrics import anon_rss_mb, evaluate, peak_rss_mb, run_summary
 from miro_runtime.engine.strategies import build_model, make_strategy
 from miro_runtime.log import EventLog
 from miro_runtime.records import Position, TaskRecord
@@ -66,7 +67,7 @@ class Learner:
         self.metrics_path = os.path.join(cfg.run_dir, "metrics.jsonl")
         self.extra_state = extra_state  # callable -> JSON-able dict kept in every checkpoint (the daemon's)
         self.retrain_from_store = retrain_from_store  # checkpoints gone on purpose: start over on the stored samples
-        self.flash = self.strategy = self.meter = None
+        self.flash = self.strategy = self.meter = self.guard = None
         self.acc: list = []  # row t: accuracy on tasks 0..t after training task t
         self.per_task: list = []  # TaskRecord of each finished task
         self.steps = 0
@@ -103,6 +104,7 @@ class Learner:
                                                   policy=cfg.flash_policy, budget_records=cfg.flash_budget))
         self.strategy = make_strategy(cfg.strategy, model, cfg, self.flash, stream, self.device)
         self.meter = make_meter(cfg.energy_source)
+        self.guard = BudgetGuard(cfg, self.log)
         self.peak_anon = anon_rss_mb()
         # intra-op threads are process-wide: set while open, given back at close (in-process callers).
         # One thread by default: the small models trained here gain little wall time from a second
@@ -165,6 +167,9 @@ class Learner:
     def observe(self, t: int, x, y, ids, pos: Position | dict | None = None):
         """Online: one step on an arriving batch (plus replay), then offer it to the memory."""
         cur = self._cur
+        if not self.guard.allows(t, self._in_window()):  # the budget is spent: stored, not trained
+            cur["guard_skipped"] = cur.get("guard_skipped", 0) + len(y)
+            return
         xt, yt = torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(np.asarray(y))
         t0 = time.perf_counter()
         self.strategy.observe(xt, yt)
@@ -189,6 +194,8 @@ class Learner:
                 if should_stop is not None and should_stop():
                     self.checkpoint(Position(t, e, b))
                     return False
+                if not self.guard.allows(t, self._in_window()):  # the budget is spent: the task ends here
+                    return True
                 idx = perm[b * cfg.batch_size:(b + 1) * cfg.batch_size]
                 t0 = time.perf_counter()
                 strat.observe(X[idx], Y[idx])
@@ -209,7 +216,9 @@ class Learner:
         carry = self._carry if self._carry and self._carry["task"] == t else None
         self._carry = self._cur = None
         done = _add_partial(here, carry) if carry else here
+        self.meter.begin_window(f"eval{t}")  # evaluation is work the budget pays for too
         row = evaluate(strat.model, self.stream, t, self.device)
+        eval_j = self.meter.end_window(f"eval{t}").joules
         self.acc.append(row)
         known = [a for a in row if a is not None]
         rec = TaskRecord(task=t, acc=row, avg_acc=float(np.mean(known)) if known else None, wall_s=done["wall_s"],
@@ -226,6 +235,9 @@ class Learner:
                                           "checkpoint and the kill is not known and was redone (metered again)")
         if self.hooks is not None:
             self.hooks.task_end(self, t, rec)
+        for kind, j in (("train", rec.energy_j), ("profile", rec.reaction_profiling_j), ("eval", eval_j)):
+            self.guard.book(kind, j, t)
+        rec.budget = self.guard.record(t)
         self.per_task.append(rec)
         line = rec.to_dict()
         with open(self.metrics_path, "a") as fh:
@@ -287,7 +299,7 @@ class Learner:
               "strategy": self.strategy.state_dict(), "torch_rng": torch.get_rng_state(),
               "metrics": json.dumps({"acc": self.acc, "per_task": [r.to_dict() for r in self.per_task],
                                      "steps": self.steps,
-                                     "wall_s": self.wall_s(),
+                                     "wall_s": self.wall_s(), "budget": self.guard.budget.state(),
                                      "partial": self._partial(pos)})}
         if self.hooks is not None:
             st["hooks"] = json.dumps(self.hooks.state())
@@ -363,6 +375,7 @@ class Learner:
         self.acc, self.steps = m["acc"], m["steps"]
         self.per_task = [TaskRecord.from_dict(r) for r in m["per_task"]]
         self._wall_before = m.get("wall_s", 0.0)
+        self.guard.budget.load_state(m.get("budget", {}))
         part = m.get("partial")
         if part and part["task"] == st["position"]["task"]:
             self._carry = dict(part, restarts=part["restarts"] + 1)
@@ -384,6 +397,11 @@ class Learner:
         if self._window is not None:
             (self.meter.pause_window if paused else self.meter.resume_window)(self._window)
 
+    def _in_window(self) -> float:
+        """Joules the task in training has spent so far (a resumed task: with the part before the restart)."""
+        carry = self._carry["energy_j"] if self._carry and self._cur and self._carry["task"] == self._cur["task"] else 0
+        return (self.task_energy_so_far() or 0.0) + (carry or 0.0)
+
     def task_energy_so_far(self) -> Optional[float]:
         """Joules metered so far in the task in progress; None between tasks or when unresolved."""
         if self._window is None:
@@ -402,25 +420,7 @@ class Learner:
         return self._wall_before + time.perf_counter() - self._t_start
 
     def summary(self, wall_s: Optional[float] = None) -> dict:
-        T = len(self.stream.tasks)
-        acc = [row + [None] * (T - len(row)) for row in self.acc]
-        train_s = sum(r.train_s for r in self.per_task)
-        samples = sum(r.train_samples for r in self.per_task)
-        out = {"final_avg_acc": final_avg_acc(self.acc), "forgetting": forgetting(self.acc), "bwt": bwt(self.acc),
-               "acc_matrix": acc, "train_samples_per_s": samples / train_s if train_s else None,
-               "peak_rss_mb": peak_rss_mb(), "peak_anon_rss_mb": max((r.peak_anon_rss_mb for r in self.per_task),
-                                                                     default=None),
-               "energy_j": self.energy_total(), "energy_provenance": self.provenance(),
-               "wall_s": self.wall_s() if wall_s is None else wall_s, "train_s": train_s, "steps": self.steps,
-               "config": json.loads(self.cfg.to_json()), "stream": self.stream.describe(),
-               "per_task": [r.to_dict() for r in self.per_task]}
-        out.update(self.strategy.summary_extra())  # the prompt methods: step cost, memory, AToM/ALD applied
-        if self.hooks is not None:
-            out.update(self.hooks.summary())
-        last = self.per_task[-1].strategy if self.per_task else {}
-        if "swap" in last:
-            out["swap"] = last["swap"]
-        return out
+        return run_summary(self, self.wall_s() if wall_s is None else wall_s)
 
     def energy_total(self):
         vals = [r.energy_j for r in self.per_task] + [r.profiling_energy_j or 0.0 for r in self.per_task]

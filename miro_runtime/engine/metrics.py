@@ -6,6 +6,7 @@ backward transfer BWT = mean_{j<T} (a[T][j] - a[j][j]). Resource figures per tas
 
 from __future__ import annotations
 
+import json
 import os
 import resource
 
@@ -72,3 +73,27 @@ def anon_rss_mb() -> float:
     except OSError:
         pass
     return float("nan")
+
+
+def run_summary(lr, wall_s: float) -> dict:
+    """A run's summary (summary.json, `miro run --json`, the daemon's eval) from a learner: the accuracy
+    matrix and its CL metrics, throughput, memory, energy, the strategy's and the controller's extras."""
+    T = len(lr.stream.tasks)
+    acc = [row + [None] * (T - len(row)) for row in lr.acc]
+    train_s = sum(r.train_s for r in lr.per_task)
+    samples = sum(r.train_samples for r in lr.per_task)
+    out = {"final_avg_acc": final_avg_acc(lr.acc), "forgetting": forgetting(lr.acc), "bwt": bwt(lr.acc),
+           "acc_matrix": acc, "train_samples_per_s": samples / train_s if train_s else None,
+           "peak_rss_mb": peak_rss_mb(), "peak_anon_rss_mb": max((r.peak_anon_rss_mb for r in lr.per_task),
+                                                                 default=None),
+           "energy_j": lr.energy_total(), "energy_provenance": lr.provenance(),
+           "wall_s": wall_s, "train_s": train_s, "steps": lr.steps,
+           "config": json.loads(lr.cfg.to_json()), "stream": lr.stream.describe(),
+           "per_task": [r.to_dict() for r in lr.per_task]}
+    out.update(lr.strategy.summary_extra())  # the prompt methods: step cost, memory, AToM/ALD applied
+    if lr.hooks is not None:
+        out.update(lr.hooks.summary())
+    last = lr.per_task[-1].strategy if lr.per_task else {}
+    if "swap" in last:
+        out["swap"] = last["swap"]
+    return out

@@ -1,0 +1,170 @@
+"""A user's energy budget and the guard that keeps every configuration inside it (Miro v2).
+
+Two ways to say it: joules per task (``energy_budget_j``), or an average power over the stream
+(``power_budget_w``): a token bucket that fills at P watts up to ``power_bucket_s`` seconds' worth
+and empties by every joule spent -- "at most P x elapsed time, plus a bounded bucket", as the
+drift-plus-penalty reading of a time-average power limit has it. Every joule the process spends is
+booked by its kind (training, profiling, evaluation, predict and KV requests) against the task it
+was spent for. The guard is the engine's, not a controller's: a static configuration and Miro stop
+training a task at the same point, so comparisons between them are fair. A budget changed while a
+task trains applies from the next step (the learner asks ``remaining`` before every step).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Callable, Optional
+
+KINDS = ("train", "profile", "eval", "predict", "kv")  # what a joule was spent on
+MODE_NONE, MODE_TASK, MODE_POWER = "none", "task", "power"
+
+
+class EnergyBudget:
+    """The budget in force and what was spent against it. ``clock``: wall seconds (``time.time``: a
+    power budget's bucket keeps filling across a restart, as the battery's charge does not wait)."""
+
+    def __init__(self, task_j: Optional[float] = None, power_w: Optional[float] = None,
+                 bucket_s: float = 60.0, clock: Callable[[], float] = time.time):
+        self.clock = clock
+        self.spent = {k: 0.0 for k in KINDS}  # over the stream, by kind
+        self.by_task: dict = {}  # task -> {kind: joules}
+        self.trips: list = []  # tasks whose training the guard stopped
+        self.task_j = self.power_w = None
+        self.bucket_s = bucket_s
+        self._level = self._at = None  # the power bucket: joules in it, at clock time
+        self.configure(task_j, power_w, bucket_s)
+
+    # ------------------------------------------------------------------ the budget
+    @property
+    def mode(self) -> str:
+        return MODE_TASK if self.task_j is not None else MODE_POWER if self.power_w is not None else MODE_NONE
+
+    def configure(self, task_j: Optional[float], power_w: Optional[float], bucket_s: float) -> bool:
+        """Set the budget (a live change applies from the next step); -> whether it changed. A new
+        power budget starts with a full bucket; a changed one keeps its level, capped to the new size."""
+        if task_j is not None and power_w is not None:
+            raise ValueError("give an energy budget per task or a power budget, not both")
+        changed = (task_j, power_w, bucket_s) != (self.task_j, self.power_w, self.bucket_s)
+        was_power = self.power_w is not None
+        self.task_j, self.power_w, self.bucket_s = task_j, power_w, bucket_s
+        if power_w is None:
+            self._level = self._at = None
+        elif not was_power:
+            self._level, self._at = self.bucket_j, self.clock()
+        else:
+            self._level = min(self._fill(), self.bucket_j)
+        return changed
+
+    @property
+    def bucket_j(self) -> Optional[float]:
+        return None if self.power_w is None else self.power_w * self.bucket_s
+
+    def _fill(self) -> float:
+        """The power bucket's level now: what it held, plus P x the time since, up to its size."""
+        now = self.clock()
+        self._level = min(self.bucket_j, self._level + self.power_w * max(0.0, now - self._at))
+        self._at = now
+        return self._level
+
+    # ------------------------------------------------------------------ spending
+    def spend(self, kind: str, joules: Optional[float], task: int) -> None:
+        """Book ``joules`` spent on ``kind`` for ``task`` (None: the meter could not resolve it)."""
+        if kind not in KINDS:
+            raise ValueError(f"unknown kind of spending {kind!r}; one of {KINDS}")
+        if not joules:
+            return
+        self.spent[kind] += joules
+        per = self.by_task.setdefault(task, {k: 0.0 for k in KINDS})
+        per[kind] += joules
+        if self.power_w is not None:
+            self._level = self._fill() - joules  # may go below 0: an overshoot, repaid as it refills
+
+    def task_spent(self, task: int) -> float:
+        """Joules booked for ``task`` so far (not what its open training window holds)."""
+        return sum(self.by_task.get(task, {}).values())
+
+    def remaining(self, task: int, in_window: float = 0.0) -> Optional[float]:
+        """Joules ``task`` may still spend, ``in_window`` (its open training window's joules, not yet
+        booked) counted; None without a budget. The guard stops training at <= 0."""
+        if self.mode == MODE_TASK:
+            return self.task_j - self.task_spent(task) - in_window
+        if self.mode == MODE_POWER:
+            return self._fill() - in_window
+        return None
+
+    def trip(self, task: int) -> None:
+        if task not in self.trips:
+            self.trips.append(task)
+
+    # ------------------------------------------------------------------ reading it
+    def status(self, task: Optional[int] = None, in_window: float = 0.0) -> dict:
+        """What `miro status` shows: the budget, what was spent (by kind; of ``task``), what remains."""
+        out = {"mode": self.mode, "task_j": self.task_j, "power_w": self.power_w, "bucket_j": self.bucket_j,
+               "spent_j": {k: round(v, 6) for k, v in self.spent.items()}, "guard_trips": list(self.trips)}
+        if task is not None:
+            out["task"] = task
+            out["task_spent_j"] = round(self.task_spent(task) + in_window, 6)
+            rem = self.remaining(task, in_window)
+            out["remaining_j"] = None if rem is None else round(rem, 6)
+        return out
+
+    def state(self) -> dict:
+        """What a checkpoint keeps (JSON-able): the spending and the bucket's level at its time."""
+        level = None if self.power_w is None else self._fill()
+        return {"spent": dict(self.spent), "by_task": {str(t): v for t, v in self.by_task.items()},
+                "trips": list(self.trips), "level": level, "at": self._at}
+
+    def load_state(self, state: dict) -> None:
+        self.spent.update(state.get("spent", {}))
+        self.by_task = {int(t): dict(v) for t, v in state.get("by_task", {}).items()}
+        self.trips = list(state.get("trips", []))
+        if self.power_w is not None and state.get("level") is not None:
+            self._level, self._at = min(state["level"], self.bucket_j), state["at"]
+
+
+class BudgetGuard:
+    """The learner's side of the budget: built from the run config (re-read before every step, so a
+    live ``config set`` or ``miro budget set`` applies from the next one), asked before every step
+    whether the task in training may go on, told what each kind of work spent."""
+
+    def __init__(self, cfg, log):
+        self.cfg, self.log = cfg, log
+        self.budget = EnergyBudget(cfg.energy_budget_j, cfg.power_budget_w, cfg.power_bucket_s)
+        self._stopped: set = set()  # tasks whose training the guard stopped in this process
+
+    def sync(self) -> None:
+        """Adopt the config's budget if it changed (logged with the old and new values)."""
+        c, b = self.cfg, self.budget
+        old = {"task_j": b.task_j, "power_w": b.power_w, "bucket_s": b.bucket_s}
+        if b.configure(c.energy_budget_j, c.power_budget_w, c.power_bucket_s):
+            self.log.event("budget_changed", old=old, new={"task_j": b.task_j, "power_w": b.power_w,
+                                                           "bucket_s": b.bucket_s}, mode=b.mode)
+
+    def allows(self, t: int, in_window: float) -> bool:
+        """Whether task ``t`` may take another step, its open window holding ``in_window`` joules."""
+        self.sync()
+        rem = self.budget.remaining(t, in_window)
+        if rem is None or rem > 0:
+            return True
+        if t not in self._stopped:  # logged once per task: the reason, the figures, what follows
+            self._stopped.add(t)
+            self.budget.trip(t)
+            self.log.event("budget_guard", level="warning", task=t, mode=self.budget.mode,
+                           spent_j=round(self.budget.task_spent(t) + in_window, 6), remaining_j=round(rem, 6),
+                           task_j=self.budget.task_j, power_w=self.budget.power_w,
+                           why="the energy budget is spent: the task's training stops here; it is evaluated "
+                               "and the next task trains")
+        return False
+
+    def book(self, kind: str, joules: Optional[float], t: int) -> None:
+        self.budget.spend(kind, joules, t)
+
+    def record(self, t: int) -> Optional[dict]:
+        """The task record's ``budget`` field: what the task spent by kind, against which budget, and
+        whether the guard stopped it (None without a budget and no trip)."""
+        b = self.budget
+        if b.mode == MODE_NONE and t not in b.trips:
+            return None
+        spent = {k: round(v, 6) for k, v in b.by_task.get(t, {}).items() if v}
+        return {"mode": b.mode, "task_j": b.task_j, "power_w": b.power_w, "spent_j": spent,
+                "total_j": round(sum(spent.values()), 6), "guard_tripped": t in b.trips}
