@@ -58,3 +58,31 @@ def emit(result: dict):
     """Print the one JSON object every bench ends with."""
     sys.stdout.flush()
     print(json.dumps(result))
+
+
+def cached_mib() -> float:
+    """The kernel's page cache now (/proc/meminfo Cached), MiB: machine-wide, so other processes move it too."""
+    with open("/proc/meminfo") as fh:
+        for line in fh:
+            if line.startswith("Cached:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def evict(root: str) -> dict:
+    """Drop every file under ``root`` from the page cache, so the next read comes from the device: data
+    written first (sync), then POSIX_FADV_DONTNEED per file, which needs no root for clean pages. Pages
+    a process still maps are not dropped: close stores (LMDB maps its file) before calling this. The
+    Cached figures before and after show whether it took (machine-wide, so only roughly)."""
+    os.sync()
+    before, files, size = cached_mib(), 0, 0
+    for d, _, names in os.walk(root):
+        for n in names:
+            fd = os.open(os.path.join(d, n), os.O_RDONLY)
+            try:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+                size += os.fstat(fd).st_size
+            finally:
+                os.close(fd)
+            files += 1
+    return {"files": files, "store_mib": size / 2**20, "cached_before_mib": before, "cached_after_mib": cached_mib()}

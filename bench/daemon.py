@@ -5,7 +5,10 @@ command paid before the daemon existed (torch + the engine).
 
 28x28 uint8 samples, 1024 per request (about 1 MiB of base64 JSON), one client, plus a second run
 with two clients. While ingest runs the daemon trains an earlier task (epoch mode, SmallCNN, one
-torch thread); a status loop and a predict loop (8 images) run beside it. Last line: one JSON object.
+torch thread); a status loop and a predict loop (8 images) run beside it. The 20k samples/s target
+is judged on the one-client runs, every run of them (the worst must reach it). Small ``--runs``,
+``--seconds`` and ``--direct-n`` are for checking the code runs, not for figures.
+Last line: one JSON object.
 """
 
 from __future__ import annotations
@@ -30,6 +33,11 @@ from miro_runtime.storage import FlashTier, SampleSpec  # noqa: E402
 
 SHAPE = (1, 28, 28)
 BATCH = 1024
+TARGET = 20000  # socket ingest samples/s while training, with one client
+# the code these figures measure (run_all.py marks the section stale when it changes)
+MEASURES = ("miro_runtime/daemon", "miro_runtime/wire", "miro_runtime/cli", "miro_runtime/session",
+            "miro_runtime/engine", "miro_runtime/config.py", "miro_runtime/choices.py", "miro_runtime/log.py",
+            "storage")
 
 
 def data(n, seed):
@@ -200,7 +208,9 @@ def main():
         for m in ("status_ms", "predict_ms"):
             res[f"{m}_p50_{k}"] = median([r[m]["p50"] for r in runs])
             res[f"{m}_p99_{k}"] = median([r[m]["p99"] for r in runs])
-    res["target_20k_met"] = max(res["socket_samples_per_s_1"], res["socket_samples_per_s_2"]) >= 20000
+    # the target says one client: judged on those runs, every one of them (the worst), not the best setup
+    res["target_runs_1"] = [r["samples_per_s"] for r in one]
+    res["target_20k_met"] = min(res["target_runs_1"]) >= TARGET
     emit(res)
 
 
@@ -221,20 +231,26 @@ def render(r) -> str:
                      f"{r[f'predict_ms_p50_{k}']:.1f} / {r[f'predict_ms_p99_{k}']:.1f} |")
     idle_s = median([x["idle_status_ms_p50"] for x in r["socket"]["1"]])
     idle_p = median([x["idle_predict_ms_p50"] for x in r["socket"]["1"]])
-    lines += ["", f"- Direct flash-tier ingest (baseline): {r['direct_samples_per_s']:,.0f} samples/s. Target socket "
-              f"ingest >= 20k samples/s while training: **{'met' if r['target_20k_met'] else 'NOT met'}**.",
+    runs1 = [x["samples_per_s"] for x in r["socket"]["1"]]
+    runs2 = [x["samples_per_s"] for x in r["socket"]["2"]]
+    lines += ["", "- Every run, samples/s: one client " + ", ".join(f"{v:,.0f}" for v in runs1)
+              + f" (spread {max(runs1) - min(runs1):,.0f}); two clients " + ", ".join(f"{v:,.0f}" for v in runs2)
+              + f" (spread {max(runs2) - min(runs2):,.0f}). Direct flash-tier ingest (baseline): "
+              f"{r['direct_samples_per_s']:,.0f} samples/s. Target socket ingest >= {TARGET // 1000}k samples/s "
+              f"while training, with one client, every run (worst {min(runs1):,.0f}): "
+              f"**{'met' if min(runs1) >= TARGET else 'NOT met'}**.",
               f"- Without ingest load (training still running): status p50 {idle_s:.1f} ms, "
               f"predict p50 {idle_p:.1f} ms.",
               f"- `miro status`: **{c['miro_status']['wall_s']:.2f} s, {c['miro_status']['peak_rss_mb']:.0f} MB** peak "
               f"RSS; `miro --help`: {c['miro_help']['wall_s']:.2f} s, {c['miro_help']['peak_rss_mb']:.0f} MB. The "
               f"import path every command paid before the daemon (torch + the engine), measured in the same run: "
-              f"{c['old_import_path']['wall_s']:.2f} s, {c['old_import_path']['peak_rss_mb']:.0f} MB (the issue "
-              f"recorded `miro --help` at ~4.8 s, ~860 MB on that code). Median of {c['miro_status']['runs']} fresh "
+              f"{c['old_import_path']['wall_s']:.2f} s, {c['old_import_path']['peak_rss_mb']:.0f} MB. "
+              f"Median of {c['miro_status']['runs']} fresh "
               f"processes each, started from a small launcher (its RUSAGE_CHILDREN ru_maxrss).",
               "- Where we lose: every request is decoded (base64, JSON) and validated on the daemon's threads, "
-              "which share the GIL and the two cores with the trainer: the socket path reaches the fraction of "
-              "the direct rate above, training slows to the loaded step rate while ingest runs flat out, and "
-              "status/predict tails grow under that load (p99)."]
+              f"which share the GIL and the {r['machine']['cores']} cores with the trainer: the socket path "
+              "reaches the fraction of the direct rate above, training slows to the loaded step rate while ingest "
+              "runs flat out, and status/predict tails grow under that load (p99)."]
     return "\n".join(lines)
 
 

@@ -2,14 +2,17 @@
 
 1. Decode tokens/s of the built-in decoder with half of the layers' KV in the LMDB flash tier vs all
    in RAM (same run, alternating), and the planner's placement vs a naive "first layers hot" one
-   under the same budget (predicted stall and measured tokens/s).
+   under the same budget: the planner plans on each layer's measured compute and measured KV read
+   from the tier, and both placements' end-to-end decode is measured. The decode runs read the tier
+   from the page cache (written moments before); a cold row reads each layer's KV right after its
+   files were dropped from the page cache (POSIX_FADV_DONTNEED), against the same read warm.
 2. Prefill and decode latency and peak hot memory at 2k / 8k / 16k tokens: sink, h2o, cascade, topk
    vs full.
 3. Quality: a tiny decoder trained here on synthetic passkey retrieval; exact recall per policy vs
    context length (table + kv_passkey.png).
 4. Prefix reuse: time to first token in a fresh process with a warm persistent prefix vs the same
    prompt recomputed (no store), after a process restart.
-Last line of stdout: one JSON object.
+``--smoke`` is for checking the code runs, not for figures. Last line of stdout: one JSON object.
 """
 
 from __future__ import annotations
@@ -22,11 +25,13 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import emit, machine, median, scratch  # noqa: E402
+from common import emit, evict, machine, median, scratch  # noqa: E402
 
 from miro_runtime.kv.sizes import kv_bytes  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# the code these figures measure (run_all.py marks the section stale when it changes)
+MEASURES = ("kv", "storage", "miro_runtime/cli/kv.py")
 
 
 def decode_rate(model, prompt, n, cache) -> float:
@@ -39,6 +44,53 @@ def decode_rate(model, prompt, n, cache) -> float:
             logits = model(tok, cache.seen, cache)
             tok = logits[:, -1:].argmax(-1)
         return n / (time.perf_counter() - t0)
+
+
+def layer_compute(model, prompt, new) -> list:
+    """Each layer's measured compute at one decode token (forward hooks on its block, all KV in RAM),
+    median over ``new`` decode steps -> seconds per layer."""
+    import torch
+
+    from miro_runtime.kv.cache import TieredKVCache
+    cfg = model.cfg
+    start, times = {}, [[] for _ in range(cfg.n_layers)]
+
+    def pre(i):
+        def hook(_m, args):
+            start[i] = time.perf_counter()
+        return hook
+
+    def post(i):
+        def hook(_m, args, _out):
+            if args[0].shape[1] == 1:  # decode steps only, not the prompt
+                times[i].append(time.perf_counter() - start[i])
+        return hook
+    handles = [h for i, blk in enumerate(model.layers)
+               for h in (blk.register_forward_pre_hook(pre(i)), blk.register_forward_hook(post(i)))]
+    try:
+        cache = TieredKVCache(cfg.n_layers, cfg.n_kv_heads, cfg.head_dim)
+        with torch.no_grad():
+            decode_rate(model, prompt, new, cache)
+        cache.close()
+    finally:
+        for h in handles:
+            h.remove()
+    return [median(t) for t in times]
+
+
+def layer_reads(tier, cache, blocks: int, n: int = 5) -> list:
+    """Each layer's measured read of its whole KV from ``tier``: every block in one read transaction,
+    checksums verified, copied into one buffer (what a cold layer's fetch reads) -> seconds (median of n)."""
+    out = []
+    for layer in range(cache.n_layers):
+        keys = [cache.key(layer, b) for b in range(blocks)]
+        times = []
+        for _ in range(n):
+            t0 = time.perf_counter()
+            b"".join(tier.get_many(cache.ns, keys, view=True))
+            times.append(time.perf_counter() - t0)
+        out.append(median(times))
+    return out
 
 
 def placement(root, context, new, runs, threads):
@@ -57,18 +109,18 @@ def placement(root, context, new, runs, threads):
     L = cfg.n_layers
     per_layer = kv_bytes(context + new, cfg.n_kv_heads, cfg.head_dim)
     rates = {"all-ram": [], "half-lmdb": [], "planner": [], "first-layers": []}
-    tier = FlashTier(os.path.join(root, "kv"), sync_mode=KV_SYNC)
-    # measured costs for the planner: a block read from LMDB, a layer's compute at one token
-    from miro_runtime.kv.generate import measure_fetch
-    blocks = -(-(context + new) // 16)
-    fetch = measure_fetch(tier, "kv", kv_bytes(16, cfg.n_kv_heads, cfg.head_dim)) * blocks
+    path = os.path.join(root, "kv")
+    tier = FlashTier(path, sync_mode=KV_SYNC)
+    # the planner's costs, measured per layer on this model: its compute at a decode token, and the read
+    # of its whole KV (the prompt's blocks) back from the flash tier
+    probe = TieredKVCache(L, cfg.n_kv_heads, cfg.head_dim, cold=tier, hot_layers=(), model_id="probe")
     with torch.no_grad():
-        t0 = time.perf_counter()
-        for _ in range(5):
-            model(prompt[:, :1])
-        compute = (time.perf_counter() - t0) / 5 / L
-    # uneven layers make placement matter: later layers' fetches hide under more compute in this model
-    costs = [LayerCost(per_layer, fetch * (1.0 + 0.25 * (i % 3)), compute * (1 + i % 2)) for i in range(L)]
+        model(prompt, 0, probe)
+    blocks = context // probe.block_tokens
+    probe.close()
+    fetch = layer_reads(tier, probe, blocks)
+    compute = layer_compute(model, prompt, new)
+    costs = [LayerCost(per_layer, fetch[i], compute[i]) for i in range(L)]
     budget = per_layer * (L // 2)
     planned = plan(costs, budget)
     naive = tuple(range(L // 2))
@@ -80,14 +132,33 @@ def placement(root, context, new, runs, threads):
             rates[name].append(decode_rate(model, prompt, new, cache))
             cache.close()
     tier.close()
+    cold = cold_reads(path, probe, blocks, KV_SYNC)
     med = {k: median(v) for k, v in rates.items()}
-    return {"model": "builtin decoder 256 wide, 8 layers, 8 heads (4 KV heads), random weights", "context": context,
+    return {"model": f"builtin decoder {cfg.dim} wide, {L} layers, {cfg.n_heads} heads ({cfg.n_kv_heads} KV heads), "
+            "random weights; every layer the same shape", "context": context,
             "new_tokens": new, "runs": runs, "threads": threads, "tokens_per_s": med, "tokens_per_s_all": rates,
             "half_lmdb_vs_ram": med["half-lmdb"] / med["all-ram"],
             "planner_vs_first_layers": med["planner"] / med["first-layers"],
-            "planner_hot": list(planned.hot), "planner_stall_s": planned.stall_s,
+            "planner_vs_first_layers_runs": [p / f for p, f in zip(rates["planner"], rates["first-layers"])],
+            "planner_hot": list(planned.hot), "first_layers_hot": list(naive), "planner_stall_s": planned.stall_s,
             "first_layers_stall_s": predicted_stall(costs, naive), "fetch_s_per_layer": fetch,
-            "compute_s_per_layer": compute}
+            "compute_s_per_layer": compute, "layer_kv_bytes": per_layer, "cold": cold}
+
+
+def cold_reads(path, probe, blocks, sync_mode) -> dict:
+    """Each layer's KV read right after its files were dropped from the page cache, then again warm:
+    what "flash tier" costs when the data is not in RAM. The decode rows above never see this: the
+    tier is read moments after it was written, so from the page cache."""
+    from miro_runtime.storage import FlashTier
+    ev = evict(path)
+    tier = FlashTier(path, sync_mode=sync_mode)
+    try:
+        cold = layer_reads(tier, probe, blocks, n=1)  # the first read of each layer after eviction
+        warm = layer_reads(tier, probe, blocks, n=3)
+    finally:
+        tier.close()
+    return {"eviction": ev, "cold_s_per_layer": cold, "warm_s_per_layer": warm,
+            "cold_vs_warm": median(cold) / median(warm)}
 
 
 def prefix(root, runs):
@@ -118,7 +189,10 @@ def prefix(root, runs):
 POLICIES = ("full", "sink", "h2o", "cascade", "topk")
 
 
-def make_cache(cfg, policy, budget, block_tokens=16):
+BLOCK_TOKENS = 16  # tokens per KV block in the policy caches
+
+
+def make_cache(cfg, policy, budget, block_tokens=BLOCK_TOKENS):
     from functools import partial
 
     from miro_runtime.kv.cache import TieredKVCache
@@ -313,7 +387,12 @@ def main():
     ap.add_argument("--passkey-samples", type=int, default=24)
     ap.add_argument("--passkey-steps", type=int, default=1200)
     ap.add_argument("--only", default="", help="comma list of placement,prefix,latency,passkey")
+    ap.add_argument("--smoke", action="store_true",
+                    help="for checking the code runs, not for figures: tiny contexts, one run, a few training steps")
     a = ap.parse_args()
+    if a.smoke:
+        a.context, a.new, a.runs, a.lengths, a.latency_runs = 256, 4, 1, "512", 1
+        a.passkey_lengths, a.passkey_samples, a.passkey_steps = "64,128", 2, 10
     root = scratch("miro-bench-kv-")
     only = set(a.only.split(",")) if a.only else {"placement", "prefix", "latency", "passkey"}
     res = {"machine": machine()}
@@ -323,12 +402,100 @@ def main():
     if "prefix" in only:
         res["prefix"] = prefix(root, a.runs)
     if "latency" in only:
-        res["latency"] = latency([int(x) for x in a.lengths.split(",")], a.new, a.latency_runs, a.threads, 2048)
+        res["latency"] = latency([int(x) for x in a.lengths.split(",")], a.new, a.latency_runs, a.threads,
+                                 256 if a.smoke else 2048)
     if "passkey" in only:
         res["passkey"] = passkey([int(x) for x in a.passkey_lengths.split(",")], a.passkey_samples, a.passkey_steps,
                                  2, 256)
-        plot_passkey(res["passkey"])
+        if not a.smoke:  # a smoke run leaves the committed plot alone
+            plot_passkey(res["passkey"])
     emit(res)
+
+
+def cold_text(cold: dict, unit: float, what: str = "a layer's first read") -> str:
+    """A read right after eviction against the same read warm, and whether eviction shows in the figures."""
+    ev = cold["eviction"]
+    dropped = ev["cached_before_mib"] - ev["cached_after_mib"]
+    slow, fell = cold["cold_vs_warm"] >= 1.5, dropped >= 0.5 * ev["store_mib"]
+    if slow and fell:
+        seen = "Eviction shows on both signs (slower read, page cache fell by about the store's size)."
+    elif slow or fell:
+        seen = "Eviction shows on one sign only; read the row with care."
+    else:
+        seen = ("Eviction is **not verified**: neither the read time nor the page cache moved as it would, so "
+                "this row may still be a page-cache read.")
+    return (f"after `posix_fadvise(POSIX_FADV_DONTNEED)` on the store's {ev['files']} files "
+            f"({ev['store_mib']:.0f} MiB, synced first), {what} takes {median(cold['cold_s_per_layer']) * unit:.2f} "
+            f"ms (median) against {median(cold['warm_s_per_layer']) * unit:.2f} ms warm: "
+            f"**{cold['cold_vs_warm']:.1f}x**; the machine-wide page cache (Cached) fell by {dropped:.0f} MiB. "
+            + seen + " Cold here means out of this VM's page cache; the host of its virtual disk may still cache it.")
+
+
+def passkey_text(q: dict) -> str:
+    """What the passkey table shows, from its figures: one trained model, one seed, a few prompts a length."""
+    acc, n, lengths = q["accuracy"], q["samples"], q["lengths"]
+
+    def hits(pol, L):
+        v = acc[pol][str(L)]
+        return None if v is None else round(v * n)
+    longer = [L for L in lengths if L > MAX_TRAIN]
+    text = ("- `full` shows what the model itself can do at each length (lengths beyond its training contexts, "
+            f"{', '.join(map(str, longer)) or 'none here'}, are outside what it learned). `sink` keeps the start and "
+            "the recent window, so it finds the key only while the key is inside them; `h2o` keeps what earlier "
+            "queries attended, and filler queries rarely attend the key.")
+    casc = [(L, hits("cascade", L)) for L in lengths[1:] if hits("cascade", L) is not None]
+    if casc:
+        below = [L for L, h in casc if hits("sink", L) is not None and h < hits("sink", L)]
+        text += (" Where we lose: `cascade` thins old context to every 2^i-th token and the key's six tokens draw "
+                 "no attention until the query arrives, so it keeps a whole key in few prompts: "
+                 + ", ".join(f"{h} of {n} at {L} tokens" for L, h in casc)
+                 + " (guessing five digits would hit 1 in 100,000)"
+                 + (f"; below `sink` at {', '.join(map(str, below))} tokens." if below else "."))
+    beat = [(L, hits("topk", L), hits("full", L)) for L in lengths
+            if hits("topk", L) is not None and hits("full", L) is not None and hits("topk", L) > hits("full", L)]
+    text += " `topk` keeps every block and finds the key's block by its key bounds"
+    if beat:
+        text += ("; it retrieved more keys than `full` at " + ", ".join(f"{L} tokens ({t} vs {f} of {n} prompts)"
+                                                                       for L, t, f in beat)
+                 + f" -- {n} prompts a length, one model trained on one seed: a difference of this size is within "
+                 "what another seed or prompt set could reverse, not a finding that topk beats full.")
+    else:
+        text += "."
+    return text
+
+
+def placement_text(p: dict) -> list:
+    """The planner against first-layers-hot, and the cold read, said from the figures."""
+    if "cold" not in p:  # a result from when the planner's per-layer costs were made-up factors
+        return [f"- Planner vs first-layers-hot: measured {p['planner_vs_first_layers']:.2f}x tokens/s, but that run "
+                "planned on invented per-layer cost factors over identical layers; its figure is not a test of "
+                "the planner."]
+    ms = 1e3
+    f, c = p["fetch_s_per_layer"], p["compute_s_per_layer"]
+    step_ms = ms / p["tokens_per_s"]["all-ram"]
+    runs = p.get("planner_vs_first_layers_runs", [])
+    same = sorted(p["planner_hot"]) == sorted(p["first_layers_hot"])
+    out = [f"- Planner vs naive first-layers-hot under the same budget (half the layers), on measured per-layer "
+           f"costs of this model, whose layers all have the same shape: a layer's KV "
+           f"({p['layer_kv_bytes'] / 2**20:.1f} MiB) reads back from the tier in "
+           f"{min(f) * ms:.2f}-{max(f) * ms:.2f} ms, and a layer computes a decode token in "
+           f"{min(c) * ms:.2f}-{max(c) * ms:.2f} ms (same-shaped layers: the spread is measurement noise; only "
+           "layer 0's fetch has no earlier compute to hide under). The planner "
+           f"keeps layers {p['planner_hot']} hot"
+           + (", the same placement as first-layers" if same else f", first-layers keeps {p['first_layers_hot']}")
+           + f"; predicted stall {p['planner_stall_s'] * ms:.2f} ms vs {p['first_layers_stall_s'] * ms:.2f} ms per "
+           f"step of ~{step_ms:.0f} ms (all in RAM); measured tokens/s planner / first-layers: "
+           f"**{p['planner_vs_first_layers']:.2f}x** (median; per run "
+           + ", ".join(f"{x:.2f}" for x in runs) + "). Where we lose: with identical layers there is little for a "
+           "planner to win, and the stall model counts only the fetch time that compute does not hide, not the "
+           "CPU, memory bandwidth and GIL time the fetch thread takes from the compute thread"
+           + (f"; so the planner kept {len(p['planner_hot'])} layer(s) hot where the budget allows "
+              f"{len(p['first_layers_hot'])}: its model predicts no stall from a layer whose fetch hides under the "
+              "previous layer's compute, and ties go to fewer hot bytes, leaving budget unspent that the measured "
+              "times say was worth spending." if len(p["planner_hot"]) < len(p["first_layers_hot"]) else ".")]
+    cold = p["cold"]
+    out.append("- Cold tier: " + cold_text(cold, ms))
+    return out
 
 
 def render(r) -> str:
@@ -344,17 +511,10 @@ def render(r) -> str:
         lines += ["", f"- Half of the layers' KV in the LMDB tier vs all in RAM: **{p['half_lmdb_vs_ram']:.2f}x** "
                   f"(target >= 0.8x: **{'met' if r['half_lmdb_target_met'] else 'NOT met'}**). Each decode step reads "
                   "the cold layers' whole KV back from LMDB (one read transaction per layer, checksums verified, "
-                  "prefetched one layer ahead on a thread, one layer in flight).",
-                  f"- Planner vs naive first-layers-hot under the same budget (half the layers): measured "
-                  f"{p['planner_vs_first_layers']:.2f}x tokens/s; predicted stall {p['planner_stall_s'] * 1e3:.2f} ms "
-                  f"vs {p['first_layers_stall_s'] * 1e3:.2f} ms per step (costs: an LMDB block read and a layer's "
-                  "compute measured at start-up, with uneven per-layer factors so that placement matters). Where we "
-                  "lose: the predicted difference between placements (a few ms of a ~35 ms step) is smaller than "
-                  "the spread between runs on this shared 2-core machine, so the measured order of `planner`, "
-                  "`half-lmdb` and `first-layers` changes from run to run; and the stall model counts only the "
-                  "fetch time that compute does not hide, not the CPU, memory bandwidth and GIL time the fetch "
-                  "thread takes from the compute thread, which is what a cold layer costs here even when its "
-                  "fetch is hidden.", ""]
+                  "prefetched one layer ahead on a thread, one layer in flight) -- **from the page cache**: the "
+                  "tier (a nosync LMDB environment) is read moments after it was written, so these rows measure "
+                  "the read path, not the device."]
+        lines += placement_text(p) + [""]
     if "latency" in r:
         q = r["latency"]
         lines += [f"**2. Policies at long contexts** ({q['model']}; prefill in chunks -- 1024 tokens for `full`, "
@@ -377,7 +537,8 @@ def render(r) -> str:
                   "explicit softmax attention instead of the fused kernel, and prefill in chunks of half their "
                   "capacity -- their prefill is the slowest at long contexts. `topk` keeps every block in the RAM "
                   "blob tier and fetches the chosen ones, at a cost per refresh; its block representatives grow with "
-                  "the context (1/16 of the KV here: a max and a min per 16-token block), which is what bounds "
+                  f"the context (1/{BLOCK_TOKENS} of the KV here: a max and a min of the keys per {BLOCK_TOKENS}-token "
+                  "block), which is what bounds "
                   "the context a budget serves."]
         for k, x in sorted(q["rows"].items()):
             if x.get("refused"):
@@ -398,14 +559,7 @@ def render(r) -> str:
             lines.append(f"| {pol} | " + " | ".join("refused" if c is None else f"{100 * c:.0f}%" for c in cells)
                          + " |")
         lines += ["", f"![passkey retrieval per policy]({q['plot']})", "",
-                  "- `full` shows what the model itself can do at each length (beyond its training contexts it "
-                  "degrades on its own). `sink` keeps the start and the recent window, so it finds the key only "
-                  "while the key is inside them; `h2o` keeps what earlier queries attended, and filler queries "
-                  "rarely attend the key. Where we lose: `cascade` thins old context to every 2^i-th token and "
-                  "the key's six tokens draw no attention until the query arrives, so it keeps a whole key no "
-                  "better than chance -- below `sink`, whose recent window is four times its first sub-cache. "
-                  "`topk` keeps every block and finds the key's block by its key bounds; beyond the training "
-                  "length it can beat `full`, attending fewer distractors."]
+                  passkey_text(q)]
         for k, why in sorted(q.get("refused", {}).items()):
             lines.append(f"- `{k}` refused by the cache: {why}")
         lines.append("")

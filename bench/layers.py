@@ -27,6 +27,9 @@ from miro_runtime.cli.demo import start_daemon  # noqa: E402
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BASE = "2d3f791"  # the last commit before the split: miro_runtime/ one flat folder, cli.py, daemon.py
 LINKED = ("storage", "profilers", "kv")
+# the code these figures measure (run_all.py marks the section stale when it changes)
+MEASURES = ("miro_runtime/__init__.py", "miro_runtime/cli", "miro_runtime/wire", "miro_runtime/choices.py",
+            "miro_runtime/config.py", "miro_runtime/daemon", "setup.cfg", "pyproject.toml")
 
 ONE_RUN = """
 import json, resource, subprocess, sys, time

@@ -1,5 +1,10 @@
 """`make bench`: run every benchmark in its own process, keep each JSON result in bench/results/,
-and write BENCHMARKS.md from them. ``--only NAME`` reruns one and re-renders with the others kept."""
+and write BENCHMARKS.md from them. ``--only NAME`` reruns one and re-renders with the others kept.
+
+Each result records the commit it ran on, whether the working tree had uncommitted changes, and the
+bench's wall time; BENCHMARKS.md shows them beside each section and marks a section **stale** when
+the code it measures (its bench file, bench/common.py and the packages in the bench's ``MEASURES``)
+changed between that commit and HEAD, or had uncommitted changes when it ran."""
 
 from __future__ import annotations
 
@@ -20,6 +25,29 @@ BENCHES = [("storage", "Tiered store (`bench/storage.py`)"),
            ("rep", "REP: prompt learning made cheap (`bench/rep.py`)"),
            ("kv", "KV-cache path on the tiers (`bench/kv.py`)"),
            ("layers", "Control commands before and after the layers split (`bench/layers.py`)")]
+# what a bench writes besides its result: not a change to the code it measures
+OUTPUTS = ("bench/results/", "BENCHMARKS.md", "miro_accuracy_vs_energy.png", "kv_passkey.png")
+
+
+def git(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True)
+
+
+def head() -> str:
+    r = git("rev-parse", "--short", "HEAD")
+    return r.stdout.strip() if r.returncode == 0 else "unknown"
+
+
+def dirty_files() -> list:
+    """Uncommitted changes in the tree, the benches' own outputs left out."""
+    r = git("status", "--porcelain")
+    files = [line[3:].split(" -> ")[-1] for line in r.stdout.splitlines() if line.strip()]
+    return [f for f in files if not f.startswith(OUTPUTS)]
+
+
+def measured_paths(name: str) -> list:
+    mod = importlib.import_module(name)
+    return [f"bench/{name}.py", "bench/common.py", *mod.MEASURES]
 
 
 def main():
@@ -32,6 +60,7 @@ def main():
         if not os.path.exists(os.path.join(HERE, f"{name}.py")) or (args.only and name not in args.only):
             continue
         print(f"== bench/{name}.py", file=sys.stderr, flush=True)
+        commit, dirty = head(), dirty_files()  # before the run: what the figures were measured on
         t0 = time.time()
         r = subprocess.run([sys.executable, os.path.join(HERE, f"{name}.py")], stdout=subprocess.PIPE, text=True,
                            cwd=ROOT)
@@ -39,17 +68,51 @@ def main():
             sys.exit(f"bench/{name}.py failed with exit code {r.returncode}")
         result = json.loads(r.stdout.strip().splitlines()[-1])
         result["date"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+        result["run"] = {"commit": commit, "dirty": bool(dirty), "dirty_files": dirty,
+                         "wall_s": round(time.time() - t0, 1)}
         with open(os.path.join(HERE, "results", f"{name}.json"), "w") as fh:
             json.dump(result, fh, indent=1)
         print(f"   done in {time.time() - t0:.0f} s", file=sys.stderr, flush=True)
     write_markdown()
 
 
+def provenance(name: str, res: dict, now: str) -> str:
+    """'Run <date> on commit <sha> (<N> s).' and, where the figures may no longer hold, why."""
+    run = res.get("run")
+    if not run and res.get("commit"):  # a bench that kept its own commit (layers.py): "<sha>[+uncommitted]"
+        sha, _, extra = res["commit"].partition("+")
+        run = {"commit": sha, "dirty_files": ["(uncommitted changes, files not recorded)"] if extra else []}
+    if not run:
+        return (f"Run {res.get('date', '?')}, commit not recorded. **Stale**: run before results recorded their "
+                "commit, so nothing shows it measured the code at HEAD.")
+    sha = run["commit"]
+    text = f"Run {res.get('date', '?')} on commit {sha}" + (f" ({run['wall_s']:.0f} s)." if "wall_s" in run else ".")
+    paths = measured_paths(name)
+    touched = [f for f in run.get("dirty_files", []) if f.startswith("(") or any(
+        f == p or f.startswith(p.rstrip("/") + "/") for p in paths)]
+    if touched:
+        return text + (" **Stale**: it ran with uncommitted changes to the code it measures ("
+                       + ", ".join(touched[:5]) + (", ..." if len(touched) > 5 else "") + ").")
+    if sha == now:
+        return text
+    diff = git("diff", "--name-only", sha, "HEAD", "--", *paths)
+    if diff.returncode:
+        return text + f" **Stale**: HEAD is {now}, and commit {sha} cannot be compared with it (not found)."
+    changed = diff.stdout.split()
+    if not changed:
+        return text + f" HEAD is {now}; the code this bench measures is unchanged since."
+    return text + (f" **Stale**: HEAD is {now}, and the code this bench measures changed since ("
+                   + ", ".join(changed[:5]) + (f" and {len(changed) - 5} more" if len(changed) > 5 else "") + ").")
+
+
 def write_markdown():
     parts = ["# Benchmarks", "",
              "Written by `make bench` (`bench/run_all.py`) from the JSON results in `bench/results/`; every bench",
-             "prints one JSON object as its last line and can run alone (`python bench/<name>.py`).", ""]
+             "prints one JSON object as its last line and can run alone (`python bench/<name>.py`). Beside each",
+             "section: the commit it ran on and its wall time; a section is marked **stale** where the code it",
+             "measures changed after that commit.", ""]
     machine = None
+    now = head()
     for name, title in BENCHES:
         path = os.path.join(HERE, "results", f"{name}.json")
         if not os.path.exists(path):
@@ -59,9 +122,9 @@ def write_markdown():
             res = json.load(fh)
         machine = machine or res.get("machine")
         mod = importlib.import_module(name)
-        parts += [f"## {title}", "", f"Run {res.get('date', '?')}.", "", mod.render(res), ""]
+        parts += [f"## {title}", "", provenance(name, res, now), "", mod.render(res), ""]
     if machine:
-        parts[5:5] = ["Machine: " + ", ".join(f"{k} {v}" for k, v in machine.items()) + ".", ""]
+        parts[7:7] = ["Machine: " + ", ".join(f"{k} {v}" for k, v in machine.items()) + ".", ""]
     with open(os.path.join(ROOT, "BENCHMARKS.md"), "w") as fh:
         fh.write("\n".join(parts))
     print("wrote BENCHMARKS.md", file=sys.stderr)
