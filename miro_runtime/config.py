@@ -214,7 +214,8 @@ class RunConfig:
         problems = []
 
         def bad(field, msg):
-            problems.append(f"{'--' + field.replace('_', '-') if names == 'flag' else 'learning.' + field}: {msg}")
+            flag = FLAGS.get(field) or "--" + field.replace("_", "-")
+            problems.append(f"{flag if names == 'flag' else 'learning.' + field}: {msg}")
         for f in fields(self):
             v = getattr(self, f.name)
             if isinstance(v, float) and not math.isfinite(v):
@@ -287,6 +288,10 @@ class RunConfig:
                 problems.append(f"{who}: need >= 1 class and >= 2 samples per class")
         if problems:
             raise ValueError("; ".join(problems))
+
+
+# fields whose `miro run` flag is not their name (an error names the flag the user typed)
+FLAGS = {f.name: f.metadata["flag"] for f in fields(RunConfig) if "flag" in f.metadata}
 
 
 def parse_classes(spec: str) -> list:

@@ -37,7 +37,7 @@ KIND_COMPONENT = {
                      "online_backlog_dropped"), "trainer"),
     **dict.fromkeys(("task_end", "checkpoint", "checkpoint_damaged", "retrain_from_store", "resume",
                      "controller_skipped", "budget_guard", "budget_changed"), "engine"),
-    **dict.fromkeys(("miro_decision", "miro_adopt"), "miro"),
+    **dict.fromkeys(("miro_decision", "miro_adopt", "miro_realised", "miro_cost_refit"), "miro"),
     "kv_generate": "kv",
     **dict.fromkeys(("run_begin", "run_end"), "run"),
 }

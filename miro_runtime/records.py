@@ -137,6 +137,8 @@ class Decision:
     trigger: Optional[dict] = None  # reaction: pressure -> why it fired
     how: Optional[str] = None  # reaction: how the winner was chosen
     resources: Optional[dict] = None  # reaction: the resource snapshot that fired it
+    energy_budget: Optional[dict] = None  # under a user's budget: what the task had left, the reserve, how chosen
+    predicted: Optional[dict] = None  # the winner's predicted task energy (J) and accuracy, checked at the task's end
 
     def to_dict(self) -> dict:
         out: dict = {"task": self.task}
@@ -147,6 +149,7 @@ class Decision:
         out.update(rule=self.rule, search=self.search, winner=self.winner, candidates=self.candidates,
                    not_profiled=self.not_profiled, profiling_energy_j=self.profiling_energy_j,
                    budget_j=self.budget_j, provenance=self.provenance)
+        out.update({k: v for k, v in (("energy_budget", self.energy_budget), ("predicted", self.predicted)) if v})
         return out
 
     @classmethod

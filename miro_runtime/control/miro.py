@@ -32,14 +32,16 @@ from typing import Optional
 import numpy as np
 
 from miro_runtime.choices import MIRO_RULES as RULES, MIRO_SEARCH
+from miro_runtime.engine.budget import MODE_NONE
 from miro_runtime.engine.hooks import Controller, LearnerView
 from miro_runtime.records import Candidate, Decision, TaskRecord
 
 from .bandit import ThompsonBandit
+from .cost import CostCheck
 from .knobs import Knobs, default_grid, method_knobs
 from .pressure import BATTERY, RAM, THROTTLED, pressures
 from .profile import ArmProfiler
-from .rules import select
+from .rules import select, select_within_budget
 
 
 class MiroController(Controller):
@@ -69,19 +71,44 @@ class MiroController(Controller):
         self.ram_floor_mb, self.battery_floor = cfg.miro_ram_floor_mb, cfg.miro_battery_floor
         self._pressed: set = set()  # resource pressures in force (a reaction fires when one begins)
         self._inside_j = 0.0  # this task's reaction profiling, metered inside the task's own window
+        # the stream so far: every joule booked for its tasks, and of them profiling (the cap is a share of it)
+        self._stream_j, self._stream_profiling_j = 0.0, 0.0
+        self.cost = CostCheck()
+        self._predicted: Optional[dict] = None  # what the decision in force predicted for its task
 
     # ------------------------------------------------------------------ engine hooks
     def task_begin(self, view: LearnerView, t: int):
         self._profiling_j, self._inside_j = 0.0, 0.0
         cands, skipped, spent = self._metered_round(view, t)
         view.guard.book("profile", spent, t)  # before the task's window opens: the budget pays for it
-        winner = select(cands, self.rule, self.eta).knobs if cands else self.current
-        tie = None
-        if t == 0 and cands:
-            winner, tie = self._task0_hierarchy(winner)
+        budget, energy, tie, rule = view.guard.budget, None, None, self.rule
+        n = len(view.task_data(t)[1])
+        if budget.mode != MODE_NONE:
+            # a user's budget: the most accurate arm whose predicted energy fits what the task has left,
+            # less what its evaluation will cost (budget.eval_reserve); no profile this round:
+            # the window's profiles decide, or else the predicted costs alone
+            reserve = budget.eval_reserve(t)
+            left = budget.remaining(t) - reserve
+            pool = cands or self._window_candidates()
+            if pool:
+                pick, how = select_within_budget(pool, left)
+                winner = pick.knobs
+            else:
+                winner, how = self._fit_by_prediction(n, t, left)
+            rule = "within-budget"
+            energy = {"mode": budget.mode, "remaining_j": left, "eval_reserve_j": reserve, "how": how}
+        else:
+            winner = select(cands, self.rule, self.eta).knobs if cands else self.current
+            if t == 0 and cands:
+                winner, tie = self._task0_hierarchy(winner)
+        chosen = [c for c in cands if c.knobs == winner]
+        self._predicted = {"knobs": winner.key(), "acc": chosen[0].acc if chosen else None,
+                           "joules": chosen[0].joules if chosen else self._predicted_j(winner, n, t),
+                           "samples": n * winner.epochs}
         self._apply(view, winner)
-        self._decide(view, Decision(t, self.rule, self.search, winner.key(), [c.to_dict() for c in cands], skipped,
-                                    self._profiling_j, self._budget(), view.meter.provenance(), tie=tie))
+        self._decide(view, Decision(t, rule, self.search, winner.key(), [c.to_dict() for c in cands], skipped,
+                                    self._profiling_j, self._budget(), view.meter.provenance(), tie=tie,
+                                    energy_budget=energy, predicted=dict(self._predicted)))
 
     def _decide(self, view: LearnerView, d: Decision):
         """One decision, kept in the summary and written to the event log."""
@@ -173,11 +200,57 @@ class MiroController(Controller):
         # the strategy's own knobs appear only when it has some
         rec.knobs = {k: v for k, v in asdict(self.current).items() if k != "method" or v}
         self.prev_task_j = rec.energy_j
+        self._stream_j += (rec.energy_j or 0.0) + self._profiling_j
+        self._stream_profiling_j += self._profiling_j
+        self._check_cost(view, t, rec)
+
+    def _window_candidates(self) -> list:
+        """Every arm with recent profiles, as the mean of its window (a round that profiled nothing)."""
+        return [Candidate(self.by_key[k], *(float(np.mean([h[i] for h in hist])) for i in range(3)), profile_j=0.0,
+                          n_val=self._n_val * len(hist) or None, from_window=True)
+                for k, hist in self.history.items() if hist]
+
+    def _fit_by_prediction(self, n: int, t: int, left: float) -> tuple:
+        """No accuracy measured yet: of the arms whose predicted energy fits ``left``, the most training
+        (epochs, then memory) -- the cheapest arm when none fits; the incumbent when nothing is predicted."""
+        pred = {kn: self._predicted_j(kn, n, t) for kn in self.grid if kn.method == self.current.method}
+        if any(j is None for j in pred.values()):
+            return self.current, "no cost measured yet: kept"
+        fits = [kn for kn, j in pred.items() if j <= left]
+        if not fits:
+            return min(pred, key=pred.get), f"no arm's predicted energy fits the {left:.3g} J left: the cheapest"
+        return max(fits, key=lambda kn: (kn.epochs, kn.memory)), \
+            f"predicted: the most training of {len(fits)} arms that fit the {left:.3g} J left"
+
+    def _check_cost(self, view: LearnerView, t: int, rec: TaskRecord):
+        """Realised against predicted, logged with both; a cost that moved beyond its noise rescales
+        every profiled cost before the next decision (a load change is seen within one task)."""
+        p = self._predicted
+        if p is None:
+            return
+        guarded = t in view.guard.budget.trips
+        # compared per trained sample, so a task the guard cut short still tells; one whose knobs a
+        # reaction changed mid-task does not
+        comparable = p["knobs"] == self.current.key() and not self._inside_j and rec.train_samples > 0
+        per_sample = (p["joules"] / p["samples"] if p["joules"] is not None and p["samples"] else None,
+                      rec.energy_j / rec.train_samples if rec.energy_j is not None and rec.train_samples else None)
+        factor = self.cost.observe(*per_sample) if comparable else None
+        view.event("miro_realised", task=t, knobs=p["knobs"], predicted_j=p["joules"], realised_j=rec.energy_j,
+                   predicted_acc=p["acc"], realised_acc=rec.acc[t] if t < len(rec.acc) else None,
+                   guard_tripped=guarded, compared=comparable, noise_log_ratio=round(self.cost.noise(), 4))
+        if factor is not None:
+            self.profiler.scale(factor)
+            self.history = {k: [(a, j * factor, s) for a, j, s in h] for k, h in self.history.items()}
+            view.event("miro_cost_refit", task=t, factor=round(factor, 4), predicted_j=p["joules"],
+                       realised_j=rec.energy_j, why="the task's realised training energy left the prediction's "
+                                                    "noise: every profiled cost is rescaled by the ratio")
+        self._predicted = None
 
     def state(self) -> dict:
         return {"current": asdict(self.current), "decisions": [d.to_dict() for d in self.decisions],
                 "prev_task_j": self.prev_task_j, "units": self.profiler.units, "overhead_j": self.profiler.overhead_j,
-                "bandit": self.bandit.state(), "history": {k: v for k, v in self.history.items()}}
+                "bandit": self.bandit.state(), "history": {k: v for k, v in self.history.items()},
+                "stream_j": self._stream_j, "stream_profiling_j": self._stream_profiling_j, "cost": self.cost.state()}
 
     def load_state(self, view: LearnerView, st: dict):
         self.decisions, self.prev_task_j = [Decision.from_dict(d) for d in st["decisions"]], st["prev_task_j"]
@@ -186,6 +259,8 @@ class MiroController(Controller):
         self.profiler.overhead_j = st["overhead_j"]
         self.bandit.load_state(st["bandit"])
         self.history = {k: [tuple(x) for x in st["history"].get(k, [])] for k in self.by_key}
+        self._stream_j, self._stream_profiling_j = st.get("stream_j", 0.0), st.get("stream_profiling_j", 0.0)
+        self.cost.load_state(st.get("cost", {}))
         self._apply(view, Knobs.from_dict(st["current"]), log=False)
 
     def summary(self) -> dict:
@@ -197,7 +272,11 @@ class MiroController(Controller):
 
     # ------------------------------------------------------------------ profiling
     def _budget(self) -> Optional[float]:
-        return None if self.prev_task_j is None else self.budget_frac * self.prev_task_j
+        """The task's profiling cap: a share of the whole stream's energy so far, less what profiling spent
+        in the tasks before (unspent allowance carries over; None before the first task's energy)."""
+        if not self._stream_j:
+            return None
+        return max(0.0, self.budget_frac * self._stream_j - self._stream_profiling_j)
 
     def _predicted_j(self, kn: Knobs, n: int, t: int) -> Optional[float]:
         """Training joules of a task of ``n`` samples at these knobs: the arm's own last profile when

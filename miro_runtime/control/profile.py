@@ -46,6 +46,13 @@ class ArmProfiler:
         r = 0 if kn.method else min(self.batch_size, kn.memory) * (2 if self.replay == "der" else 1)
         return j0 / n0 * (self.batch_size + r) / self.batch_size
 
+    def scale(self, factor: float) -> None:
+        """Every cost measured so far times ``factor``: the cost per sample moved (a load change), and
+        the profiles' relative costs are taken to hold."""
+        for u in self.units.values():
+            u[0] *= factor
+        self.overhead_j *= factor
+
     def validation(self, view, t, xh, yh, rng):
         """Held-out slice of the new task + up to 5 stored samples per past class (from flash): its
         forward pass is part of every profile's cost, so it stays about as large as two steps."""

@@ -92,6 +92,13 @@ class EnergyBudget:
             return self._fill() - in_window
         return None
 
+    def eval_reserve(self, task: int) -> float:
+        """Joules to keep for ``task``'s evaluation when training stops: the last task's, scaled by the
+        test sets evaluated (task t evaluates t + 1 of them), so the guard's stop leaves room for it."""
+        if task < 1:
+            return 0.0
+        return self.by_task.get(task - 1, {}).get("eval", 0.0) * (task + 1) / task
+
     def trip(self, task: int) -> None:
         if task not in self.trips:
             self.trips.append(task)
@@ -141,16 +148,18 @@ class BudgetGuard:
                                                            "bucket_s": b.bucket_s}, mode=b.mode)
 
     def allows(self, t: int, in_window: float) -> bool:
-        """Whether task ``t`` may take another step, its open window holding ``in_window`` joules."""
+        """Whether task ``t`` may take another step, its open window holding ``in_window`` joules: not once
+        what is left would not pay for its evaluation."""
         self.sync()
         rem = self.budget.remaining(t, in_window)
-        if rem is None or rem > 0:
+        if rem is None or rem > self.budget.eval_reserve(t):
             return True
         if t not in self._stopped:  # logged once per task: the reason, the figures, what follows
             self._stopped.add(t)
             self.budget.trip(t)
             self.log.event("budget_guard", level="warning", task=t, mode=self.budget.mode,
                            spent_j=round(self.budget.task_spent(t) + in_window, 6), remaining_j=round(rem, 6),
+                           eval_reserve_j=round(self.budget.eval_reserve(t), 6),
                            task_j=self.budget.task_j, power_w=self.budget.power_w,
                            why="the energy budget is spent: the task's training stops here; it is evaluated "
                                "and the next task trains")
