@@ -169,7 +169,8 @@ class RunConfig:
     miro_rule: str = field(default="top-half-acc-per-joule", metadata=about("Miro's selection rule",
                                                                             metavar="NAME"))
     miro_search: str = field(default="bandit", metadata=about("Miro's search over candidates", metavar="NAME"))
-    miro_budget: float = field(default=0.10, metadata=about("Profiling energy cap (share of last task's)."))
+    miro_budget: float = field(default=0.10, metadata=about(
+        "Profiling energy cap: a share of the stream's energy so far (less profiling already spent)."))
     # resource pressure: Miro re-decides mid-task when one of these newly holds
     miro_ram_floor_mb: float = field(default=256.0, metadata=about(
         "Available RAM under which Miro moves to a smaller RAM memory, mid-task."))
@@ -260,7 +261,7 @@ class RunConfig:
         if self.power_bucket_s <= 0:
             bad("power_bucket_s", f"must be > 0 s, got {self.power_bucket_s}")
         if not 0 < self.miro_budget <= 1:
-            bad("miro_budget", f"must lie in (0, 1] (a share of the previous task's energy), got {self.miro_budget}")
+            bad("miro_budget", f"must lie in (0, 1] (a share of the stream's energy so far), got {self.miro_budget}")
         if self.threads < 0:
             bad("threads", f"threads must be >= 0 (0: one per core), got {self.threads}")
         if self.epochs < 1:

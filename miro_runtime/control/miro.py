@@ -12,7 +12,7 @@ training window (joules per trained sample x epochs x task size). Selection (``r
 as in Miro): among candidates in the top half by accuracy, the best accuracy per joule; ties a short
 profile cannot resolve go to the larger memory (in task 0, with no replay yet, every memory and flash
 size is such a tie). Profiling energy -- the whole round, validation reads and
-set-up included -- is capped (default 10% of the previous task's energy) and always counted; arms
+set-up included -- is capped (default 10% of the stream's energy so far, less profiling spent) and counted; arms
 go cheapest first, under rule acc-per-joule an arm that could not win even at 100% accuracy is not
 profiled, and a round that could only re-measure the incumbent is skipped. Arms are ordered by a
 Gaussian Thompson-sampling bandit over a sliding window (``bandit.py``), so not every task
