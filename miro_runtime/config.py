@@ -187,6 +187,8 @@ class RunConfig:
         flag="--power-budget", metavar="W"))
     power_bucket_s: float = field(default=60.0, metadata=about(
         "A power budget's bucket: seconds of P it may bank while idle (its burst)."))
+    task_deadline_s: Optional[float] = field(default=None, metadata=about(
+        "Wall seconds a task may train (epoch mode; none: no deadline): training stops there.", metavar="S"))
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -258,6 +260,8 @@ class RunConfig:
                 bad(name, f"must be > 0 (or none: no budget), got {getattr(self, name)}")
         if self.energy_budget_j is not None and self.power_budget_w is not None:
             bad("power_budget_w", "give an energy budget per task or a power budget, not both")
+        if self.task_deadline_s is not None and self.task_deadline_s <= 0:
+            bad("task_deadline_s", f"must be > 0 s (or none: no deadline), got {self.task_deadline_s}")
         if self.power_bucket_s <= 0:
             bad("power_bucket_s", f"must be > 0 s, got {self.power_bucket_s}")
         if not 0 < self.miro_budget <= 1:

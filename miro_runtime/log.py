@@ -36,8 +36,8 @@ KIND_COMPONENT = {
     **dict.fromkeys(("task_begin", "task_trained", "task_failed", "training_paused", "training_resumed",
                      "online_backlog_dropped"), "trainer"),
     **dict.fromkeys(("task_end", "checkpoint", "checkpoint_damaged", "retrain_from_store", "resume",
-                     "controller_skipped", "budget_guard", "budget_changed"), "engine"),
-    **dict.fromkeys(("miro_decision", "miro_adopt", "miro_realised", "miro_cost_refit"), "miro"),
+                     "controller_skipped", "budget_guard", "budget_changed", "deadline_guard"), "engine"),
+    **dict.fromkeys(("miro_decision", "miro_adopt", "miro_realised", "miro_cost_refit", "miro_time_refit"), "miro"),
     "kv_generate": "kv",
     **dict.fromkeys(("run_begin", "run_end"), "run"),
 }

@@ -26,6 +26,7 @@ to the event log.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict
 from typing import Optional
 
@@ -73,7 +74,7 @@ class MiroController(Controller):
         self._inside_j = 0.0  # this task's reaction profiling, metered inside the task's own window
         # the stream so far: every joule booked for its tasks, and of them profiling (the cap is a share of it)
         self._stream_j, self._stream_profiling_j = 0.0, 0.0
-        self.cost = CostCheck()
+        self.cost, self.time_cost = CostCheck(), CostCheck()
         self._predicted: Optional[dict] = None  # what the decision in force predicted for its task
 
     # ------------------------------------------------------------------ engine hooks
@@ -83,20 +84,23 @@ class MiroController(Controller):
         view.guard.book("profile", spent, t)  # before the task's window opens: the budget pays for it
         budget, energy, tie, rule = view.guard.budget, None, None, self.rule
         n = len(view.task_data(t)[1])
-        if budget.mode != MODE_NONE:
+        deadline = view.cfg.task_deadline_s
+        if budget.mode != MODE_NONE or deadline is not None:
             # a user's budget: the most accurate arm whose predicted energy fits what the task has left,
-            # less what its evaluation will cost (budget.eval_reserve); no profile this round:
-            # the window's profiles decide, or else the predicted costs alone
+            # less what its evaluation will cost (budget.eval_reserve), and whose time fits its deadline;
+            # no profile this round: the window's profiles decide, or else the predicted costs alone
             reserve = budget.eval_reserve(t)
-            left = budget.remaining(t) - reserve
+            left = budget.remaining(t) - reserve if budget.mode != MODE_NONE else math.inf
+            left_s = deadline - budget.eval_time_reserve(t) if deadline is not None else math.inf
             pool = cands or self._window_candidates()
             if pool:
-                pick, how = select_within_budget(pool, left)
+                pick, how = select_within_budget(pool, left, left_s)
                 winner = pick.knobs
             else:
                 winner, how = self._fit_by_prediction(n, t, left)
             rule = "within-budget"
-            energy = {"mode": budget.mode, "remaining_j": left, "eval_reserve_j": reserve, "how": how}
+            energy = {"mode": budget.mode, "remaining_j": None if left == math.inf else left, "eval_reserve_j": reserve,
+                      "deadline_s": deadline, "remaining_s": None if left_s == math.inf else left_s, "how": how}
         else:
             winner = select(cands, self.rule, self.eta).knobs if cands else self.current
             if t == 0 and cands:
@@ -104,7 +108,7 @@ class MiroController(Controller):
         chosen = [c for c in cands if c.knobs == winner]
         self._predicted = {"knobs": winner.key(), "acc": chosen[0].acc if chosen else None,
                            "joules": chosen[0].joules if chosen else self._predicted_j(winner, n, t),
-                           "samples": n * winner.epochs}
+                           "seconds": chosen[0].seconds if chosen else None, "samples": n * winner.epochs}
         self._apply(view, winner)
         self._decide(view, Decision(t, rule, self.search, winner.key(), [c.to_dict() for c in cands], skipped,
                                     self._profiling_j, self._budget(), view.meter.provenance(), tie=tie,
@@ -235,6 +239,16 @@ class MiroController(Controller):
         per_sample = (p["joules"] / p["samples"] if p["joules"] is not None and p["samples"] else None,
                       rec.energy_j / rec.train_samples if rec.energy_j is not None and rec.train_samples else None)
         factor = self.cost.observe(*per_sample) if comparable else None
+        # time per sample likewise (another process on the CPU slows a step without changing its joules
+        # under a process-time meter): a moved time rescales the window's predicted seconds
+        slow = self.time_cost.observe(p["seconds"] / p["samples"] if p["seconds"] and p["samples"] else None,
+                                      rec.train_s / rec.train_samples if rec.train_samples else None) \
+            if comparable else None
+        if slow is not None:
+            self.history = {k: [(a, j, s * slow) for a, j, s in h] for k, h in self.history.items()}
+            view.event("miro_time_refit", task=t, factor=round(slow, 4), predicted_s=p["seconds"],
+                       realised_train_s=rec.train_s, why="the task's training time per sample left its noise: "
+                                                         "every predicted time is rescaled by the ratio")
         view.event("miro_realised", task=t, knobs=p["knobs"], predicted_j=p["joules"], realised_j=rec.energy_j,
                    predicted_acc=p["acc"], realised_acc=rec.acc[t] if t < len(rec.acc) else None,
                    guard_tripped=guarded, compared=comparable, noise_log_ratio=round(self.cost.noise(), 4))
@@ -250,7 +264,8 @@ class MiroController(Controller):
         return {"current": asdict(self.current), "decisions": [d.to_dict() for d in self.decisions],
                 "prev_task_j": self.prev_task_j, "units": self.profiler.units, "overhead_j": self.profiler.overhead_j,
                 "bandit": self.bandit.state(), "history": {k: v for k, v in self.history.items()},
-                "stream_j": self._stream_j, "stream_profiling_j": self._stream_profiling_j, "cost": self.cost.state()}
+                "stream_j": self._stream_j, "stream_profiling_j": self._stream_profiling_j, "cost": self.cost.state(),
+                "time_cost": self.time_cost.state()}
 
     def load_state(self, view: LearnerView, st: dict):
         self.decisions, self.prev_task_j = [Decision.from_dict(d) for d in st["decisions"]], st["prev_task_j"]
@@ -261,6 +276,7 @@ class MiroController(Controller):
         self.history = {k: [tuple(x) for x in st["history"].get(k, [])] for k in self.by_key}
         self._stream_j, self._stream_profiling_j = st.get("stream_j", 0.0), st.get("stream_profiling_j", 0.0)
         self.cost.load_state(st.get("cost", {}))
+        self.time_cost.load_state(st.get("time_cost", {}))
         self._apply(view, Knobs.from_dict(st["current"]), log=False)
 
     def summary(self) -> dict:

@@ -87,7 +87,7 @@ LIVE = {  # what SIGHUP / config set change in a running daemon; everything else
     "daemon": {"log_level", "idle_timeout_s", "max_message_bytes", "inbox_scan_s", "metrics_every_s",
                "shutdown_timeout_s", "max_connections"},
     "learning": {"epochs", "swap_ratio", "checkpoint_every", "monitor_every_s", "miro_budget", "lr",
-                 "energy_budget_j", "power_budget_w", "power_bucket_s"},
+                 "energy_budget_j", "power_budget_w", "power_bucket_s", "task_deadline_s"},
     "session": {"snapshot_every", "online_backlog", "pause_ram_floor_mb", "pause_battery_floor",
                 "pause_on_throttle", "ingest_timeout_s"},
     "kv": {"enabled", "policy", "ram_bytes", "flash_bytes", "max_new_tokens", "reuse_prefixes"},

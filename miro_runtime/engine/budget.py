@@ -17,6 +17,7 @@ from typing import Callable, Optional
 
 KINDS = ("train", "profile", "eval", "predict", "kv")  # what a joule was spent on
 MODE_NONE, MODE_TASK, MODE_POWER = "none", "task", "power"
+EVAL_MARGIN = 0.25  # an evaluation's joules vary by this much between tasks on the estimate meter (a 2-core box)
 
 
 class EnergyBudget:
@@ -28,7 +29,9 @@ class EnergyBudget:
         self.clock = clock
         self.spent = {k: 0.0 for k in KINDS}  # over the stream, by kind
         self.by_task: dict = {}  # task -> {kind: joules}
-        self.trips: list = []  # tasks whose training the guard stopped
+        self.trips: list = []  # tasks whose training the guard stopped: energy spent
+        self.late: list = []  # tasks whose training the guard stopped: the task's deadline reached
+        self.eval_s: dict = {}  # task -> wall seconds its evaluation took (what a deadline keeps for it)
         self.task_j = self.power_w = None
         self.bucket_s = bucket_s
         self._level = self._at = None  # the power bucket: joules in it, at clock time
@@ -93,11 +96,16 @@ class EnergyBudget:
         return None
 
     def eval_reserve(self, task: int) -> float:
-        """Joules to keep for ``task``'s evaluation when training stops: the last task's, scaled by the
-        test sets evaluated (task t evaluates t + 1 of them), so the guard's stop leaves room for it."""
-        if task < 1:
-            return 0.0
-        return self.by_task.get(task - 1, {}).get("eval", 0.0) * (task + 1) / task
+        """Joules to keep for ``task``'s evaluation when training stops: the most a test set cost in the
+        last few evaluations (task t evaluates t + 1 of them) times t + 1, plus EVAL_MARGIN for the
+        meter's spread, so the guard's stop leaves room for it."""
+        per_set = [self.by_task.get(u, {}).get("eval", 0.0) / (u + 1) for u in range(max(0, task - 3), task)]
+        return max(per_set, default=0.0) * (task + 1) * (1 + EVAL_MARGIN)
+
+    def eval_time_reserve(self, task: int) -> float:
+        """Wall seconds to keep for ``task``'s evaluation before its deadline (as ``eval_reserve``)."""
+        per_set = [self.eval_s.get(u, 0.0) / (u + 1) for u in range(max(0, task - 3), task)]
+        return max(per_set, default=0.0) * (task + 1) * (1 + EVAL_MARGIN)
 
     def trip(self, task: int) -> None:
         if task not in self.trips:
@@ -107,7 +115,8 @@ class EnergyBudget:
     def status(self, task: Optional[int] = None, in_window: float = 0.0) -> dict:
         """What `miro status` shows: the budget, what was spent (by kind; of ``task``), what remains."""
         out = {"mode": self.mode, "task_j": self.task_j, "power_w": self.power_w, "bucket_j": self.bucket_j,
-               "spent_j": {k: round(v, 6) for k, v in self.spent.items()}, "guard_trips": list(self.trips)}
+               "spent_j": {k: round(v, 6) for k, v in self.spent.items()}, "guard_trips": list(self.trips),
+               "deadline_trips": list(self.late)}
         if task is not None:
             out["task"] = task
             out["task_spent_j"] = round(self.task_spent(task) + in_window, 6)
@@ -119,12 +128,15 @@ class EnergyBudget:
         """What a checkpoint keeps (JSON-able): the spending and the bucket's level at its time."""
         level = None if self.power_w is None else self._fill()
         return {"spent": dict(self.spent), "by_task": {str(t): v for t, v in self.by_task.items()},
-                "trips": list(self.trips), "level": level, "at": self._at}
+                "trips": list(self.trips), "late": list(self.late),
+                "eval_s": {str(t): v for t, v in self.eval_s.items()}, "level": level, "at": self._at}
 
     def load_state(self, state: dict) -> None:
         self.spent.update(state.get("spent", {}))
         self.by_task = {int(t): dict(v) for t, v in state.get("by_task", {}).items()}
         self.trips = list(state.get("trips", []))
+        self.late = list(state.get("late", []))
+        self.eval_s = {int(t): v for t, v in state.get("eval_s", {}).items()}
         if self.power_w is not None and state.get("level") is not None:
             self._level, self._at = min(state["level"], self.bucket_j), state["at"]
 
@@ -147,10 +159,13 @@ class BudgetGuard:
             self.log.event("budget_changed", old=old, new={"task_j": b.task_j, "power_w": b.power_w,
                                                            "bucket_s": b.bucket_s}, mode=b.mode)
 
-    def allows(self, t: int, in_window: float) -> bool:
-        """Whether task ``t`` may take another step, its open window holding ``in_window`` joules: not once
-        what is left would not pay for its evaluation."""
+    def allows(self, t: int, in_window: float, elapsed_s: Optional[float] = None) -> bool:
+        """Whether task ``t`` may take another step, its open window holding ``in_window`` joules and
+        ``elapsed_s`` wall seconds since it began (epoch mode; None online, where arrivals set the
+        pace): not once what is left would not pay for its evaluation, nor past its deadline."""
         self.sync()
+        if not self._in_time(t, elapsed_s):
+            return False
         rem = self.budget.remaining(t, in_window)
         if rem is None or rem > self.budget.eval_reserve(t):
             return True
@@ -165,15 +180,33 @@ class BudgetGuard:
                                "and the next task trains")
         return False
 
+    def _in_time(self, t: int, elapsed_s: Optional[float]) -> bool:
+        """The deadline (``task_deadline_s``): a stream does not wait, so a slower machine must be met by
+        cheaper configurations, and the guard stops what would overrun (keeping time to evaluate)."""
+        d, b = self.cfg.task_deadline_s, self.budget
+        if d is None or elapsed_s is None or elapsed_s < d - b.eval_time_reserve(t):
+            return True
+        if t not in b.late:
+            b.late.append(t)
+            self.log.event("deadline_guard", level="warning", task=t, elapsed_s=round(elapsed_s, 3), deadline_s=d,
+                           eval_reserve_s=round(b.eval_time_reserve(t), 3),
+                           why="the task's deadline is reached: its training stops here; it is evaluated and the "
+                               "next task trains")
+        return False
+
     def book(self, kind: str, joules: Optional[float], t: int) -> None:
         self.budget.spend(kind, joules, t)
+
+    def book_eval_time(self, t: int, seconds: float) -> None:
+        self.budget.eval_s[t] = seconds
 
     def record(self, t: int) -> Optional[dict]:
         """The task record's ``budget`` field: what the task spent by kind, against which budget, and
         whether the guard stopped it (None without a budget and no trip)."""
         b = self.budget
-        if b.mode == MODE_NONE and t not in b.trips:
+        if b.mode == MODE_NONE and t not in b.trips and self.cfg.task_deadline_s is None:
             return None
         spent = {k: round(v, 6) for k, v in b.by_task.get(t, {}).items() if v}
         return {"mode": b.mode, "task_j": b.task_j, "power_w": b.power_w, "spent_j": spent,
-                "total_j": round(sum(spent.values()), 6), "guard_tripped": t in b.trips}
+                "total_j": round(sum(spent.values()), 6), "guard_tripped": t in b.trips,
+                "deadline_s": self.cfg.task_deadline_s, "deadline_tripped": t in b.late}

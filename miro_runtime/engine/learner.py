@@ -194,7 +194,7 @@ class Learner:
                 if should_stop is not None and should_stop():
                     self.checkpoint(Position(t, e, b))
                     return False
-                if not self.guard.allows(t, self._in_window()):  # the budget is spent: the task ends here
+                if not self.guard.allows(t, self._in_window(), time.perf_counter() - cur["wall0"]):  # task ends here
                     return True
                 idx = perm[b * cfg.batch_size:(b + 1) * cfg.batch_size]
                 t0 = time.perf_counter()
@@ -218,7 +218,9 @@ class Learner:
         done = _add_partial(here, carry) if carry else here
         self.meter.begin_window(f"eval{t}")  # evaluation is work the budget pays for too
         row = evaluate(strat.model, self.stream, t, self.device)
-        eval_j = self.meter.end_window(f"eval{t}").joules
+        ev = self.meter.end_window(f"eval{t}")
+        eval_j = ev.joules
+        self.guard.book_eval_time(t, ev.seconds)
         self.acc.append(row)
         known = [a for a in row if a is not None]
         rec = TaskRecord(task=t, acc=row, avg_acc=float(np.mean(known)) if known else None, wall_s=done["wall_s"],

@@ -96,3 +96,12 @@ def test_miro_under_a_budget_keeps_each_task_in_it_and_sees_a_load_change_within
     refits = [e for e in events if e["event"] == "miro_cost_refit"]
     assert any(e["task"] == 3 and e["factor"] > 1.8 for e in refits), (refits, realised)
     assert any(e["event"] == "budget_guard" for e in events) == any(e["guard_tripped"] for e in realised.values())
+
+
+def test_within_budget_also_fits_the_deadline_and_takes_the_fastest_when_none_does():
+    arms = [Candidate(knobs=Knobs(20, 2000, 0.5, e), acc=a, joules=j, seconds=s, n_val=400)
+            for e, a, j, s in ((1, 0.80, 10.0, 1.0), (3, 0.90, 30.0, 3.0), (5, 0.93, 50.0, 5.0))]
+    w, how = select_within_budget(arms, 100.0, 3.5)
+    assert w.knobs.epochs == 3 and "3.5 s" in how  # energy would allow 5 epochs; time does not
+    w, how = select_within_budget(arms, 100.0, 0.5)
+    assert w.knobs.epochs == 1 and "fastest" in how

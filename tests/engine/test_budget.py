@@ -99,3 +99,24 @@ def test_the_guard_stops_a_task_at_its_budget_and_the_next_task_trains(tmp_path)
     assert [e["task"] for e in guard] == [0, 1] and guard[0]["remaining_j"] == pytest.approx(-0.5)
     changed = [e for e in events if e["event"] == "budget_changed"]
     assert [c["new"]["task_j"] for c in changed] == [5.5, None]
+
+
+def test_the_deadline_stops_a_task_that_would_overrun_and_keeps_time_to_evaluate(tmp_path):
+    st = split_digits(5, 0)
+    lr = Learner(RunConfig(run_dir=str(tmp_path / "r"), strategy="er", epochs=400, task_deadline_s=1.5), st)
+    lr.open()
+    try:
+        for t in (0, 1):
+            x, y = st.train[t]
+            ids = lr.store(t, x, y).ids
+            lr.begin_task(t, {**START, "task": t})
+            assert lr.train_epochs(t, x, y, ids, {**START, "task": t})
+            rec = lr.finish_task(t, x, y, ids)
+            # 400 epochs would take minutes: training stopped at the deadline (less the evaluation's time)
+            assert rec.budget["deadline_tripped"] and not rec.budget["guard_tripped"]
+            assert 0.5 < rec.train_s < 1.5 and rec.train_samples < 400 * len(y)
+    finally:
+        lr.close()
+    events = [json.loads(line) for line in open(tmp_path / "r" / "events.jsonl")]
+    late = [e for e in events if e["event"] == "deadline_guard"]
+    assert [e["task"] for e in late] == [0, 1] and late[1]["eval_reserve_s"] > 0
