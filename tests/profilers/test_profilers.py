@@ -1,7 +1,9 @@
 """Energy meters. RAPL, NVML, Jetson and Pi 5 hardware is absent here: their real parsing and
 integration code runs against fixture sysfs trees, a recorded Pi 5 output (tests/fixtures) and, for
-NVML, scripted answers in pynvml's shape (no recording from a real GPU exists here). The estimate
+NVML, scripted answers in pynvml's shape and a recording from a real H200 (tests/fixtures/nvml_h200.json,
+made by bench/gpu.py). The estimate
 meter runs for real on this machine."""
+import json
 import os
 import subprocess
 import sys
@@ -99,8 +101,7 @@ class RecordedNvml:
     """Stands in for pynvml, answering in its shapes and units (TotalEnergyConsumption in mJ,
     PowerUsage in mW, NVMLError_NotSupported before Volta) with the answers it is given. Despite the
     name, nothing here was recorded from a GPU: the tests give invented round numbers, chosen so the
-    meter's arithmetic can be checked by hand. No NVML recording exists in this project (the
-    reference, ../shared/reference/energy-formats.md, gives the API's units and errors, no readings)."""
+    meter's arithmetic can be checked by hand (ReplayedNvml below answers with a real H200's readings)."""
 
     class NVMLError(Exception):
         pass
@@ -437,3 +438,51 @@ def test_a_paused_window_counts_neither_the_time_nor_the_joules_of_its_pause():
     w = m.end_window("t")
     assert w.joules == pytest.approx(10.0) and w.components == {"x": pytest.approx(10.0)}
     m.pause_window("t")  # closed: no-op, no error
+
+
+class ReplayedNvml(RecordedNvml):
+    """pynvml's answers as a real NVIDIA H200 gave them (tests/fixtures/nvml_h200.json, recorded by
+    bench/gpu.py every 50 ms over 2 s idle, 2 s of bf16 matrix products, 2 s idle): each call answers
+    the sample at ``at``, which the test moves."""
+
+    def __init__(self, samples):
+        super().__init__()
+        self.samples, self.at = samples, 0
+
+    def nvmlDeviceGetTotalEnergyConsumption(self, h):
+        return self.samples[self.at]["energy_mj"]
+
+    def nvmlDeviceGetPowerUsage(self, h):
+        return self.samples[self.at]["power_mw"]
+
+
+def test_nvml_on_a_recorded_h200_counts_the_counter_and_keeps_its_update_period():
+    rec = json.load(open(os.path.join(os.path.dirname(HERE), "fixtures", "nvml_h200.json")))
+    s = rec["samples"]
+    nv = ReplayedNvml(s)
+    m = nvml_meter(0, nv)  # Hopper answers the energy counter: the counter is the meter, not polling
+    assert type(m).__name__ == "NvmlMeter"
+    m.begin_window("all")
+    nv.at = len(s) - 1
+    w = m.end_window("all")
+    assert w.joules == pytest.approx(rec["counter_j"])  # mJ read as mJ: 1,628 J over 6 s
+    assert 78 < w.joules / s[-1]["t_s"] < rec["power_limit_mw"] / 1e3  # between idle and the power limit
+    # over the whole recording the averaged power, integrated, agrees with the counter (its lag at the
+    # load's start is given back at its end) -- what polling would report on a window this long
+    polled = sum((b["t_s"] - a["t_s"]) * (a["power_mw"] + b["power_mw"]) / 2e3 for a, b in zip(s, s[1:]))
+    assert polled == pytest.approx(w.joules, rel=0.03)
+    # but in the first second of the load the counter already reads ~700 W while the reported power is
+    # a one-second average still climbing: a short window polled would miss most of it
+    start = next(i for i, a in enumerate(s) if a["power_mw"] > 85_000) - 1
+    end = next(i for i, a in enumerate(s) if a["t_s"] >= s[start]["t_s"] + 1.0)
+    nv.at = start
+    m.begin_window("ramp")
+    nv.at = end
+    ramp = m.end_window("ramp")
+    seg = s[start:end + 1]
+    ramp_polled = sum((b["t_s"] - a["t_s"]) * (a["power_mw"] + b["power_mw"]) / 2e3 for a, b in zip(seg, seg[1:]))
+    assert ramp.joules / (s[end]["t_s"] - s[start]["t_s"]) > 550 and ramp_polled < 0.75 * ramp.joules
+    # the counter moves every ~0.1 s (median gap between changes), as NvmlMeter.update_period_s says
+    moves = [b["t_s"] for a, b in zip(s, s[1:]) if b["energy_mj"] != a["energy_mj"]]
+    gaps = sorted(b - a for a, b in zip(moves, moves[1:]))
+    assert gaps[len(gaps) // 2] == pytest.approx(type(m).update_period_s, rel=0.25)

@@ -21,7 +21,7 @@ MAX_GROUP = 8  # steps folded into one swap job at most: bounds how stale a chos
 
 
 def _np(a) -> np.ndarray:
-    return a.numpy() if isinstance(a, torch.Tensor) else np.asarray(a)
+    return a.detach().cpu().numpy() if isinstance(a, torch.Tensor) else np.asarray(a)  # logits may live on a GPU
 
 
 def select_swap_out(logits, labels, ratio: float) -> np.ndarray:

@@ -1,0 +1,139 @@
+"""The GPU path on a machine with an NVIDIA GPU (run it there by hand; CI and the 2-core box have none):
+
+1. records NVML's answers (power in mW, the total-energy counter in mJ, every 50 ms) over an idle
+   third, a bf16 matrix-product load and an idle third, into a fixture the tests replay
+   (tests/fixtures/nvml_<gpu>.json: the meters' arithmetic checked on real readings);
+2. compares the two NVML meters of profilers/nvml.py over one window of that load: the energy
+   counter against integrated power polling;
+3. runs ``miro run --device cuda`` on the embedded digits for er and carm with ``--energy-source
+   nvml`` and ``auto``: training on the GPU end to end, the energy measured (NVML) and said so.
+
+``--out DIR`` is where the fixture and the result go. Last stdout line: one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+
+
+def _load(stop: threading.Event, started: threading.Event):
+    """bf16 8192^3 products back to back until ``stop``: the GPU near its power limit."""
+    import torch
+    a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+    started.set()
+    while not stop.is_set():
+        a @ a
+        torch.cuda.synchronize()
+
+
+def record(seconds: float) -> dict:
+    """NVML's answers every 50 ms: idle, loaded, idle (a third each)."""
+    import pynvml
+    pynvml.nvmlInit()
+    h = pynvml.nvmlDeviceGetHandleByIndex(0)
+    name = pynvml.nvmlDeviceGetName(h)
+    info = {"gpu": name if isinstance(name, str) else name.decode(),
+            "driver": str(pynvml.nvmlSystemGetDriverVersion()),
+            "power_limit_mw": pynvml.nvmlDeviceGetPowerManagementLimit(h)}
+    stop, started = threading.Event(), threading.Event()
+    load = threading.Thread(target=_load, args=(stop, started), daemon=True)
+    samples, t0 = [], time.monotonic()
+    while (t := time.monotonic() - t0) < seconds:
+        if t > seconds / 3 and not load.is_alive() and not stop.is_set():
+            load.start()
+            started.wait(30)
+        if t > 2 * seconds / 3:
+            stop.set()
+        samples.append({"t_s": round(time.monotonic() - t0, 4), "power_mw": pynvml.nvmlDeviceGetPowerUsage(h),
+                        "energy_mj": pynvml.nvmlDeviceGetTotalEnergyConsumption(h)})
+        time.sleep(0.05)
+    stop.set()
+    load.join(60)
+    counter_j = (samples[-1]["energy_mj"] - samples[0]["energy_mj"]) / 1e3
+    polled_j = sum((b["t_s"] - a["t_s"]) * (a["power_mw"] + b["power_mw"]) / 2e3 for a, b in zip(samples, samples[1:]))
+    return {**info, "period_s": 0.05, "samples": samples, "counter_j": counter_j, "trapezoid_j": polled_j}
+
+
+def meters(seconds: float) -> dict:
+    """profilers/nvml.py's two meters over one window of the load."""
+    sys.path.insert(0, ROOT)
+    from miro_runtime.profilers.nvml import NvmlMeter, NvmlPowerMeter
+    counter, polled = NvmlMeter(0), NvmlPowerMeter(0, hz=20.0)
+    stop, started = threading.Event(), threading.Event()
+    load = threading.Thread(target=_load, args=(stop, started), daemon=True)
+    load.start()
+    started.wait(30)
+    counter.begin_window("w")
+    polled.begin_window("w")
+    time.sleep(seconds)
+    a, b = counter.end_window("w"), polled.end_window("w")
+    stop.set()
+    load.join(60)
+    polled.close()
+    return {"seconds": a.seconds, "counter_j": a.joules, "polled_j": b.joules,
+            "polled_over_counter": b.joules / a.joules,
+            "provenance": [a.summary(), b.summary()]}
+
+
+def runs() -> list:
+    """``miro run --device cuda`` end to end: accuracy, steps, energy and what measured it."""
+    import tempfile
+    out, rows = tempfile.mkdtemp(prefix="miro-gpu-"), []
+    for strategy, source, more in (("er", "nvml", []), ("er", "auto", []), ("carm", "nvml", []), ("der", "nvml", []),
+                                   ("carm", "nvml", ["--miro"]), ("carm", "nvml", ["--energy-budget", "60"])):
+        run_dir = os.path.join(out, f"run-{strategy}-{source}-{len(rows)}")
+        t0 = time.time()
+        argv = ["run", "--device", "cuda", "--strategy", strategy, "--epochs", "2", "--energy-source", source,
+                "--run-dir", run_dir, "--json", *more]
+        r = subprocess.run([sys.executable, "-m", "miro_runtime.cli", *argv], capture_output=True, text=True,
+                           cwd=ROOT, timeout=300)
+        row = {"strategy": strategy, "energy_source": source, "flags": more, "exit": r.returncode,
+               "wall_s": time.time() - t0}
+        if r.returncode == 0:
+            s = json.loads(r.stdout.strip().splitlines()[-1])
+            row.update(final_avg_acc=s["final_avg_acc"], steps=s["steps"], energy_j=s["energy_j"],
+                       energy_provenance=s["energy_provenance"], device=s["config"]["device"],
+                       guard_trips=sum(bool((t.get("budget") or {}).get("guard_tripped")) for t in s["per_task"]))
+        else:
+            row["stderr"] = r.stderr[-2000:]
+        rows.append(row)
+    return rows
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default=os.path.join(HERE, "results"), help="where the fixture and result go")
+    ap.add_argument("--seconds", type=float, default=6.0, help="the recording's length (a third loaded)")
+    ap.add_argument("--runs-only", action="store_true", help="only the `miro run --device cuda` part")
+    a = ap.parse_args()
+    import torch
+    if not torch.cuda.is_available():
+        sys.exit("bench/gpu.py: no CUDA device here; run it on a machine with an NVIDIA GPU")
+    os.makedirs(a.out, exist_ok=True)
+    if a.runs_only:
+        print(json.dumps({"runs": runs()}))
+        return
+    rec = record(a.seconds)
+    tag = rec["gpu"].replace("NVIDIA ", "").replace(" ", "_").lower()
+    with open(os.path.join(a.out, f"nvml_{tag}.json"), "w") as fh:
+        json.dump(rec, fh, indent=0)
+    res = {"gpu": rec["gpu"], "driver": rec["driver"], "torch": torch.__version__,
+           "recording": {k: rec[k] for k in ("counter_j", "trapezoid_j", "power_limit_mw")} |
+           {"n": len(rec["samples"]), "max_power_mw": max(s["power_mw"] for s in rec["samples"])},
+           "meters": meters(3.0), "runs": runs()}
+    with open(os.path.join(a.out, "gpu.json"), "w") as fh:
+        json.dump(res, fh, indent=1)
+    print(json.dumps(res))
+
+
+if __name__ == "__main__":
+    main()
