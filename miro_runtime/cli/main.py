@@ -3,6 +3,7 @@ options, and the list of commands; each command lives with its concern:
 
     run.py       in-process, no daemon: run (options from options.py), inspect, store, rep
     control.py   clients of mirod's control socket (status, eval, ingest, task, ...) and `miro daemon`
+    settings.py  `miro config`; budget.py `miro budget`
     kv.py        KV-cache inference
     service.py   the systemd unit, and `miro demo`
 
@@ -17,6 +18,7 @@ import sys
 
 import click
 
+from miro_runtime.cli.budget import budget
 from miro_runtime.cli.control import checkpoint, daemon, eval_, ingest, predict, profile, status, task
 from miro_runtime.cli.kv import kv
 from miro_runtime.cli.logs import logs
@@ -53,7 +55,7 @@ a store that cannot be opened at all); 3 another mirod owns the state directory;
 request (bad input, a conflict); 69 no daemon answers on the socket; 70 miro status: the daemon answered
 but its trainer is unhealthy (a task failed, a job is failing, or it is wedged; status is still printed);
 77 permission denied (the socket's group, or a mutating method for a read-only peer); 78 a bad
-configuration (miro daemon).
+configuration (miro daemon), or a unit miro service install refuses to write (it could not start).
 
 Shell completion: `miro completion bash|zsh|fish` prints the script (see its --help for where it goes);
 it is click's, so `_MIRO_COMPLETE=bash_source miro` (zsh_source, fish_source) prints the same."""
@@ -93,7 +95,7 @@ def completion(shell):
 
 
 for command in (run, inspect, store, rep,
-                daemon, status, eval_, ingest, task, predict, config, profile, checkpoint, logs,
+                daemon, status, eval_, ingest, task, predict, config, budget, profile, checkpoint, logs,
                 kv, service, demo, completion):
     main.add_command(command)
 

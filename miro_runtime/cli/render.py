@@ -97,8 +97,49 @@ def status_lines(s: dict) -> list:
                            f"{_v(k.get('policy'))}, RAM share {_mib(k.get('ram_bytes'))}, flash share "
                            f"{_mib(k.get('flash_bytes'))} ({_mib(k.get('flash_used_bytes') or 0)} used, "
                            f"{k.get('prefix_chunks') or 0} prefix chunks), {_v(k.get('requests'))} requests"))
+    rows.append(("budget", budget_text(s.get("budget"))))
     rows.append(("accuracy", accuracy_text(s.get("last_acc"), s.get("last_avg_acc"))))
     return [f"{k:<16}{v}" for k, v in rows]
+
+
+def _budget_words(task_j, power_w, bucket) -> str:
+    """A budget's setting in words: 'none', '5.0 J per task', '2.0 W average (bucket 120.0 J)'."""
+    if task_j is not None:
+        return f"{_j(task_j)} per task"
+    if power_w is not None:
+        return f"{power_w:g} W average (bucket {bucket})"
+    return "none"
+
+
+def _j(v) -> str:
+    """Joules as a budget's figures need them: a request's few millijoules are not shown as 0.0 J."""
+    return NONE if v is None else f"{v:.1f} J" if abs(v) >= 1 or v == 0 else f"{v:.3f} J"
+
+
+def _left(v) -> str:
+    return f"{_j(v)} left" if v is None or v >= 0 else f"{_j(-v)} over"
+
+
+def budget_text(b) -> str:
+    """Session.status's ``budget`` in one line: the budget, the task's spending, remainder and forecast,
+    the joules spent by kind, the guard's trips, a change waiting for the next step."""
+    if b is None:
+        return "none (miro budget set --energy J or --power W sets one)"
+    line = _budget_words(b.get("task_j"), b.get("power_w"), _j(b.get("bucket_j")))
+    if b.get("task") is not None:
+        line += (f"; task {b['task']}: {_j(b.get('task_spent_j'))} spent, {_left(b.get('remaining_j'))}, "
+                 f"forecast {_j(b.get('forecast_j'))}")
+    spent = b.get("spent_j") or {}
+    line += f"; spent {_j(sum(spent.values()))}"
+    kinds = [f"{k} {_j(v)}" for k, v in spent.items() if v]
+    line += f" ({', '.join(kinds)})" if kinds else ""
+    trips = b.get("guard_trips") or []
+    line += f"; guard stopped {len(trips)} task{'s' if len(trips) != 1 else ''} ({_tasks(trips)})" if trips else ""
+    p = b.get("pending")
+    if p:
+        bucket = f"{_v(p.get('bucket_s'))} s"
+        line += f"; from the next step: {_budget_words(p.get('task_j'), p.get('power_w'), bucket)}"
+    return line
 
 
 def _health(s: dict) -> str:

@@ -7,6 +7,7 @@ generation) runs in the daemon's thread pools so the event loop always answers.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import signal
 import time
@@ -28,15 +29,18 @@ if TYPE_CHECKING:
 
 # who may call what (server.py decides it from the peer's credentials). kv_generate is inference: it
 # changes no learning state (it may store prompt prefixes in the KV namespace)
-READ_ONLY = frozenset({"ping", "status", "eval", "predict", "logs", "config_show", "task_list", "kv_generate"})
+READ_ONLY = frozenset({"ping", "status", "eval", "predict", "logs", "config_show", "task_list", "kv_generate",
+                       "budget_show"})
 MUTATING = frozenset({"ingest", "task_end", "config_set", "config_unset", "config_reload", "profile", "checkpoint",
-                      "shutdown"})
+                      "budget_set", "shutdown"})
 # methods that refuse parameters they do not declare; the others ignore extras (the client's ingest sends `wait`)
-STRICT = frozenset({"kv_generate"})
+STRICT = frozenset({"kv_generate", "budget_set"})
 
 # a task's state in task_list
 TASK_OPEN, TASK_ENDED, TASK_TRAINED, TASK_FAILED = "open", "ended", "trained", "failed"
-TASK_RESULT = ("acc", "avg_acc", "energy_j", "energy_provenance")  # what task_end --wait adds once trained
+TASK_RESULT = ("acc", "avg_acc", "energy_j", "energy_provenance", "budget")  # what task_end --wait adds once trained
+# the [learning] keys of the energy budget (engine/budget.py); budget_set writes them together
+ENERGY_KEY, POWER_KEY, BUCKET_KEY = "learning.energy_budget_j", "learning.power_budget_w", "learning.power_bucket_s"
 
 # parameter types; a Meta description is the words an error uses for the type
 Count = Annotated[int, Meta(ge=1)]
@@ -48,6 +52,7 @@ Base64 = Annotated[str, Meta(description="a base64 string of the raw C-order byt
 Labels = Annotated[list[int], Meta(description="integers (a list, one per sample)")]
 BatchId = Annotated[str, Meta(min_length=1, max_length=128, description="a string of 1 to 128 bytes")]
 TableKey = Annotated[str, Meta(description="a string 'table.key'")]
+Positive = Annotated[float, Meta(gt=0)]
 
 
 class Handlers:
@@ -56,10 +61,27 @@ class Handlers:
 
     def __init__(self, daemon: Daemon):
         self.d = daemon
+        self._requests = itertools.count()  # numbers the energy windows of requests: each has its own
 
     async def _work(self, fn, *args, pool=None):
         """``fn(*args)`` in a worker thread (the I/O pool unless another is named)."""
         return await asyncio.get_running_loop().run_in_executor(pool or self.d.pool, fn, *args)
+
+    def _metered(self, kind: str, fn, *args):
+        """``fn(*args)`` in an energy window of its own, its joules booked on the energy budget as ``kind``
+        against the open task -- a request that fails spent them too. Blocking: run it in the worker
+        thread, so a request's wait in the queue is not metered. Unmetered before the first sample (no
+        learner, no meter and no budget yet)."""
+        s = self.d.session
+        lr = s.learner
+        if lr is None or lr.guard is None:
+            return fn(*args)
+        window = f"{kind}-{next(self._requests)}"
+        lr.meter.begin_window(window)
+        try:
+            return fn(*args)
+        finally:
+            lr.guard.book(kind, lr.meter.end_window(window).joules, max(s.open_task, 0))
 
     # ------------------------------------------------------------------ read-only
     async def ping(self) -> dict:
@@ -88,13 +110,15 @@ class Handlers:
                      TASK_ENDED if t in s.ended else TASK_OPEN)
             tasks.append({"task": t, "classes": [s.stream.inv[c] for c in spec.classes], "state": state,
                           "test_samples": int(len(s.stream.test[t][1])),
-                          "avg_acc": rec and rec["avg_acc"], "energy_j": rec and rec["energy_j"]})
+                          "avg_acc": rec and rec["avg_acc"], "energy_j": rec and rec["energy_j"],
+                          "budget": rec and rec.get("budget")})
         return {"tasks": tasks}
 
     async def predict(self, shape: Shape, data: Base64, dtype: Dtype = "uint8", k: Count = 3) -> dict:
         """The top-k labels of ``shape`` images, from the last trained model's snapshot."""
         s = self.d.session
-        return await self._work(lambda: s.predict(decode_array(shape, dtype, data), k), pool=self.d.predict_pool)
+        return await self._work(self._metered, "predict", lambda: s.predict(decode_array(shape, dtype, data), k),
+                                pool=self.d.predict_pool)
 
     async def kv_generate(self, prompt: str, max_new_tokens: int = 32, policy: Optional[str] = None,
                           hot_budget: Optional[int] = None) -> dict:
@@ -104,11 +128,17 @@ class Handlers:
             raise P.ProtocolError(P.NOT_READY, "KV generation is off (kv.enabled = false)")
         args = (prompt, max_new_tokens, policy, hot_budget)
         d.kv.check(*args)  # bad input answered at once, not after the queue
-        res = await self._work(d.kv.generate, *args, pool=d.kv_pool)
+        res = await self._work(self._metered, "kv", d.kv.generate, *args, pool=d.kv_pool)
         d.log.event("kv_generate", policy=res["policy"], prompt_tokens=res["prompt_tokens"],
                     new_tokens=res["new_tokens"], tokens_per_s=res["tokens_per_s"], ttft_s=res["ttft_s"],
                     hot_bytes=res["hot_bytes"], cold_bytes=res["cold_bytes"], prefix_hits=res["prefix_hits"])
         return res
+
+    async def budget_show(self) -> dict:
+        """The energy budget (Session.status's ``budget``: None without one) and its three settings."""
+        lcfg = self.d.cfg.learning
+        return {"budget": self.d.session.status()["budget"],
+                "config": {k: getattr(lcfg, k.split(".", 1)[1]) for k in (ENERGY_KEY, POWER_KEY, BUCKET_KEY)}}
 
     async def config_show(self, defaults: bool = False) -> dict:
         cfg = self.d.cfg
@@ -215,22 +245,54 @@ class Handlers:
             raise P.ProtocolError(P.NOT_READY, "Miro profiles after the first task has trained")
         return as_dict(await asyncio.wait_for(asyncio.wrap_future(s.request_profile()), timeout=timeout))
 
-    async def config_set(self, key: TableKey, value: Any = None) -> dict:
-        """Set ``table.key``: checked, kept in overrides.toml, applied now where it can be."""
+    def _set_keys(self, values: dict, origin: str) -> tuple:
+        """Set {``table.key``: value} together: each value checked against its key, the whole configuration
+        validated with all of them (a change valid only as a whole, a power budget for an energy budget,
+        is one), kept in overrides.toml, applied now where the key is live -> (overrides path, {key: new}).
+        Nothing is kept or applied when a check fails."""
         d = self.d
-        table, name, _, new = DaemonConfig().set(key, value, "config set")  # the value alone, against its key
+        typed = {}
+        for key, value in values.items():
+            table, name, _, new = DaemonConfig().set(key, value, origin)  # the value alone, against its key
+            typed[key] = (table, name, new)
         path = overrides_path(d.cfg)
         ov = read_overrides(path)
-        ov.setdefault(table, {})[name] = new
-        trial = d.load_config()  # the whole configuration must still validate before the override is kept
-        trial.set(key, new, "config set")
+        trial = d.load_config()  # the whole configuration must still validate before the overrides are kept
+        for key, (table, name, new) in typed.items():
+            ov.setdefault(table, {})[name] = new
+            trial.set(key, new, origin)
         trial.validate()
         write_overrides(path, ov)
-        live = name in LIVE[table]
-        if live:
-            d.apply(table, name, new)
-        d.log.event("config_set", key=key, value=new, live=live)
-        return {"key": key, "value": new, "persisted": path, "applied_live": live, "restart_needed": not live}
+        d.apply_all([(table, name, new) for table, name, new in typed.values() if name in LIVE[table]])
+        return path, {key: new for key, (_, _, new) in typed.items()}
+
+    async def config_set(self, key: TableKey, value: Any = None) -> dict:
+        """Set ``table.key``: checked, kept in overrides.toml, applied now where it can be."""
+        path, new = self._set_keys({key: value}, "config set")
+        live = key.split(".", 1)[1] in LIVE[key.split(".", 1)[0]]
+        self.d.log.event("config_set", key=key, value=new[key], live=live)
+        return {"key": key, "value": new[key], "persisted": path, "applied_live": live, "restart_needed": not live}
+
+    async def budget_set(self, energy_j: Optional[Positive] = None, power_w: Optional[Positive] = None,
+                         bucket_s: Optional[Positive] = None, none: bool = False) -> dict:
+        """The energy budget: ``energy_j`` joules per task, or an average of ``power_w`` watts (a bucket of
+        ``bucket_s`` seconds of it), or ``none``; ``bucket_s`` alone resizes the power budget's bucket.
+        Kept in overrides.toml as learning.energy_budget_j / power_budget_w / power_bucket_s (as
+        `config set` keeps them: SIGHUP and restarts keep it); the trainer adopts it before its next step."""
+        given = [n for n, v in (("energy_j", energy_j), ("power_w", power_w), ("none", none or None)) if v is not None]
+        if len(given) > 1 or (none and bucket_s is not None) or not (given or bucket_s is not None):
+            raise P.ProtocolError(P.INVALID_PARAMS, "give one of energy_j (joules per task), power_w (average "
+                                                    "watts, optionally with bucket_s) or none (no budget), or "
+                                                    f"bucket_s alone; got {', '.join(given) or 'none of them'}")
+        values = {ENERGY_KEY: energy_j, POWER_KEY: None} if energy_j is not None else \
+            {POWER_KEY: power_w, ENERGY_KEY: None} if power_w is not None else \
+            {ENERGY_KEY: None, POWER_KEY: None} if none else {}
+        if bucket_s is not None:
+            values[BUCKET_KEY] = bucket_s
+        path, new = self._set_keys(values, "budget set")
+        self.d.log.event("budget_set", component="daemon", **{k.split(".", 1)[1]: v for k, v in new.items()})
+        return {"set": new, "persisted": path, "applies": "from the next training step",
+                "budget": self.d.session.status()["budget"]}
 
     async def config_unset(self, key: TableKey) -> dict:
         """Drop ``table.key`` from overrides.toml: the file's (or the default) value applies again, now

@@ -229,10 +229,10 @@ class Daemon:
                 if k == "state_dir" or old[table].get(k) == v:
                     continue
                 if k in LIVE[table]:
-                    self.apply(table, k, v)
                     applied[f"{table}.{k}"] = v
                 else:
                     restart[f"{table}.{k}"] = v
+        self.apply_all([(*key.split(".", 1), v) for key, v in applied.items()])
         self.log.event("config_reloaded", applied=applied, restart_needed=restart, sources=new.source)
         systemd.notify("READY=1")
         return {"applied": applied, "restart_needed": restart}
@@ -244,6 +244,13 @@ class Daemon:
             new.set(k, v, "command line")
         new.validate()
         return new
+
+    def apply_all(self, changes: list):
+        """Change several live keys, [(table, key, value)], those that become unset first: the trainer
+        re-reads the learning keys between steps, and must never see two settings that exclude each
+        other (an energy and a power budget) half-way through a change from one to the other."""
+        for table, key, value in sorted(changes, key=lambda c: c[2] is not None):
+            self.apply(table, key, value)
 
     def apply(self, table: str, key: str, value):
         """Change one live key in the running daemon and the parts that copied it."""

@@ -142,6 +142,20 @@ def families(st: dict, uptime_s: float, totals: dict) -> Iterator[tuple]:
     # the trained tasks' energy is stored with their records: it survives restarts, so a counter
     yield one("miro_energy_joules_total", COUNTER, "Energy of the trained tasks; source: measured, estimated or "
               "mixed.", e.get("tasks_j"), source=energy_source(e.get("provenance")))
+    b = st.get("budget") or {}
+    mode = b.get("mode")
+    # the budget a task may spend: joules per task, or a power budget's bucket (what it may hold)
+    yield one("miro_energy_budget_joules", GAUGE, "The energy budget: joules per task (mode task) or the power "
+              "budget's bucket size (mode power).", b.get("task_j") if mode == "task" else b.get("bucket_j"),
+              mode=mode)
+    yield one("miro_energy_budget_remaining_joules", GAUGE, "Joules the task in training (else the open task) may "
+              "still spend; below 0: overspent.", b.get("remaining_j"), mode=mode)
+    # the trips are kept in the checkpoint with the budget's bookkeeping: a counter
+    yield one("miro_budget_guard_trips_total", COUNTER, "Tasks whose training the budget guard stopped.",
+              len(b["guard_trips"]) if b else None)
+    yield ("miro_energy_budget_spent_joules", GAUGE, "Joules booked on the budget, by kind: train, profile, eval, "
+           "predict, kv (from the last checkpoint's figures after a kill: a gauge).",
+           [({"kind": k}, v) for k, v in (b.get("spent_j") or {}).items()])
     yield one("miro_requests_total", COUNTER, "Control requests served (kept across restarts).",
               totals.get("requests"))
     yield one("miro_request_errors_total", COUNTER, "Control requests answered with an error (kept across "

@@ -12,12 +12,23 @@ task trains applies from the next step (the learner asks ``remaining`` before ev
 
 from __future__ import annotations
 
+import functools
+import threading
 import time
 from typing import Callable, Optional
 
 KINDS = ("train", "profile", "eval", "predict", "kv")  # what a joule was spent on
 MODE_NONE, MODE_TASK, MODE_POWER = "none", "task", "power"
 EVAL_MARGIN = 0.25  # an evaluation's joules vary by this much between tasks on the estimate meter (a 2-core box)
+
+
+def _locked(method):
+    """The method under the budget's lock."""
+    @functools.wraps(method)
+    def run(self, *args, **kwargs):
+        with self.lock:
+            return method(self, *args, **kwargs)
+    return run
 
 
 class EnergyBudget:
@@ -27,6 +38,9 @@ class EnergyBudget:
     def __init__(self, task_j: Optional[float] = None, power_w: Optional[float] = None,
                  bucket_s: float = 60.0, clock: Callable[[], float] = time.time):
         self.clock = clock
+        # the trainer spends and asks, status readers ask, request workers spend: one at a time (reading a
+        # power budget's bucket also refills it)
+        self.lock = threading.RLock()
         self.spent = {k: 0.0 for k in KINDS}  # over the stream, by kind
         self.by_task: dict = {}  # task -> {kind: joules}
         self.trips: list = []  # tasks whose training the guard stopped: energy spent
@@ -42,6 +56,7 @@ class EnergyBudget:
     def mode(self) -> str:
         return MODE_TASK if self.task_j is not None else MODE_POWER if self.power_w is not None else MODE_NONE
 
+    @_locked
     def configure(self, task_j: Optional[float], power_w: Optional[float], bucket_s: float) -> bool:
         """Set the budget (a live change applies from the next step); -> whether it changed. A new
         power budget starts with a full bucket; a changed one keeps its level, capped to the new size."""
@@ -70,6 +85,7 @@ class EnergyBudget:
         return self._level
 
     # ------------------------------------------------------------------ spending
+    @_locked
     def spend(self, kind: str, joules: Optional[float], task: int) -> None:
         """Book ``joules`` spent on ``kind`` for ``task`` (None: the meter could not resolve it)."""
         if kind not in KINDS:
@@ -82,10 +98,12 @@ class EnergyBudget:
         if self.power_w is not None:
             self._level = self._fill() - joules  # may go below 0: an overshoot, repaid as it refills
 
+    @_locked
     def task_spent(self, task: int) -> float:
         """Joules booked for ``task`` so far (not what its open training window holds)."""
         return sum(self.by_task.get(task, {}).values())
 
+    @_locked
     def remaining(self, task: int, in_window: float = 0.0) -> Optional[float]:
         """Joules ``task`` may still spend, ``in_window`` (its open training window's joules, not yet
         booked) counted; None without a budget. The guard stops training at <= 0."""
@@ -95,6 +113,7 @@ class EnergyBudget:
             return self._fill() - in_window
         return None
 
+    @_locked
     def eval_reserve(self, task: int) -> float:
         """Joules to keep for ``task``'s evaluation when training stops: the most a test set cost in the
         last few evaluations (task t evaluates t + 1 of them) times t + 1, plus EVAL_MARGIN for the
@@ -102,16 +121,19 @@ class EnergyBudget:
         per_set = [self.by_task.get(u, {}).get("eval", 0.0) / (u + 1) for u in range(max(0, task - 3), task)]
         return max(per_set, default=0.0) * (task + 1) * (1 + EVAL_MARGIN)
 
+    @_locked
     def eval_time_reserve(self, task: int) -> float:
         """Wall seconds to keep for ``task``'s evaluation before its deadline (as ``eval_reserve``)."""
         per_set = [self.eval_s.get(u, 0.0) / (u + 1) for u in range(max(0, task - 3), task)]
         return max(per_set, default=0.0) * (task + 1) * (1 + EVAL_MARGIN)
 
+    @_locked
     def trip(self, task: int) -> None:
         if task not in self.trips:
             self.trips.append(task)
 
     # ------------------------------------------------------------------ reading it
+    @_locked
     def status(self, task: Optional[int] = None, in_window: float = 0.0) -> dict:
         """What `miro status` shows: the budget, what was spent (by kind; of ``task``), what remains."""
         out = {"mode": self.mode, "task_j": self.task_j, "power_w": self.power_w, "bucket_j": self.bucket_j,
@@ -124,6 +146,7 @@ class EnergyBudget:
             out["remaining_j"] = None if rem is None else round(rem, 6)
         return out
 
+    @_locked
     def state(self) -> dict:
         """What a checkpoint keeps (JSON-able): the spending and the bucket's level at its time."""
         level = None if self.power_w is None else self._fill()
@@ -131,6 +154,7 @@ class EnergyBudget:
                 "trips": list(self.trips), "late": list(self.late),
                 "eval_s": {str(t): v for t, v in self.eval_s.items()}, "level": level, "at": self._at}
 
+    @_locked
     def load_state(self, state: dict) -> None:
         self.spent.update(state.get("spent", {}))
         self.by_task = {int(t): dict(v) for t, v in state.get("by_task", {}).items()}
@@ -150,10 +174,17 @@ class BudgetGuard:
         self.cfg, self.log = cfg, log
         self.budget = EnergyBudget(cfg.energy_budget_j, cfg.power_budget_w, cfg.power_bucket_s)
         self._stopped: set = set()  # tasks whose training the guard stopped in this process
+        # requests (predict, KV) served while a task's training window is open: the process's meter counts
+        # their joules in that window too, so they are booked once, as their own kind, not again as training
+        self._window_open, self.overlap_j = False, 0.0
 
     def sync(self) -> None:
-        """Adopt the config's budget if it changed (logged with the old and new values)."""
+        """Adopt the config's budget if it changed (logged with the old and new values). Both budgets set
+        at once is a change caught half-way (the daemon unsets one before it sets the other): the budget
+        in force stays until the next step."""
         c, b = self.cfg, self.budget
+        if c.energy_budget_j is not None and c.power_budget_w is not None:
+            return
         old = {"task_j": b.task_j, "power_w": b.power_w, "bucket_s": b.bucket_s}
         if b.configure(c.energy_budget_j, c.power_budget_w, c.power_bucket_s):
             self.log.event("budget_changed", old=old, new={"task_j": b.task_j, "power_w": b.power_w,
@@ -195,7 +226,21 @@ class BudgetGuard:
         return False
 
     def book(self, kind: str, joules: Optional[float], t: int) -> None:
-        self.budget.spend(kind, joules, t)
+        with self.budget.lock:
+            if self._window_open and kind in ("predict", "kv") and joules:
+                self.overlap_j += joules
+            self.budget.spend(kind, joules, t)
+
+    def window_opened(self) -> None:
+        """A task's training window opened (the learner's ``begin_task``)."""
+        with self.budget.lock:
+            self._window_open, self.overlap_j = True, 0.0
+
+    def window_closed(self) -> float:
+        """It closed: -> the joules requests booked inside it (to take out of its training figure)."""
+        with self.budget.lock:
+            overlap, self._window_open, self.overlap_j = self.overlap_j, False, 0.0
+            return overlap
 
     def book_eval_time(self, t: int, seconds: float) -> None:
         self.budget.eval_s[t] = seconds

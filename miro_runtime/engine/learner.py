@@ -158,6 +158,7 @@ class Learner:
             self.meter.cancel_window(self._window)
         self._window = f"task{t}"
         self.meter.begin_window(self._window)
+        self.guard.window_opened()
         self._cur = {"task": t, "wall0": wall0, "train_s": 0.0, "samples": 0}
 
     def store(self, t: int, x, y, meta: Optional[dict] = None, ns: str = NS):
@@ -167,7 +168,7 @@ class Learner:
     def observe(self, t: int, x, y, ids, pos: Position | dict | None = None):
         """Online: one step on an arriving batch (plus replay), then offer it to the memory."""
         cur = self._cur
-        if not self.guard.allows(t, self._in_window()):  # the budget is spent: stored, not trained
+        if not self.guard.allows(t, self.task_joules()):  # the budget is spent: stored, not trained
             cur["guard_skipped"] = cur.get("guard_skipped", 0) + len(y)
             return
         xt, yt = torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(np.asarray(y))
@@ -194,7 +195,7 @@ class Learner:
                 if should_stop is not None and should_stop():
                     self.checkpoint(Position(t, e, b))
                     return False
-                if not self.guard.allows(t, self._in_window(), time.perf_counter() - cur["wall0"]):  # task ends here
+                if not self.guard.allows(t, self.task_joules(), time.perf_counter() - cur["wall0"]):  # task ends here
                     return True
                 idx = perm[b * cfg.batch_size:(b + 1) * cfg.batch_size]
                 t0 = time.perf_counter()
@@ -237,7 +238,8 @@ class Learner:
                                           "checkpoint and the kill is not known and was redone (metered again)")
         if self.hooks is not None:
             self.hooks.task_end(self, t, rec)
-        for kind, j in (("train", rec.energy_j), ("profile", rec.reaction_profiling_j), ("eval", eval_j)):
+        train_j = None if rec.energy_j is None else rec.energy_j - self.guard.window_closed()
+        for kind, j in (("train", train_j), ("profile", rec.reaction_profiling_j), ("eval", eval_j)):
             self.guard.book(kind, j, t)
         rec.budget = self.guard.record(t)
         self.per_task.append(rec)
@@ -254,6 +256,7 @@ class Learner:
         if self._window is not None:
             self.meter.cancel_window(self._window)
             self._window = None
+            self.guard.window_closed()
         self._cur = None
 
     def _step(self, pos: Position):
@@ -399,10 +402,11 @@ class Learner:
         if self._window is not None:
             (self.meter.pause_window if paused else self.meter.resume_window)(self._window)
 
-    def _in_window(self) -> float:
-        """Joules the task in training has spent so far (a resumed task: with the part before the restart)."""
+    def task_joules(self) -> float:
+        """Joules the task in training has spent in its window so far, less what requests served meanwhile
+        booked as their own (a resumed task: with the part metered before the restart)."""
         carry = self._carry["energy_j"] if self._carry and self._cur and self._carry["task"] == self._cur["task"] else 0
-        return (self.task_energy_so_far() or 0.0) + (carry or 0.0)
+        return (self.task_energy_so_far() or 0.0) + (carry or 0.0) - self.guard.overlap_j
 
     def task_energy_so_far(self) -> Optional[float]:
         """Joules metered so far in the task in progress; None between tasks or when unresolved."""

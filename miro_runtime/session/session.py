@@ -387,6 +387,7 @@ class Session:
                "progress": self.trainer.progress(),
                # samples the store holds (``counters`` count since this process started)
                "stored": {"train": 0, "test": 0}}
+        out["budget"] = _budget(lr, self.cfg, out["progress"], self.open_task)
         if lr is None or lr.strategy is None:
             return out
         strat = lr.strategy
@@ -419,6 +420,32 @@ class Session:
         self.stop()
         if self.learner is not None:
             self.learner.close()
+
+
+def _budget(lr, cfg: RunConfig, progress: Optional[dict], open_task: int) -> Optional[dict]:
+    """Session.status's ``budget`` (engine/budget.py's figures), None without a budget: what is in force,
+    joules spent by kind (training, profiling, evaluation, predict and KV requests), the guard's trips;
+    for the task in training (else the open one) what it spent, what remains and a forecast of its
+    whole cost (spent / the fraction trained); ``pending``: a budget set since the trainer's last step,
+    in force from its next one (None when none waits). Every key always there."""
+    from miro_runtime.engine.budget import MODE_NONE, EnergyBudget
+    configured = {"task_j": cfg.energy_budget_j, "power_w": cfg.power_budget_w, "bucket_s": cfg.power_bucket_s}
+    guard = lr.guard if lr is not None else None
+    if guard is None:  # before the first sample: the configured budget, nothing spent yet
+        budget, in_force = EnergyBudget(cfg.energy_budget_j, cfg.power_budget_w, cfg.power_bucket_s), configured
+    else:
+        budget = guard.budget
+        in_force = {"task_j": budget.task_j, "power_w": budget.power_w, "bucket_s": budget.bucket_s}
+    if budget.mode == MODE_NONE and cfg.energy_budget_j is None and cfg.power_budget_w is None:
+        return None
+    t = progress["task"] if progress else open_task if open_task >= 0 else None
+    in_window = lr.task_joules() if progress and guard is not None and lr.in_task else 0.0  # the task training
+    out = {"task": None, "task_spent_j": None, "remaining_j": None, **budget.status(t, in_window),
+           "pending": None if configured == in_force else configured, "forecast_j": None}
+    frac = progress["fraction"] if progress else 0.0
+    if out["task_spent_j"] and frac > 0:
+        out["forecast_j"] = round(out["task_spent_j"] / frac, 6)
+    return out
 
 
 def _energy(lr) -> dict:

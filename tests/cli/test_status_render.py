@@ -28,7 +28,7 @@ RESTARTED = {
     "energy": {"tasks_j": None, "current_task_j": None, "total_j": None, "provenance": None},
     "miro": {"enabled": False, "rule": None, "knobs": "mem=16,flash=None,swap=0.5,epochs=1", "last_decision": None},
     "last_acc": [0.912, None], "last_avg_acc": 0.912, "health": "ok", "failed_tasks": [], "last_error": None,
-    "trainer_errors": 0, "progress": None, "stored": {"train": 120, "test": 40},
+    "trainer_errors": 0, "progress": None, "stored": {"train": 120, "test": 40}, "budget": None,
     "kv": {"enabled": False, "model": "builtin", "policy": "lru", "ram_bytes": 1 << 20, "flash_bytes": 1 << 22,
            "flash_used_bytes": None, "prefix_chunks": None, "requests": 0},
     "daemon": {"pid": 4242, "uptime_s": 4.2},
@@ -83,6 +83,32 @@ def test_a_fresh_daemon_and_every_missing_part_read_as_words():
     assert row(lines, "tasks") == "1 trained (0); 1 failed (1); task 2 open for samples"
     assert row(lines, "training") == "task 2: 75% (24 of 32 stored samples trained)"
     assert "failed tasks [1]" in row(lines, "health") and row(lines, "energy").startswith("3.2 J  (estimated)")
+
+
+# an energy budget per task: task 2 trains, 40% through; the guard stopped task 1
+BUDGET = {"mode": "task", "task_j": 50.0, "power_w": None, "bucket_j": None,
+          "spent_j": {"train": 80.0, "profile": 4.5, "eval": 2.0, "predict": 0.004, "kv": 0.0},
+          "guard_trips": [1], "task": 2, "task_spent_j": 20.0, "remaining_j": 30.0, "forecast_j": 50.0, "pending": None}
+
+
+def test_the_budget_row_says_the_budget_the_task_spending_and_forecast_and_each_kind():
+    lines = status_lines({**RESTARTED, "budget": BUDGET})
+    assert row(lines, "budget") == ("50.0 J per task; task 2: 20.0 J spent, 30.0 J left, forecast 50.0 J; spent 86.5 J "
+                                    "(train 80.0 J, profile 4.5 J, eval 2.0 J, predict 0.004 J); guard stopped 1 task "
+                                    "(1)")
+    assert row(status_lines(RESTARTED), "budget").startswith("none (miro budget set --energy J")
+    over = {**BUDGET, "remaining_j": -1.5, "forecast_j": None, "guard_trips": [1, 2],
+            "pending": {"task_j": None, "power_w": 2.5, "bucket_s": 30.0}}
+    assert row(status_lines({**RESTARTED, "budget": over}), "budget") == (
+        "50.0 J per task; task 2: 20.0 J spent, 1.5 J over, forecast -; spent 86.5 J (train 80.0 J, profile 4.5 J, "
+        "eval 2.0 J, predict 0.004 J); guard stopped 2 tasks (1, 2); from the next step: 2.5 W average (bucket "
+        "30.0 s)")
+    # a power budget before the first sample: nothing spent, no task yet
+    fresh = {**BUDGET, "mode": "power", "task_j": None, "power_w": 2.0, "bucket_j": 120.0, "guard_trips": [],
+             "spent_j": dict.fromkeys(BUDGET["spent_j"], 0.0), "task": None, "task_spent_j": None,
+             "remaining_j": None, "forecast_j": None}
+    lines = status_lines({**FRESH, "budget": fresh})
+    assert row(lines, "budget") == "2 W average (bucket 120.0 J); spent 0.0 J" and "None" not in "\n".join(lines)
 
 
 def test_progress_text_names_the_task_epoch_and_steps():
