@@ -75,6 +75,7 @@ class MiroController(Controller):
         # the stream so far: every joule booked for its tasks, and of them profiling (the cap is a share of it)
         self._stream_j, self._stream_profiling_j = 0.0, 0.0
         self.cost, self.time_cost = CostCheck(), CostCheck()
+        self._s_per_sample = 0.0  # training seconds per sample of the last task (blind time predictions)
         self._predicted: Optional[dict] = None  # what the decision in force predicted for its task
 
     # ------------------------------------------------------------------ engine hooks
@@ -96,8 +97,10 @@ class MiroController(Controller):
             if pool:
                 pick, how = select_within_budget(pool, left, left_s)
                 winner = pick.knobs
+                if t == 0:  # its profiles stand for every memory size: the grid's arm, as without a budget
+                    winner, tie = self._task0_hierarchy(winner)
             else:
-                winner, how = self._fit_by_prediction(n, t, left)
+                winner, how = self._fit_by_prediction(n, t, left, left_s)
             rule = "within-budget"
             energy = {"mode": budget.mode, "remaining_j": None if left == math.inf else left, "eval_reserve_j": reserve,
                       "deadline_s": deadline, "remaining_s": None if left_s == math.inf else left_s, "how": how}
@@ -108,7 +111,8 @@ class MiroController(Controller):
         chosen = [c for c in cands if c.knobs == winner]
         self._predicted = {"knobs": winner.key(), "acc": chosen[0].acc if chosen else None,
                            "joules": chosen[0].joules if chosen else self._predicted_j(winner, n, t),
-                           "seconds": chosen[0].seconds if chosen else None, "samples": n * winner.epochs}
+                           "seconds": chosen[0].seconds if chosen else self._predicted_s(winner, n) or None,
+                           "samples": n * winner.epochs}
         self._apply(view, winner)
         self._decide(view, Decision(t, rule, self.search, winner.key(), [c.to_dict() for c in cands], skipped,
                                     self._profiling_j, self._budget(), view.meter.provenance(), tie=tie,
@@ -214,17 +218,26 @@ class MiroController(Controller):
                           n_val=self._n_val * len(hist) or None, from_window=True)
                 for k, hist in self.history.items() if hist]
 
-    def _fit_by_prediction(self, n: int, t: int, left: float) -> tuple:
-        """No accuracy measured yet: of the arms whose predicted energy fits ``left``, the most training
-        (epochs, then memory) -- the cheapest arm when none fits; the incumbent when nothing is predicted."""
+    def _fit_by_prediction(self, n: int, t: int, left: float, left_s: float = math.inf) -> tuple:
+        """No accuracy measured yet: of the arms whose predicted energy fits ``left`` (and time ``left_s``),
+        the most training (epochs, then memory) -- the cheapest arm when none fits; the incumbent when
+        nothing is predicted."""
         pred = {kn: self._predicted_j(kn, n, t) for kn in self.grid if kn.method == self.current.method}
         if any(j is None for j in pred.values()):
             return self.current, "no cost measured yet: kept"
-        fits = [kn for kn, j in pred.items() if j <= left]
+        fits = [kn for kn, j in pred.items() if j <= left and self._predicted_s(kn, n) <= left_s]
         if not fits:
             return min(pred, key=pred.get), f"no arm's predicted energy fits the {left:.3g} J left: the cheapest"
         return max(fits, key=lambda kn: (kn.epochs, kn.memory)), \
             f"predicted: the most training of {len(fits)} arms that fit the {left:.3g} J left"
+
+    def _predicted_s(self, kn: Knobs, n: int) -> float:
+        """Training seconds of a task of ``n`` samples at these knobs: its window's profiles when it has
+        some, else the last task's realised time per sample (rescaled by time refits); 0 before any."""
+        hist = self.history.get(kn.key())
+        if hist:
+            return float(np.mean([h[2] for h in hist]))
+        return self._s_per_sample * n * kn.epochs
 
     def _check_cost(self, view: LearnerView, t: int, rec: TaskRecord):
         """Realised against predicted, logged with both; a cost that moved beyond its noise rescales
@@ -244,12 +257,15 @@ class MiroController(Controller):
         slow = self.time_cost.observe(p["seconds"] / p["samples"] if p["seconds"] and p["samples"] else None,
                                       rec.train_s / rec.train_samples if rec.train_samples else None) \
             if comparable else None
+        if rec.train_samples:  # what the next blind prediction of time starts from
+            self._s_per_sample = rec.train_s / rec.train_samples
         if slow is not None:
             self.history = {k: [(a, j, s * slow) for a, j, s in h] for k, h in self.history.items()}
             view.event("miro_time_refit", task=t, factor=round(slow, 4), predicted_s=p["seconds"],
                        realised_train_s=rec.train_s, why="the task's training time per sample left its noise: "
                                                          "every predicted time is rescaled by the ratio")
         view.event("miro_realised", task=t, knobs=p["knobs"], predicted_j=p["joules"], realised_j=rec.energy_j,
+                   predicted_s=p["seconds"], realised_train_s=rec.train_s,
                    predicted_acc=p["acc"], realised_acc=rec.acc[t] if t < len(rec.acc) else None,
                    guard_tripped=guarded, compared=comparable, noise_log_ratio=round(self.cost.noise(), 4))
         if factor is not None:
@@ -265,7 +281,7 @@ class MiroController(Controller):
                 "prev_task_j": self.prev_task_j, "units": self.profiler.units, "overhead_j": self.profiler.overhead_j,
                 "bandit": self.bandit.state(), "history": {k: v for k, v in self.history.items()},
                 "stream_j": self._stream_j, "stream_profiling_j": self._stream_profiling_j, "cost": self.cost.state(),
-                "time_cost": self.time_cost.state()}
+                "time_cost": self.time_cost.state(), "s_per_sample": self._s_per_sample}
 
     def load_state(self, view: LearnerView, st: dict):
         self.decisions, self.prev_task_j = [Decision.from_dict(d) for d in st["decisions"]], st["prev_task_j"]
@@ -277,6 +293,7 @@ class MiroController(Controller):
         self._stream_j, self._stream_profiling_j = st.get("stream_j", 0.0), st.get("stream_profiling_j", 0.0)
         self.cost.load_state(st.get("cost", {}))
         self.time_cost.load_state(st.get("time_cost", {}))
+        self._s_per_sample = st.get("s_per_sample", 0.0)
         self._apply(view, Knobs.from_dict(st["current"]), log=False)
 
     def summary(self) -> dict:

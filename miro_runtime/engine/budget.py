@@ -178,7 +178,7 @@ class BudgetGuard:
         # their joules in that window too, so they are booked once, as their own kind, not again as training
         self._window_open, self.overlap_j = False, 0.0
 
-    def sync(self) -> None:
+    def sync(self, task: Optional[int] = None) -> None:
         """Adopt the config's budget if it changed (logged with the old and new values). Both budgets set
         at once is a change caught half-way (the daemon unsets one before it sets the other): the budget
         in force stays until the next step."""
@@ -187,14 +187,14 @@ class BudgetGuard:
             return
         old = {"task_j": b.task_j, "power_w": b.power_w, "bucket_s": b.bucket_s}
         if b.configure(c.energy_budget_j, c.power_budget_w, c.power_bucket_s):
-            self.log.event("budget_changed", old=old, new={"task_j": b.task_j, "power_w": b.power_w,
-                                                           "bucket_s": b.bucket_s}, mode=b.mode)
+            self.log.event("budget_changed", task=task, old=old, new={"task_j": b.task_j, "power_w": b.power_w,
+                                                                      "bucket_s": b.bucket_s}, mode=b.mode)
 
     def allows(self, t: int, in_window: float, elapsed_s: Optional[float] = None) -> bool:
         """Whether task ``t`` may take another step, its open window holding ``in_window`` joules and
         ``elapsed_s`` wall seconds since it began (epoch mode; None online, where arrivals set the
         pace): not once what is left would not pay for its evaluation, nor past its deadline."""
-        self.sync()
+        self.sync(t)
         if not self._in_time(t, elapsed_s):
             return False
         rem = self.budget.remaining(t, in_window)

@@ -149,6 +149,7 @@ class Learner:
             # resumed mid-task: classes that arrived after the checkpoint (a restart, a mode change) need the head
             self.strategy.model.to(self.strategy.device)
             self.strategy.renew_optimizer()
+        self.guard.sync(t)  # a budget changed between tasks is the one this task's decision plans for
         if self.hooks is not None and fresh:
             if len(self.task_data(t)[1]):
                 self.hooks.task_begin(self, t)  # Miro profiles here: its energy is metered on its own

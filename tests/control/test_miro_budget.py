@@ -85,6 +85,9 @@ def test_miro_under_a_budget_keeps_each_task_in_it_and_sees_a_load_change_within
     for d in decisions[1:]:  # every decision under the budget names what it had left and what it predicted
         assert d["rule"] == "within-budget" and d["energy_budget"]["remaining_j"] > 0
         assert d["predicted"]["joules"] is not None
+    # the budget set between tasks 0 and 1 is the one task 1's decision planned for (not task 0's 1e9 J)
+    assert decisions[1]["energy_budget"]["remaining_j"] < 1.5 * (recs[0].energy_j + recs[0].profiling_energy_j)
+    assert [e["task"] for e in events if e["event"] == "budget_changed"] == [1]
     for r in recs[1:]:  # the guard and the rule keep each task inside its budget (one step of overshoot) ...
         spent, cap = r.budget["spent_j"], lr.cfg.energy_budget_j
         if r.task != 3:
