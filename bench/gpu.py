@@ -23,6 +23,8 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
+MEASURES = ["profilers/nvml.py", "profilers/measurement.py", "miro_runtime/engine/strategies/"]
+NEEDS_CUDA = True  # `make bench` on a machine without CUDA keeps the last result (run_all.py)
 
 
 def _load(stop: threading.Event, started: threading.Event):
@@ -107,6 +109,39 @@ def runs() -> list:
             row["stderr"] = r.stderr[-2000:]
         rows.append(row)
     return rows
+
+
+def render(res: dict) -> str:
+    """The BENCHMARKS.md section, from a result."""
+    rec, m = res["recording"], res["meters"]
+    out = [f"{res['gpu']} (driver {res['driver']}, torch {res['torch']}), "
+           f"{res.get('run', {}).get('machine', 'a machine with an NVIDIA GPU')}. Every energy figure here is "
+           "measured by NVML (its provenance is in each row). The recording's 106 samples are the test fixture "
+           "`tests/fixtures/nvml_h200.json`.", "",
+           f"- NVML energy counter over the recording (idle, bf16 load, idle; {rec['n']} samples every 50 ms): "
+           f"{rec['counter_j']:.0f} J; the reported power integrated over the same samples: {rec['trapezoid_j']:.0f} J "
+           f"({rec['trapezoid_j'] / rec['counter_j']:.3f}x); peak reported power {rec['max_power_mw'] / 1e3:.0f} W of "
+           f"a {rec['power_limit_mw'] / 1e3:.0f} W limit.",
+           f"- The two meters of profilers/nvml.py over one {m['seconds']:.1f} s window opened as the load began: "
+           f"counter {m['counter_j']:.0f} J, power polled at 20 Hz {m['polled_j']:.0f} J "
+           f"({m['polled_over_counter']:.2f}x). The reported power is a one-second average that climbs for about a "
+           "second after the load starts while the counter already counts at the limit: a short window polled "
+           "misses that ramp, which is why `nvml_meter` takes the counter wherever the GPU has one.", "",
+           "`miro run --device cuda --epochs 2` on the embedded digits:", "",
+           "| strategy | flags | energy source | exit | final avg acc | steps | energy (J) | guard trips | wall (s) |",
+           "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in res["runs"]:
+        ok = r["exit"] == 0
+        flags = " ".join(r.get("flags") or []) or "-"
+        out.append(f"| {r['strategy']} | {flags} | {r['energy_source']} | {r['exit']} | "
+                   + (f"{r['final_avg_acc']:.3f} | {r['steps']} | {r['energy_j']:.0f} | {r.get('guard_trips', 0)} | "
+                      if ok else "- | - | - | - | ") + f"{r['wall_s']:.0f} |")
+    prov = sorted({r["energy_provenance"] for r in res["runs"] if r["exit"] == 0})
+    out += ["", "Energy provenance of the runs: " + "; ".join(prov) + ". `auto` found NVML and no RAPL on that "
+            "machine. One seed each: the accuracies say the path works, not which strategy is better. The "
+            "first call's carm runs failed (the swap worker handed GPU logits to numpy); the rows are from the "
+            "call after the fix." if res.get("run", {}).get("note") else ""]
+    return "\n".join(out)
 
 
 def main():

@@ -21,12 +21,15 @@ ROOT = os.path.dirname(HERE)
 BENCHES = [("storage", "Tiered store (`bench/storage.py`)"),
            ("cl", "Continual learning with CarM (`bench/cl.py`)"),
            ("miro", "Miro: energy-aware reconfiguration (`bench/miro.py`)"),
+           ("miro_v2", "Miro v2: a budget, changing conditions, adapting (`bench/miro_v2.py`)"),
            ("daemon", "mirod: socket ingest while training, latency, CLI cost (`bench/daemon.py`)"),
            ("rep", "REP: prompt learning made cheap (`bench/rep.py`)"),
            ("kv", "KV-cache path on the tiers (`bench/kv.py`)"),
-           ("layers", "Control commands before and after the layers split (`bench/layers.py`)")]
+           ("layers", "Control commands before and after the layers split (`bench/layers.py`)"),
+           ("gpu", "The GPU path: CUDA training and NVML energy on an NVIDIA H200 (`bench/gpu.py`)")]
 # what a bench writes besides its result: not a change to the code it measures
-OUTPUTS = ("bench/results/", "BENCHMARKS.md", "miro_accuracy_vs_energy.png", "kv_passkey.png")
+OUTPUTS = ("bench/results/", "BENCHMARKS.md", "miro_accuracy_vs_energy.png", "bench/miro_v2_budget.png",
+           "kv_passkey.png")
 
 
 def git(*args: str) -> subprocess.CompletedProcess:
@@ -59,6 +62,9 @@ def main():
     for name, _ in BENCHES:
         if not os.path.exists(os.path.join(HERE, f"{name}.py")) or (args.only and name not in args.only):
             continue
+        if getattr(importlib.import_module(name), "NEEDS_CUDA", False) and not _cuda():
+            print(f"== bench/{name}.py: no CUDA here; its last result is kept", file=sys.stderr, flush=True)
+            continue
         print(f"== bench/{name}.py", file=sys.stderr, flush=True)
         commit, dirty = head(), dirty_files()  # before the run: what the figures were measured on
         t0 = time.time()
@@ -74,6 +80,11 @@ def main():
             json.dump(result, fh, indent=1)
         print(f"   done in {time.time() - t0:.0f} s", file=sys.stderr, flush=True)
     write_markdown()
+
+
+def _cuda() -> bool:
+    import torch
+    return torch.cuda.is_available()
 
 
 def provenance(name: str, res: dict, now: str) -> str:
