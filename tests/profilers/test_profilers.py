@@ -400,9 +400,9 @@ def test_polling_integral_never_runs_backwards_under_concurrent_reads():
             t.start()
         for t in threads:
             t.join()
+        m.close()  # the poller stopped first: nothing samples between the two reads below
         total = m._cumulative()["x"]
         span = m._last[0] - t_first
-        m.close()
     finally:
         sys.setswitchinterval(old)
     assert all(seen)
