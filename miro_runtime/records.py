@@ -58,7 +58,7 @@ class TaskRecord:
     task: int
     acc: list  # accuracy (0..1) on the test set of each task 0..task after training this one; None: no test samples
     avg_acc: Optional[float]  # mean of the known entries of ``acc``
-    wall_s: float  # begin_task to the end of the memory update, s (a resumed task: both parts)
+    wall_s: float  # the energy window's start to the end of the memory update, s (no profiling; resumed: both parts)
     train_s: float  # of which in training steps, s
     train_samples: int  # samples trained on (epochs x task size, or the online batches)
     train_samples_per_s: Optional[float]  # train_samples / train_s

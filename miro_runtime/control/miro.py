@@ -76,6 +76,7 @@ class MiroController(Controller):
         self._stream_j, self._stream_profiling_j = 0.0, 0.0
         self.cost, self.time_cost = CostCheck(), CostCheck()
         self._s_per_sample = 0.0  # training seconds per sample of the last task (blind time predictions)
+        self._fixed_j = 0.0  # the last task's joules outside its training steps: the cost model's intercept
         self._predicted: Optional[dict] = None  # what the decision in force predicted for its task
 
     # ------------------------------------------------------------------ engine hooks
@@ -89,12 +90,12 @@ class MiroController(Controller):
         if budget.mode != MODE_NONE or deadline is not None:
             # a user's budget: the most accurate arm whose predicted energy fits what the task has left,
             # less what its evaluation will cost (budget.eval_reserve), and whose time fits its deadline;
-            # no profile this round: the window's profiles decide, or else the predicted costs alone
-            reserve = budget.eval_reserve(t)
+            # fewer than two arms measured (this round or the window): the predicted costs alone
+            reserve = budget.eval_reserve(t) + self._fixed_j  # the evaluation, and the task's work beside its steps
             left = budget.remaining(t) - reserve if budget.mode != MODE_NONE else math.inf
             left_s = deadline - budget.eval_time_reserve(t) if deadline is not None else math.inf
             pool = cands or self._window_candidates()
-            if pool:
+            if len({c.knobs for c in pool}) >= 2:  # one arm's profile compares it with nothing: decide on cost
                 pick, how = select_within_budget(pool, left, left_s)
                 winner = pick.knobs
                 if t == 0:  # its profiles stand for every memory size: the grid's arm, as without a budget
@@ -102,7 +103,8 @@ class MiroController(Controller):
             else:
                 winner, how = self._fit_by_prediction(n, t, left, left_s)
             rule = "within-budget"
-            energy = {"mode": budget.mode, "remaining_j": None if left == math.inf else left, "eval_reserve_j": reserve,
+            energy = {"mode": budget.mode, "remaining_j": None if left == math.inf else left, "reserve_j": reserve,
+                      "fixed_j": self._fixed_j,
                       "deadline_s": deadline, "remaining_s": None if left_s == math.inf else left_s, "how": how}
         else:
             winner = select(cands, self.rule, self.eta).knobs if cands else self.current
@@ -219,17 +221,21 @@ class MiroController(Controller):
                 for k, hist in self.history.items() if hist]
 
     def _fit_by_prediction(self, n: int, t: int, left: float, left_s: float = math.inf) -> tuple:
-        """No accuracy measured yet: of the arms whose predicted energy fits ``left`` (and time ``left_s``),
-        the most training (epochs, then memory) -- the cheapest arm when none fits; the incumbent when
-        nothing is predicted."""
+        """No accuracy measured yet: the arm that trains most within ``left`` joules and ``left_s``
+        seconds, counting an arm predicted over them as the part of its epochs the guard will let it
+        run (a 5-epoch arm 10% over trains 4.5 epochs, far more than the 1-epoch arm that fits);
+        ties to the larger memory. The incumbent when nothing is predicted yet."""
         pred = {kn: self._predicted_j(kn, n, t) for kn in self.grid if kn.method == self.current.method}
         if any(j is None for j in pred.values()):
             return self.current, "no cost measured yet: kept"
-        fits = [kn for kn, j in pred.items() if j <= left and self._predicted_s(kn, n) <= left_s]
-        if not fits:
-            return min(pred, key=pred.get), f"no arm's predicted energy fits the {left:.3g} J left: the cheapest"
-        return max(fits, key=lambda kn: (kn.epochs, kn.memory)), \
-            f"predicted: the most training of {len(fits)} arms that fit the {left:.3g} J left"
+
+        def trained(kn):  # epochs the guard lets it run
+            secs = self._predicted_s(kn, n)
+            share = min(1.0, left / pred[kn] if pred[kn] > 0 else 1.0, left_s / secs if secs > 0 else 1.0)
+            return round(kn.epochs * max(share, 0.0), 2)
+        w = max(pred, key=lambda kn: (trained(kn), -pred[kn], kn.memory))
+        cut = "" if trained(w) >= w.epochs else f" (the guard will stop it after about {trained(w):g} epochs)"
+        return w, f"predicted: the arm that trains most within the {left:.3g} J left{cut}"
 
     def _predicted_s(self, kn: Knobs, n: int) -> float:
         """Training seconds of a task of ``n`` samples at these knobs: its window's profiles when it has
@@ -249,8 +255,14 @@ class MiroController(Controller):
         # compared per trained sample, so a task the guard cut short still tells; one whose knobs a
         # reaction changed mid-task does not
         comparable = p["knobs"] == self.current.key() and not self._inside_j and rec.train_samples > 0
+        # the window's joules split by time: the training steps' share (what the profiles' joules per sample
+        # predict) and the rest (ingest, memory update, set-up: the cost model's intercept b)
+        step_j = None if rec.energy_j is None else rec.energy_j * min(1.0, rec.train_s / rec.wall_s) \
+            if rec.wall_s > 0 else rec.energy_j
+        if step_j is not None:
+            self._fixed_j = rec.energy_j - step_j
         per_sample = (p["joules"] / p["samples"] if p["joules"] is not None and p["samples"] else None,
-                      rec.energy_j / rec.train_samples if rec.energy_j is not None and rec.train_samples else None)
+                      step_j / rec.train_samples if step_j is not None and rec.train_samples else None)
         factor = self.cost.observe(*per_sample) if comparable else None
         # time per sample likewise (another process on the CPU slows a step without changing its joules
         # under a process-time meter): a moved time rescales the window's predicted seconds
@@ -281,7 +293,7 @@ class MiroController(Controller):
                 "prev_task_j": self.prev_task_j, "units": self.profiler.units, "overhead_j": self.profiler.overhead_j,
                 "bandit": self.bandit.state(), "history": {k: v for k, v in self.history.items()},
                 "stream_j": self._stream_j, "stream_profiling_j": self._stream_profiling_j, "cost": self.cost.state(),
-                "time_cost": self.time_cost.state(), "s_per_sample": self._s_per_sample}
+                "time_cost": self.time_cost.state(), "s_per_sample": self._s_per_sample, "fixed_j": self._fixed_j}
 
     def load_state(self, view: LearnerView, st: dict):
         self.decisions, self.prev_task_j = [Decision.from_dict(d) for d in st["decisions"]], st["prev_task_j"]
@@ -294,6 +306,7 @@ class MiroController(Controller):
         self.cost.load_state(st.get("cost", {}))
         self.time_cost.load_state(st.get("time_cost", {}))
         self._s_per_sample = st.get("s_per_sample", 0.0)
+        self._fixed_j = st.get("fixed_j", 0.0)
         self._apply(view, Knobs.from_dict(st["current"]), log=False)
 
     def summary(self) -> dict:

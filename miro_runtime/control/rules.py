@@ -51,9 +51,10 @@ def select_within_budget(cands: list, remaining_j: float, remaining_s: float = m
     """Under a user's energy budget: the most accurate arm whose predicted task energy fits what the
     task has left (``remaining_j``, J) -- accuracy per joule would reward doing little and leave a
     granted budget unspent -- and whose predicted training time fits its deadline (``remaining_s``).
-    Ties (accuracy within one binomial standard error of the best) go to the cheaper arm, which
-    leaves margin for the guard. No arm fits: the cheapest (the fastest when time is what binds), and
-    the guard trims it. -> (winner Candidate, how it was chosen)."""
+    Ties (accuracy within one binomial standard error of the best: a short profile cannot tell them
+    apart) go to the arm that trains most, the dearest that fits -- what a granted budget is for; the
+    margin for the guard is the caller's (the evaluation reserve). No arm fits: the cheapest (the
+    fastest when time is what binds), and the guard trims it. -> (winner Candidate, how it was chosen)."""
     if not cands:
         raise ValueError("no profiled candidate to choose from")
     fits = [c for c in cands if c.joules <= remaining_j and c.seconds <= remaining_s]
@@ -65,8 +66,8 @@ def select_within_budget(cands: list, remaining_j: float, remaining_s: float = m
         return w, f"no arm's predicted {w.joules:.3g} J or more fits the {remaining_j:.3g} J left: the cheapest"
     best = max(fits, key=lambda c: (c.acc, -c.joules))
     se = max(math.sqrt(best.acc * (1 - best.acc) / best.n_val), 1.0 / best.n_val) if best.n_val else 0.0
-    w = min((c for c in fits if c.acc >= best.acc - se), key=lambda c: c.joules)
+    w = max((c for c in fits if c.acc >= best.acc - se), key=lambda c: (c.joules, c.acc))
     left = f"the {remaining_j:.3g} J left" + (f" and the {remaining_s:.3g} s" if remaining_s < math.inf else "")
     return w, (f"the most accurate of {len(fits)} of {len(cands)} arms that fit {left}"
-               + (f" (the cheapest within one standard error, {se:.3f}, of {best.knobs.key()})" if w is not best
-                  else ""))
+               + (f" (the one training most within one standard error, {se:.3f}, of {best.knobs.key()})"
+                  if w is not best else ""))

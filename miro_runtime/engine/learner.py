@@ -160,7 +160,9 @@ class Learner:
         self._window = f"task{t}"
         self.meter.begin_window(self._window)
         self.guard.window_opened()
-        self._cur = {"task": t, "wall0": wall0, "train_s": 0.0, "samples": 0}
+        # wall0: the window's start (wall_s matches energy_j: profiling is neither); begun: the task's, with
+        # its profiling -- what a deadline counts
+        self._cur = {"task": t, "wall0": time.perf_counter(), "begun": wall0, "train_s": 0.0, "samples": 0}
 
     def store(self, t: int, x, y, meta: Optional[dict] = None, ns: str = NS):
         """Write samples durably to the flash tier (returns once fsynced); -> PutResult."""
@@ -196,7 +198,7 @@ class Learner:
                 if should_stop is not None and should_stop():
                     self.checkpoint(Position(t, e, b))
                     return False
-                if not self.guard.allows(t, self.task_joules(), time.perf_counter() - cur["wall0"]):  # task ends here
+                if not self.guard.allows(t, self.task_joules(), time.perf_counter() - cur["begun"]):  # task ends here
                     return True
                 idx = perm[b * cfg.batch_size:(b + 1) * cfg.batch_size]
                 t0 = time.perf_counter()

@@ -27,8 +27,9 @@ def test_within_budget_takes_the_most_accurate_arm_that_fits():
     assert select_within_budget(arms, 60.0)[0].knobs.epochs == 5  # a larger budget buys accuracy
     w, how = select_within_budget(arms, 5.0)
     assert w.knobs.epochs == 1 and "cheapest" in how  # nothing fits: the cheapest, the guard trims it
-    # a tie within one standard error goes to the cheaper arm: margin for the guard
-    assert select_within_budget([cand(3, 0.900, 30.0), cand(5, 0.905, 50.0)], 60.0)[0].knobs.epochs == 3
+    # a tie within one standard error goes to the arm that trains most and still fits: the budget is for that
+    assert select_within_budget([cand(3, 0.900, 30.0), cand(5, 0.898, 50.0)], 60.0)[0].knobs.epochs == 5
+    assert select_within_budget([cand(3, 0.900, 30.0), cand(5, 0.898, 50.0)], 40.0)[0].knobs.epochs == 3
 
 
 def test_the_cost_check_refits_only_when_the_ratio_leaves_its_noise():
