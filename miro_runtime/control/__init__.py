@@ -7,6 +7,7 @@ through the ``Controller`` hooks of ``miro_runtime.engine.hooks``; sessions buil
   pressure.py  the resource pressures that trigger a mid-task re-decision
   profile.py   one profile of one arm, and the cost model the profiles calibrate
   miro.py      MiroController: the hooks, profile rounds, reactions, adoption
+  plan.py      under a budget or deadline: the choice of arm, and the check of the cost model (cost.py)
 """
 
 from __future__ import annotations

@@ -26,7 +26,6 @@ to the event log.
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict
 from typing import Optional
 
@@ -38,11 +37,11 @@ from miro_runtime.engine.hooks import Controller, LearnerView
 from miro_runtime.records import Candidate, Decision, TaskRecord
 
 from .bandit import ThompsonBandit
-from .cost import CostCheck
+from .plan import BudgetPlan
 from .knobs import Knobs, default_grid, method_knobs
 from .pressure import BATTERY, RAM, THROTTLED, pressures
 from .profile import ArmProfiler
-from .rules import select, select_within_budget
+from .rules import select
 
 
 class MiroController(Controller):
@@ -74,51 +73,27 @@ class MiroController(Controller):
         self._inside_j = 0.0  # this task's reaction profiling, metered inside the task's own window
         # the stream so far: every joule booked for its tasks, and of them profiling (the cap is a share of it)
         self._stream_j, self._stream_profiling_j = 0.0, 0.0
-        self.cost, self.time_cost = CostCheck(), CostCheck()
-        self._s_per_sample = 0.0  # training seconds per sample of the last task (blind time predictions)
-        self._fixed_j = 0.0  # the last task's joules outside its training steps: the cost model's intercept
-        self._predicted: Optional[dict] = None  # what the decision in force predicted for its task
+        self.plan = BudgetPlan(self)  # decisions under a user's budget or deadline, and the cost checks
 
     # ------------------------------------------------------------------ engine hooks
     def task_begin(self, view: LearnerView, t: int):
         self._profiling_j, self._inside_j = 0.0, 0.0
         cands, skipped, spent = self._metered_round(view, t)
         view.guard.book("profile", spent, t)  # before the task's window opens: the budget pays for it
-        budget, energy, tie, rule = view.guard.budget, None, None, self.rule
+        energy, tie, rule = None, None, self.rule
         n = len(view.task_data(t)[1])
-        deadline = view.cfg.task_deadline_s
-        if budget.mode != MODE_NONE or deadline is not None:
-            # a user's budget: the most accurate arm whose predicted energy fits what the task has left,
-            # less what its evaluation will cost (budget.eval_reserve), and whose time fits its deadline;
-            # fewer than two arms measured (this round or the window): the predicted costs alone
-            reserve = budget.eval_reserve(t) + self._fixed_j  # the evaluation, and the task's work beside its steps
-            left = budget.remaining(t) - reserve if budget.mode != MODE_NONE else math.inf
-            left_s = deadline - budget.eval_time_reserve(t) if deadline is not None else math.inf
-            pool = cands or self._window_candidates()
-            if len({c.knobs for c in pool}) >= 2:  # one arm's profile compares it with nothing: decide on cost
-                pick, how = select_within_budget(pool, left, left_s)
-                winner = pick.knobs
-                if t == 0:  # its profiles stand for every memory size: the grid's arm, as without a budget
-                    winner, tie = self._task0_hierarchy(winner)
-            else:
-                winner, how = self._fit_by_prediction(n, t, left, left_s)
+        if view.guard.budget.mode != MODE_NONE or view.cfg.task_deadline_s is not None:
+            winner, energy, tie = self.plan.decide(view, t, cands, n)
             rule = "within-budget"
-            energy = {"mode": budget.mode, "remaining_j": None if left == math.inf else left, "reserve_j": reserve,
-                      "fixed_j": self._fixed_j,
-                      "deadline_s": deadline, "remaining_s": None if left_s == math.inf else left_s, "how": how}
         else:
             winner = select(cands, self.rule, self.eta).knobs if cands else self.current
             if t == 0 and cands:
                 winner, tie = self._task0_hierarchy(winner)
-        chosen = [c for c in cands if c.knobs == winner]
-        self._predicted = {"knobs": winner.key(), "acc": chosen[0].acc if chosen else None,
-                           "joules": chosen[0].joules if chosen else self._predicted_j(winner, n, t),
-                           "seconds": chosen[0].seconds if chosen else self._predicted_s(winner, n) or None,
-                           "samples": n * winner.epochs}
+        predicted = self.plan.predict(winner, cands, n, t)
         self._apply(view, winner)
         self._decide(view, Decision(t, rule, self.search, winner.key(), [c.to_dict() for c in cands], skipped,
                                     self._profiling_j, self._budget(), view.meter.provenance(), tie=tie,
-                                    energy_budget=energy, predicted=dict(self._predicted)))
+                                    energy_budget=energy, predicted=predicted))
 
     def _decide(self, view: LearnerView, d: Decision):
         """One decision, kept in the summary and written to the event log."""
@@ -212,88 +187,13 @@ class MiroController(Controller):
         self.prev_task_j = rec.energy_j
         self._stream_j += (rec.energy_j or 0.0) + self._profiling_j
         self._stream_profiling_j += self._profiling_j
-        self._check_cost(view, t, rec)
-
-    def _window_candidates(self) -> list:
-        """Every arm with recent profiles, as the mean of its window (a round that profiled nothing)."""
-        return [Candidate(self.by_key[k], *(float(np.mean([h[i] for h in hist])) for i in range(3)), profile_j=0.0,
-                          n_val=self._n_val * len(hist) or None, from_window=True)
-                for k, hist in self.history.items() if hist]
-
-    def _fit_by_prediction(self, n: int, t: int, left: float, left_s: float = math.inf) -> tuple:
-        """No accuracy measured yet: the arm that trains most within ``left`` joules and ``left_s``
-        seconds, counting an arm predicted over them as the part of its epochs the guard will let it
-        run (a 5-epoch arm 10% over trains 4.5 epochs, far more than the 1-epoch arm that fits);
-        ties to the larger memory. The incumbent when nothing is predicted yet."""
-        pred = {kn: self._predicted_j(kn, n, t) for kn in self.grid if kn.method == self.current.method}
-        if any(j is None for j in pred.values()):
-            return self.current, "no cost measured yet: kept"
-
-        def trained(kn):  # epochs the guard lets it run
-            secs = self._predicted_s(kn, n)
-            share = min(1.0, left / pred[kn] if pred[kn] > 0 else 1.0, left_s / secs if secs > 0 else 1.0)
-            return round(kn.epochs * max(share, 0.0), 2)
-        w = max(pred, key=lambda kn: (trained(kn), -pred[kn], kn.memory))
-        cut = "" if trained(w) >= w.epochs else f" (the guard will stop it after about {trained(w):g} epochs)"
-        return w, f"predicted: the arm that trains most within the {left:.3g} J left{cut}"
-
-    def _predicted_s(self, kn: Knobs, n: int) -> float:
-        """Training seconds of a task of ``n`` samples at these knobs: its window's profiles when it has
-        some, else the last task's realised time per sample (rescaled by time refits); 0 before any."""
-        hist = self.history.get(kn.key())
-        if hist:
-            return float(np.mean([h[2] for h in hist]))
-        return self._s_per_sample * n * kn.epochs
-
-    def _check_cost(self, view: LearnerView, t: int, rec: TaskRecord):
-        """Realised against predicted, logged with both; a cost that moved beyond its noise rescales
-        every profiled cost before the next decision (a load change is seen within one task)."""
-        p = self._predicted
-        if p is None:
-            return
-        guarded = t in view.guard.budget.trips
-        # compared per trained sample, so a task the guard cut short still tells; one whose knobs a
-        # reaction changed mid-task does not
-        comparable = p["knobs"] == self.current.key() and not self._inside_j and rec.train_samples > 0
-        # the window's joules split by time: the training steps' share (what the profiles' joules per sample
-        # predict) and the rest (ingest, memory update, set-up: the cost model's intercept b)
-        step_j = None if rec.energy_j is None else rec.energy_j * min(1.0, rec.train_s / rec.wall_s) \
-            if rec.wall_s > 0 else rec.energy_j
-        if step_j is not None:
-            self._fixed_j = rec.energy_j - step_j
-        per_sample = (p["joules"] / p["samples"] if p["joules"] is not None and p["samples"] else None,
-                      step_j / rec.train_samples if step_j is not None and rec.train_samples else None)
-        factor = self.cost.observe(*per_sample) if comparable else None
-        # time per sample likewise (another process on the CPU slows a step without changing its joules
-        # under a process-time meter): a moved time rescales the window's predicted seconds
-        slow = self.time_cost.observe(p["seconds"] / p["samples"] if p["seconds"] and p["samples"] else None,
-                                      rec.train_s / rec.train_samples if rec.train_samples else None) \
-            if comparable else None
-        if rec.train_samples:  # what the next blind prediction of time starts from
-            self._s_per_sample = rec.train_s / rec.train_samples
-        if slow is not None:
-            self.history = {k: [(a, j, s * slow) for a, j, s in h] for k, h in self.history.items()}
-            view.event("miro_time_refit", task=t, factor=round(slow, 4), predicted_s=p["seconds"],
-                       realised_train_s=rec.train_s, why="the task's training time per sample left its noise: "
-                                                         "every predicted time is rescaled by the ratio")
-        view.event("miro_realised", task=t, knobs=p["knobs"], predicted_j=p["joules"], realised_j=rec.energy_j,
-                   predicted_s=p["seconds"], realised_train_s=rec.train_s,
-                   predicted_acc=p["acc"], realised_acc=rec.acc[t] if t < len(rec.acc) else None,
-                   guard_tripped=guarded, compared=comparable, noise_log_ratio=round(self.cost.noise(), 4))
-        if factor is not None:
-            self.profiler.scale(factor)
-            self.history = {k: [(a, j * factor, s) for a, j, s in h] for k, h in self.history.items()}
-            view.event("miro_cost_refit", task=t, factor=round(factor, 4), predicted_j=p["joules"],
-                       realised_j=rec.energy_j, why="the task's realised training energy left the prediction's "
-                                                    "noise: every profiled cost is rescaled by the ratio")
-        self._predicted = None
+        self.history = self.plan.check(view, t, rec, self.current.key(), bool(self._inside_j))
 
     def state(self) -> dict:
         return {"current": asdict(self.current), "decisions": [d.to_dict() for d in self.decisions],
                 "prev_task_j": self.prev_task_j, "units": self.profiler.units, "overhead_j": self.profiler.overhead_j,
                 "bandit": self.bandit.state(), "history": {k: v for k, v in self.history.items()},
-                "stream_j": self._stream_j, "stream_profiling_j": self._stream_profiling_j, "cost": self.cost.state(),
-                "time_cost": self.time_cost.state(), "s_per_sample": self._s_per_sample, "fixed_j": self._fixed_j}
+                "stream_j": self._stream_j, "stream_profiling_j": self._stream_profiling_j, "plan": self.plan.state()}
 
     def load_state(self, view: LearnerView, st: dict):
         self.decisions, self.prev_task_j = [Decision.from_dict(d) for d in st["decisions"]], st["prev_task_j"]
@@ -303,10 +203,7 @@ class MiroController(Controller):
         self.bandit.load_state(st["bandit"])
         self.history = {k: [tuple(x) for x in st["history"].get(k, [])] for k in self.by_key}
         self._stream_j, self._stream_profiling_j = st.get("stream_j", 0.0), st.get("stream_profiling_j", 0.0)
-        self.cost.load_state(st.get("cost", {}))
-        self.time_cost.load_state(st.get("time_cost", {}))
-        self._s_per_sample = st.get("s_per_sample", 0.0)
-        self._fixed_j = st.get("fixed_j", 0.0)
+        self.plan.load_state(st.get("plan", {}))
         self._apply(view, Knobs.from_dict(st["current"]), log=False)
 
     def summary(self) -> dict:

