@@ -579,10 +579,16 @@ def acceptance(r: dict) -> list:
     items.append(_item(f"S0: profiling <= {PROFILING_SHARE:.0%} of the stream's energy", share,
                        lambda v: v <= PROFILING_SHARE, f"<= {PROFILING_SHARE:.0%}", f"worst {max(share):.1%}"))
     v1 = r.get("v1")
-    v1_ok = bool(v1 and v1.get("acceptance") and all(v1["acceptance"].values()) and not v1.get("smoke"))
+    default_rule = RunConfig().miro_rule
+    judged_default = bool(v1 and v1.get("judged_rule") == default_rule)  # an older run judged another rule
+    v1_ok = bool(v1 and judged_default and v1.get("acceptance") and all(v1["acceptance"].values())
+                 and not v1.get("smoke"))
     items.append(_item("the v1 comparison (bench/miro.py, the default rule) still runs and holds",
                        [v1 and v1.get("acceptance")], lambda v: v1_ok, "every v1 item met",
                        "bench/results/miro.json not found" if not v1 else
+                       f"the v1 result ({v1.get('date')}) was judged on rule "
+                       f"{v1.get('judged_rule') or 'acc-per-joule'}, "
+                       f"not the default {default_rule}: rerun bench/miro.py" if not judged_default else
                        f"v1 items not met: {[k for k, ok in (v1.get('acceptance') or {}).items() if not ok]}"))
     # each run asserts it too (one()): here, the tasks it was seen in against the change points
     seen = [sorted({t for m in reps for s in m for t in m[s]["budget_changed_task"]})]
