@@ -177,6 +177,18 @@ class BudgetGuard:
         # requests (predict, KV) served while a task's training window is open: the process's meter counts
         # their joules in that window too, so they are booked once, as their own kind, not again as training
         self._window_open, self.overlap_j = False, 0.0
+        # a controller's planned training length per task (samples): where it stops the task itself, ahead
+        # of the guard -- a plan kept, not a budget broken, so it is no trip
+        self.plans: dict = {}
+
+    def plan(self, t: int, samples: Optional[int], why: str = "") -> None:
+        """A controller plans task ``t``'s training at ``samples`` trained samples (None: no plan, the
+        configuration's epochs): epochs made continuous, so a budget is filled without the guard's stop."""
+        if samples is None:
+            self.plans.pop(t, None)
+            return
+        self.plans[t] = {"samples": int(samples), "why": why, "reached": False}
+        self.log.event("training_planned", task=t, samples=int(samples), why=why)
 
     def sync(self, task: Optional[int] = None) -> None:
         """Adopt the config's budget if it changed (logged with the old and new values). Both budgets set
@@ -190,11 +202,20 @@ class BudgetGuard:
             self.log.event("budget_changed", task=task, old=old, new={"task_j": b.task_j, "power_w": b.power_w,
                                                                       "bucket_s": b.bucket_s}, mode=b.mode)
 
-    def allows(self, t: int, in_window: float, elapsed_s: Optional[float] = None) -> bool:
+    def allows(self, t: int, in_window: float, elapsed_s: Optional[float] = None,
+               samples: Optional[int] = None) -> bool:
         """Whether task ``t`` may take another step, its open window holding ``in_window`` joules and
         ``elapsed_s`` wall seconds since it began (epoch mode; None online, where arrivals set the
-        pace): not once what is left would not pay for its evaluation, nor past its deadline."""
+        pace) and ``samples`` trained: not once what is left would not pay for its evaluation, nor past
+        its deadline, nor past a controller's planned length (that one is no trip)."""
         self.sync(t)
+        plan = self.plans.get(t)
+        if plan is not None and samples is not None and samples >= plan["samples"]:
+            if not plan["reached"]:
+                plan["reached"] = True
+                self.log.event("training_plan_reached", task=t, samples=samples, planned=plan["samples"],
+                               why="the controller's planned training length is reached: the task is evaluated")
+            return False
         if not self._in_time(t, elapsed_s):
             return False
         rem = self.budget.remaining(t, in_window)
@@ -254,4 +275,5 @@ class BudgetGuard:
         spent = {k: round(v, 6) for k, v in b.by_task.get(t, {}).items() if v}
         return {"mode": b.mode, "task_j": b.task_j, "power_w": b.power_w, "spent_j": spent,
                 "total_j": round(sum(spent.values()), 6), "guard_tripped": t in b.trips,
-                "deadline_s": self.cfg.task_deadline_s, "deadline_tripped": t in b.late}
+                "deadline_s": self.cfg.task_deadline_s, "deadline_tripped": t in b.late,
+                "planned_samples": self.plans[t]["samples"] if t in self.plans else None}

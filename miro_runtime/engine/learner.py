@@ -198,7 +198,7 @@ class Learner:
                 if should_stop is not None and should_stop():
                     self.checkpoint(Position(t, e, b))
                     return False
-                if not self.guard.allows(t, self.task_joules(), time.perf_counter() - cur["begun"]):  # task ends here
+                if not self.guard.allows(t, self.task_joules(), time.perf_counter() - cur["begun"], cur["samples"]):
                     return True
                 idx = perm[b * cfg.batch_size:(b + 1) * cfg.batch_size]
                 t0 = time.perf_counter()

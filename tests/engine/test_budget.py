@@ -120,3 +120,31 @@ def test_the_deadline_stops_a_task_that_would_overrun_and_keeps_time_to_evaluate
     events = [json.loads(line) for line in open(tmp_path / "r" / "events.jsonl")]
     late = [e for e in events if e["event"] == "deadline_guard"]
     assert [e["task"] for e in late] == [0, 1] and late[1]["eval_reserve_s"] > 0
+
+
+def test_a_planned_length_stops_training_there_and_is_no_guard_trip(tmp_path):
+    st = split_digits(5, 0)
+    lr = Learner(RunConfig(run_dir=str(tmp_path / "r"), strategy="er", epochs=5, energy_budget_j=1000.0), st)
+    lr.open()
+    lr.meter = StepMeter(lr)
+    bs = lr.cfg.batch_size
+    try:
+        x, y = st.train[0]
+        ids = lr.store(0, x, y).ids
+        lr.begin_task(0, {**START, "task": 0})
+        lr.guard.plan(0, 3 * bs, why="test: three batches")  # what Miro does in its task_begin
+        steps0 = lr.steps
+        assert lr.train_epochs(0, x, y, ids, {**START, "task": 0})
+        rec = lr.finish_task(0, x, y, ids)
+        # stopped by the plan after 3 steps, far inside the budget: a plan kept, not a trip
+        assert lr.steps - steps0 == 3 and rec.train_samples == 3 * bs
+        assert rec.budget["planned_samples"] == 3 * bs and not rec.budget["guard_tripped"]
+        assert lr.guard.budget.trips == []
+        steps, rec = train_task(lr, st, 1)  # a task with no plan trains its epochs
+        assert steps > 5 * 3 and rec.budget["planned_samples"] is None
+    finally:
+        lr.close()
+    events = [json.loads(line) for line in open(tmp_path / "r" / "events.jsonl")]
+    assert [(e["task"], e["samples"]) for e in events if e["event"] == "training_planned"] == [(0, 3 * bs)]
+    reached = [e for e in events if e["event"] == "training_plan_reached"]
+    assert len(reached) == 1 and reached[0]["planned"] == 3 * bs
