@@ -26,6 +26,7 @@ to the event log.
 
 from __future__ import annotations
 
+import time
 from dataclasses import asdict
 from typing import Optional
 
@@ -50,7 +51,7 @@ class MiroController(Controller):
 
     watches_resources = True
 
-    def __init__(self, cfg, grid: Optional[list] = None, rule: str = "top-half-acc-per-joule",
+    def __init__(self, cfg, grid: Optional[list] = None, rule: str = "acc-per-joule",
                  search: str = "bandit", budget_frac: float = 0.10, profile_fraction: float = 0.05,
                  profile_min: int = 16, window: int = 4, eta: float = 0.5):
         super().__init__()
@@ -77,19 +78,19 @@ class MiroController(Controller):
 
     # ------------------------------------------------------------------ engine hooks
     def task_begin(self, view: LearnerView, t: int):
-        self._profiling_j, self._inside_j = 0.0, 0.0
+        self._profiling_j, self._inside_j, t0 = 0.0, 0.0, time.perf_counter()
         cands, skipped, spent = self._metered_round(view, t)
         view.guard.book("profile", spent, t)  # before the task's window opens: the budget pays for it
-        energy, tie, rule = None, None, self.rule
+        energy, tie, rule, samples = None, None, self.rule, None
         n = len(view.task_data(t)[1])
         if view.guard.budget.mode != MODE_NONE or view.cfg.task_deadline_s is not None:
-            winner, energy, tie = self.plan.decide(view, t, cands, n)
-            rule = "within-budget"
+            winner, energy, tie = self.plan.decide(view, t, cands, n, time.perf_counter() - t0)
+            rule, samples = "within-budget", energy["planned_samples"]
         else:
             winner = select(cands, self.rule, self.eta).knobs if cands else self.current
             if t == 0 and cands:
                 winner, tie = self._task0_hierarchy(winner)
-        predicted = self.plan.predict(winner, cands, n, t)
+        predicted = self.plan.predict(winner, cands, n, t, samples)
         self._apply(view, winner)
         self._decide(view, Decision(t, rule, self.search, winner.key(), [c.to_dict() for c in cands], skipped,
                                     self._profiling_j, self._budget(), view.meter.provenance(), tie=tie,
@@ -225,8 +226,9 @@ class MiroController(Controller):
         """Training joules of a task of ``n`` samples at these knobs: the arm's own last profile when
         it has one, else the measured joules per sample (None before the first profile)."""
         hist = self.history.get(kn.key())
-        if hist:
-            return hist[-1][1]
+        if hist:  # its joules were for the profiled task's size (h[3]; windows kept before it: this one's)
+            h = hist[-1]
+            return h[1] * (n / h[3] if len(h) > 3 and h[3] else 1.0)
         unit = self.profiler.unit(t, kn)
         return None if unit is None else unit * kn.epochs * n
 
@@ -316,7 +318,7 @@ class MiroController(Controller):
             cands.append(c)
             best_score = max(best_score or 0.0, c.acc / max(c.joules, 1e-9))
             if t > 0:  # task 0 profiles have no replay: not comparable with later ones
-                self.history[kn.key()] = (self.history[kn.key()] + [(c.acc, c.joules, c.seconds)])[
+                self.history[kn.key()] = (self.history[kn.key()] + [(c.acc, c.joules, c.seconds, n)])[
                     -self.bandit.window:]
                 self.bandit.observe(kn.key(), c.acc / max(c.joules, 1e-9))
         if t > 0 and self.search == "bandit":

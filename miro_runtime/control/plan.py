@@ -1,18 +1,21 @@
-"""Miro v2 under a user's energy budget or task deadline: which arm a task runs with, and the check of
-the cost model behind that choice (joules ~ c x samples x epochs + b).
+"""Miro v2 under a user's energy budget or task deadline: which arm a task runs with and for how long,
+and the check of the cost model behind that choice (joules ~ c x samples x epochs + b).
 
-The choice: the most accurate arm whose predicted energy fits what the task has left -- less its
-evaluation's reserve and the intercept b -- and whose time fits its deadline (rules.select_within_budget);
-with fewer than two arms measured, the arm that trains most, counting one predicted over the budget as
-the epochs the guard will let it run. The check: at each task's end the realised cost per trained sample
-of the training steps (the window's joules split by time into steps and the rest, b) against the
-prediction; one that left its noise (cost.CostCheck) rescales every profiled cost, and time per sample
-likewise -- a load change is seen within one task without profiling every arm again.
+The choice (rules.plan_within_budget): arms the profiles measured as worse are out; of the rest the
+largest memory hierarchy, trained for as many samples as what the task has left pays for -- less its
+evaluation's reserve and the intercept b, at the arm's cost per trained sample (its last task's realised
+cost when it ran, else its profiles', else the profiled cost of any arm) -- and as its deadline allows.
+The length goes to the learner as a plan (the guard stops the task there, no trip). The check: at each
+task's end the realised cost per trained sample of the training steps (the window's joules split by
+time into steps and the rest, b) against the prediction; one that left its noise (cost.CostCheck)
+rescales every profiled cost, and time per sample likewise -- a load change is seen within one task
+without profiling every arm again.
 """
 
 from __future__ import annotations
 
 import math
+import statistics
 from typing import TYPE_CHECKING, Optional
 
 import numpy as np
@@ -23,7 +26,7 @@ from miro_runtime.records import Candidate, TaskRecord
 
 from .cost import CostCheck
 from .knobs import Knobs
-from .rules import select_within_budget
+from .rules import ArmCost, plan_within_budget
 
 if TYPE_CHECKING:
     from .miro import MiroController
@@ -37,27 +40,62 @@ class BudgetPlan:
         self.cost, self.time_cost = CostCheck(), CostCheck()
         self.s_per_sample = 0.0  # training seconds per sample of the last task (blind time predictions)
         self.fixed_j = 0.0  # the last task's joules outside its training steps: the cost model's intercept
+        self.realised: Optional[dict] = None  # the last task's arm and its realised cost per trained sample
         self.predicted: Optional[dict] = None  # what the decision in force predicted for its task
 
     # ------------------------------------------------------------------ the choice
-    def decide(self, view: LearnerView, t: int, cands: list, n: int) -> tuple:
-        """-> (winner Knobs, the decision's energy_budget record, task 0's tie note or None)."""
+    def decide(self, view: LearnerView, t: int, cands: list, n: int, spent_s: float = 0.0) -> tuple:
+        """-> (winner Knobs, the decision's energy_budget record, task 0's tie note or None). ``spent_s``:
+        the seconds this task's round already took (its deadline counts them). Plans the task's length
+        with the learner's guard."""
         c, budget, deadline, tie = self.ctrl, view.guard.budget, view.cfg.task_deadline_s, None
         reserve = budget.eval_reserve(t) + self.fixed_j  # the evaluation, and the task's work beside its steps
         left = budget.remaining(t) - reserve if budget.mode != MODE_NONE else math.inf
-        left_s = deadline - budget.eval_time_reserve(t) if deadline is not None else math.inf
+        left_s = deadline - budget.eval_time_reserve(t) - spent_s if deadline is not None else math.inf
         pool = cands or self.window_candidates()
-        if len({x.knobs for x in pool}) >= 2:  # one arm's profile compares it with nothing: decide on cost
-            pick, how = select_within_budget(pool, left, left_s)
-            winner = pick.knobs
-            if t == 0:  # its profiles stand for every memory size: the grid's arm, as without a budget
-                winner, tie = c._task0_hierarchy(winner)
-        else:
-            winner, how = self.fit_by_prediction(n, t, left, left_s)
+        margin = self.margin()
+        winner, samples, how = plan_within_budget(self.arm_costs(pool, n, t), n, left, left_s, margin)
+        if winner is None:
+            winner, how = c.current, "no cost measured yet: kept"
+        elif t == 0 and pool and all(x.knobs != winner for x in pool):
+            tie = (f"task 0 has no replay: the profile of epochs={winner.epochs} stands for every memory size; "
+                   f"the prior gives it to the largest, {winner.key()}")
+        view.guard.plan(t, samples, why=how)
         energy = {"mode": budget.mode, "remaining_j": None if left == math.inf else left, "reserve_j": reserve,
                   "fixed_j": self.fixed_j, "deadline_s": deadline,
-                  "remaining_s": None if left_s == math.inf else left_s, "how": how}
+                  "remaining_s": None if left_s == math.inf else left_s, "task_samples": n, "planned_samples": samples,
+                  "margin": margin, "how": how}
         return winner, energy, tie
+
+    def margin(self) -> float:
+        """What a plan leaves unspent for the spread of the realised cost: two standard deviations of the
+        past tasks' log-ratios realised/predicted (5% before three), within 3-20%."""
+        r = self.cost.log_ratios
+        sd = statistics.stdev(r) if len(r) >= 3 else 0.025
+        return min(0.20, max(0.03, 2 * sd))
+
+    def per_sample(self, kn: Knobs, n: int, t: int) -> tuple:
+        """(joules, seconds) per trained sample at these knobs: the last task's realised cost when it ran
+        them (with replay, as every task after 0), else the mean of the arm's profiles in the window, else
+        the profiled cost of any arm (rules of thumb for its replay); (None, None) before any profile."""
+        r = self.realised
+        if r is not None and r["knobs"] == kn.key() and (r["task"] > 0 or t == 0):
+            return r["j"], r["s"]
+        hist = self.ctrl.history.get(kn.key())
+        if hist:  # a profile's joules and seconds are for its task's size (h[3]; older windows: this one's)
+            trained = [(h[3] if len(h) > 3 else n) * kn.epochs for h in hist]
+            return (float(np.mean([h[1] / k for h, k in zip(hist, trained)])),
+                    float(np.mean([h[2] / k for h, k in zip(hist, trained)])))
+        unit = self.ctrl.profiler.unit(t, kn)
+        return unit, (self.s_per_sample or None) if unit is not None else None
+
+    def arm_costs(self, pool: list, n: int, t: int) -> list:
+        """Every arm of the grid as the plan sees it: its cost per trained sample, and its accuracy where
+        profiled (at task 0, with no replay, a profile stands for every arm with its epochs)."""
+        def where(kn):
+            return (kn.epochs, kn.method) if t == 0 else kn.key()
+        acc = {where(x.knobs): (x.acc, x.n_val) for x in pool}
+        return [ArmCost(kn, *self.per_sample(kn, n, t), *acc.get(where(kn), (None, None))) for kn in self.ctrl.grid]
 
     def window_candidates(self) -> list:
         """Every arm with recent profiles, as the mean of its window (a round that profiled nothing)."""
@@ -66,39 +104,18 @@ class BudgetPlan:
                           n_val=c._n_val * len(hist) or None, from_window=True)
                 for k, hist in c.history.items() if hist]
 
-    def fit_by_prediction(self, n: int, t: int, left: float, left_s: float = math.inf) -> tuple:
-        """No accuracy measured yet: the arm that trains most within ``left`` joules and ``left_s``
-        seconds, counting an arm predicted over them as the part of its epochs the guard will let it
-        run (a 5-epoch arm 10% over trains 4.5 epochs, far more than the 1-epoch arm that fits);
-        ties to the larger memory. The incumbent when nothing is predicted yet."""
-        c = self.ctrl
-        pred = {kn: c._predicted_j(kn, n, t) for kn in c.grid if kn.method == c.current.method}
-        if any(j is None for j in pred.values()):
-            return c.current, "no cost measured yet: kept"
-
-        def trained(kn):  # epochs the guard lets it run
-            secs = self.predicted_s(kn, n)
-            share = min(1.0, left / pred[kn] if pred[kn] > 0 else 1.0, left_s / secs if secs > 0 else 1.0)
-            return round(kn.epochs * max(share, 0.0), 2)
-        w = max(pred, key=lambda kn: (trained(kn), -pred[kn], kn.memory))
-        cut = "" if trained(w) >= w.epochs else f" (the guard will stop it after about {trained(w):g} epochs)"
-        return w, f"predicted: the arm that trains most within the {left:.3g} J left{cut}"
-
-    def predicted_s(self, kn: Knobs, n: int) -> float:
-        """Training seconds of a task of ``n`` samples at these knobs: its window's profiles when it has
-        some, else the last task's realised time per sample (rescaled by time refits); 0 before any."""
-        hist = self.ctrl.history.get(kn.key())
-        if hist:
-            return float(np.mean([h[2] for h in hist]))
-        return self.s_per_sample * n * kn.epochs
-
-    def predict(self, winner: Knobs, cands: list, n: int, t: int) -> dict:
-        """What the decision predicts for its task (checked at the task's end); -> a copy for the log."""
+    def predict(self, winner: Knobs, cands: list, n: int, t: int, samples: Optional[int] = None) -> dict:
+        """What the decision predicts for its task (checked at the task's end), trained for ``samples``
+        (a plan) or the arm's epochs; -> a copy for the log."""
         chosen = [c for c in cands if c.knobs == winner]
-        self.predicted = {"knobs": winner.key(), "acc": chosen[0].acc if chosen else None,
-                          "joules": chosen[0].joules if chosen else self.ctrl._predicted_j(winner, n, t),
-                          "seconds": chosen[0].seconds if chosen else self.predicted_s(winner, n) or None,
-                          "samples": n * winner.epochs}
+        total = samples if samples is not None else n * winner.epochs
+        j_ps, s_ps = self.per_sample(winner, n, t)
+        joules = j_ps * total if j_ps is not None else None
+        seconds = s_ps * total if s_ps else None
+        if samples is None and chosen:  # its whole epochs: the profile's own prediction
+            joules, seconds = chosen[0].joules, chosen[0].seconds
+        self.predicted = {"knobs": winner.key(), "acc": chosen[0].acc if chosen else None, "joules": joules,
+                          "seconds": seconds, "samples": total}
         return dict(self.predicted)
 
     # ------------------------------------------------------------------ the check
@@ -128,8 +145,11 @@ class BudgetPlan:
             if comparable else None
         if rec.train_samples:  # what the next blind prediction of time starts from
             self.s_per_sample = rec.train_s / rec.train_samples
+            if step_j is not None and not reacted:  # the arm's own cost, next time it is planned
+                self.realised = {"knobs": current, "task": t, "j": step_j / rec.train_samples,
+                                 "s": self.s_per_sample}
         if slow is not None:
-            history = {k: [(a, j, s * slow) for a, j, s in h] for k, h in history.items()}
+            history = {k: [(h[0], h[1], h[2] * slow, *h[3:]) for h in hs] for k, hs in history.items()}
             view.event("miro_time_refit", task=t, factor=round(slow, 4), predicted_s=p["seconds"],
                        realised_train_s=rec.train_s, why="the task's training time per sample left its noise: "
                                                          "every predicted time is rescaled by the ratio")
@@ -139,7 +159,7 @@ class BudgetPlan:
                    guard_tripped=guarded, compared=comparable, noise_log_ratio=round(self.cost.noise(), 4))
         if factor is not None:
             self.ctrl.profiler.scale(factor)
-            history = {k: [(a, j * factor, s) for a, j, s in h] for k, h in history.items()}
+            history = {k: [(h[0], h[1] * factor, *h[2:]) for h in hs] for k, hs in history.items()}
             view.event("miro_cost_refit", task=t, factor=round(factor, 4), predicted_j=p["joules"],
                        realised_j=rec.energy_j, why="the task's realised training energy left the prediction's "
                                                     "noise: every profiled cost is rescaled by the ratio")
@@ -148,9 +168,10 @@ class BudgetPlan:
 
     def state(self) -> dict:
         return {"cost": self.cost.state(), "time_cost": self.time_cost.state(), "s_per_sample": self.s_per_sample,
-                "fixed_j": self.fixed_j}
+                "fixed_j": self.fixed_j, "realised": self.realised}
 
     def load_state(self, st: dict) -> None:
         self.cost.load_state(st.get("cost", {}))
         self.time_cost.load_state(st.get("time_cost", {}))
         self.s_per_sample, self.fixed_j = st.get("s_per_sample", 0.0), st.get("fixed_j", 0.0)
+        self.realised = st.get("realised")

@@ -1,15 +1,18 @@
-"""Miro's selection rules: which profiled arm wins (choices.MIRO_RULES), and the tie-break that gives
-ties a short profile cannot resolve to the larger memory hierarchy."""
+"""Miro's selection rules: which profiled arm wins (choices.MIRO_RULES), the tie-break that gives
+ties a short profile cannot resolve to the larger memory hierarchy, and under a user's budget the arm
+and training length that spend it (``plan_within_budget``)."""
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Any, Optional
 
 from miro_runtime.choices import MIRO_RULES as RULES
 from miro_runtime.records import Candidate
 
 
-def select(cands: list, rule: str = "top-half-acc-per-joule", eta: float = 0.5) -> Candidate:
+def select(cands: list, rule: str = "acc-per-joule", eta: float = 0.5) -> Candidate:
     """The winner among ``cands`` (Candidates; joules = predicted task energy).
 
     The rule picks a winner; then ties the profile cannot resolve go to the larger memory
@@ -47,27 +50,71 @@ def _rule_winner(cands: list, rule: str, eta: float) -> Candidate:
     return max(top, key=lambda c: c.acc / max(c.joules, 1e-9))
 
 
-def select_within_budget(cands: list, remaining_j: float, remaining_s: float = math.inf) -> tuple:
-    """Under a user's energy budget: the most accurate arm whose predicted task energy fits what the
-    task has left (``remaining_j``, J) -- accuracy per joule would reward doing little and leave a
-    granted budget unspent -- and whose predicted training time fits its deadline (``remaining_s``).
-    Ties (accuracy within one binomial standard error of the best: a short profile cannot tell them
-    apart) go to the arm that trains most, the dearest that fits -- what a granted budget is for; the
-    margin for the guard is the caller's (the evaluation reserve). No arm fits: the cheapest (the
-    fastest when time is what binds), and the guard trims it. -> (winner Candidate, how it was chosen)."""
-    if not cands:
-        raise ValueError("no profiled candidate to choose from")
-    fits = [c for c in cands if c.joules <= remaining_j and c.seconds <= remaining_s]
-    if not fits:
-        if any(c.joules <= remaining_j for c in cands):  # energy would do: time is what binds
-            w = min(cands, key=lambda c: c.seconds)
-            return w, f"no arm's predicted time fits the {remaining_s:.3g} s left: the fastest"
-        w = min(cands, key=lambda c: c.joules)
-        return w, f"no arm's predicted {w.joules:.3g} J or more fits the {remaining_j:.3g} J left: the cheapest"
-    best = max(fits, key=lambda c: (c.acc, -c.joules))
-    se = max(math.sqrt(best.acc * (1 - best.acc) / best.n_val), 1.0 / best.n_val) if best.n_val else 0.0
-    w = max((c for c in fits if c.acc >= best.acc - se), key=lambda c: (c.joules, c.acc))
-    left = f"the {remaining_j:.3g} J left" + (f" and the {remaining_s:.3g} s" if remaining_s < math.inf else "")
-    return w, (f"the most accurate of {len(fits)} of {len(cands)} arms that fit {left}"
-               + (f" (the one training most within one standard error, {se:.3f}, of {best.knobs.key()})"
-                  if w is not best else ""))
+@dataclass(frozen=True)
+class ArmCost:
+    """One arm as a budget plan sees it: what a trained sample costs at its knobs (joules and seconds;
+    None before anything was measured) and, where profiled, its accuracy on ``n_val`` held-out samples."""
+    knobs: Any
+    j_per_sample: Optional[float]
+    s_per_sample: Optional[float]
+    acc: Optional[float] = None
+    n_val: Optional[int] = None
+
+
+def capacity(kn) -> tuple:
+    """How much an arm keeps of the past and of the model: the larger memory and flash, and for a
+    prompt method less token merging (r_max) and less layer dropping (a higher theta_bar)."""
+    m = dict(kn.method)
+    return (kn.memory, kn.flash_budget or 0, -(m.get("r_max") or 0), m.get("theta_bar") or 1.0)
+
+
+def plan_within_budget(arms: list, n: int, remaining_j: float, remaining_s: float = math.inf,
+                       margin: float = 0.05) -> tuple:
+    """Under a user's energy budget or deadline: the arm and the training length (in samples) that
+    predict the most accuracy from what the task has left (``remaining_j`` J, ``remaining_s`` s; the
+    evaluation's reserve already out), for a task of ``n`` new samples. -> (Knobs, planned samples or
+    None for the arm's whole epochs, how it was chosen).
+
+    The accuracy a budget buys is predicted from the profiles where they can tell arms apart, and from
+    a prior where they cannot: a profile of a few dozen samples measures the new task's accuracy after
+    a few steps, not what a bigger episodic memory saves from forgetting over a stream, nor what the
+    last of five epochs adds -- both grow with the stream, and both cost joules a profile does show,
+    so choosing on the profile's accuracy alone (or per joule) takes the small, short arms. So: arms
+    whose profiled accuracy lies more than two standard errors under the best are out; of the rest,
+    the largest memory hierarchy (``capacity``) that pays for one pass over the new samples, trained
+    as long as the budget pays (epochs made continuous: the learner stops at the planned length, the
+    guard never has to), less ``margin`` for the spread of the realised cost; ties to the fewest
+    epochs that reach that length. Accuracy per joule rewards doing little and would leave a granted
+    budget unspent; this spends it on what the stream's accuracy is made of."""
+    if not arms:
+        raise ValueError("no arm to plan")
+    known = [a for a in arms if a.j_per_sample is not None]
+    if not known:
+        return None, None, "no cost measured yet"
+    measured = [a for a in known if a.acc is not None and a.n_val]
+    out = set()
+    if measured:
+        best = max(measured, key=lambda a: a.acc)
+        se = max(math.sqrt(best.acc * (1 - best.acc) / best.n_val), 1.0 / best.n_val)
+        out = {a.knobs for a in measured if a.acc < best.acc - 2 * se}
+    ok = [a for a in known if a.knobs not in out] or known
+
+    def pays(a) -> tuple:  # (samples the budget and the deadline pay for at this arm, which binds)
+        j = remaining_j * (1 - margin) / a.j_per_sample if a.j_per_sample > 0 else math.inf
+        s = remaining_s * (1 - margin) / a.s_per_sample if a.s_per_sample else math.inf
+        return min(j, s), ("the deadline" if s < j else "the budget")
+
+    def length(a) -> int:  # ... up to the arm's epochs
+        return max(0, min(n * a.knobs.epochs, math.floor(pays(a)[0])))
+
+    levels = sorted({capacity(a.knobs) for a in ok}, reverse=True)
+    best_len = {lv: max(length(a) for a in ok if capacity(a.knobs) == lv) for lv in levels}
+    level = next((lv for lv in levels if best_len[lv] >= n), max(levels, key=lambda lv: best_len[lv]))
+    w = max((a for a in ok if capacity(a.knobs) == level), key=lambda a: (length(a), -a.knobs.epochs))
+    planned = length(w)
+    how = (f"{'the largest' if level == levels[0] else 'the largest paying for one pass:'} memory hierarchy of "
+           f"{len(ok)} arms not measured worse ({len(out)} were), {planned / max(n, 1):.2f} epochs of its "
+           f"{w.knobs.epochs}")
+    if planned >= n * w.knobs.epochs:
+        return w.knobs, None, how + ": its whole epochs fit"
+    return w.knobs, planned, how + f": as long as {pays(w)[1]} pays (margin {margin:.0%})"

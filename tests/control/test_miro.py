@@ -18,7 +18,8 @@ def cand(mem, acc, joules, seconds=1.0):
 def test_selection_rules():
     cs = [cand(1, 0.90, 10.0), cand(2, 0.85, 4.0), cand(3, 0.50, 1.0), cand(4, 0.80, 2.0)]
     # top half by accuracy = {0.90, 0.85}; best accuracy per joule among them: 0.85 / 4
-    assert select(cs).knobs.memory == 2
+    assert select(cs, "top-half-acc-per-joule").knobs.memory == 2
+    assert select(cs).knobs.memory == 3  # the default: accuracy per joule
     assert select(cs, "lowest-energy").knobs.memory == 3
     assert select(cs, "acc-per-joule").knobs.memory == 3  # 0.5 / 1.0 beats 0.8 / 2.0
     assert select(cs, "highest-accuracy").knobs.memory == 1
@@ -113,7 +114,7 @@ def test_miro_run_retunes_live_and_counts_its_energy(tmp_path):
     assert [d["task"] for d in decisions] == [0, 1, 2, 3, 4]
     assert any(d["candidates"] for d in decisions)
     for d in decisions:
-        assert d["rule"] == "top-half-acc-per-joule" and "winner" in d
+        assert d["rule"] == "acc-per-joule" and "winner" in d  # the default without a budget
         for c in d["candidates"]:
             assert 0 <= c["acc"] <= 1 and c["predicted_task_j"] >= 0
     assert s["profiling_energy_j"] > 0
@@ -232,8 +233,9 @@ def test_battery_low_mid_run_and_throttling_move_to_cheaper_arms(tmp_path):
     _check_accounting(s)
 
     hot = _sysfs(tmp_path / "hot", throttled=True)
-    s = run(RunConfig(strategy="carm", miro=True, monitor_every_s=0, run_dir=str(tmp_path / "t"),
-                      checkpoint_every=0), monitor=hot)
+    # the paper's rule: its task-0 pick is not the cheapest arm, so a cheaper one is there to move to
+    s = run(RunConfig(strategy="carm", miro=True, miro_rule="top-half-acc-per-joule", monitor_every_s=0,
+                      run_dir=str(tmp_path / "t"), checkpoint_every=0), monitor=hot)
     react = [d for d in s["miro_decisions"] if d.get("mid_task")]
     assert len(react) == 1 and "cpufreq" in react[0]["trigger"]["throttled"]
     d0, prev, new = s["miro_decisions"][0], s["miro_decisions"][0]["winner"], react[0]["winner"]

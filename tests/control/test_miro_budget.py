@@ -9,7 +9,7 @@ import pytest
 from miro_runtime.config import RunConfig
 from miro_runtime.control.cost import CostCheck
 from miro_runtime.control.miro import Knobs, MiroController
-from miro_runtime.control.rules import select_within_budget
+from miro_runtime.control.rules import ArmCost, plan_within_budget
 from miro_runtime.engine.learner import Learner
 from miro_runtime.engine.streams import split_digits
 from miro_runtime.profilers.measurement import Meter
@@ -20,16 +20,45 @@ def cand(epochs, acc, joules, n_val=400):
     return Candidate(knobs=Knobs(20, 2000, 0.5, epochs), acc=acc, joules=joules, seconds=1.0, n_val=n_val)
 
 
-def test_within_budget_takes_the_most_accurate_arm_that_fits():
-    arms = [cand(1, 0.80, 10.0), cand(3, 0.90, 30.0), cand(5, 0.93, 50.0)]
-    w, how = select_within_budget(arms, 40.0)
-    assert w.knobs.epochs == 3 and "fit" in how  # 5 epochs would be more accurate but does not fit
-    assert select_within_budget(arms, 60.0)[0].knobs.epochs == 5  # a larger budget buys accuracy
-    w, how = select_within_budget(arms, 5.0)
-    assert w.knobs.epochs == 1 and "cheapest" in how  # nothing fits: the cheapest, the guard trims it
-    # a tie within one standard error goes to the arm that trains most and still fits: the budget is for that
-    assert select_within_budget([cand(3, 0.900, 30.0), cand(5, 0.898, 50.0)], 60.0)[0].knobs.epochs == 5
-    assert select_within_budget([cand(3, 0.900, 30.0), cand(5, 0.898, 50.0)], 40.0)[0].knobs.epochs == 3
+def arm(mem, epochs, j, acc=None, s=0.01, n_val=400):
+    return ArmCost(Knobs(mem, 2000, 0.5, epochs), j, s, acc, n_val if acc is not None else None)
+
+
+GRID = [arm(m, e, 1.0 if m == 10 else 1.5) for m in (10, 40) for e in (1, 3, 5)]  # J per trained sample
+
+
+def test_a_plan_trains_the_largest_memory_as_long_as_the_budget_pays():
+    kn, samples, how = plan_within_budget(GRID, 100, 300.0, margin=0.0)
+    # 300 J at 1.5 J a sample: 200 samples, two epochs of the task -- the fewest epochs reaching that
+    assert (kn.memory, kn.epochs, samples) == (40, 3, 200) and "as long as the budget pays" in how
+    kn, samples, _ = plan_within_budget(GRID, 100, 300.0, margin=0.1)
+    assert samples == 180  # the margin for the spread of the realised cost stays unspent
+    kn, samples, how = plan_within_budget(GRID, 100, 1000.0, margin=0.0)
+    assert (kn.memory, kn.epochs, samples) == (40, 5, None) and "whole epochs fit" in how  # 500 samples fit
+    # 120 J: the larger memory would not pay for one pass over the new samples (80), the smaller does (120)
+    kn, samples, how = plan_within_budget(GRID, 100, 120.0, margin=0.0)
+    assert (kn.memory, samples) == (10, 120) and "one pass" in how
+    kn, samples, _ = plan_within_budget(GRID, 100, -5.0, margin=0.0)
+    assert samples == 0  # nothing left: no training rather than a guard trip
+
+
+def test_a_plan_takes_profiles_that_can_tell_arms_apart_and_not_those_that_cannot():
+    # the larger memory measured clearly worse (by more than two standard errors): out
+    arms = [arm(10, e, 1.0, acc=0.80) for e in (1, 3)] + [arm(40, e, 1.5, acc=0.50) for e in (1, 3)]
+    kn, samples, how = plan_within_budget(arms, 100, 250.0, margin=0.0)
+    assert (kn.memory, kn.epochs, samples) == (10, 3, 250) and "(2 were)" in how
+    # within noise of each other (n_val 20: one standard error ~0.1): the prior stands, the larger memory
+    arms = [arm(10, 3, 1.0, acc=0.80, n_val=20), arm(40, 3, 1.5, acc=0.70, n_val=20)]
+    assert plan_within_budget(arms, 100, 300.0, margin=0.0)[0].memory == 40
+    assert plan_within_budget([arm(10, 3, None), arm(40, 3, None)], 100, 300.0) == (None, None, "no cost measured yet")
+
+
+def test_a_plan_also_fits_the_deadline():
+    grid = [arm(40, e, 1.0, s=0.02) for e in (1, 3, 5)]
+    kn, samples, how = plan_within_budget(grid, 100, 1000.0, remaining_s=3.0, margin=0.0)
+    assert (kn.epochs, samples) == (3, 150) and "the deadline pays" in how  # energy would allow 5 epochs
+    kn, samples, how = plan_within_budget(grid, 100, 1000.0, remaining_s=100.0, margin=0.0)
+    assert (kn.epochs, samples) == (5, None)
 
 
 def test_the_cost_check_refits_only_when_the_ratio_leaves_its_noise():
@@ -95,6 +124,12 @@ def test_miro_under_a_budget_keeps_each_task_in_it_and_sees_a_load_change_within
             assert r.budget["total_j"] <= cap * 1.05, r.budget
         else:  # ... but at the load change its evaluation costs three times the reserve the guard kept for it
             assert spent["train"] + spent.get("profile", 0.0) <= cap * 1.05, r.budget
+    for r, d in zip(recs[1:], decisions[1:]):  # a planned length is what the task trained (to a whole batch)
+        planned = d["energy_budget"]["planned_samples"]
+        assert r.budget["planned_samples"] == planned
+        if planned is not None and not r.budget["guard_tripped"]:
+            assert planned <= r.train_samples < planned + lr.cfg.batch_size, (planned, r.train_samples)
+    assert any(d["energy_budget"]["planned_samples"] for d in decisions[1:])  # the budget bound somewhere
     realised = {e["task"]: e for e in events if e["event"] == "miro_realised"}
     assert set(realised) == {0, 1, 2, 3, 4}
     refits = [e for e in events if e["event"] == "miro_cost_refit"]
@@ -103,12 +138,3 @@ def test_miro_under_a_budget_keeps_each_task_in_it_and_sees_a_load_change_within
         ([(e["task"], e["factor"]) for e in refits], {t: (e["predicted_j"], e["realised_j"])
                                                       for t, e in realised.items()})
     assert any(e["event"] == "budget_guard" for e in events) == any(e["guard_tripped"] for e in realised.values())
-
-
-def test_within_budget_also_fits_the_deadline_and_takes_the_fastest_when_none_does():
-    arms = [Candidate(knobs=Knobs(20, 2000, 0.5, e), acc=a, joules=j, seconds=s, n_val=400)
-            for e, a, j, s in ((1, 0.80, 10.0, 1.0), (3, 0.90, 30.0, 3.0), (5, 0.93, 50.0, 5.0))]
-    w, how = select_within_budget(arms, 100.0, 3.5)
-    assert w.knobs.epochs == 3 and "3.5 s" in how  # energy would allow 5 epochs; time does not
-    w, how = select_within_budget(arms, 100.0, 0.5)
-    assert w.knobs.epochs == 1 and "fastest" in how
