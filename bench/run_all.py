@@ -133,7 +133,10 @@ def write_markdown():
             res = json.load(fh)
         machine = machine or res.get("machine")
         mod = importlib.import_module(name)
-        parts += [f"## {title}", "", provenance(name, res, now), "", mod.render(res), ""]
+        note = provenance(name, res, now)
+        if getattr(mod, "NEEDS_CUDA", False) and "**Stale**" in note and not _cuda():
+            note += " Not rerun: the machine that ran `make bench` last has no CUDA; a rerun needs a GPU."
+        parts += [f"## {title}", "", note, "", mod.render(res), ""]
     if machine:
         parts[7:7] = ["Machine: " + ", ".join(f"{k} {v}" for k, v in machine.items()) + ".", ""]
     with open(os.path.join(ROOT, "BENCHMARKS.md"), "w") as fh:
