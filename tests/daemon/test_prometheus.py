@@ -60,6 +60,12 @@ def value(samples: dict, name: str, labels: str = "") -> float:
     return dict(samples[name])[labels]
 
 
+def _requests(text: str) -> float:
+    """miro_requests_total in an export's text (0 when absent)."""
+    m = re.search(r"^miro_requests_total (\S+)$", text, re.M)
+    return float(m.group(1)) if m else 0.0
+
+
 def wait_for_export(prom, pred, timeout=30.0) -> str:
     """The textfile once it satisfies ``pred`` (its text)."""
     deadline = time.monotonic() + timeout
@@ -82,7 +88,10 @@ def test_metrics_follow_the_conventions_and_counters_survive_a_restart(tmp_path)
             c.call("task_end", task=0, wait=True)
             for _ in range(5):
                 c.call("status")
-        text = wait_for_export(prom, lambda t: "miro_tasks_trained_total 1.0" in t and "miro_flash_samples" in t)
+        # an export is periodic: one taken between task_end's answer and the status calls shows the task
+        # trained and only the first requests, so wait for one that also counts the status calls
+        text = wait_for_export(prom, lambda t: "miro_tasks_trained_total 1.0" in t and "miro_flash_samples" in t
+                               and _requests(t) >= 7)
         types, before = check_conventions(text)
         for name in ("miro_tasks_trained_total", "miro_samples_ingested_total", "miro_requests_total",
                      "miro_trainer_errors_total", "miro_energy_joules_total"):
