@@ -79,12 +79,20 @@ class MiroController(Controller):
     # ------------------------------------------------------------------ engine hooks
     def task_begin(self, view: LearnerView, t: int):
         self._profiling_j, self._inside_j, t0 = 0.0, 0.0, time.perf_counter()
-        cands, skipped, spent = self._metered_round(view, t)
-        view.guard.book("profile", spent, t)  # before the task's window opens: the budget pays for it
-        energy, tie, rule, samples = None, None, self.rule, None
         n = len(view.task_data(t)[1])
-        if view.guard.budget.mode != MODE_NONE or view.cfg.task_deadline_s is not None:
+        planning = view.guard.budget.mode != MODE_NONE or view.cfg.task_deadline_s is not None
+        why = self.plan.why_profile(t, n) if planning else None
+        if planning and why is None:
+            cands, spent = [], 0.0
+            skipped = [{"knobs": k, "why": "under a budget: the running arm's realised cost holds (same task size, "
+                                           "no refit)"} for k in self.by_key]
+        else:
+            cands, skipped, spent = self._metered_round(view, t)
+            view.guard.book("profile", spent, t)  # before the task's window opens: the budget pays for it
+        energy, tie, rule, samples = None, None, self.rule, None
+        if planning:
             winner, energy, tie = self.plan.decide(view, t, cands, n, time.perf_counter() - t0)
+            energy["profiled_because"] = why
             rule, samples = "within-budget", energy["planned_samples"]
         else:
             winner = select(cands, self.rule, self.eta).knobs if cands else self.current

@@ -1,15 +1,18 @@
 """Miro v2 under a user's energy budget or task deadline: which arm a task runs with and for how long,
 and the check of the cost model behind that choice (joules ~ c x samples x epochs + b).
 
-The choice (rules.plan_within_budget): arms the profiles measured as worse are out; of the rest the
-largest memory hierarchy, trained for as many samples as what the task has left pays for -- less its
-evaluation's reserve and the intercept b, at the arm's cost per trained sample (its last task's realised
-cost when it ran, else its profiles', else the profiled cost of any arm) -- and as its deadline allows.
+The choice (rules.plan_within_budget): arms the profiles measured as worse, and arms that would shrink
+the memory running (dropping kept samples), are out; of the rest the largest memory hierarchy, trained
+for as many samples as what the task has left pays for -- less its evaluation's reserve and the
+intercept b, at the arm's cost per trained sample (its last task's realised cost when it ran, else
+its profiles', else the profiled cost of any arm) -- and as its deadline allows.
 The length goes to the learner as a plan (the guard stops the task there, no trip). The check: at each
 task's end the realised cost per trained sample of the training steps (the window's joules split by
 time into steps and the rest, b) against the prediction; one that left its noise (cost.CostCheck)
 rescales every profiled cost, and time per sample likewise -- a load change is seen within one task
-without profiling every arm again.
+without profiling every arm again. Under a budget a round profiles only when the plan lacks a cost
+(task 0, an arm with no realised cost), the task size changed, or the last cost was refitted
+(``why_profile``); a changed budget alone is re-divided without one.
 """
 
 from __future__ import annotations
@@ -42,8 +45,28 @@ class BudgetPlan:
         self.fixed_j = 0.0  # the last task's joules outside its training steps: the cost model's intercept
         self.realised: Optional[dict] = None  # the last task's arm and its realised cost per trained sample
         self.predicted: Optional[dict] = None  # what the decision in force predicted for its task
+        self.last_n: Optional[int] = None  # the last planned task's size (a change re-profiles)
+        self.refit_at: Optional[int] = None  # the last task whose realised cost left its noise
 
     # ------------------------------------------------------------------ the choice
+    def why_profile(self, t: int, n: int) -> Optional[str]:
+        """Why task ``t``'s round (``n`` new samples) profiles under a budget; None when it need not. The
+        plan stands on what an arm costs per trained sample, and the arm running has its own realised
+        cost from the last task: with no refit and the same task size, a profile would re-measure what
+        is known, and its joules would come out of the training the budget pays for. A size that moved by
+        more than 10% re-profiles. A change of budget alone needs no profile: the plan re-divides what is
+        left."""
+        r = self.realised
+        if t == 0:
+            return "task 0: no cost measured yet"
+        if r is None or r["knobs"] != self.ctrl.current.key() or r["task"] == 0:  # task 0 ran with no replay
+            return "no realised cost of the arm running (with replay)"
+        if self.last_n is not None and abs(n - self.last_n) > 0.1 * self.last_n:  # a few samples more: noise
+            return f"the task size changed ({self.last_n} -> {n} samples)"
+        if self.refit_at == t - 1:
+            return "the last task's cost left its noise (refitted)"
+        return None
+
     def decide(self, view: LearnerView, t: int, cands: list, n: int, spent_s: float = 0.0) -> tuple:
         """-> (winner Knobs, the decision's energy_budget record, task 0's tie note or None). ``spent_s``:
         the seconds this task's round already took (its deadline counts them). Plans the task's length
@@ -54,13 +77,15 @@ class BudgetPlan:
         left_s = deadline - budget.eval_time_reserve(t) - spent_s if deadline is not None else math.inf
         pool = cands or self.window_candidates()
         margin = self.margin()
-        winner, samples, how = plan_within_budget(self.arm_costs(pool, n, t), n, left, left_s, margin)
+        winner, samples, how = plan_within_budget(self.arm_costs(pool, n, t), n, left, left_s, margin,
+                                                  current=c.current if t > 0 else None)
         if winner is None:
             winner, how = c.current, "no cost measured yet: kept"
         elif t == 0 and pool and all(x.knobs != winner for x in pool):
             tie = (f"task 0 has no replay: the profile of epochs={winner.epochs} stands for every memory size; "
                    f"the prior gives it to the largest, {winner.key()}")
         view.guard.plan(t, samples, why=how)
+        self.last_n = n
         energy = {"mode": budget.mode, "remaining_j": None if left == math.inf else left, "reserve_j": reserve,
                   "fixed_j": self.fixed_j, "deadline_s": deadline,
                   "remaining_s": None if left_s == math.inf else left_s, "task_samples": n, "planned_samples": samples,
@@ -148,6 +173,8 @@ class BudgetPlan:
             if step_j is not None and not reacted:  # the arm's own cost, next time it is planned
                 self.realised = {"knobs": current, "task": t, "j": step_j / rec.train_samples,
                                  "s": self.s_per_sample}
+        if slow is not None or factor is not None:
+            self.refit_at = t
         if slow is not None:
             history = {k: [(h[0], h[1], h[2] * slow, *h[3:]) for h in hs] for k, hs in history.items()}
             view.event("miro_time_refit", task=t, factor=round(slow, 4), predicted_s=p["seconds"],
@@ -168,10 +195,11 @@ class BudgetPlan:
 
     def state(self) -> dict:
         return {"cost": self.cost.state(), "time_cost": self.time_cost.state(), "s_per_sample": self.s_per_sample,
-                "fixed_j": self.fixed_j, "realised": self.realised}
+                "fixed_j": self.fixed_j, "realised": self.realised, "last_n": self.last_n, "refit_at": self.refit_at}
 
     def load_state(self, st: dict) -> None:
         self.cost.load_state(st.get("cost", {}))
         self.time_cost.load_state(st.get("time_cost", {}))
         self.s_per_sample, self.fixed_j = st.get("s_per_sample", 0.0), st.get("fixed_j", 0.0)
         self.realised = st.get("realised")
+        self.last_n, self.refit_at = st.get("last_n"), st.get("refit_at")

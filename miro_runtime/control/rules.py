@@ -68,35 +68,56 @@ def capacity(kn) -> tuple:
     return (kn.memory, kn.flash_budget or 0, -(m.get("r_max") or 0), m.get("theta_bar") or 1.0)
 
 
+def shrinks(kn, floor) -> bool:
+    """Whether adopting ``kn`` would drop samples kept now: less RAM memory or a smaller flash budget
+    than ``floor`` (the Knobs running; None: nothing kept yet). Method knobs undo without loss."""
+    if floor is None:
+        return False
+    flash = (math.inf if kn.flash_budget is None else kn.flash_budget)
+    return kn.memory < floor.memory or flash < (math.inf if floor.flash_budget is None else floor.flash_budget)
+
+
 def plan_within_budget(arms: list, n: int, remaining_j: float, remaining_s: float = math.inf,
-                       margin: float = 0.05) -> tuple:
+                       margin: float = 0.05, current=None) -> tuple:
     """Under a user's energy budget or deadline: the arm and the training length (in samples) that
     predict the most accuracy from what the task has left (``remaining_j`` J, ``remaining_s`` s; the
-    evaluation's reserve already out), for a task of ``n`` new samples. -> (Knobs, planned samples or
-    None for the arm's whole epochs, how it was chosen).
+    evaluation's reserve already out), for a task of ``n`` new samples, ``current`` the Knobs running
+    (None: none yet). -> (Knobs, planned samples or None for the arm's whole epochs, how it was chosen).
 
     The accuracy a budget buys is predicted from the profiles where they can tell arms apart, and from
     a prior where they cannot: a profile of a few dozen samples measures the new task's accuracy after
     a few steps, not what a bigger episodic memory saves from forgetting over a stream, nor what the
     last of five epochs adds -- both grow with the stream, and both cost joules a profile does show,
-    so choosing on the profile's accuracy alone (or per joule) takes the small, short arms. So: arms
-    whose profiled accuracy lies more than two standard errors under the best are out; of the rest,
-    the largest memory hierarchy (``capacity``) that pays for one pass over the new samples, trained
-    as long as the budget pays (epochs made continuous: the learner stops at the planned length, the
-    guard never has to), less ``margin`` for the spread of the realised cost; ties to the fewest
-    epochs that reach that length. Accuracy per joule rewards doing little and would leave a granted
-    budget unspent; this spends it on what the stream's accuracy is made of."""
+    so choosing on the profile's accuracy alone (or per joule) takes the small, short arms. So:
+
+    - an arm is out when a profiled arm keeping at least as much (``capacity``) measured better by
+      more than two standard errors (a smaller memory's better profile is the short view's bias, no
+      evidence against the larger one);
+    - an arm that would shrink the memory or flash running now (``shrinks``) is out (unless every arm
+      would): a shrink drops kept samples for good, and a larger memory trained for less than a pass
+      still beats a smaller one trained longer (bench/miro_v2.py's guarded statics); when nothing that
+      keeps them pays for a step, the task trains nothing rather than shrink (RAM pressure shrinks,
+      through the controller's reaction, not a budget);
+    - of the rest the largest memory hierarchy that trains at all; within it, the method knobs (REP's
+      merging and dropping) that keep the most while paying for one pass over the new samples, else
+      the ones that pay the longest; trained as long as the budget pays (epochs made continuous: the
+      learner stops at the planned length, the guard never has to), less ``margin`` for the spread of
+      the realised cost; ties to the fewest epochs that reach that length.
+
+    Accuracy per joule rewards doing little and would leave a granted budget unspent; this spends it on
+    what the stream's accuracy is made of."""
     if not arms:
         raise ValueError("no arm to plan")
     known = [a for a in arms if a.j_per_sample is not None]
     if not known:
         return None, None, "no cost measured yet"
     measured = [a for a in known if a.acc is not None and a.n_val]
-    out = set()
-    if measured:
-        best = max(measured, key=lambda a: a.acc)
-        se = max(math.sqrt(best.acc * (1 - best.acc) / best.n_val), 1.0 / best.n_val)
-        out = {a.knobs for a in measured if a.acc < best.acc - 2 * se}
+
+    def se(a) -> float:
+        return max(math.sqrt(a.acc * (1 - a.acc) / a.n_val), 1.0 / a.n_val)
+
+    out = {a.knobs for a in measured
+           if any(capacity(b.knobs) >= capacity(a.knobs) and a.acc < b.acc - 2 * se(b) for b in measured)}
     ok = [a for a in known if a.knobs not in out] or known
 
     def pays(a) -> tuple:  # (samples the budget and the deadline pay for at this arm, which binds)
@@ -107,14 +128,18 @@ def plan_within_budget(arms: list, n: int, remaining_j: float, remaining_s: floa
     def length(a) -> int:  # ... up to the arm's epochs
         return max(0, min(n * a.knobs.epochs, math.floor(pays(a)[0])))
 
-    levels = sorted({capacity(a.knobs) for a in ok}, reverse=True)
-    best_len = {lv: max(length(a) for a in ok if capacity(a.knobs) == lv) for lv in levels}
-    level = next((lv for lv in levels if best_len[lv] >= n), max(levels, key=lambda lv: best_len[lv]))
-    w = max((a for a in ok if capacity(a.knobs) == level), key=lambda a: (length(a), -a.knobs.epochs))
+    # every arm shrinking (a grid below what runs): the grid is what there is
+    keeping = [a for a in ok if not shrinks(a.knobs, current)] or ok
+    pool = [a for a in keeping if length(a) > 0] or keeping  # nothing trains: no training beats a shrink
+    levels = {capacity(a.knobs) for a in pool}
+    best_len = {lv: max(length(a) for a in pool if capacity(a.knobs) == lv) for lv in levels}
+    level = max(levels, key=lambda lv: (lv[:2], best_len[lv] >= n, lv[2:] if best_len[lv] >= n else (best_len[lv],)))
+    w = max((a for a in pool if capacity(a.knobs) == level), key=lambda a: (length(a), -a.knobs.epochs))
     planned = length(w)
-    how = (f"{'the largest' if level == levels[0] else 'the largest paying for one pass:'} memory hierarchy of "
-           f"{len(ok)} arms not measured worse ({len(out)} were), {planned / max(n, 1):.2f} epochs of its "
-           f"{w.knobs.epochs}")
+    left = sum(shrinks(a.knobs, current) for a in ok)
+    how = (f"the largest memory hierarchy that trains of {len(ok)} arms not measured worse ({len(out)} were"
+           f"{f'; {left} would shrink the memory running' if left else ''}), {planned / max(n, 1):.2f} epochs of "
+           f"its {w.knobs.epochs}")
     if planned >= n * w.knobs.epochs:
         return w.knobs, None, how + ": its whole epochs fit"
     return w.knobs, planned, how + f": as long as {pays(w)[1]} pays (margin {margin:.0%})"

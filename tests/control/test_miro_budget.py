@@ -35,18 +35,41 @@ def test_a_plan_trains_the_largest_memory_as_long_as_the_budget_pays():
     assert samples == 180  # the margin for the spread of the realised cost stays unspent
     kn, samples, how = plan_within_budget(GRID, 100, 1000.0, margin=0.0)
     assert (kn.memory, kn.epochs, samples) == (40, 5, None) and "whole epochs fit" in how  # 500 samples fit
-    # 120 J: the larger memory would not pay for one pass over the new samples (80), the smaller does (120)
+    # 120 J: the larger memory pays for less than one pass over the new samples (80); it still wins over
+    # the smaller one trained for 120 (what it keeps of the past is worth more than the steps)
     kn, samples, how = plan_within_budget(GRID, 100, 120.0, margin=0.0)
-    assert (kn.memory, samples) == (10, 120) and "one pass" in how
+    assert (kn.memory, samples) == (40, 80) and "as long as the budget pays" in how
     kn, samples, _ = plan_within_budget(GRID, 100, -5.0, margin=0.0)
     assert samples == 0  # nothing left: no training rather than a guard trip
 
 
+def test_a_plan_never_shrinks_the_memory_running_to_train_longer():
+    running = Knobs(40, 2000, 0.5, 3)
+    # 1.2 J: the memory running pays for no sample (1.5 J each), the smaller one for one; a shrink would
+    # drop 30 kept samples for good, so the task trains nothing and keeps them
+    kn, samples, how = plan_within_budget(GRID, 100, 1.2, margin=0.0, current=running)
+    assert (kn.memory, samples) == (40, 0) and "3 would shrink" in how
+    kn, samples, _ = plan_within_budget(GRID, 100, 1.2, margin=0.0)  # nothing kept yet (task 0): it may
+    assert (kn.memory, samples) == (10, 1)
+    # a smaller flash budget is a shrink too; a larger memory is not
+    grid = [arm(40, 3, 1.5), ArmCost(Knobs(40, 500, 0.5, 3), 1.0, 0.01), arm(10, 3, 1.0)]
+    kn, samples, _ = plan_within_budget(grid, 100, 90.0, margin=0.0, current=Knobs(10, 2000, 0.5, 3))
+    assert (kn.memory, kn.flash_budget, samples) == (40, 2000, 60)
+    # every arm of the grid below what runs: the grid is what there is
+    kn, samples, _ = plan_within_budget([arm(10, 3, 1.0)], 100, 90.0, margin=0.0, current=running)
+    assert (kn.memory, samples) == (10, 90)
+
+
 def test_a_plan_takes_profiles_that_can_tell_arms_apart_and_not_those_that_cannot():
-    # the larger memory measured clearly worse (by more than two standard errors): out
+    # an arm measured clearly worse (by more than two standard errors) than one keeping as much: out
+    arms = [arm(40, 1, 1.5, acc=0.50), arm(40, 3, 1.5, acc=0.80), arm(10, 5, 1.0, acc=0.50)]
+    kn, samples, how = plan_within_budget(arms, 100, 120.0, margin=0.0)
+    assert (kn.memory, kn.epochs, samples) == (40, 3, 80) and "(2 were)" in how
+    # ... but a smaller memory's better profile is no evidence against the larger one (a profile of a few
+    # steps shows the new task learnt faster with less replay, not the forgetting it costs later)
     arms = [arm(10, e, 1.0, acc=0.80) for e in (1, 3)] + [arm(40, e, 1.5, acc=0.50) for e in (1, 3)]
     kn, samples, how = plan_within_budget(arms, 100, 250.0, margin=0.0)
-    assert (kn.memory, kn.epochs, samples) == (10, 3, 250) and "(2 were)" in how
+    assert (kn.memory, kn.epochs, samples) == (40, 3, 166) and "(0 were)" in how
     # within noise of each other (n_val 20: one standard error ~0.1): the prior stands, the larger memory
     arms = [arm(10, 3, 1.0, acc=0.80, n_val=20), arm(40, 3, 1.5, acc=0.70, n_val=20)]
     assert plan_within_budget(arms, 100, 300.0, margin=0.0)[0].memory == 40
@@ -59,6 +82,26 @@ def test_a_plan_also_fits_the_deadline():
     assert (kn.epochs, samples) == (3, 150) and "the deadline pays" in how  # energy would allow 5 epochs
     kn, samples, how = plan_within_budget(grid, 100, 1000.0, remaining_s=100.0, margin=0.0)
     assert (kn.epochs, samples) == (5, None)
+
+
+def test_under_a_budget_a_round_profiles_only_when_the_plan_lacks_a_cost_or_it_moved():
+    ctrl = MiroController(RunConfig(strategy="er", miro=True, energy_budget_j=10.0))
+    plan, running = ctrl.plan, ctrl.current.key()
+    assert "task 0" in plan.why_profile(0, 100)
+    assert "no realised cost" in plan.why_profile(1, 100)
+    plan.realised, plan.last_n = {"knobs": running, "task": 0, "j": 0.01, "s": 0.001}, 100
+    assert "with replay" in plan.why_profile(1, 100)  # task 0's cost had no replay to pay for
+    plan.realised["task"] = 1
+    assert plan.why_profile(2, 100) is None  # same arm, same size, no refit: the realised cost holds
+    assert "100 -> 200" in plan.why_profile(2, 200) and plan.why_profile(2, 104) is None  # 4% more: noise
+    plan.refit_at = 2
+    assert "refitted" in plan.why_profile(3, 100) and plan.why_profile(4, 100) is None
+    plan.realised = {**plan.realised, "knobs": "another arm"}
+    assert "no realised cost" in plan.why_profile(4, 100)
+    # and it survives a restart: the controller's checkpointed state carries it
+    again = MiroController(RunConfig(strategy="er", miro=True, energy_budget_j=10.0))
+    again.plan.load_state(plan.state())
+    assert (again.plan.last_n, again.plan.refit_at, again.plan.realised) == (100, 2, plan.realised)
 
 
 def test_the_cost_check_refits_only_when_the_ratio_leaves_its_noise():
@@ -138,3 +181,12 @@ def test_miro_under_a_budget_keeps_each_task_in_it_and_sees_a_load_change_within
         ([(e["task"], e["factor"]) for e in refits], {t: (e["predicted_j"], e["realised_j"])
                                                       for t, e in realised.items()})
     assert any(e["event"] == "budget_guard" for e in events) == any(e["guard_tripped"] for e in realised.values())
+    for d in decisions[1:]:  # a round profiles, or says why it need not, and then costs nothing
+        why = d["energy_budget"]["profiled_because"]
+        if why is None:
+            assert d["profiling_energy_j"] == 0 and not [c for c in d["candidates"] if not c.get("from_window")]
+            assert {x["why"] for x in d["not_profiled"]} == {
+                "under a budget: the running arm's realised cost holds (same task size, no refit)"}
+    for e in refits:  # a refitted cost is measured again at the next task
+        if e["task"] + 1 < len(decisions):
+            assert decisions[e["task"] + 1]["energy_budget"]["profiled_because"] is not None
