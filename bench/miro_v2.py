@@ -761,7 +761,7 @@ def where_miro_loses(r: dict) -> str:
     if max(trips.values()) > TRIPS_PER_12:
         why.append("its realised cost ran past the plan's prediction (guard trips per run "
                    + ", ".join(f"{k} {v:.1f}" for k, v in trips.items()) + "; 90th percentile of |log realised/"
-                   f"predicted| {max(p90, default=0.0):.2f}), most where a change arrived before a refit")
+                   f"predicted| {max(p90, default=0.0):.2f})")
     if d_all := [d for d in logs if d.get("larger_memory_share") is not None]:
         why.append(f"it runs the largest memory in {100 * np.mean([d['larger_memory_share'] for d in d_all]):.0f}% "
                    "of its decisions and trains as long as the budget pays, which is what the best guarded static "
@@ -777,9 +777,25 @@ def where_miro_loses(r: dict) -> str:
     if outside:
         why.append(f"it ran arms outside the grid ({', '.join(outside)}): under a budget its task-0 pick keeps the "
                    "current memory with the profiled epochs, which no static configuration matches")
+    def mem(k):  # "e3-m40" -> 40
+        return int(k.split("-m")[1])
+    top = max(mem(k) for k in r["grid"])
+    fell = {name: sum(v for k, v in s["decision_log"]["chosen"].items() if mem(k) < top) for name, s in m.items()}
+    if any(fell.values()):
+        lo = min(MEMORIES)
+        pairs = [(name, e, s["static"][f"e{e}-m{top}"]["final_mean"] - s["static"][f"e{e}-m{lo}"]["final_mean"])
+                 for name, s in m.items() for e in EPOCHS
+                 if f"e{e}-m{top}" in s["static"] and f"e{e}-m{lo}" in s["static"]]
+        ahead = sum(d > 0 for _, _, d in pairs)
+        why.append(f"it ran a smaller memory in some decisions (below memory {top}: "
+                   + ", ".join(f"{k} {v}" for k, v in fell.items()) + "; before any cost is measured it keeps the "
+                   "incumbent, and it never shrinks the memory running to train longer), while the static figures "
+                   f"favour the largest memory at equal epochs in {ahead} of {len(pairs)} scenario-epochs pairs: "
+                   "training less at the larger memory was the better trade")
     if "S3" in m:
         why.append("the estimate meter meters this process's CPU time, so the hog changes time, not joules: only the "
-                   "deadline makes S3 bite, and a decision on predicted cost alone does not predict time")
+                   "deadline makes S3 bite, and where the deadline binds the plan trains what it allows and leaves "
+                   "joules unspent (S3's utilisation)")
     return ("**Where Miro loses.** " + ("; ".join(lost) + ". " if lost else "") + "Why, from the figures: "
             + "; ".join(why) + ".")
 
