@@ -45,6 +45,11 @@ from .profile import ArmProfiler
 from .rules import select
 
 
+# under a user's energy budget, a round's profiles take at most this share of what the task's training has
+# left (its budget less spent, the evaluation's reserve and the work beside its steps)
+TASK_PROFILE_SHARE = 0.25
+
+
 class MiroController(Controller):
     """Engine hooks: ``task_begin`` profiles and adopts, ``on_resources`` reacts to a pressure,
     ``task_end`` books energy."""
@@ -72,6 +77,7 @@ class MiroController(Controller):
         self.ram_floor_mb, self.battery_floor = cfg.miro_ram_floor_mb, cfg.miro_battery_floor
         self._pressed: set = set()  # resource pressures in force (a reaction fires when one begins)
         self._inside_j = 0.0  # this task's reaction profiling, metered inside the task's own window
+        self._task_cap: Optional[float] = None  # under a user's budget: the share of the task's own left for profiles
         # the stream so far: every joule booked for its tasks, and of them profiling (the cap is a share of it)
         self._stream_j, self._stream_profiling_j = 0.0, 0.0
         self.plan = BudgetPlan(self)  # decisions under a user's budget or deadline, and the cost checks
@@ -82,6 +88,12 @@ class MiroController(Controller):
         n = len(view.task_data(t)[1])
         planning = view.guard.budget.mode != MODE_NONE or view.cfg.task_deadline_s is not None
         why = self.plan.why_profile(t, n) if planning else None
+        self._task_cap = None
+        if planning and view.guard.budget.mode != MODE_NONE and t > 0:
+            # a round's profiles come out of the task's own budget: never more than a share of what its
+            # training has left (after a halved budget a stream-wide cap alone would eat the whole task)
+            b = view.guard.budget
+            self._task_cap = max(0.0, TASK_PROFILE_SHARE * (b.remaining(t) - b.eval_reserve(t) - self.plan.fixed_j))
         if planning and why is None:
             cands, spent = [], 0.0
             skipped = [{"knobs": k, "why": "under a budget: the running arm's realised cost holds (same task size, "
@@ -225,10 +237,12 @@ class MiroController(Controller):
     # ------------------------------------------------------------------ profiling
     def _budget(self) -> Optional[float]:
         """The task's profiling cap: a share of the whole stream's energy so far, less what profiling spent
-        in the tasks before (unspent allowance carries over; None before the first task's energy)."""
+        in the tasks before (unspent allowance carries over; None before the first task's energy); under a
+        user's energy budget also at most TASK_PROFILE_SHARE of what the task's training has left."""
         if not self._stream_j:
             return None
-        return max(0.0, self.budget_frac * self._stream_j - self._stream_profiling_j)
+        cap = max(0.0, self.budget_frac * self._stream_j - self._stream_profiling_j)
+        return cap if self._task_cap is None else min(cap, self._task_cap)
 
     def _predicted_j(self, kn: Knobs, n: int, t: int) -> Optional[float]:
         """Training joules of a task of ``n`` samples at these knobs: the arm's own last profile when

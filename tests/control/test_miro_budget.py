@@ -182,6 +182,10 @@ def test_miro_under_a_budget_keeps_each_task_in_it_and_sees_a_load_change_within
                                                       for t, e in realised.items()})
     assert any(e["event"] == "budget_guard" for e in events) == any(e["guard_tripped"] for e in realised.values())
     for d in decisions[1:]:  # a round profiles, or says why it need not, and then costs nothing
+        # its cap is at most a quarter of what the task's training had left before it (not the stream's
+        # cap alone, which after a halved budget could eat the whole task)
+        eb = d["energy_budget"]
+        assert d["budget_j"] <= 0.25 * (eb["remaining_j"] + d["profiling_energy_j"]) + 1e-9, d
         why = d["energy_budget"]["profiled_because"]
         if why is None:
             assert d["profiling_energy_j"] == 0 and not [c for c in d["candidates"] if not c.get("from_window")]
