@@ -14,16 +14,15 @@ import zlib
 
 import numpy as np
 
-from .streams import StreamError
-
 # type byte -> big-endian dtype of the payload
 TYPES = {0x08: np.dtype(">u1"), 0x09: np.dtype(">i1"), 0x0B: np.dtype(">i2"), 0x0C: np.dtype(">i4"),
          0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
 GZIP_MAGIC = b"\x1f\x8b"
 
 
-class IdxError(StreamError):
-    """An IDX file that is not one, or not whole: the message names the file and what is wrong."""
+class IdxError(ValueError):
+    """An IDX file that is not one, or not whole: the message names the file and what is wrong (a stream
+    reading it reports it as its StreamError)."""
 
 
 def read_idx(path: str) -> np.ndarray:

@@ -1,6 +1,8 @@
 """The IDX reader (engine/idx.py): round trips of real files, plain and gzipped, and every way a file can
 be wrong refused by name -- never read as fewer or more samples."""
 import gzip
+import os
+import shutil
 
 import numpy as np
 import pytest
@@ -52,7 +54,6 @@ def test_a_wrong_file_is_refused_naming_it_and_what_is_wrong(tmp_path, raw, says
     with pytest.raises(IdxError) as e:
         read_idx(str(p))
     assert str(p) in str(e.value) and says in str(e.value)
-    assert isinstance(e.value, StreamError)  # the stream layer's own error: the CLI reports it as such
 
 
 def test_a_broken_gzip_and_a_missing_file_are_refused(tmp_path):
@@ -69,3 +70,73 @@ def test_writing_refuses_what_idx_cannot_hold(tmp_path):
         write_idx(str(tmp_path / "x"), np.zeros(3, dtype=np.uint16))
     with pytest.raises(IdxError, match="1 to 255 dimensions"):
         write_idx(str(tmp_path / "x"), np.array(5, dtype=np.uint8))
+
+
+# ---------------------------------------------------------------------------------------------- the streams
+from miro_runtime.engine import streams  # noqa: E402
+from miro_runtime.engine.streams import FASHION_DIR, fashion_mnist, make_stream  # noqa: E402
+
+
+def fixture_dir(root, per_class=(6, 2), raw=False, compress=True):
+    """Fashion-MNIST's four IDX files, small (4x3 images), each image stamped with its class: a real
+    directory of real files, as Debian or torchvision lays them out."""
+    d = root / ("FashionMNIST/raw" if raw else "fm")
+    d.mkdir(parents=True)
+    for (images, labels), n in zip(streams.FASHION_FILES.values(), per_class):
+        y = np.repeat(np.arange(10, dtype=np.uint8), n)
+        x = np.repeat(y[:, None, None], 4, axis=1).repeat(3, axis=2) * 20
+        ext = ".gz" if compress else ""
+        write_idx(str(d / (images + ext)), x, compress=compress)
+        write_idx(str(d / (labels + ext)), y, compress=compress)
+    return root if raw else d
+
+
+def test_split_fashion_mnist_is_the_standard_protocol_on_the_official_split(tmp_path):
+    st = make_stream("split-fashion-mnist", data_dir=str(fixture_dir(tmp_path)))
+    assert st.name == "split-fashion-mnist" and len(st.tasks) == 5 and tuple(st.shape) == (1, 4, 3)
+    assert st.info["class_order"] == list(range(10))  # seed 0: classes 0..9 in order, two a task
+    assert [len(y) for _, y in st.train] == [12] * 5 and [len(y) for _, y in st.test] == [4] * 5  # 60k / 10k
+    for (x, y), spec in zip(st.train, st.tasks):  # each image still carries its own class's stamp
+        assert sorted(set(y.tolist())) == spec.classes
+        assert (x[:, 0, 0, 0] == 20 * np.asarray(st.info["class_order"])[y]).all()
+    seeded = fashion_mnist(str(fixture_dir(tmp_path / "b")), 5, seed=3, split=True)
+    assert seeded.info["class_order"] == np.random.default_rng(3).permutation(10).tolist()  # as split-digits
+    with pytest.raises(StreamError, match="standard protocol of 5 tasks.*--tasks 4"):
+        make_stream("split-fashion-mnist", tasks=4, data_dir=str(fixture_dir(tmp_path / "c")))
+    assert len(make_stream("fashion-mnist", tasks=10, data_dir=str(fixture_dir(tmp_path / "d"))).tasks) == 10
+
+
+def test_torchvisions_raw_layout_and_plain_files_read_too(tmp_path):
+    st = make_stream("fashion-mnist", data_dir=str(fixture_dir(tmp_path, raw=True, compress=False)))
+    assert sum(len(y) for _, y in st.train) == 60 and all(f.endswith("ubyte") for f in st.info["files"])
+
+
+def test_missing_or_wrong_files_are_refused_by_name(tmp_path, monkeypatch):
+    monkeypatch.setattr(streams, "FASHION_DIR", str(tmp_path / "none"))
+    with pytest.raises(StreamError, match=r"no IDX files train-images-idx3-ubyte.*apt-get install "
+                                          r"dataset-fashion-mnist.*--data-dir"):
+        make_stream("split-fashion-mnist")
+    d = fixture_dir(tmp_path)
+    write_idx(str(d / "t10k-labels-idx1-ubyte.gz"), np.full(20, 12, dtype=np.uint8), compress=True)
+    with pytest.raises(StreamError, match=r"t10k-labels-idx1-ubyte.gz holds labels outside 0..9 \(12..12\)"):
+        make_stream("fashion-mnist", data_dir=str(d))
+    (d / "t10k-labels-idx1-ubyte.gz").write_bytes(gzip.compress(b"\x00\x00\x08\x01" + (20).to_bytes(4, "big")))
+    with pytest.raises(StreamError, match=r"fashion-mnist: .*t10k-labels-idx1-ubyte.gz: cut short"):
+        make_stream("fashion-mnist", data_dir=str(d))  # the reader's refusal, as the stream's own error
+    write_idx(str(d / "t10k-labels-idx1-ubyte.gz"), np.zeros(19, dtype=np.uint8), compress=True)
+    with pytest.raises(StreamError, match=r"not images \(N, H, W\) uint8 with N labels"):
+        make_stream("fashion-mnist", data_dir=str(d))
+
+
+def test_debians_dataset_reads_as_fashion_mnist():
+    """The real files, where the install step (.ci/run: apt-get install dataset-fashion-mnist) put them:
+    a CI without them fails here rather than skip past a missing install step."""
+    if not os.path.isfile(os.path.join(FASHION_DIR, "train-images-idx3-ubyte.gz")):
+        if os.environ.get("CI") and shutil.which("apt-get"):
+            pytest.fail(f"no Fashion-MNIST in {FASHION_DIR}: .ci/run's apt-get install dataset-fashion-mnist")
+        pytest.skip(f"Debian's dataset-fashion-mnist is not installed here ({FASHION_DIR})")
+    st = make_stream("split-fashion-mnist")
+    assert tuple(st.shape) == (1, 28, 28)
+    assert [len(y) for _, y in st.train] == [12000] * 5 and [len(y) for _, y in st.test] == [2000] * 5
+    x, _ = st.train[0]
+    assert x.dtype == np.uint8 and 0 < x.mean() < 255
