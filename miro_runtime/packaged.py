@@ -6,6 +6,9 @@ Standard library only: the engine (backbones) and the KV path (decoders) both re
 from __future__ import annotations
 
 import base64
+import functools
+import hashlib
+import os
 from importlib import metadata
 from typing import Optional
 
@@ -48,3 +51,29 @@ def recorded_sha256(dist: str, suffix: str) -> Optional[str]:
             raw = f.hash.value + "=" * (-len(f.hash.value) % 4)
             return base64.urlsafe_b64decode(raw).hex()
     return None
+
+
+@functools.lru_cache(maxsize=16)
+def _sha256(path: str, size: int, mtime_ns: int) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def file_sha256(path: str) -> str:
+    """The file's SHA-256 (hex), computed once per process for a file unchanged on disk."""
+    st = os.stat(path)
+    return _sha256(os.path.abspath(path), st.st_size, st.st_mtime_ns)
+
+
+def verified_file(dist: str, suffix: str, install: str) -> str:
+    """``package_file``, checked against the digest pip recorded when it installed the file: a file
+    changed or cut short on disk is refused, with the line that reinstalls it."""
+    path = package_file(dist, suffix, install)
+    want = recorded_sha256(dist, suffix)
+    if want is not None and file_sha256(path) != want:
+        raise AssetMissing(f"{path} does not match the SHA-256 {dist} recorded when it was installed (changed or "
+                           f"damaged on disk); reinstall it: {install}")
+    return path

