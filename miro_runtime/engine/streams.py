@@ -477,21 +477,24 @@ def make_stream(name: str, tasks: Optional[int] = None, seed: int = 0, data_dir:
     raise StreamError(f"unknown stream {name!r}; choose one of {', '.join(STREAMS)}")
 
 
-def limit_per_class(stream: Stream, n: int) -> Stream:
-    """Keep at most ``n`` training samples per class (test sets whole). Which ones is fixed by the images
-    themselves (the n lowest CRC-32s of each class's pixels), never by the run's seed, so runs that differ
-    only in seed train on the same subset; arrival order within a task is kept."""
-    if n < 1:
-        raise StreamError(f"--train-per-class must be >= 1, got {n}")
-    train = []
-    for x, y in stream.train:
+def limit_per_class(stream: Stream, n: int, test: Optional[int] = None) -> Stream:
+    """Keep at most ``n`` training samples per class (and ``test`` test samples, when given; test sets stay
+    whole otherwise). Which ones is fixed by the images themselves (the lowest CRC-32s of each class's
+    pixels), never by the run's seed, so runs that differ only in seed use the same subset; arrival order
+    within a task is kept."""
+    if n < 1 or (test is not None and test < 1):
+        raise StreamError(f"--train-per-class must be >= 1, got {n if n < 1 else test}")
+
+    def cut(x, y, k):
         key = np.fromiter((zlib.crc32(img.tobytes()) for img in x), dtype=np.int64, count=len(y))
         keep = np.zeros(len(y), dtype=bool)
         for c in np.unique(y):
             idx = np.nonzero(y == c)[0]
-            keep[idx[np.argsort(key[idx], kind="stable")[:n]]] = True
-        train.append((x[keep], y[keep]))
-    return dataclasses.replace(stream, train=train, info={**stream.info, "train_per_class": n})
+            keep[idx[np.argsort(key[idx], kind="stable")[:k]]] = True
+        return x[keep], y[keep]
+    info = {**stream.info, "train_per_class": n, **({"test_per_class": test} if test else {})}
+    return dataclasses.replace(stream, train=[cut(x, y, n) for x, y in stream.train], info=info,
+                               test=[cut(x, y, test) for x, y in stream.test] if test else stream.test)
 
 
 def select_classes(stream: Stream, classes: list, tasks: Optional[int] = None) -> Stream:
