@@ -128,3 +128,16 @@ def test_the_transformers_adapter_on_the_cache_dir_gives_the_same_tokens(cache_r
     r = miro("kv", "generate", "--model", d, "--prompt", PROMPT, "--max-new-tokens", "8", "--json")
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["tokens"] == full["tokens"]
+
+
+def test_the_daemons_kv_service_serves_it(cache_root, full, tmp_path):
+    from miro_runtime.kv.service import KVService, KVShare
+    assert KVService(str(tmp_path / "d"), KVShare()).model_cache == str(tmp_path / "d" / "models")  # mirod's default
+    svc = KVService(str(tmp_path / "kv"), KVShare(model="smollm2-135m", ram_bytes=1 << 20), model_cache=cache_root)
+    try:
+        res = svc.generate(PROMPT, max_new_tokens=8)
+        st = svc.status()
+    finally:
+        svc.close()
+    assert res["tokens"] == full["tokens"] and st["model_note"].startswith("SmolLM2-135M-Instruct (Apache-2.0)")
+    assert not os.path.exists(tmp_path / "kv" / "models")  # the cache given was used, nothing dequantised again
