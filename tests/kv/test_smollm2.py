@@ -141,3 +141,12 @@ def test_the_daemons_kv_service_serves_it(cache_root, full, tmp_path):
         svc.close()
     assert res["tokens"] == full["tokens"] and st["model_note"].startswith("SmolLM2-135M-Instruct (Apache-2.0)")
     assert not os.path.exists(tmp_path / "kv" / "models")  # the cache given was used, nothing dequantised again
+
+
+def test_miro_kv_prepare_prints_the_cache_dir_and_reuses_it(cache_root):
+    (d,) = [os.path.join(cache_root, n) for n in os.listdir(cache_root) if not n.startswith(".")]
+    before = os.stat(os.path.join(d, "model.safetensors")).st_mtime_ns
+    r = miro("kv", "prepare", "--model", "smollm2-135m", "--model-cache", cache_root, "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout) == {"model": "smollm2-135m", "dir": d}
+    assert os.stat(os.path.join(d, "model.safetensors")).st_mtime_ns == before  # read, not dequantised again
