@@ -8,13 +8,13 @@ import os
 import statistics
 import tempfile
 import time
-from functools import partial
 from typing import Optional
 
 import torch
 
 from .cache import TieredKVCache
-from .llama import Llama, LlamaConfig, rope
+from .decoder import Decoder
+from .llama import Llama, LlamaConfig
 from .names import BUILTIN_MODELS, BYTE_TOKENS, PRETRAINED_MODELS, RANDOM_INIT
 from .planner import LayerCost, Replanner
 from .policies import make_policy
@@ -30,35 +30,20 @@ KV_SYNC = "nosync"
 REPLAN_EVERY = 16  # decode steps between placement solves (a solve takes well under a millisecond)
 
 
-class Builtin:
+class Builtin(Decoder):
     """The built-in decoder: bytes are its tokens; keys reach the cache before RoPE (any policy)."""
 
     def __init__(self, name: str, seed: int):
         torch.manual_seed(seed)  # random weights: the mechanics, not the text, are what it shows
-        self.model = Llama(BUILTIN[name]).eval()
+        self._hold(Llama(BUILTIN[name]).eval())
         self.described = f"{name} (random init, seed {seed})"  # its identity in prefix keys: keep it stable
         self.note, self.tokenizer = RANDOM_INIT, BYTE_TOKENS
-        c = self.model.cfg
-        self.n_layers, self.n_kv_heads, self.head_dim = c.n_layers, c.n_kv_heads, c.head_dim
-        self.rope = partial(rope, theta=c.rope_theta)
 
     def encode(self, prompt: bytes) -> list:
         return list(prompt)
 
     def decode(self, tokens: list) -> str:
         return bytes(t for t in tokens if t < 256).decode("utf-8", "replace")
-
-    def make_cache(self, **kw) -> TieredKVCache:
-        return TieredKVCache(self.n_layers, self.n_kv_heads, self.head_dim, rope=self.rope, **kw)
-
-    def tiered(self, cache) -> TieredKVCache:  # what make_cache returned is the tiered cache itself
-        return cache
-
-    def feed(self, cache, layer: int, K, V) -> None:  # stored prefix blocks into the cache
-        cache.update(layer, K, V)
-
-    def forward(self, ids, start: int, cache):  # -> (1, 1, V): callers read the last position's logits only
-        return self.model(ids, start, cache, last_only=True)
 
 
 class HFModel:

@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import json
 import os
-from functools import partial
 from typing import Optional
 
 from miro_runtime.packaged import package_file, recorded_sha256
 
-from .generate import Builtin
-from .llama import Llama, LlamaConfig, from_hf_names, rope
+from .decoder import Decoder
+from .llama import Llama, LlamaConfig, from_hf_names
 from .names import PRETRAINED_MODELS, PRETRAINED_NOTES
 
 # name -> (distribution, file suffix, its install line, what the file holds)
@@ -58,7 +57,7 @@ def config_from_hf(c: dict) -> LlamaConfig:
     return cfg
 
 
-class Pretrained(Builtin):
+class Pretrained(Decoder):
     """A cache dir's weights in the built-in decoder, with the model's own tokenizer. Keys reach the
     cache before RoPE, so every policy (lossy ones included) works, as on the built-in model."""
 
@@ -70,15 +69,13 @@ class Pretrained(Builtin):
         with open(os.path.join(cache_dir, "miro-source.json")) as f:
             src = json.load(f)
         state = from_hf_names(load_file(os.path.join(cache_dir, "model.safetensors")), cfg)
-        self.model = Llama.from_state_dict(cfg, state)
+        self._hold(Llama.from_state_dict(cfg, state))
         self.tok = Tokenizer.from_file(os.path.join(cache_dir, "tokenizer.json"))
         self.cache_dir, self.sha256 = cache_dir, src["sha256"]
         # its identity in prefix keys: another file (another digest) must not reuse these prefixes
         self.described = f"{name} ({title + ', ' if title else ''}{src['sha256'][:12]})"
         self.note = note
         self.tokenizer = "the model's own byte-level BPE, read from its GGUF file (no BOS token added)"
-        self.n_layers, self.n_kv_heads, self.head_dim = cfg.n_layers, cfg.n_kv_heads, cfg.head_dim
-        self.rope = partial(rope, theta=cfg.rope_theta)
 
     def encode(self, prompt: bytes) -> list:
         return self.tok.encode(prompt.decode("utf-8", "replace")).ids
