@@ -8,7 +8,7 @@ TOKENIZERS_INSTALL = "pip install 'miro-runtime[gguf]'"
 CONTROL = 3  # tokenizer.ggml.token_type of a control token (<|im_start|> ...): llama.cpp's LLAMA_TOKEN_TYPE_CONTROL
 
 
-def _pre_tokenizer(pre: str):
+def _pre_tokenizer(pre):
     """The pre-tokenizer llama.cpp names ``pre``. Only the ones written here are known: a guess would
     split text differently from training and degrade every answer silently."""
     from tokenizers import pre_tokenizers as pt
@@ -16,8 +16,9 @@ def _pre_tokenizer(pre: str):
         # llama.cpp's smollm regexes: every digit alone (\p{N}), then GPT-2's byte-level pattern
         return pt.Sequence([pt.Digits(individual_digits=True),
                             pt.ByteLevel(add_prefix_space=False, use_regex=True)])
-    if pre in ("gpt2", "default"):
+    if pre == "gpt2":  # GPT-2's own pattern, which tokenizers' ByteLevel regex is
         return pt.ByteLevel(add_prefix_space=False, use_regex=True)
+    # None: llama.cpp then uses its "default" rules, which are not GPT-2's either
     raise ValueError(f"tokenizer.ggml.pre {pre!r}: a pre-tokenizer this loader does not know (smollm, gpt2); "
                      "its splitting rules would have to be written here first")
 
@@ -47,7 +48,7 @@ def tokenizer_from_gguf(meta: dict):
             raise ValueError(f"tokenizer.ggml.merges entry {m!r} is not two symbols whose merge is in the vocabulary")
         merges.append((pair[0], pair[1]))
     tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, fuse_unk=False, byte_fallback=False))
-    tok.pre_tokenizer = _pre_tokenizer(meta.get("tokenizer.ggml.pre", "default"))
+    tok.pre_tokenizer = _pre_tokenizer(meta.get("tokenizer.ggml.pre"))
     tok.decoder = decoders.ByteLevel()
     # control tokens are matched whole before BPE runs, so "<|im_start|>" in a prompt is one id
     tok.add_special_tokens([AddedToken(t, special=True, normalized=False)

@@ -205,6 +205,7 @@ def build_cache(gguf_path: str, root: str, name: str, expected_sha256: Optional[
         tmp = tempfile.mkdtemp(prefix=f".{name}-", dir=root)
         try:
             _write(gguf_path, tmp, sha, source or {})
+            os.chmod(tmp, 0o755)  # mkdtemp made it private; the model is no secret (mirod may read a user's cache)
             if os.path.exists(d):  # an incomplete or older-format dir: replaced whole
                 shutil.rmtree(d)
             os.rename(tmp, d)
