@@ -7,6 +7,7 @@ transformers adapter from the cache dir. One dequantised cache in tmp serves the
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -42,7 +43,9 @@ PROMPT = "The capital of France is"
 def cache_root(tmp_path_factory):
     root = str(tmp_path_factory.mktemp("models"))
     prepare("smollm2-135m", root)  # dequantised once for the whole file
-    return root
+    yield root
+    # 540 MB: pytest keeps its last three base temp dirs, and three of these would fill a small CI disk
+    shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
