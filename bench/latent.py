@@ -197,8 +197,8 @@ def render(res: dict) -> str:
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--seeds", type=int, default=5)
-    ap.add_argument("--per-class", type=int, default=200, help="training images per class")
-    ap.add_argument("--test-per-class", type=int, default=200, help="test images per class")
+    ap.add_argument("--per-class", type=int, default=100, help="training images per class")
+    ap.add_argument("--test-per-class", type=int, default=100, help="test images per class")
     ap.add_argument("--blocks", type=int, default=6)
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--smoke", action="store_true", help="1 seed, 20 images per class: checks the code runs")

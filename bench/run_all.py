@@ -20,6 +20,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 BENCHES = [("storage", "Tiered store (`bench/storage.py`)"),
            ("cl", "Continual learning with CarM (`bench/cl.py`)"),
+           ("latent", "Real data: split Fashion-MNIST, the SmallCNN and EfficientNet-Lite0 with latent replay "
+                      "(`bench/latent.py`)"),
            ("miro", "Miro: energy-aware reconfiguration (`bench/miro.py`)"),
            ("miro_v2", "Miro v2: a budget, changing conditions, adapting (`bench/miro_v2.py`)"),
            ("daemon", "mirod: socket ingest while training, latency, CLI cost (`bench/daemon.py`)"),
