@@ -26,6 +26,7 @@ BENCHES = [("storage", "Tiered store (`bench/storage.py`)"),
            ("miro_v2", "Miro v2: a budget, changing conditions, adapting (`bench/miro_v2.py`)"),
            ("daemon", "mirod: socket ingest while training, latency, CLI cost (`bench/daemon.py`)"),
            ("rep", "REP: prompt learning made cheap (`bench/rep.py`)"),
+           ("rep_fmnist", "REP on a real dataset: split Fashion-MNIST (`bench/rep_fmnist.py`)"),
            ("kv", "KV-cache path on the tiers (`bench/kv.py`)"),
            ("layers", "Control commands before and after the layers split (`bench/layers.py`)"),
            ("gpu", "The GPU path: CUDA training and NVML energy on an NVIDIA H200 (`bench/gpu.py`)")]
