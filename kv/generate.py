@@ -8,14 +8,14 @@ import os
 import statistics
 import tempfile
 import time
-from functools import partial
 from typing import Optional
 
 import torch
 
 from .cache import TieredKVCache
-from .llama import Llama, LlamaConfig, rope
-from .names import BUILTIN_MODELS, BYTE_TOKENS, RANDOM_INIT
+from .decoder import Decoder
+from .llama import Llama, LlamaConfig
+from .names import BUILTIN_MODELS, BYTE_TOKENS, PRETRAINED_MODELS, RANDOM_INIT
 from .planner import LayerCost, Replanner
 from .policies import make_policy
 from .prefix import PrefixStore
@@ -30,35 +30,20 @@ KV_SYNC = "nosync"
 REPLAN_EVERY = 16  # decode steps between placement solves (a solve takes well under a millisecond)
 
 
-class Builtin:
+class Builtin(Decoder):
     """The built-in decoder: bytes are its tokens; keys reach the cache before RoPE (any policy)."""
 
     def __init__(self, name: str, seed: int):
         torch.manual_seed(seed)  # random weights: the mechanics, not the text, are what it shows
-        self.model = Llama(BUILTIN[name]).eval()
+        self._hold(Llama(BUILTIN[name]).eval())
         self.described = f"{name} (random init, seed {seed})"  # its identity in prefix keys: keep it stable
         self.note, self.tokenizer = RANDOM_INIT, BYTE_TOKENS
-        c = self.model.cfg
-        self.n_layers, self.n_kv_heads, self.head_dim = c.n_layers, c.n_kv_heads, c.head_dim
-        self.rope = partial(rope, theta=c.rope_theta)
 
     def encode(self, prompt: bytes) -> list:
         return list(prompt)
 
     def decode(self, tokens: list) -> str:
         return bytes(t for t in tokens if t < 256).decode("utf-8", "replace")
-
-    def make_cache(self, **kw) -> TieredKVCache:
-        return TieredKVCache(self.n_layers, self.n_kv_heads, self.head_dim, rope=self.rope, **kw)
-
-    def tiered(self, cache) -> TieredKVCache:  # what make_cache returned is the tiered cache itself
-        return cache
-
-    def feed(self, cache, layer: int, K, V) -> None:  # stored prefix blocks into the cache
-        cache.update(layer, K, V)
-
-    def forward(self, ids, start: int, cache):
-        return self.model(ids, start, cache)
 
 
 class HFModel:
@@ -102,12 +87,22 @@ class HFModel:
             import inspect
             self._cache_arg = "cache" if "cache" in inspect.signature(self.model.forward).parameters \
                 else "past_key_values"
-        return self.model(input_ids=ids, use_cache=True, **{self._cache_arg: cache}).logits
+        # logits_to_keep=1: the last position's logits only, as the built-in path (a long prefill's are huge)
+        return self.model(input_ids=ids, use_cache=True, logits_to_keep=1, **{self._cache_arg: cache}).logits
 
 
-def load_model(name: str, seed: int = 0):
+def load_model(name: str, seed: int = 0, cache_root: Optional[str] = None):
+    """``name``: a built-in model, a pretrained one (dequantised into ``cache_root`` on first use), or a
+    local transformers model directory."""
     if name in BUILTIN:
         return Builtin(name, seed)
+    if name in PRETRAINED_MODELS:
+        from miro_runtime.packaged import AssetMissing
+        try:
+            from .pretrained import load_pretrained
+            return load_pretrained(name, cache_root)
+        except (ImportError, AssetMissing) as e:  # says which package and the pip line
+            raise ValueError(f"--model {name}: {e}") from None
     if os.path.isdir(name):
         try:
             import transformers  # noqa: F401
@@ -119,8 +114,8 @@ def load_model(name: str, seed: int = 0):
         except OSError as e:  # transformers says what is missing or unreadable; a path, not a disk, problem
             why = " ".join(str(e).split()).rstrip(".")
             raise ValueError(f"--model {name}: {why}; give a directory that transformers can load") from None
-    raise ValueError(f"--model {name}: not a built-in model nor a local directory; give "
-                     f"{' or '.join(BUILTIN)} or the directory of a transformers model")
+    raise ValueError(f"--model {name}: not a built-in or pretrained model nor a local directory; give "
+                     f"{', '.join(BUILTIN_MODELS + PRETRAINED_MODELS)} or the directory of a transformers model")
 
 
 def measure_fetch(tier, ns: str, block_bytes: int, n: int = 5) -> float:
@@ -140,17 +135,18 @@ def measure_fetch(tier, ns: str, block_bytes: int, n: int = 5) -> float:
 def run_generate(model_name: str, prompt: bytes, max_new_tokens: int, policy: str = "full",
                  hot_budget: int = 0, cold_dir: str = "", block_tokens: int = 16, seed: int = 0,
                  store_dir: str = "", prefix_cap: Optional[int] = None, tier=None, model=None,
-                 reuse_prefixes: bool = False, policy_opts: Optional[dict] = None) -> dict:
+                 reuse_prefixes: bool = False, policy_opts: Optional[dict] = None,
+                 model_cache: Optional[str] = None) -> dict:
     """``store_dir``: a persistent LMDB directory for cold layers and reusable prompt prefixes.
     A long-lived caller (the daemon) passes its own open ``tier`` and loaded ``model`` instead;
     ``reuse_prefixes`` then keeps prefixes in that tier, and this generation's cold blocks are
-    deleted from it afterwards."""
+    deleted from it afterwards. ``model_cache``: where a pretrained model's dequantised cache dir lies."""
     if max_new_tokens < 1:
         raise ValueError(f"--max-new-tokens {max_new_tokens}: at least 1 token is generated; give 1 or more")
     if not prompt:
         raise ValueError("the prompt is empty; give at least one character")
     pol = make_policy(policy, **(policy_opts or {}))  # bad options named before anything is loaded
-    model = model or load_model(model_name, seed)
+    model = model or load_model(model_name, seed, model_cache)
     described, c = model.described, model
     owned_tier = tier is None
     ids = torch.tensor([model.encode(prompt)], dtype=torch.long)  # (1, T)

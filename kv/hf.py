@@ -14,6 +14,7 @@ import torch
 from transformers.cache_utils import Cache, CacheLayerMixin
 
 from .cache import TieredKVCache
+from .llama import hf_config, to_hf_names
 
 
 class TieredLayer(CacheLayerMixin):
@@ -103,28 +104,9 @@ def to_hf(model, path: str) -> None:
     from transformers import LlamaConfig as HFConfig
     from transformers import LlamaForCausalLM
     c = model.cfg
-    hf = LlamaForCausalLM(HFConfig(vocab_size=c.vocab_size, hidden_size=c.dim, intermediate_size=c.hidden_dim,
-                                   num_hidden_layers=c.n_layers, num_attention_heads=c.n_heads,
-                                   num_key_value_heads=c.n_kv_heads, rms_norm_eps=c.norm_eps,
-                                   rope_parameters={"rope_type": "default", "rope_theta": c.rope_theta},
-                                   max_position_embeddings=1 << 16, tie_word_embeddings=False,
-                                   attention_bias=False, mlp_bias=False))
-    hd = c.head_dim
-    perm = torch.cat([torch.arange(0, hd, 2), torch.arange(1, hd, 2)])  # pair (2i, 2i+1) -> (i, i + hd/2)
-
-    def rows(w, heads):  # (heads * hd, D): permute each head's rows
-        return w.view(heads, hd, -1)[:, perm].reshape(heads * hd, -1)
-    sd = {"model.embed_tokens.weight": model.embed.weight, "model.norm.weight": model.norm.weight,
-          "lm_head.weight": model.out.weight}
-    for i, b in enumerate(model.layers):
-        p = f"model.layers.{i}."
-        sd.update({p + "input_layernorm.weight": b.attn_norm.weight, p + "post_attention_layernorm.weight":
-                   b.mlp_norm.weight, p + "self_attn.q_proj.weight": rows(b.attn.wq.weight, c.n_heads),
-                   p + "self_attn.k_proj.weight": rows(b.attn.wk.weight, c.n_kv_heads),
-                   p + "self_attn.v_proj.weight": b.attn.wv.weight, p + "self_attn.o_proj.weight": b.attn.wo.weight,
-                   p + "mlp.gate_proj.weight": b.w1.weight, p + "mlp.up_proj.weight": b.w3.weight,
-                   p + "mlp.down_proj.weight": b.w2.weight})
+    hf = LlamaForCausalLM(HFConfig(**hf_config(c)))
+    sd = to_hf_names(model.state_dict(), c)
     missing, unexpected = hf.load_state_dict({k: v.detach().clone() for k, v in sd.items()}, strict=False)
-    if unexpected or [m for m in missing if "rotary" not in m]:
+    if unexpected or [m for m in missing if "rotary" not in m and not (c.tie_embeddings and m == "lm_head.weight")]:
         raise RuntimeError(f"built-in -> transformers mapping is off: missing {missing}, unexpected {unexpected}")
     hf.save_pretrained(path)

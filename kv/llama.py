@@ -24,6 +24,7 @@ class LlamaConfig:
     hidden_dim: int = 344  # SwiGLU width (about 8/3 * dim)
     rope_theta: float = 10000.0
     norm_eps: float = 1e-5
+    tie_embeddings: bool = False  # the output layer is the token embedding (SmolLM2); no weights of its own
 
     @property
     def head_dim(self) -> int:
@@ -37,6 +38,21 @@ class RMSNorm(nn.Module):
 
     def forward(self, x):  # (..., D)
         return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
+
+
+def interleaved_to_half(w: torch.Tensor, heads: int, hd: int) -> torch.Tensor:
+    """Query/key rows from the interleaved RoPE layout (pairs (2i, 2i+1): this decoder's and GGUF's) to
+    transformers' rotate-half layout (pairs (i, i + hd/2)). w (heads * hd, D) -> the same shape."""
+    perm = torch.cat([torch.arange(0, hd, 2), torch.arange(1, hd, 2)])  # new row j <- old row perm[j]
+    return w.reshape(heads, hd, -1)[:, perm].reshape(heads * hd, -1)
+
+
+def half_to_interleaved(w: torch.Tensor, heads: int, hd: int) -> torch.Tensor:
+    """The inverse of ``interleaved_to_half``: rotate-half rows (transformers) back to interleaved pairs."""
+    perm = torch.cat([torch.arange(0, hd, 2), torch.arange(1, hd, 2)])
+    inv = torch.empty_like(perm)
+    inv[perm] = torch.arange(hd)  # old row perm[j] <- new row j
+    return w.reshape(heads, hd, -1)[:, inv].reshape(heads * hd, -1)
 
 
 def rope(x: torch.Tensor, pos: torch.Tensor, theta: float) -> torch.Tensor:
@@ -111,19 +127,35 @@ class Llama(nn.Module):
         self.embed = nn.Embedding(cfg.vocab_size, cfg.dim)
         self.layers = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layers))
         self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
-        self.out = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
+        # tied: the logits are read off the embedding matrix itself, so a state dict loaded with
+        # assign=True cannot leave a stale copy behind
+        self.out = None if cfg.tie_embeddings else nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
         for p in self.parameters():
             if p.ndim == 2:
                 nn.init.normal_(p, std=0.02 if p.shape[0] != cfg.vocab_size else 1.0 / math.sqrt(cfg.dim))
 
-    def forward(self, tokens: torch.Tensor, start: int = 0, cache=None) -> torch.Tensor:
-        """tokens (B, T) at absolute positions start..start+T-1 -> logits (B, T, V)."""
+    @classmethod
+    def from_state_dict(cls, cfg: LlamaConfig, state: dict) -> "Llama":
+        """A model holding ``state``'s tensors themselves (no copy), built on the meta device so that
+        no random weights are made first (135M parameters would be drawn for nothing). Strict: a
+        missing or unexpected name, or a wrong shape, is an error."""
+        with torch.device("meta"):
+            m = cls(cfg)
+        m.load_state_dict(state, strict=True, assign=True)
+        return m.eval()
+
+    def forward(self, tokens: torch.Tensor, start: int = 0, cache=None, last_only: bool = False) -> torch.Tensor:
+        """tokens (B, T) at absolute positions start..start+T-1 -> logits (B, T, V), or (B, 1, V) for
+        the last position only with ``last_only`` (a 4k-token prefill's full logits would be 800 MB)."""
         x = self.embed(tokens)  # (B, T, D)
         for i, blk in enumerate(self.layers):
             if cache is not None:
                 cache.before_layer(i)  # the cache prefetches layer i+1's cold blocks meanwhile
             x = blk(x, start, cache)
-        return self.out(self.norm(x))
+        if last_only:
+            x = x[:, -1:]  # (B, 1, D)
+        x = self.norm(x)
+        return F.linear(x, self.embed.weight) if self.out is None else self.out(x)  # (B, T or 1, V)
 
 
 @torch.no_grad()
@@ -131,7 +163,7 @@ def generate(model: Llama, prompt: torch.Tensor, max_new_tokens: int, cache=None
     """Greedy decoding. prompt (B, T) -> (B, max_new_tokens). Without a cache every step recomputes
     the whole sequence (the reference a cache must match)."""
     seq, out = prompt, []
-    logits = model(prompt, 0, cache)
+    logits = model(prompt, 0, cache, last_only=True)
     for i in range(max_new_tokens):
         nxt = logits[:, -1].argmax(-1, keepdim=True)  # (B, 1)
         out.append(nxt)
@@ -139,7 +171,66 @@ def generate(model: Llama, prompt: torch.Tensor, max_new_tokens: int, cache=None
             break  # the last token needs no forward pass of its own
         if cache is None:
             seq = torch.cat([seq, nxt], dim=1)
-            logits = model(seq, 0, None)
+            logits = model(seq, 0, None, last_only=True)
         else:
-            logits = model(nxt, cache.seen, cache)
+            logits = model(nxt, cache.seen, cache, last_only=True)
     return torch.cat(out, dim=1)
+
+
+# this decoder's per-layer parameter names and transformers' LlamaForCausalLM names for the same tensors
+HF_LAYER_NAMES = {"attn_norm.weight": "input_layernorm.weight", "mlp_norm.weight": "post_attention_layernorm.weight",
+                  "attn.wq.weight": "self_attn.q_proj.weight", "attn.wk.weight": "self_attn.k_proj.weight",
+                  "attn.wv.weight": "self_attn.v_proj.weight", "attn.wo.weight": "self_attn.o_proj.weight",
+                  "w1.weight": "mlp.gate_proj.weight", "w3.weight": "mlp.up_proj.weight",
+                  "w2.weight": "mlp.down_proj.weight"}
+HF_TOP_NAMES = {"embed.weight": "model.embed_tokens.weight", "norm.weight": "model.norm.weight",
+                "out.weight": "lm_head.weight"}
+
+
+def to_hf_names(state: dict, cfg: LlamaConfig) -> dict:
+    """This decoder's state dict as transformers' ``LlamaForCausalLM`` names and layout: the same tensors,
+    query/key rows permuted to rotate-half (no ``lm_head.weight`` when tied)."""
+    out = {}
+    for name, w in state.items():
+        if name in HF_TOP_NAMES:
+            out[HF_TOP_NAMES[name]] = w
+            continue
+        _, i, rest = name.split(".", 2)  # layers.<i>.<rest>
+        if rest == "attn.wq.weight":
+            w = interleaved_to_half(w, cfg.n_heads, cfg.head_dim)
+        elif rest == "attn.wk.weight":
+            w = interleaved_to_half(w, cfg.n_kv_heads, cfg.head_dim)
+        out[f"model.layers.{i}.{HF_LAYER_NAMES[rest]}"] = w
+    return out
+
+
+def from_hf_names(state: dict, cfg: LlamaConfig) -> dict:
+    """The inverse of ``to_hf_names``: a transformers Llama state dict as this decoder's names and its
+    interleaved RoPE layout. A name neither map knows is an error naming it."""
+    top = {v: k for k, v in HF_TOP_NAMES.items()}
+    layer = {v: k for k, v in HF_LAYER_NAMES.items()}
+    out = {}
+    for name, w in state.items():
+        if name in top:
+            out[top[name]] = w
+            continue
+        parts = name.split(".", 3)  # model.layers.<i>.<rest>
+        if len(parts) != 4 or parts[:2] != ["model", "layers"] or parts[3] not in layer:
+            raise ValueError(f"unexpected tensor {name!r}: not a Llama decoder weight this decoder knows")
+        rest = layer[parts[3]]
+        if rest == "attn.wq.weight":
+            w = half_to_interleaved(w, cfg.n_heads, cfg.head_dim)
+        elif rest == "attn.wk.weight":
+            w = half_to_interleaved(w, cfg.n_kv_heads, cfg.head_dim)
+        out[f"layers.{parts[2]}.{rest}"] = w
+    return out
+
+
+def hf_config(cfg: LlamaConfig, max_positions: int = 1 << 16) -> dict:
+    """The transformers ``LlamaConfig`` arguments describing this decoder (config.json's keys)."""
+    return {"vocab_size": cfg.vocab_size, "hidden_size": cfg.dim, "intermediate_size": cfg.hidden_dim,
+            "num_hidden_layers": cfg.n_layers, "num_attention_heads": cfg.n_heads,
+            "num_key_value_heads": cfg.n_kv_heads, "head_dim": cfg.head_dim, "rms_norm_eps": cfg.norm_eps,
+            "rope_parameters": {"rope_type": "default", "rope_theta": cfg.rope_theta},
+            "max_position_embeddings": max_positions, "tie_word_embeddings": cfg.tie_embeddings,
+            "attention_bias": False, "mlp_bias": False, "hidden_act": "silu"}

@@ -30,8 +30,11 @@ class KVShare:
 
 
 class KVService:
-    def __init__(self, root: str, share: KVShare):
+    def __init__(self, root: str, share: KVShare, model_cache: Optional[str] = None):
         self.root, self.share = root, share
+        # a pretrained model is dequantised beside the KV store (<state_dir>/kv/models): the daemon's state
+        # stays in one place and its user need not own a home cache directory
+        self.model_cache = model_cache or os.path.join(root, "models")
         self._tier, self._model, self._model_name = None, None, None
         self._lock = threading.Lock()  # one generation at a time: the RAM share is one budget
         self.counters = {"requests": 0, "errors": 0, "tokens": 0}
@@ -52,7 +55,8 @@ class KVService:
                 self.counters["stale_blocks_deleted"] = len(stale)
         if self._model is None or self._model_name != self.share.model:
             from .generate import load_model
-            self._model, self._model_name = load_model(self.share.model), self.share.model
+            self._model = load_model(self.share.model, cache_root=self.model_cache)
+            self._model_name = self.share.model
         return self._tier, self._model
 
     def check(self, prompt, max_new_tokens, policy, hot_budget) -> tuple:

@@ -7,11 +7,12 @@ from miro_runtime.kv.names import POLICIES as KV_POLICIES
 from miro_runtime.profilers.names import ENERGY_SOURCES
 from miro_runtime.storage.names import EVICTION_POLICIES, SYNC_MODES as _SYNC
 
-STREAMS = ("split-digits", "mnist", "fashion-mnist", "cifar10", "cifar100", "folder", "synthetic")
+STREAMS = ("split-digits", "split-fashion-mnist", "mnist", "fashion-mnist", "cifar10", "cifar100", "folder",
+           "synthetic")
 STRATEGIES = ("finetune", "joint", "er", "der", "carm", "carm-sync", "l2p", "dualprompt", "rep-l2p", "rep-dualprompt")
 PROMPT_STRATEGIES = ("l2p", "dualprompt", "rep-l2p", "rep-dualprompt")  # a frozen ViT from --backbone
 REPLAY = ("er", "der")  # the method CarM runs on top of
-MODELS = ("auto", "cnn", "resnet18")
+MODELS = ("auto", "cnn", "resnet18", "efficientnet-lite0")
 SYNC_MODES = tuple(_SYNC)
 MIRO_RULES = ("top-half-acc-per-joule", "acc-per-joule", "lowest-energy", "highest-accuracy", "zeus")
 MIRO_SEARCH = ("bandit", "grid")

@@ -147,8 +147,18 @@ class RunConfig:
     der_alpha: float = field(default=0.3, metadata=about("DER: weight of the replayed logits' loss."))
     der_beta: float = field(default=0.5, metadata=about("DER: weight of the replayed labels' loss."))
     model: str = field(default="auto", metadata=about("The network the non-prompt strategies train", metavar="NAME"))
+    freeze_blocks: Optional[int] = field(default=None, metadata=about(
+        "efficientnet-lite0: pretrained blocks kept frozen, 0-16 (default 11, through stage 5; 0 trains it all)."))
+    input_size: int = field(default=0, metadata=about(
+        "efficientnet-lite0: images are resized to this side in pixels (0: 112)."))
+    latent_replay: bool = field(default=False, metadata=about(
+        "Store and replay the frozen blocks' output (latents), not images: a step trains only the blocks above."))
+    drop_raw: bool = field(default=False, metadata=about(
+        "With --latent-replay: keep only the latents in the flash tier, not the raw samples beside them."))
     tasks: Optional[int] = field(default=None, metadata=about("Number of tasks (default: 5; 10 for cifar100)."))
     seed: int = field(default=0, metadata=about("Random seed."))
+    train_per_class: Optional[int] = field(default=None, metadata=about(
+        "Keep at most N training samples per class (the same N for every seed; test sets whole).", metavar="N"))
     data_dir: Optional[str] = field(default=None, metadata=about(
         "Local dataset directory (torchvision or folder streams).", metavar="DIR"))
     download: bool = field(default=False, metadata=about("Let torchvision download the dataset into --data-dir."))
@@ -243,6 +253,25 @@ class RunConfig:
                 parse_classes(self.classes)
             except ValueError as e:
                 bad("classes", str(e))
+        if self.freeze_blocks is not None and not 0 <= self.freeze_blocks <= 16:
+            bad("freeze_blocks", f"must lie in 0..16 (efficientnet-lite0's blocks), got {self.freeze_blocks}")
+        if (self.freeze_blocks is not None or self.input_size) and self.model != "efficientnet-lite0":
+            bad("freeze_blocks" if self.freeze_blocks is not None else "input_size",
+                f"only --model efficientnet-lite0 has pretrained blocks to freeze and resize for, not {self.model}")
+        if self.input_size and not 32 <= self.input_size <= 1024:
+            bad("input_size", f"must lie in 32..1024 pixels (or 0: 112), got {self.input_size}")
+        if self.latent_replay:
+            if self.model != "efficientnet-lite0" or self.freeze_blocks == 0:
+                bad("latent_replay", "replays the output of frozen pretrained blocks: needs --model efficientnet-lite0 "
+                                     "with --freeze-blocks >= 1")
+            if self.strategy in PROMPT_STRATEGIES:
+                bad("latent_replay", f"--strategy {self.strategy} prompts a ViT of its own; latent replay is for "
+                                     "the replay strategies")
+            if self.miro:
+                bad("latent_replay", "Miro's profiles train on raw samples; --miro with latent replay is not "
+                                     "supported yet")
+        elif self.drop_raw:
+            bad("drop_raw", "only latent replay stores something in place of the raw samples")
         if self.memory < 0:
             bad("memory", f"memory must be >= 0 samples, got {self.memory}")
         if self.flash_budget is not None and self.flash_budget < 1:
@@ -276,6 +305,8 @@ class RunConfig:
             bad("batch_size", f"batch size must be >= 1, got {self.batch_size}")
         if self.lr <= 0:
             bad("lr", f"learning rate must be > 0, got {self.lr}")
+        if self.train_per_class is not None and self.train_per_class < 1:
+            bad("train_per_class", f"must be >= 1 (or left out: every sample), got {self.train_per_class}")
         if self.tasks is not None and self.tasks < 1:
             bad("tasks", f"must be >= 1 (or left out for the stream's default), got {self.tasks}")
         if self.checkpoint_every < 0:

@@ -8,7 +8,7 @@ _LAZY = {
     "codec": ("Record", "encode_record", "decode_record", "encode_blob", "decode_blob"),
     "errors": ("StoreError", "BadRecordError", "BudgetError", "CorruptRecordError", "DamagedStoreError", "ForkError",
                "SchemaTooNewError"),
-    "flash": ("FlashTier", "SampleSpec", "PutResult", "SCHEMA_VERSION", "SYNC_MODES", "POLICIES"),
+    "flash": ("FlashTier", "SampleSpec", "PutResult", "NsBatch", "SCHEMA_VERSION", "SYNC_MODES", "POLICIES"),
     "ram": ("RamTier",),
     "swap": ("SwapEngine",),
     "tier": ("RamBlobTier", "Tier"),

@@ -24,7 +24,7 @@ import queue
 import threading
 from concurrent.futures import Future
 from dataclasses import asdict, dataclass
-from typing import Callable, Optional, Sequence
+from typing import Callable, NamedTuple, Optional, Sequence
 
 import lmdb
 import numpy as np
@@ -85,6 +85,17 @@ class PutResult:
     ids: np.ndarray  # id given to each input sample, in input order
     stored: np.ndarray  # bool: False where the policy dropped the new sample at once
     evicted: int = 0  # older samples removed to make room
+
+
+class NsBatch(NamedTuple):
+    """One namespace's part of ``FlashTier.put_batches``: the arguments ``put_batch`` takes."""
+
+    ns: str
+    arrays: Sequence[np.ndarray]
+    labels: Sequence[int]
+    tasks: Sequence[int]
+    aux: Optional[Sequence[np.ndarray]] = None
+    timestamps: Optional[Sequence[float]] = None
 
 
 class ClassIndex:
@@ -633,10 +644,42 @@ class FlashTier(Tier):
         """Store a batch atomically; returns once durable. Invalid input raises before any write.
         ``meta`` (str -> str) is written in the same transaction: a caller's stream position then
         can never disagree with what was stored."""
-        spec = self.spec(ns)
-        labels = np.asarray(labels, dtype=np.int64).reshape(-1)
-        tasks = np.asarray(tasks, dtype=np.int64).reshape(-1)
-        self._validate(ns, spec, arrays, labels, tasks, aux)
+        return self.put_batches([NsBatch(ns, arrays, labels, tasks, aux, timestamps)], meta=meta)[0]
+
+    def put_batches(self, batches: Sequence["NsBatch"], meta: Optional[dict] = None) -> list:
+        """Several namespaces' batches in one transaction (each namespace at most once): all are stored
+        or none, and every one is validated before anything is written. -> a PutResult per batch.
+        ``meta``'s placeholders ({first_id}, {stored}, {evicted}) are the first batch's."""
+        names = [b.ns for b in batches]
+        if len(set(names)) != len(names):
+            raise BadRecordError(f"put_batches: a namespace appears twice in one call ({names})")
+        prepared = [self._prepare(b) for b in batches]  # validates all before any id is drawn
+        jobs = [self._batch_job(b.ns, *p, meta=meta if i == 0 else None)
+                for i, (b, p) in enumerate(zip(batches, prepared))]
+
+        def job(txn):
+            results, afters = [], []
+            for j in jobs:
+                r, a = j(txn)
+                results.append(r)
+                afters.append(a)
+
+            def after():
+                for a in afters:
+                    a()
+            return results, after
+
+        return self._write(job)
+
+    def _prepare(self, b: "NsBatch") -> tuple:
+        spec = self.spec(b.ns)
+        labels = np.asarray(b.labels, dtype=np.int64).reshape(-1)
+        tasks = np.asarray(b.tasks, dtype=np.int64).reshape(-1)
+        self._validate(b.ns, spec, b.arrays, labels, tasks, b.aux)
+        return spec, b.arrays, labels, tasks, b.aux, b.timestamps
+
+    def _batch_job(self, ns, spec, arrays, labels, tasks, aux, timestamps, meta) -> Callable:
+        """Ids drawn now; the returned ``job(txn) -> (PutResult, after)`` writes the batch."""
         n = labels.size
         with self._id_lock:
             first = self._next_id[ns]
@@ -686,7 +729,7 @@ class FlashTier(Tier):
                     self._last_key[ns] = items[-1][0]
             return PutResult(ids, keep, len(evict_old)), after
 
-        return self._write(job)
+        return job
 
     def _bounds(self, ns, add_ids, evict_old) -> tuple:
         """(lowest, highest) id stored once ``evict_old`` is gone and ``add_ids`` are in."""

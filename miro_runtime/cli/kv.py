@@ -14,17 +14,19 @@ import click
 from miro_runtime.choices import KV_POLICIES
 from miro_runtime.cli.control import call, fail
 from miro_runtime.cli.render import emit
-from miro_runtime.kv.names import BUILTIN_MODELS, STATE_SUBDIR, describe_model
+from miro_runtime.kv.names import BUILTIN_MODELS, PRETRAINED_MODELS, STATE_SUBDIR, describe_model
 
 EXIT_FAILED = 1  # a failure the message names (the disk, a damaged store), as `miro --help` lists
 EXIT_USAGE = 2  # a flag or its value is wrong: click's own code for a usage error
 # the daemon decides these itself ([kv] table); given with --daemon they would be silently ignored
-IN_PROCESS_ONLY = ("model_name", "policy_opts", "cold_dir", "store_dir", "prefix_cap", "seed")
+IN_PROCESS_ONLY = ("model_name", "policy_opts", "cold_dir", "store_dir", "prefix_cap", "seed", "model_cache",
+                   "block_tokens")
 
 
 @click.group()
 def kv():
-    """KV-cache inference on the RAM + flash tiers (built-in decoder or a local transformers model)."""
+    """KV-cache inference on the RAM + flash tiers (built-in decoder, SmolLM2-135M from its package, or a
+    local transformers model)."""
 
 
 def _flag(ctx, name: str) -> str:
@@ -62,8 +64,12 @@ def _prompt(ctx, prompt, prompt_file) -> bytes:
 
 @kv.command()
 @click.option("--model", "model_name", default=BUILTIN_MODELS[0], show_default=True,
-              help=f"{describe_model(BUILTIN_MODELS[0])} | a local transformers model directory (llm extra; "
-              "--policy full only).")
+              help=f"{describe_model(BUILTIN_MODELS[0])} | " + " | ".join(PRETRAINED_MODELS) + " (real weights from "
+              "an installed package, dequantised once into --model-cache; the gguf extra) | a local transformers "
+              "model directory (llm extra; --policy full only).")
+@click.option("--model-cache", "model_cache", default=None, metavar="DIR",
+              help="Where pretrained models are dequantised (default: $MIRO_MODEL_CACHE, else "
+              "$XDG_CACHE_HOME/miro/models, else ~/.cache/miro/models).")
 @click.option("--policy", default="full", show_default=True, help="How the KV fits the hot budget: " +
               " | ".join(KV_POLICIES) + " (full: lossless, cold layers go to flash; the others evict tokens).")
 @click.option("--policy-opt", "policy_opts", multiple=True, metavar="KEY=VALUE",
@@ -79,17 +85,19 @@ def _prompt(ctx, prompt, prompt_file) -> bytes:
               "processes (lossless policy).")
 @click.option("--prefix-cap", default=0, show_default=True, type=click.IntRange(min=0),
               help="Bytes of stored prefixes kept (0: no cap); suffixes are evicted before prefixes.")
+@click.option("--block-tokens", default=16, show_default=True, type=click.IntRange(min=1),
+              help="Tokens per KV block (the unit that goes cold, is fetched, evicted and reused as a prefix).")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of the built-in model's random weights.")
 @click.option("--daemon", "via_daemon", is_flag=True, help="Ask the running mirod over its control socket (its "
               "[kv] model and shares apply; --policy and --hot-budget are passed on when given).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (with \"text\") as the last stdout "
               "line, and nothing else on stdout.")
 @click.pass_context
-def generate(ctx, model_name, policy, policy_opts, hot_budget, prompt, prompt_file, max_new_tokens, cold_dir, store_dir,
-             prefix_cap, seed, via_daemon, as_json):
+def generate(ctx, model_name, model_cache, policy, policy_opts, hot_budget, prompt, prompt_file, max_new_tokens,
+             cold_dir, store_dir, prefix_cap, block_tokens, seed, via_daemon, as_json):
     """Greedy generation through the tiered KV cache: the text on stdout, how it was made (model,
     tokens, speed, where the KV lived) on stderr. The built-in model has random weights: its text is
-    noise that exercises the cache, not language."""
+    noise that exercises the cache, not language; smollm2-135m is a real (small) language model."""
     text = _prompt(ctx, prompt, prompt_file)
     if max_new_tokens < 1:
         fail(ctx, f"kv generate: --max-new-tokens {max_new_tokens}: at least 1 token is generated; give 1 or more",
@@ -118,8 +126,8 @@ def generate(ctx, model_name, policy, policy_opts, hot_budget, prompt, prompt_fi
         from miro_runtime.storage import StoreError
         try:
             res = run_generate(model_name, text, max_new_tokens, policy, hot_budget, cold_dir, seed=seed,
-                               store_dir=store_dir, prefix_cap=prefix_cap or None,
-                               policy_opts=parse_options(policy, policy_opts))
+                               store_dir=store_dir, prefix_cap=prefix_cap or None, block_tokens=block_tokens,
+                               policy_opts=parse_options(policy, policy_opts), model_cache=model_cache)
         except (ValueError, StoreError) as e:  # the input named (a flag, a model, a store)
             fail(ctx, f"kv generate: {e}", EXIT_USAGE)
         except OSError as e:  # the disk or a model's files, not a flag
@@ -139,6 +147,31 @@ def generate(ctx, model_name, policy, policy_opts, hot_budget, prompt, prompt_fi
     click.echo(f"{res['new_tokens']} tokens" + (f", {tps:.1f} tokens/s" if tps else "") +
                f", first token {res['ttft_s'] * 1e3:.0f} ms, KV hot {res['hot_bytes']:,} B / cold "
                f"{res['cold_bytes']:,} B ({res['policy']}), {res['prefix_hits']} prefix chunks reused", err=True)
+
+
+@kv.command()
+@click.option("--model", "model_name", required=True, type=click.Choice(PRETRAINED_MODELS),
+              help="The pretrained model to dequantise.")
+@click.option("--model-cache", "model_cache", default=None, metavar="DIR",
+              help="Where to put it (default: $MIRO_MODEL_CACHE, else $XDG_CACHE_HOME/miro/models, else "
+              "~/.cache/miro/models).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object (model, dir).")
+@click.pass_context
+def prepare(ctx, model_name, model_cache, as_json):
+    """Dequantise a pretrained model from its installed package into the model cache now (a first
+    `kv generate` does it otherwise) and print the directory: a transformers model directory too, so
+    `kv generate --model DIR` runs it through the transformers adapter."""
+    from miro_runtime.packaged import AssetMissing
+    try:
+        from miro_runtime.kv.pretrained import prepare as build
+        where = build(model_name, model_cache)
+    except (ImportError, AssetMissing, ValueError) as e:  # a package missing (its pip line named), or not the model
+        fail(ctx, f"kv prepare: --model {model_name}: {e}", EXIT_USAGE)
+    except OSError as e:  # the disk: the cache dir not writable, no space
+        why = " ".join((e.strerror or str(e)).split())
+        fail(ctx, f"kv prepare: {e.filename or 'writing the model cache'}: {why}; check that path and the free "
+             "space on it", EXIT_FAILED)
+    emit({"model": model_name, "dir": where}, as_json, lambda r: click.echo(r["dir"]))
 
 
 def _n(count: int, word: str) -> str:

@@ -205,7 +205,10 @@ def rep():
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Where the state dict goes.")
 @click.option("--size", default="micro", show_default=True, help="micro | mini | tiny | small | base")
 @click.option("--image-size", default=0, show_default=True, help="Input side in pixels (0: max(16, the stream's)).")
-@click.option("--patch-size", default=0, show_default=True, help="Patch side (0: an eighth of the image).")
+@click.option("--patch-size", default=0, show_default=True,
+              help="Patch side (0: the divisor of the image side closest to an eighth of it).")
+@click.option("--per-class", default=0, show_default=True,
+              help="Train on at most this many images per class, the same ones whatever --seed (0: all).")
 @click.option("--epochs", default=30, show_default=True, help="Passes over the base classes' samples.")
 @click.option("--batch-size", default=64, show_default=True, help="Samples per training step.")
 @click.option("--lr", default=5e-4, show_default=True, help="AdamW peak rate (one-cycle); deeper ViTs want less.")
@@ -216,15 +219,17 @@ def rep():
               help="Skip layer l of L with probability LAYER_DROP*l/(L-1) per batch (LayerDrop): a backbone "
                    "that tolerates REP's ALD. 0: off.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object as the last stdout line.")
-def pretrain(stream, classes, out, size, image_size, patch_size, epochs, batch_size, lr, seed, data_dir, threads,
-             layer_drop, as_json):
+def pretrain(stream, classes, out, size, image_size, patch_size, per_class, epochs, batch_size, lr, seed, data_dir,
+             threads, layer_drop, as_json):
     """Pretrain a small ViT on base classes, for a --backbone when no pretrained weights are at hand."""
     from miro_runtime.config import parse_classes
     from miro_runtime.engine.rep.pretrain import pretrain as run_pretrain
-    from miro_runtime.engine.streams import StreamError, make_stream, select_classes
+    from miro_runtime.engine.streams import StreamError, limit_per_class, make_stream, select_classes
     try:
         ids = parse_classes(classes)
         st = select_classes(make_stream(stream, None, seed, data_dir), ids, 1)
+        if per_class:
+            st = limit_per_class(st, per_class)
         res = run_pretrain(st, out, size=size, image_size=image_size, patch_size=patch_size, epochs=epochs,
                            batch_size=batch_size, lr=lr, seed=seed, threads=threads, layer_drop=layer_drop,
                            log=None if as_json else (lambda m: click.echo(m, err=True)))

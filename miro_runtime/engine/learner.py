@@ -31,12 +31,13 @@ from miro_runtime.engine.budget import BudgetGuard
 from miro_runtime.engine.checkpoint import (CHECKPOINT, CheckpointError, load_latest, manifest_mismatch,
                                             save_checkpoint, store_manifests)
 from miro_runtime.engine.hooks import Controller
+from miro_runtime.engine.latent import Composed, LatentMode, replay_ns
 from miro_runtime.engine.metrics import anon_rss_mb, evaluate, peak_rss_mb, run_summary
 from miro_runtime.engine.strategies import build_model, make_strategy
 from miro_runtime.log import EventLog
 from miro_runtime.records import Position, TaskRecord
 
-NS = "samples"
+NS = "samples"  # the raw training samples' flash namespace (``Learner.ns`` is the one replay reads)
 
 
 class Learner:
@@ -68,6 +69,9 @@ class Learner:
         self.extra_state = extra_state  # callable -> JSON-able dict kept in every checkpoint (the daemon's)
         self.retrain_from_store = retrain_from_store  # checkpoints gone on purpose: start over on the stored samples
         self.flash = self.strategy = self.meter = self.guard = None
+        self.ns = replay_ns(cfg)
+        self.latent: Optional[LatentMode] = None  # latent replay (latent.py): codec, trained part, open task
+        self.view = stream  # the stream as the strategy sees it (latent mode: latents)
         self.acc: list = []  # row t: accuracy on tasks 0..t after training task t
         self.per_task: list = []  # TaskRecord of each finished task
         self.steps = 0
@@ -98,11 +102,8 @@ class Learner:
         cfg, stream = self.cfg, self.stream
         self._t_start = time.perf_counter()
         torch.manual_seed(cfg.seed)
-        model = build_model(cfg, stream).to(self.device)
-        self.flash = FlashTier(os.path.join(cfg.run_dir, "state"), sync_mode=cfg.sync_mode, seed=cfg.seed)
-        self.flash.declare_samples(NS, SampleSpec(shape=stream.shape, dtype="uint8", num_classes=stream.num_classes,
-                                                  policy=cfg.flash_policy, budget_records=cfg.flash_budget))
-        self.strategy = make_strategy(cfg.strategy, model, cfg, self.flash, stream, self.device)
+        model, self.latent, self.view, self.flash = _open_parts(cfg, stream, self.device)
+        self.strategy = make_strategy(cfg.strategy, model, cfg, self.flash, self.view, self.device)
         self.meter = make_meter(cfg.energy_source)
         self.guard = BudgetGuard(cfg, self.log)
         self.peak_anon = anon_rss_mb()
@@ -113,6 +114,10 @@ class Learner:
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         return self._restore() if resume else Position()
+
+    def _inputs(self, t: int, x, ids) -> torch.Tensor:
+        """The strategy's inputs for task t's samples: the images, or (latent mode) their latents."""
+        return self.latent.inputs(t, x, ids, self.flash) if self.latent else torch.from_numpy(np.ascontiguousarray(x))
 
     def close(self):
         if self._window is not None:  # a task that raised: its energy window is cancelled, not leaked
@@ -165,7 +170,10 @@ class Learner:
         self._cur = {"task": t, "wall0": time.perf_counter(), "begun": wall0, "train_s": 0.0, "samples": 0}
 
     def store(self, t: int, x, y, meta: Optional[dict] = None, ns: str = NS):
-        """Write samples durably to the flash tier (returns once fsynced); -> PutResult."""
+        """Write samples durably to the flash tier (returns once fsynced); -> PutResult (latent mode: the
+        training samples' latents', stored with the raw samples in one transaction: LatentMode.store)."""
+        if self.latent is not None and ns == NS:
+            return self.latent.store(self.flash, t, x, y, meta, self.cfg.drop_raw)
         return self.flash.put_batch(ns, list(x), y, np.full(len(y), t), meta=meta)
 
     def observe(self, t: int, x, y, ids, pos: Position | dict | None = None):
@@ -174,7 +182,7 @@ class Learner:
         if not self.guard.allows(t, self.task_joules()):  # the budget is spent: stored, not trained
             cur["guard_skipped"] = cur.get("guard_skipped", 0) + len(y)
             return
-        xt, yt = torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(np.asarray(y))
+        xt, yt = self._inputs(t, x, ids), torch.from_numpy(np.asarray(y))
         t0 = time.perf_counter()
         self.strategy.observe(xt, yt)
         self.strategy.remember(xt, y, ids, t)
@@ -188,7 +196,7 @@ class Learner:
         returned; True once every epoch ran."""
         cfg, strat, cur = self.cfg, self.strategy, self._cur
         pos = Position.from_dict(pos)
-        X, Y, _ = strat.training_data(t, torch.from_numpy(x_task), torch.from_numpy(y_task), ids_task)
+        X, Y, _ = strat.training_data(t, self._inputs(t, x_task, ids_task), torch.from_numpy(y_task), ids_task)
         n = len(Y)
         nb = math.ceil(n / cfg.batch_size)
         e = pos.epoch
@@ -212,7 +220,9 @@ class Learner:
     def finish_task(self, t: int, x_task, y_task, ids_task) -> TaskRecord:
         """Memory update, energy window closed, evaluation, metrics line, checkpoint -> the record."""
         cfg, strat, cur = self.cfg, self.strategy, self._cur
-        strat.end_task(t, torch.from_numpy(x_task), y_task, ids_task, cfg.online)
+        strat.end_task(t, self._inputs(t, x_task, ids_task), y_task, ids_task, cfg.online)
+        if self.latent is not None:
+            self.latent.task.clear()
         energy = self.meter.end_window(f"task{t}")  # ingest + training + memory update, not evaluation
         self._window = None
         here = {"energy_j": energy.joules, "components": energy.components,
@@ -221,7 +231,7 @@ class Learner:
         self._carry = self._cur = None
         done = _add_partial(here, carry) if carry else here
         self.meter.begin_window(f"eval{t}")  # evaluation is work the budget pays for too
-        row = evaluate(strat.model, self.stream, t, self.device)
+        row = evaluate(strat.model, self.view, t, self.device)
         ev = self.meter.end_window(f"eval{t}")
         eval_j = ev.joules
         self.guard.book_eval_time(t, ev.seconds)
@@ -233,8 +243,8 @@ class Learner:
                          energy_j=done["energy_j"], energy_components_j=done["components"],
                          energy_provenance=energy.summary(), energy_warnings=energy.warnings,
                          peak_rss_mb=peak_rss_mb(), peak_anon_rss_mb=max(self.peak_anon, anon_rss_mb()),
-                         flash_records=int(self.flash.class_counts(NS).sum()), torch_threads=torch.get_num_threads(),
-                         strategy=strat.stats())
+                         flash_records=int(self.flash.class_counts(self.ns).sum()),
+                         torch_threads=torch.get_num_threads(), strategy=strat.stats())
         if carry:  # resumed in this task: its figures add what was metered before the restart
             rec.before_restart = {k: carry[k] for k in ("energy_j", "wall_s", "train_s", "samples", "restarts")}
             rec.before_restart["note"] = ("metered up to the last checkpoint before the restart; work between that "
@@ -289,6 +299,8 @@ class Learner:
         """Top-k over the classes seen: (labels (N, k) int64, probs (N, k) float32), from ``model``
         (a snapshot) or the live model."""
         m = model or self.strategy.model
+        if self.latent is not None:  # the trained part takes latents: raw images pass the frozen part first
+            m = Composed(self.latent.codec, m)
         m.eval()
         out = m(torch.from_numpy(np.ascontiguousarray(x)).to(self.device)).float()  # (N, K)
         p = torch.softmax(out, dim=1)
@@ -298,7 +310,7 @@ class Learner:
 
     def evaluate(self, upto: Optional[int] = None) -> list:
         upto = len(self.stream.tasks) - 1 if upto is None else upto
-        return evaluate(self.strategy.model, self.stream, upto, self.device)
+        return evaluate(self.strategy.model, self.view, upto, self.device)
 
     # ------------------------------------------------------------------ checkpoints
     def checkpoint(self, pos: Position | dict):
@@ -315,7 +327,7 @@ class Learner:
             st["extra"] = json.dumps(self.extra_state())
         # what the store held at this checkpoint: a resume on a store with fewer samples is refused
         manifests = store_manifests(self.flash)
-        st["store"] = json.dumps({"seen": self.flash.seen(NS), "checkpoints": self._n_checkpoints + 1,
+        st["store"] = json.dumps({"seen": self.flash.seen(self.ns), "checkpoints": self._n_checkpoints + 1,
                                   "manifests": manifests})
         save_checkpoint(os.path.join(self.cfg.run_dir, CHECKPOINT), st)
         self._n_checkpoints += 1
@@ -356,25 +368,13 @@ class Learner:
                            using=path or "none")
         written = int(self.flash.get_meta("checkpoints") or 0)
         if st is None:
-            if problems:
-                raise CheckpointError(f"no usable checkpoint in {rd}: " + "; ".join(problems) + ". The samples in "
-                                      "the flash tier are intact: move the damaged files aside to start over on them "
-                                      "(mirod --retrain-from-store), or start a new run")
-            if written and self.retrain_from_store:
-                self.log.event("retrain_from_store", level="warning", checkpoints_written=written,
-                               why="no checkpoint file; asked to start over on the stored samples")
-            elif written:
-                raise CheckpointError(f"{os.path.join(rd, CHECKPOINT)} and checkpoint.prev.pt are missing, but the "
-                                      f"store in {rd}/state says {written} checkpoints were written: the run cannot "
-                                      "continue where it stopped. Restore the files, or start over on the stored "
-                                      "samples (mirod --retrain-from-store), or start a new run")
-            self.log.event("resume", found_checkpoint=False)
+            _start_without_checkpoint(rd, problems, written, self.retrain_from_store, self.log)
             return Position()
         store = json.loads(st["store"]) if "store" in st else {}
-        if store.get("seen") is not None and self.flash.seen(NS) < store["seen"]:
+        if store.get("seen") is not None and self.flash.seen(self.ns) < store["seen"]:
             raise CheckpointError(f"{path} was taken after {store['seen']} samples were stored, but the store in "
-                                  f"{rd}/state has seen only {self.flash.seen(NS)}: data.mdb was replaced or lost. "
-                                  f"Restore it (or `miro store salvage` it) before resuming")
+                                  f"{rd}/state has seen only {self.flash.seen(self.ns)}: data.mdb was replaced or "
+                                  f"lost. Restore it (or `miro store salvage` it) before resuming")
         self._n_checkpoints = max(written, store.get("checkpoints", 0))
         self._ckpt_manifests = store.get("manifests", {})
         self.strategy.load_state_dict(st["strategy"])
@@ -437,6 +437,39 @@ class Learner:
 
     def provenance(self):
         return "; ".join(sorted({r.energy_provenance for r in self.per_task})) or None
+
+
+def _start_without_checkpoint(rd: str, problems: list, written: int, retrain: bool, log: EventLog) -> None:
+    """A resume that found no checkpoint file: fine on a fresh store; an error when checkpoints were
+    damaged or written and lost (unless asked to retrain on the stored samples)."""
+    if problems:
+        raise CheckpointError(f"no usable checkpoint in {rd}: " + "; ".join(problems) + ". The samples in the flash "
+                              "tier are intact: move the damaged files aside to start over on them "
+                              "(mirod --retrain-from-store), or start a new run")
+    if written and retrain:
+        log.event("retrain_from_store", level="warning", checkpoints_written=written,
+                  why="no checkpoint file; asked to start over on the stored samples")
+    elif written:
+        raise CheckpointError(f"{os.path.join(rd, CHECKPOINT)} and checkpoint.prev.pt are missing, but the store in "
+                              f"{rd}/state says {written} checkpoints were written: the run cannot continue where it "
+                              "stopped. Restore the files, or start over on the stored samples "
+                              "(mirod --retrain-from-store), or start a new run")
+    log.event("resume", found_checkpoint=False)
+
+
+def _open_parts(cfg: RunConfig, stream, device) -> tuple:
+    """(model the strategy trains, LatentMode or None, the stream as the strategy sees it, the flash tier
+    with the training namespaces declared: the raw samples unless ``drop_raw``, the latents in latent mode)."""
+    model = build_model(cfg, stream)
+    latent = LatentMode(model, stream, device) if cfg.latent_replay else None  # the frozen part only encodes
+    flash = FlashTier(os.path.join(cfg.run_dir, "state"), sync_mode=cfg.sync_mode, seed=cfg.seed)
+    if not cfg.drop_raw:
+        flash.declare_samples(NS, SampleSpec(shape=stream.shape, dtype="uint8", num_classes=stream.num_classes,
+                                             policy=cfg.flash_policy, budget_records=cfg.flash_budget))
+    if latent is None:
+        return model.to(device), None, stream, flash
+    latent.declare(flash, cfg, stream.num_classes)
+    return latent.model.to(device), latent, latent.view, flash
 
 
 def _add_partial(a: dict, b: dict) -> dict:

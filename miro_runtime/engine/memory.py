@@ -17,10 +17,10 @@ from miro_runtime.storage import RamTier
 
 class EpisodicMemory:
     def __init__(self, capacity: int, shape, num_classes: int, policy: str = "class-balanced",
-                 aux_dim: int = 0, seed: int = 0):
+                 aux_dim: int = 0, seed: int = 0, dtype: torch.dtype = torch.uint8):
         if policy not in EM_POLICIES:
             raise ValueError(f"memory policy {policy!r} is not one of {EM_POLICIES}")
-        self.ram = RamTier(capacity, shape, torch.uint8, aux_dim)
+        self.ram = RamTier(capacity, shape, dtype, aux_dim)  # uint8 images, or float16 latents (latent replay)
         self.policy = policy
         self.num_classes = num_classes
         self.rng = np.random.default_rng(seed)

@@ -2,22 +2,27 @@
 in batches over time (class-incremental CL). Samples travel as uint8 (N, C, H, W) arrays.
 
 Built-in streams: ``split-digits`` (scikit-learn's bundled 8x8 digits, the embedded default),
-torchvision ``mnist`` / ``fashion-mnist`` / ``cifar10`` / ``cifar100`` from a local directory,
+Fashion-MNIST from its IDX files (``fashion-mnist``, ``split-fashion-mnist``; Debian's
+dataset-fashion-mnist by default); torchvision ``mnist`` / ``cifar10`` / ``cifar100`` from a local directory,
 ``folder`` (the user's own images), ``synthetic`` (procedural, any shape/classes/tasks).
 Task order and class split are seeded and recorded by ``describe()``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
+import zlib
 from dataclasses import dataclass, field
 from typing import Iterator, Optional, Sequence
 
 import numpy as np
 
 from miro_runtime.choices import STREAMS
+
+from .idx import IdxError, read_idx
 
 
 class StreamError(ValueError):
@@ -174,6 +179,58 @@ def split_digits(tasks: int = 5, seed: int = 0, **_) -> Stream:
     return from_arrays("split-digits", x[tr], y[tr], x[te], y[te], tasks, seed,
                        class_order=np.random.default_rng(seed).permutation(10) if seed else np.arange(10),
                        info={"source": "sklearn.datasets.load_digits", "test_fraction": 0.25})
+
+
+# Fashion-MNIST as IDX files: Debian's dataset-fashion-mnist puts the four, gzipped, here
+FASHION_DIR = "/usr/share/datasets/fashion-mnist"
+FASHION_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+                 "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
+FASHION_INSTALL = "apt-get install dataset-fashion-mnist"
+
+
+def _idx_path(dirs: list, base: str) -> Optional[str]:
+    """The first of ``base``.gz or ``base`` in ``dirs`` and their torchvision ``FashionMNIST/raw``."""
+    for d in dirs:
+        for sub in (d, os.path.join(d, "FashionMNIST", "raw")):
+            for name in (base + ".gz", base):
+                if os.path.isfile(os.path.join(sub, name)):
+                    return os.path.join(sub, name)
+    return None
+
+
+def fashion_mnist(data_dir: Optional[str] = None, tasks: int = 5, seed: int = 0, split: bool = False) -> Stream:
+    """Fashion-MNIST from its IDX files (``data_dir``, else Debian's FASHION_DIR): the official 60,000 /
+    10,000 train/test split, (N, 1, 28, 28) uint8. ``split``: the standard Split Fashion-MNIST protocol
+    (5 tasks of 2 classes, class order 0..9 for seed 0, a seeded permutation otherwise, as split-digits);
+    otherwise any number of tasks in a seeded class order."""
+    name = "split-fashion-mnist" if split else "fashion-mnist"
+    if split and tasks != 5:
+        raise StreamError(f"{name} is the standard protocol of 5 tasks of 2 classes; --tasks {tasks} is not it "
+                          "(use --stream fashion-mnist for another split)")
+    where = data_dir or FASHION_DIR
+    paths = {k: [_idx_path([where], b) for b in bases] for k, bases in FASHION_FILES.items()}
+    missing = [b for k, bases in FASHION_FILES.items() for b, p in zip(bases, paths[k]) if p is None]
+    if missing:
+        raise StreamError(f"{name}: no IDX files {', '.join(missing)} (.gz or plain) in {where}"
+                          + ("" if data_dir else f"; install Debian's dataset-fashion-mnist ({FASHION_INSTALL})")
+                          + " or pass --data-dir DIR holding them")
+    arrays = {}
+    for k, (images, labels) in paths.items():
+        try:
+            x, y = read_idx(images), read_idx(labels)
+        except IdxError as e:
+            raise StreamError(f"{name}: {e}") from e
+        if x.ndim != 3 or x.dtype != np.uint8 or y.ndim != 1 or len(x) != len(y):
+            raise StreamError(f"{name}: {images} and {labels} are not images (N, H, W) uint8 with N labels "
+                              f"(got {x.dtype} {list(x.shape)} and {y.dtype} {list(y.shape)})")
+        if y.size and (y.min() < 0 or y.max() > 9):
+            raise StreamError(f"{name}: {labels} holds labels outside 0..9 ({int(y.min())}..{int(y.max())})")
+        arrays[k] = (x[:, None], y.astype(np.int64))
+    (xtr, ytr), (xte, yte) = arrays["train"], arrays["test"]
+    order = (np.random.default_rng(seed).permutation(10) if seed else np.arange(10)) if split else None
+    return from_arrays(name, xtr, ytr, xte, yte, tasks, seed, class_order=order,
+                       info={"source": "IDX files (Fashion-MNIST, Zalando, MIT)",
+                             "files": [p for ps in paths.values() for p in ps]})
 
 
 _TV = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST", "cifar10": "CIFAR10", "cifar100": "CIFAR100"}
@@ -407,6 +464,10 @@ def make_stream(name: str, tasks: Optional[int] = None, seed: int = 0, data_dir:
                 download: bool = False, **kw) -> Stream:
     if name == "split-digits":
         return split_digits(tasks or 5, seed)
+    if name == "split-fashion-mnist":
+        return fashion_mnist(data_dir, tasks or 5, seed, split=True)
+    if name == "fashion-mnist" and not download:  # --download: torchvision fetches into --data-dir, as before
+        return fashion_mnist(data_dir, tasks or 5, seed)
     if name in _TV:
         return torchvision_stream(name, data_dir, tasks or (10 if name == "cifar100" else 5), seed, download)
     if name == "folder":
@@ -414,6 +475,26 @@ def make_stream(name: str, tasks: Optional[int] = None, seed: int = 0, data_dir:
     if name == "synthetic":
         return synthetic(tasks or 5, seed, **kw)
     raise StreamError(f"unknown stream {name!r}; choose one of {', '.join(STREAMS)}")
+
+
+def limit_per_class(stream: Stream, n: int, test: Optional[int] = None) -> Stream:
+    """Keep at most ``n`` training samples per class (and ``test`` test samples, when given; test sets stay
+    whole otherwise). Which ones is fixed by the images themselves (the lowest CRC-32s of each class's
+    pixels), never by the run's seed, so runs that differ only in seed use the same subset; arrival order
+    within a task is kept."""
+    if n < 1 or (test is not None and test < 1):
+        raise StreamError(f"--train-per-class must be >= 1, got {n if n < 1 else test}")
+
+    def cut(x, y, k):
+        key = np.fromiter((zlib.crc32(img.tobytes()) for img in x), dtype=np.int64, count=len(y))
+        keep = np.zeros(len(y), dtype=bool)
+        for c in np.unique(y):
+            idx = np.nonzero(y == c)[0]
+            keep[idx[np.argsort(key[idx], kind="stable")[:k]]] = True
+        return x[keep], y[keep]
+    info = {**stream.info, "train_per_class": n, **({"test_per_class": test} if test else {})}
+    return dataclasses.replace(stream, train=[cut(x, y, n) for x, y in stream.train], info=info,
+                               test=[cut(x, y, test) for x, y in stream.test] if test else stream.test)
 
 
 def select_classes(stream: Stream, classes: list, tasks: Optional[int] = None) -> Stream:

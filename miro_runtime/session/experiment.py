@@ -145,8 +145,13 @@ def load_stream(cfg: RunConfig) -> Stream:
         from miro_runtime.config import parse_classes
         from miro_runtime.engine.streams import select_classes
         whole = make_stream(cfg.stream, None, cfg.seed, cfg.data_dir, cfg.download, **cfg.synthetic)
-        return select_classes(whole, parse_classes(cfg.classes), cfg.tasks)
-    return make_stream(cfg.stream, cfg.tasks, cfg.seed, cfg.data_dir, cfg.download, **cfg.synthetic)
+        stream = select_classes(whole, parse_classes(cfg.classes), cfg.tasks)
+    else:
+        stream = make_stream(cfg.stream, cfg.tasks, cfg.seed, cfg.data_dir, cfg.download, **cfg.synthetic)
+    if cfg.train_per_class:
+        from miro_runtime.engine.streams import limit_per_class
+        stream = limit_per_class(stream, cfg.train_per_class)
+    return stream
 
 
 def check_resources(cfg: RunConfig, stream) -> None:

@@ -85,3 +85,12 @@ def test_the_example_mirod_toml_is_what_the_generator_prints_and_loads(tmp_path)
         if line and not line.startswith(("#", "[")) or line.startswith("# ") and " = " in line and \
                 not line.startswith("# mirod"):
             assert lines[i - 1].startswith("# ") and len(lines[i - 1]) > 4, line
+
+
+def test_kv_model_takes_a_model_name_or_a_directory_and_names_both_when_wrong(tmp_path):
+    for ok in ("builtin-tiny", "smollm2-135m", str(tmp_path)):
+        assert load(None, str(tmp_path), env={"MIROD_KV_MODEL": ok}).kv.model == ok
+    with pytest.raises(ConfigError) as e:
+        load(None, str(tmp_path), env={"MIROD_KV_MODEL": "smollm2-1.7b"})
+    want = "kv.model 'smollm2-1.7b' is neither a model name (builtin-tiny, smollm2-135m) nor a directory"
+    assert want in str(e.value)

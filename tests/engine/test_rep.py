@@ -439,3 +439,28 @@ def test_miro_tunes_rep_knobs_not_only_memory(pretrained, tmp_path):
     assert any("theta_bar=0.75" in a for a in arms)
     last = out["per_task"][-1]["knobs"]["method"]
     assert dict(map(tuple, last))["r_max"] == out["merge_counts"][-1]  # adopted: the schedule ends at its r_max
+
+
+def test_pretrain_on_split_fashion_mnist_picks_a_patch_that_tiles_28_px(tmp_path):
+    """28 // 8 = 3 does not tile a 28 px image: the default patch is 4 (7x7 tokens). --per-class cuts the
+    base classes' samples; the state dict then serves `miro run` as its --backbone."""
+    from miro_runtime.engine.rep.pretrain import default_patch
+    assert [default_patch(s) for s in (8, 16, 28, 32, 224)] == [1, 2, 4, 4, 28]
+    from miro_runtime.engine.idx import write_idx
+    from miro_runtime.engine.streams import FASHION_FILES
+    data = tmp_path / "fm"  # Fashion-MNIST's four IDX files at 28x28: 6 training, 2 test images per class
+    data.mkdir()
+    rng = np.random.default_rng(0)
+    for (images, labels), n in zip(FASHION_FILES.values(), (6, 2)):
+        y = np.repeat(np.arange(10, dtype=np.uint8), n)
+        write_idx(str(data / (images + ".gz")), rng.integers(0, 256, (len(y), 28, 28), dtype=np.uint8), compress=True)
+        write_idx(str(data / (labels + ".gz")), y, compress=True)
+    out = tmp_path / "fm04.pt"
+    r = miro("rep", "pretrain", "--stream", "split-fashion-mnist", "--data-dir", str(data), "--classes", "0-4",
+             "--per-class", "4", "--out", str(out), "--epochs", "1", "--threads", "1", "--json")
+    assert r.returncode == 0, r.stderr
+    info = json.loads(r.stdout.strip().splitlines()[-1])
+    assert info["spec"]["image_size"] == 28 and info["spec"]["patch_size"] == 4 and info["train_samples"] == 20
+    run = miro("run", "--stream", "split-fashion-mnist", "--data-dir", str(data), "--classes", "5-9", "--tasks", "1",
+               "--strategy", "l2p", "--backbone", str(out), "--epochs", "1", "--run-dir", str(tmp_path / "run"))
+    assert run.returncode == 0, run.stderr

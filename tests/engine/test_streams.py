@@ -148,3 +148,24 @@ def test_decompression_bomb_is_a_named_error(tmp_path):
     Image.new("L", (12000, 12000)).save(big)  # 144 MP, small on disk: above PIL's 2x limit at 89 MP
     with pytest.raises(StreamError, match="bomb.png is too large"):
         make_stream("folder", data_dir=str(tmp_path / "c"))
+
+
+def test_train_per_class_keeps_the_same_samples_whatever_the_seed():
+    """``--train-per-class``: at most N per class, test sets whole, and the same images for every seed
+    (which samples is fixed by the images, not by the seed that orders the classes and the arrival)."""
+    from miro_runtime.config import RunConfig
+    from miro_runtime.session.experiment import load_stream
+    a, b = (load_stream(RunConfig(stream="split-digits", seed=s, train_per_class=7)) for s in (0, 3))
+    whole = load_stream(RunConfig(stream="split-digits", seed=0))
+    assert [len(y) for _, y in a.train] == [14] * 5 and a.describe()["train_per_class"] == 7
+    assert [len(y) for _, y in a.test] == [len(y) for _, y in whole.test]
+    for st in (a, b):
+        assert all(np.bincount(y).max() == 7 for _, y in st.train)
+
+    def images(st):  # every kept image, by its original class
+        order = st.info["class_order"]
+        return {(order[int(c)], img.tobytes()) for x, y in st.train for img, c in zip(x, y)}
+    assert images(a) == images(b) and len(images(a)) == 70
+    assert a.info["class_order"] != b.info["class_order"]  # the seeds did order the classes differently
+    with pytest.raises(ValueError, match="--train-per-class: must be >= 1"):
+        RunConfig(train_per_class=0).validate()

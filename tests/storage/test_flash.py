@@ -324,3 +324,33 @@ def test_generic_blob_namespace(tmp_path):
         assert tier.delete("kv", 42) and not tier.delete("kv", 42) and tier.get("kv", 42) is None
     f.close()
     assert FlashTier(str(tmp_path)).get("kv", b"layer0/page1") == b"a" * 100
+
+
+def test_put_batches_writes_several_namespaces_in_one_transaction(tmp_path):
+    """Latent replay's write: the raw samples and their latents (another shape and dtype) land together,
+    with the same ids, or not at all; invalid data in the second namespace leaves both untouched."""
+    from miro_runtime.storage import NsBatch
+    f = open_store(tmp_path)
+    f.declare_samples("latents", SampleSpec(shape=(4, 2, 3), dtype="float16", num_classes=10))
+    xs = [fill_for(i) for i in range(6)]
+    zs = [np.full((4, 2, 3), i / 8, np.float16) for i in range(6)]
+    labels = [0, 1, 2, 0, 1, 2]
+    out = f.put_batches([NsBatch("samples", xs, labels, [0] * 6), NsBatch("latents", zs, labels, [0] * 6)],
+                        meta={"pos": "{first_id}:{stored}"})
+    assert [r.ids.tolist() for r in out] == [list(range(6))] * 2
+    assert f.get_meta("pos") == "0:6"
+    bad = zs[:2] + [np.full((4, 2, 3), np.nan, np.float16)]
+    with pytest.raises(BadRecordError, match="namespace 'latents', sample 2 of the batch holds NaN"):
+        f.put_batches([NsBatch("samples", xs[:3], labels[:3], [1] * 3), NsBatch("latents", bad, labels[:3], [1] * 3)])
+    with pytest.raises(BadRecordError, match="appears twice"):
+        f.put_batches([NsBatch("samples", xs[:1], [0], [0]), NsBatch("samples", xs[:1], [0], [0])])
+    f.close()
+    f = open_store(tmp_path)
+    f.declare_samples("latents", SampleSpec(shape=(4, 2, 3), dtype="float16", num_classes=10))
+    for ns in ("samples", "latents"):
+        assert f.class_counts(ns).sum() == 6 and f.seen(ns) == 6
+    b = f.read_batch("latents", [5])
+    assert b["x"].dtype == np.float16 and float(b["x"][0, 0, 0, 0]) == 5 / 8
+    out = f.put_batches([NsBatch("samples", xs[:2], [3, 4], [1, 1]), NsBatch("latents", zs[:2], [3, 4], [1, 1])])
+    assert [r.ids.tolist() for r in out] == [[6, 7], [6, 7]]  # the failed call drew no ids
+    f.close()

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from ..models import CosineHead, GrowingHead
+from ..heads import CosineHead, GrowingHead
 from . import ald
 from .atom import schedule
 from .prompts import DualPromptSet, L2PPool

@@ -20,6 +20,13 @@ import torch.nn.functional as F
 from .vit import SIZES, ViTSpec, build, embed, file_digest, preprocess
 
 
+def default_patch(image_size: int) -> int:
+    """The divisor of the side closest to an eighth of it (2 at 16 px, 4 at 28 px: 7x7 patches): a patch
+    must tile the image, and 28 // 8 = 3 does not."""
+    divisors = [d for d in range(1, image_size + 1) if image_size % d == 0]
+    return min(divisors, key=lambda d: (abs(d - image_size / 8), d))
+
+
 def pretrain(stream, out: str, size: str = "micro", image_size: int = 0, patch_size: int = 0, epochs: int = 30,
              batch_size: int = 64, lr: float = 5e-4, seed: int = 0, threads: int = 0, layer_drop: float = 0.0,
              log=None) -> dict:
@@ -27,7 +34,7 @@ def pretrain(stream, out: str, size: str = "micro", image_size: int = 0, patch_s
         raise ValueError(f"--size {size!r}: choose one of {', '.join(SIZES)}")
     h = stream.shape[1]
     image_size = image_size or max(16, h)
-    patch_size = patch_size or max(1, image_size // 8)
+    patch_size = patch_size or default_patch(image_size)
     if image_size % patch_size:
         raise ValueError(f"--image-size {image_size} is not a multiple of --patch-size {patch_size}")
     if epochs < 1 or batch_size < 1 or lr <= 0:

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..latent import replay_ns
 from ..memory import EpisodicMemory
 
 
@@ -27,7 +28,7 @@ class Strategy:
         """The network this method trains: the backbone ``--model`` names (the prompt methods build a
         frozen ViT of their own)."""
         from ..models import make_model
-        return make_model(cfg.model, stream.shape)
+        return make_model(cfg.model, stream.shape, cfg.freeze_blocks, cfg.input_size)
 
     @classmethod
     def option_files(cls, opts) -> tuple:
@@ -43,9 +44,11 @@ class Strategy:
         self.last_replay = None  # (slots, replay logits, labels, slot versions) of the last step, for CarM
         self.memory = None
         self.skipped_steps = 0
+        self.ns = replay_ns(cfg)  # the flash namespace replay reads: "latents" in latent mode (``stream.shape`` too)
         if self.uses_memory:
             self.memory = EpisodicMemory(cfg.memory, stream.shape, stream.num_classes, cfg.em_policy,
-                                         aux_dim=self.aux_dim, seed=cfg.seed + 5)
+                                         aux_dim=self.aux_dim, seed=cfg.seed + 5,
+                                         dtype=torch.float16 if cfg.latent_replay else torch.uint8)
 
     aux_dim = 0
 
@@ -57,7 +60,9 @@ class Strategy:
         self.opt = self.make_optimizer()
 
     def make_optimizer(self):
-        return torch.optim.SGD(self.model.parameters(), lr=self.cfg.lr, momentum=self.cfg.momentum)
+        """SGD over what trains (a frozen backbone's parameters are not the optimizer's to carry)."""
+        return torch.optim.SGD([p for p in self.model.parameters() if p.requires_grad], lr=self.cfg.lr,
+                               momentum=self.cfg.momentum)
 
     def renew_optimizer(self) -> None:
         """The head grew mid-task (online, new classes): a fresh optimizer over the new parameters."""

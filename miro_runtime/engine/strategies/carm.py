@@ -112,7 +112,7 @@ class CarM(Strategy):
     def __init__(self, base: Strategy, sync: bool = False):  # no Strategy.__init__: the parts are base's
         self.base, self.sync = base, sync
         self.name = "carm-sync" if sync else "carm"
-        self._engine = SwapEngine(base.flash, base.memory.ram, "samples", workers=base.cfg.swap_workers,
+        self._engine = SwapEngine(base.flash, base.memory.ram, base.ns, workers=base.cfg.swap_workers,
                                  seed=base.cfg.seed + 29)
         self._group: list = []
         self._group_s = 0.0
@@ -125,6 +125,10 @@ class CarM(Strategy):
     @property
     def memory(self):
         return self.base.memory
+
+    @property
+    def ns(self):
+        return self.base.ns
 
     @property
     def cfg(self):

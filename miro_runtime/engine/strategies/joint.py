@@ -12,9 +12,9 @@ class Joint(Strategy):
     name = "joint"
 
     def _stored(self, t):
-        ids = np.concatenate([self.flash.class_ids("samples", c) for c in self.stream.classes_upto(t)])
+        ids = np.concatenate([self.flash.class_ids(self.ns, c) for c in self.stream.classes_upto(t)])
         ids.sort()
-        b = self.flash.read_batch("samples", ids)
+        b = self.flash.read_batch(self.ns, ids)
         return torch.from_numpy(b["x"]), torch.from_numpy(b["labels"]), ids
 
     def training_data(self, t, x, y, ids):
@@ -24,10 +24,10 @@ class Joint(Strategy):
         if not self.cfg.online or self.task == 0:
             return super().observe(x, y)
         # online: replay a batch drawn from everything stored (an unbounded memory on flash)
-        past = np.concatenate([self.flash.class_ids("samples", c) for c in self.stream.classes_upto(self.task - 1)])
+        past = np.concatenate([self.flash.class_ids(self.ns, c) for c in self.stream.classes_upto(self.task - 1)])
         if past.size:
             pick = past[self.rng.integers(0, past.size, self.cfg.batch_size)]
-            b = self.flash.read_batch("samples", pick)
+            b = self.flash.read_batch(self.ns, pick)
             x, y = torch.cat([x, torch.from_numpy(b["x"])]), torch.cat([y, torch.from_numpy(b["labels"])])
         self.model.train()
         self.opt.zero_grad(set_to_none=True)

