@@ -207,9 +207,9 @@ class DaemonConfig:
         if self.learning.train_per_class is not None:  # a live stream is what clients send, whole
             problems.append("learning.train_per_class: subsets `miro run`'s streams; the daemon trains on what is "
                             "sent")
-        if self.learning.latent_replay:  # the live stream is rebuilt from the raw namespace; latents not yet
-            problems.append("learning.latent_replay: the daemon does not run latent replay yet; `miro run "
-                            "--latent-replay` does")
+        if self.learning.drop_raw:  # a restart rebuilds the open task and the test sets from the raw samples
+            problems.append("learning.drop_raw: the daemon keeps the raw samples beside the latents (a restart "
+                            "rebuilds the open task from them); `miro run --drop-raw` stores latents only")
         if problems:
             raise ConfigError("; ".join(problems))
 

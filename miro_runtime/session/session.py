@@ -44,7 +44,9 @@ __all__ = ["Session", "SessionError", "SessionConfig", "LiveStream", "TEST_NS"]
 
 BATCH_PREFIX = "batch/"  # flash meta: batch/<client's batch id> = its acknowledgement (JSON), committed with it
 BATCH_ID_MAX_BYTES = 128
-FIXED = ("strategy", "replay", "model", "em_policy", "flash_policy")  # what shapes a state dir's model and memory
+# what shapes a state dir's model, memory and store
+FIXED = ("strategy", "replay", "model", "em_policy", "flash_policy", "latent_replay", "freeze_blocks", "input_size",
+         "drop_raw")
 PER_TASK_KEYS = ("task", "acc", "avg_acc", "energy_j", "energy_provenance", "train_samples", "train_s", "wall_s")
 LAST_DECISION_KEYS = ("task", "rule", "winner", "profiling_energy_j")
 
@@ -252,6 +254,7 @@ class Session:
             self.inflight.release()
 
     def _ingest(self, task: int, split: str, x, labels: list, batch_id: Optional[str] = None) -> dict:
+        from miro_runtime.engine.latent import replay_ns
         from miro_runtime.engine.learner import NS
         with self.lock:  # every store runs under it: the check below stays true until this batch commits
             dup = self.already_ingested(batch_id) if batch_id is not None else None
@@ -282,7 +285,7 @@ class Session:
             meta = s.label_meta() if new or opens else {}  # in the same transaction as the batch that needs it
             if new:
                 f = self.learner.flash
-                for ns in (NS, TEST_NS):
+                for ns in dict.fromkeys((NS, replay_ns(self.cfg), TEST_NS)):  # latent mode: the latents' too
                     f.declare_samples(ns, dataclasses.replace(f.spec(ns), num_classes=s.num_classes))
             if batch_id is not None:  # the answer, committed with the batch; put_batch fills in the marks
                 ack = {"acked": len(labels), "task": task, "split": split, "new_classes": bool(new)}
@@ -398,6 +401,12 @@ class Session:
         out["flash"] = {"records": out["stored"]["train"], "budget_records": self.cfg.flash_budget,
                         "test_records": out["stored"]["test"],
                         "bytes": int(counts.sum()) * lr.flash.spec("samples").record_bytes}
+        if lr.latent is not None:  # latent replay: the frozen part's outputs, stored beside the raw samples
+            from miro_runtime.engine.latent import NS_LATENT
+            z = int(lr.flash.class_counts(NS_LATENT).sum())
+            out["flash"]["latents"] = {"records": z, "bytes": z * lr.flash.spec(NS_LATENT).record_bytes,
+                                       "shape": list(lr.latent.codec.latent_shape),
+                                       "frozen": lr.latent.codec.fingerprint}
         if strat.swap_engine is not None:  # CarM's: swaps between flash and the RAM memory
             out["swap"] = strat.swap_engine.stats()
         out["steps"] = lr.steps
