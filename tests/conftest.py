@@ -17,6 +17,14 @@ def fill_for(sample_id: int, shape=(1, 8, 8)) -> np.ndarray:
     return np.full(shape, sample_id % 251, dtype=np.uint8)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _no_mirod_outlives_the_session():
+    """A daemon test that fails before its own kill leaves its mirod running; none outlives pytest."""
+    yield
+    import daemon_util
+    daemon_util.kill_leftovers()
+
+
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)

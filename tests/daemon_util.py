@@ -12,6 +12,7 @@ import numpy as np
 from miro_runtime.wire.client import Client, NoDaemon
 
 PY = sys.executable
+STARTED: list = []  # every mirod this process started; conftest kills any still running when the session ends
 
 
 class Mirod:
@@ -33,6 +34,7 @@ class Mirod:
         env.update(self.env)
         self.err = open(os.path.join(self.state_dir, "stderr.log"), "ab")
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=self.err, env=env)
+        STARTED.append(self)
         t0 = time.monotonic()
         while time.monotonic() - t0 < timeout:
             if self.proc.poll() is not None:
@@ -75,6 +77,18 @@ class Mirod:
                 except ValueError:
                     pass  # a line cut by SIGKILL
         return out
+
+
+def kill_leftovers() -> int:
+    """SIGKILL every mirod this process started that still runs (a test that failed before its own
+    kill); -> how many. Left alone, each would hold its ~1 GB and its socket after pytest exits."""
+    n = 0
+    for d in STARTED:
+        if d.alive():
+            d.proc.kill()
+            d.proc.wait(30)
+            n += 1
+    return n
 
 
 def samples(k0, n, shape=(1, 8, 8)):

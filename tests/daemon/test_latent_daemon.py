@@ -29,30 +29,34 @@ def test_mirod_trains_on_latents_and_resumes_on_them_after_sigkill(tmp_path):
     state = tmp_path / "s"
     st = split_digits(5, 0)
     d = Mirod(state, *LATENT).start()
-    with d.client() as c:
-        for t in range(2):
-            x, y = st.train[t]
-            r = c.ingest(t, "train", x, y + 3)  # client labels 3-6: a new class grows every namespace
-            assert r["stored"] == len(y)
-            c.ingest(t, "test", *st.test[t][:1], labels=st.test[t][1] + 3)
-            done = c.call("task_end", task=t, wait=True)
-            assert done["trained"]
-        s = c.call("status")
-        n_train = sum(len(st.train[t][1]) for t in range(2))
-        z = s["flash"]["latents"]
-        assert s["stored"]["train"] == n_train and z["records"] == n_train  # one latent per raw sample
-        assert z["shape"][1:] == [2, 2] and "blocks=11" in z["frozen"]  # 32 px in, stage 5's output at 1/16
-        payload = n_train * int(np.prod(z["shape"])) * 2  # float16; each record adds its header
-        assert payload <= z["bytes"] <= payload + n_train * 128, (z["bytes"], payload)
-        assert s["swap"]["completed"] > 0  # CarM swapped latents between flash and the RAM memory
-        ev = c.call("eval")
-        assert ev["final_avg_acc"] > 0.75, ev  # 4 classes: chance is 0.25 (measured: 0.92, 0.94)
-        pr = c.predict(st.test[0][0], k=1)  # raw images in: the frozen part runs inside predict...
-        # ...and answers what evaluation on the encoded test set measured for the same model
-        assert np.mean(np.array(pr["labels"]) == st.test[0][1] + 3) == pytest.approx(ev["acc_matrix"][1][0])
-        x, y = st.train[2]
-        c.ingest(2, "train", x, y + 3)  # stored, not trained: a kill now leaves it to the next process
-        c.ingest(2, "test", *st.test[2][:1], labels=st.test[2][1] + 3)
+    try:
+        with d.client() as c:
+            for t in range(2):
+                x, y = st.train[t]
+                r = c.ingest(t, "train", x, y + 3)  # client labels 3-6: a new class grows every namespace
+                assert r["stored"] == len(y)
+                c.ingest(t, "test", *st.test[t][:1], labels=st.test[t][1] + 3)
+                done = c.call("task_end", task=t, wait=True)
+                assert done["trained"]
+            s = c.call("status")
+            n_train = sum(len(st.train[t][1]) for t in range(2))
+            z = s["flash"]["latents"]
+            assert s["stored"]["train"] == n_train and z["records"] == n_train  # one latent per raw sample
+            assert z["shape"][1:] == [2, 2] and "blocks=11" in z["frozen"]  # 32 px in, stage 5's output at 1/16
+            payload = n_train * int(np.prod(z["shape"])) * 2  # float16; each record adds its header
+            assert payload <= z["bytes"] <= payload + n_train * 128, (z["bytes"], payload)
+            assert s["swap"]["completed"] > 0  # CarM swapped latents between flash and the RAM memory
+            ev = c.call("eval")
+            assert ev["final_avg_acc"] > 0.75, ev  # 4 classes: chance is 0.25 (measured: 0.92, 0.94)
+            pr = c.predict(st.test[0][0], k=1)  # raw images in: the frozen part runs inside predict...
+            # ...and answers what evaluation on the encoded test set measured for the same model
+            assert np.mean(np.array(pr["labels"]) == st.test[0][1] + 3) == pytest.approx(ev["acc_matrix"][1][0])
+            x, y = st.train[2]
+            c.ingest(2, "train", x, y + 3)  # stored, not trained: a kill now leaves it to the next process
+            c.ingest(2, "test", *st.test[2][:1], labels=st.test[2][1] + 3)
+    except BaseException:
+        d.kill()  # a failed assertion must not leave a daemon behind
+        raise
     d.kill(signal.SIGKILL)
 
     with FlashTier(str(state / "state"), readonly=True) as f:
