@@ -276,7 +276,11 @@ def test_estimate_meter_for_real_and_short_windows_are_flagged():
     ticks.begin_window("blink")
     short = ticks.end_window("blink")
     assert short.warnings and "shorter than" in short.warnings[0]
-    assert short.components["cpu"] is None and short.joules is None  # never a silent 0 J
+    # never a silent 0 J: a counter that did not move is unresolved (None). Under load a 10 ms tick can land
+    # inside the blink (charged to this process if it ran when the timer fired; a CI run saw 0.04 J): then
+    # it counts, and the window is still flagged
+    c = short.components["cpu"]
+    assert (c is None and short.joules is None) or (c > 0 and short.joules > 0), (c, short.joules)
     with pytest.raises(ValueError, match="never begun"):
         m.end_window("nope")
 
