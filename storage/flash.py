@@ -601,8 +601,13 @@ class FlashTier(Tier):
         return self._read(lambda txn: self._meta_get(txn, f"user/{key}"))
 
     def set_meta(self, key: str, value: str) -> None:
+        self.set_metas({key: value})
+
+    def set_metas(self, values: dict) -> None:
+        """Several meta keys (str -> str) in one transaction: a reader after a crash sees all or none."""
         def job(txn):
-            self._meta_put(txn, f"user/{key}", value)
+            for k, v in values.items():
+                self._meta_put(txn, f"user/{k}", v)
             return None, None
         self._write(job)
 

@@ -10,34 +10,10 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 
 import click
 
-
-def start_daemon(state_dir: str, *sets: str, timeout: float = 120.0) -> tuple:
-    """(process, socket path) of a mirod started on ``state_dir``, once it answers."""
-    from miro_runtime.wire.client import Client, NoDaemon
-    os.makedirs(state_dir, exist_ok=True)
-    sock = os.path.join(state_dir, "mirod.sock")
-    exe = [sys.executable, "-m", "miro_runtime.daemon", "--state-dir", state_dir, "--socket", sock]
-    for s in sets:
-        exe += ["--set", s]
-    env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC")}
-    proc = subprocess.Popen(exe, stdout=subprocess.DEVNULL, stderr=open(os.path.join(state_dir, "mirod.stderr"), "ab"),
-                            env=env)
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < timeout:
-        if proc.poll() is not None:
-            raise RuntimeError(f"mirod exited with {proc.returncode}; see {state_dir}/mirod.stderr")
-        try:
-            with Client(sock, timeout=5) as c:
-                c.call("ping")
-            return proc, sock
-        except (NoDaemon, ConnectionError, OSError):
-            time.sleep(0.1)
-    proc.kill()
-    raise RuntimeError(f"mirod did not answer on {sock} within {timeout:.0f} s")
+from miro_runtime.daemon.spawn import start_daemon  # noqa: F401  (benches and examples import it from here)
 
 
 def run_demo(tasks: int = 5, epochs: int = 3, keep: bool = False) -> int:

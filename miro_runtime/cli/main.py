@@ -20,6 +20,7 @@ import click
 
 from miro_runtime.cli.budget import budget
 from miro_runtime.cli.control import checkpoint, daemon, eval_, ingest, predict, profile, status, task
+from miro_runtime.cli.fleet import fleet
 from miro_runtime.cli.kv import kv
 from miro_runtime.cli.logs import logs
 from miro_runtime.cli.options import config_from_options
@@ -96,7 +97,7 @@ def completion(shell):
 
 for command in (run, inspect, store, rep,
                 daemon, status, eval_, ingest, task, predict, config, budget, profile, checkpoint, logs,
-                kv, service, demo, completion):
+                kv, fleet, service, demo, completion):
     main.add_command(command)
 
 __all__ = ["main", "run", "config_from_options"]  # `miro` is main; tests drive run and config_from_options

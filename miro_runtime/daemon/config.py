@@ -4,6 +4,7 @@
     [learning]  the learner: every RunConfig field (strategy, memory, flash_budget, epochs, online, ...)
     [session]   the open-ended session: class cap, snapshots, backlog, the training pause policy
     [kv]        KV-cache inference over the socket: model, policy, the KV namespace's RAM and flash share
+    [fleet]     federated learning with other boards through Flower: the SuperLink, TLS, node key (off by default)
 
 Precedence: defaults < the TOML file < ``<state dir>/overrides.toml`` (what ``miro config set``
 writes) < environment ``MIROD_<TABLE>_<KEY>`` (e.g. ``MIROD_LEARNING_MEMORY=40``). Each value is
@@ -86,6 +87,30 @@ class KVSection:
         "Keep prompt prefixes of lossless generations in <state_dir>/kv."))
 
 
+@dataclass
+class FleetSection:
+    enabled: bool = field(default=False, metadata=about(
+        "Join a fleet: mirod starts and supervises flower-supernode (the fleet extra), which forwards the "
+        "server's rounds to this daemon's socket."))
+    superlink: str = field(default="", metadata=about(
+        "host:port of the fleet's SuperLink (its Fleet API, what `miro fleet server` prints)."))
+    root_certificates: str = field(default="", metadata=about(
+        "The CA certificate (PEM) the SuperLink's TLS certificate is checked against: required unless insecure."))
+    auth_key: str = field(default="", metadata=about(
+        "This board's ECDSA private key (PEM) for node authentication; its public key is registered on the "
+        "server (`miro fleet register`). \"\": no node authentication (the SuperLink must not require it)."))
+    insecure: bool = field(default=False, metadata=about(
+        "No TLS: allowed only with a SuperLink on 127.0.0.1 / localhost (a test or a demo on one machine)."))
+    node_name: str = field(default="", metadata=about("This board's name in the fleet (\"\": the host name)."))
+    local_steps: int = field(default=10, metadata=about(
+        "Training steps on this board's stored samples per round, when the server asks for none."))
+    join_every: int = field(default=1, metadata=about("Join every n-th round; the others are refused, saying why."))
+    supernode_port: int = field(default=9094, metadata=about(
+        "The SuperNode's local ClientAppIo port (one per board on a host)."))
+    restart_backoff_s: float = field(default=1.0, metadata=about(
+        "The first wait before restarting a SuperNode that exited; it doubles to 60 s while it keeps exiting."))
+
+
 LIVE = {  # what SIGHUP / config set change in a running daemon; everything else needs a restart
     "daemon": {"log_level", "idle_timeout_s", "max_message_bytes", "inbox_scan_s", "metrics_every_s",
                "shutdown_timeout_s", "max_connections"},
@@ -94,8 +119,9 @@ LIVE = {  # what SIGHUP / config set change in a running daemon; everything else
     "session": {"snapshot_every", "online_backlog", "pause_ram_floor_mb", "pause_battery_floor",
                 "pause_on_throttle", "ingest_timeout_s"},
     "kv": {"enabled", "policy", "ram_bytes", "flash_bytes", "max_new_tokens", "reuse_prefixes"},
+    "fleet": {"local_steps", "join_every"},
 }
-TABLES = ("daemon", "learning", "session", "kv")
+TABLES = ("daemon", "learning", "session", "kv", "fleet")
 CHOICES = {
     **{("learning", k): v for k, v in RUN_CHOICES.items() if k != "stream"},
     ("daemon", "log_level"): LOG_LEVELS,
@@ -121,12 +147,14 @@ class DaemonConfig:
     learning: RunConfig = field(default_factory=_learning_defaults)
     session: SessionConfig = field(default_factory=SessionConfig)
     kv: KVSection = field(default_factory=KVSection)
+    fleet: FleetSection = field(default_factory=FleetSection)
     source: list = field(default_factory=list)  # where values came from (file, overrides, env)
 
     def to_dict(self) -> dict:
         learning = {k: v for k, v in dataclasses.asdict(self.learning).items() if k not in NOT_FOR_DAEMON}
         return {"daemon": dataclasses.asdict(self.daemon), "learning": learning,
-                "session": dataclasses.asdict(self.session), "kv": dataclasses.asdict(self.kv)}
+                "session": dataclasses.asdict(self.session), "kv": dataclasses.asdict(self.kv),
+                "fleet": dataclasses.asdict(self.fleet)}
 
     def section(self, name: str):
         if name not in TABLES:
@@ -136,7 +164,8 @@ class DaemonConfig:
     def field_of(self, key: str, origin: str = "set") -> tuple:
         """'table.key' -> (table, name, its dataclass field); a ConfigError naming the key otherwise."""
         if "." not in key:
-            raise ConfigError(f"{origin}: key {key!r} must be table.key (daemon.*, learning.*, session.*, kv.*)")
+            raise ConfigError(f"{origin}: key {key!r} must be table.key (daemon.*, learning.*, session.*, kv.*, "
+                              f"fleet.*)")
         table, name = key.split(".", 1)
         sec = self.section(table)
         known = {f.name: f for f in fields(sec)}
@@ -200,6 +229,7 @@ class DaemonConfig:
         if k.model not in names and not os.path.isdir(k.model):
             problems.append(f"kv.model {k.model!r} is neither a model name ({', '.join(names)}) nor a directory; "
                             "give one of those names or a local transformers model directory")
+        problems += fleet_problems(self.fleet)
         try:
             self.learning.validate(names="key")
         except ValueError as e:
@@ -214,12 +244,49 @@ class DaemonConfig:
             raise ConfigError("; ".join(problems))
 
 
+LOOPBACK = ("127.0.0.1", "localhost", "::1", "[::1]")
+
+
+def split_address(addr: str) -> tuple:
+    """'host:port' -> (host, port); a ValueError naming the address otherwise."""
+    host, sep, port = addr.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{addr!r} is not host:port")
+    return host, int(port)
+
+
+def fleet_problems(f: FleetSection) -> list:
+    """What keeps a [fleet] table from running: insecure only on loopback, TLS files that exist."""
+    if not f.enabled:
+        return []
+    out = []
+    if f.local_steps < 0 or f.join_every < 1:
+        out.append(f"fleet.local_steps must be >= 0 and fleet.join_every >= 1, got {f.local_steps}, {f.join_every}")
+    if not 0 < f.supernode_port < 65536:
+        out.append(f"fleet.supernode_port must be a port number, got {f.supernode_port}")
+    try:
+        host, _ = split_address(f.superlink)
+    except ValueError as e:
+        return out + [f"fleet.superlink: {e} (fleet.enabled = true needs the SuperLink's address)"]
+    if f.insecure and host not in LOOPBACK:
+        out.append(f"fleet.insecure: allowed only with a SuperLink on 127.0.0.1 or localhost, not {host!r}; a real "
+                   f"fleet uses TLS (fleet.root_certificates) and node authentication (fleet.auth_key)")
+    if not f.insecure and not f.root_certificates:
+        out.append("fleet.root_certificates: TLS needs the CA certificate the SuperLink's is signed by (or, on "
+                   "127.0.0.1 only, fleet.insecure = true)")
+    for k in ("root_certificates", "auth_key"):
+        path = getattr(f, k)
+        if path and not os.path.isfile(path):
+            out.append(f"fleet.{k} = {path!r}: no such file")
+    return out
+
+
 def _apply_table(cfg: DaemonConfig, data: dict, origin: str, problems: list):
     """Every key of a parsed TOML file into ``cfg``; each key's error appended to ``problems``."""
     for table, values in data.items():
         if not isinstance(values, dict):
             problems.append(f"{origin}: top-level key {table!r} must be a table ([daemon], [learning], [session], "
-                            "[kv])")
+                            "[kv], [fleet])")
             continue
         for k, v in values.items():
             try:

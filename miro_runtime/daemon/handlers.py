@@ -32,9 +32,9 @@ if TYPE_CHECKING:
 READ_ONLY = frozenset({"ping", "status", "eval", "predict", "logs", "config_show", "task_list", "kv_generate",
                        "budget_show"})
 MUTATING = frozenset({"ingest", "task_end", "config_set", "config_unset", "config_reload", "profile", "checkpoint",
-                      "budget_set", "shutdown"})
+                      "budget_set", "shutdown", "fleet_train", "fleet_evaluate"})
 # methods that refuse parameters they do not declare; the others ignore extras (the client's ingest sends `wait`)
-STRICT = frozenset({"kv_generate", "budget_set"})
+STRICT = frozenset({"kv_generate", "budget_set", "fleet_train", "fleet_evaluate"})
 
 # a task's state in task_list
 TASK_OPEN, TASK_ENDED, TASK_TRAINED, TASK_FAILED = "open", "ended", "trained", "failed"
@@ -53,6 +53,9 @@ Labels = Annotated[list[int], Meta(description="integers (a list, one per sample
 BatchId = Annotated[str, Meta(min_length=1, max_length=128, description="a string of 1 to 128 bytes")]
 TableKey = Annotated[str, Meta(description="a string 'table.key'")]
 Positive = Annotated[float, Meta(gt=0)]
+Arrays = Annotated[dict[str, str], Meta(description="an object of array name -> base64 of its .npy bytes")]
+Steps = Annotated[int, Meta(ge=0, le=10000)]
+Round = Annotated[int, Meta(ge=0)]
 
 
 class Handlers:
@@ -91,6 +94,7 @@ class Handlers:
         d = self.d
         st = d.session.status()
         st["kv"] = {"enabled": d.cfg.kv.enabled, **d.kv.status()}
+        st["fleet"] = d.fleet.status()
         st["daemon"] = {"pid": os.getpid(), "uptime_s": round(time.time() - d.started, 3), "socket": d.sock_path,
                         "state_dir": d.state_dir, "logs_dir": d.logs_dir, "open_connections": d.server.conns,
                         **d.server.counters}
@@ -244,6 +248,43 @@ class Handlers:
         if s.learner is None or not s.learner.per_task:
             raise P.ProtocolError(P.NOT_READY, "Miro profiles after the first task has trained")
         return as_dict(await asyncio.wait_for(asyncio.wrap_future(s.request_profile()), timeout=timeout))
+
+    async def fleet_train(self, server_round: Round = 0, arrays: Optional[Arrays] = None,
+                          labels: Optional[Labels] = None, steps: Optional[Steps] = None,
+                          timeout: Positive = 600.0) -> dict:
+        """A fleet round (the ClientApp shim's train message): adopt the fleet's model when sent, train
+        ``steps`` (default fleet.local_steps) on this board's stored samples, answer the model, its label map
+        and class counts. Refused, saying why, when the board is busy, paused, out of budget or skips the round."""
+        return await self._fleet("train", server_round, arrays, labels, steps, timeout)
+
+    async def fleet_evaluate(self, server_round: Round = 0, arrays: Optional[Arrays] = None,
+                             labels: Optional[Labels] = None, timeout: Positive = 600.0) -> dict:
+        """Adopt the fleet's aggregate (rows aligned by label, new classes added) and answer the accuracy on this
+        board's own test samples."""
+        return await self._fleet("evaluate", server_round, arrays, labels, 0, timeout)
+
+    async def _fleet(self, kind: str, server_round: int, arrays, labels, steps, timeout: float) -> dict:
+        d = self.d
+        f = d.fleet
+        if (arrays is None) != (labels is None):
+            raise P.ProtocolError(P.INVALID_PARAMS, "arrays and labels go together (the head's rows are labelled)")
+        if d.stopping.is_set():
+            raise P.ProtocolError(P.STOPPING, "the daemon is stopping")
+        every = d.cfg.fleet.join_every
+        if server_round and server_round % every:
+            f.refused(kind, server_round, f"this board joins every {every}th round (fleet.join_every)")
+            raise P.ProtocolError(P.BUSY, f"round {server_round} skipped: this board joins every {every}th round "
+                                          f"(fleet.join_every = {every})")
+        steps = d.cfg.fleet.local_steps if steps is None else steps
+        f.received(kind, server_round, sum(len(v) for v in (arrays or {}).values()))
+        try:
+            fut = d.session.fleet_round(kind, arrays, labels, steps, server_round)
+            out = await asyncio.wait_for(asyncio.wrap_future(fut), timeout=timeout)
+        except Exception as e:
+            f.refused(kind, server_round, str(e))
+            raise
+        f.answered(kind, server_round, out)
+        return out
 
     def _set_keys(self, values: dict, origin: str) -> tuple:
         """Set {``table.key``: value} together: each value checked against its key, the whole configuration

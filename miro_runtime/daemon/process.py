@@ -30,6 +30,7 @@ from miro_runtime.daemon.handlers import Handlers
 from miro_runtime.daemon.inbox import Inbox
 from miro_runtime.daemon.prometheus import MetricsExport
 from miro_runtime.daemon.server import ControlServer, group_id
+from miro_runtime.daemon.supernode import BoardFleet, Supernode
 from miro_runtime.kv.names import STATE_SUBDIR as KV_STATE_SUBDIR
 from miro_runtime.kv.service import KVService, KVShare  # torch-free until the first generation
 from miro_runtime.log import EventLog
@@ -66,6 +67,7 @@ class Daemon:
         self.kv_pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="mirod-kv")
         self.kv = KVService(os.path.join(self.state_dir, KV_STATE_SUBDIR),
                             KVShare(**{k: getattr(cfg.kv, k) for k in KV_SHARE_KEYS}))
+        self.fleet = BoardFleet(cfg.fleet, None)  # its log and SuperNode once main() owns the state dir
         self.started = time.time()
 
     # ------------------------------------------------------------------ start-up
@@ -142,6 +144,11 @@ class Daemon:
         await self.server.listen(self.sock_path)
         self.log.event("started", pid=os.getpid(), socket=self.sock_path, state_dir=self.state_dir,
                        logs_dir=self.logs_dir, config=self.cfg.to_dict(), config_sources=self.cfg.source)
+        self.fleet.log = self.log
+        if self.cfg.fleet.enabled:  # after the socket serves: the SuperNode's ClientApps call it
+            self.fleet.supernode = Supernode(self.cfg.fleet, self.sock_path, os.path.join(self.state_dir, "fleet"),
+                                             self.log)
+            self.fleet.supernode.start()
         systemd.notify("READY=1\nSTATUS=serving on " + self.sock_path)
         inbox = Inbox(self.cfg, self.log, self.pool, handlers.ingest_file)
         metrics = MetricsExport(self.cfg, self.log, self.pool, self.session.status, self.server.counters, self.started,
@@ -156,9 +163,11 @@ class Daemon:
         """Stop accepting, let the trainer finish or checkpoint its step, flush, exit in bounded time."""
         systemd.notify("STOPPING=1\nSTATUS=stopping: finishing the current step")
         self.log.event("stopping")
+        loop = asyncio.get_running_loop()
+        if self.fleet.supernode is not None:  # no new rounds forwarded while the trainer stops
+            await loop.run_in_executor(None, self.fleet.supernode.stop)
         self.server.close()
         self.session.stop()
-        loop = asyncio.get_running_loop()
         await loop.run_in_executor(None, self.trainer.join, self.cfg.daemon.shutdown_timeout_s)
         clean = not self.trainer.is_alive()
         for h in helpers:

@@ -17,7 +17,7 @@ import threading
 import time
 from typing import Callable, Optional
 
-KINDS = ("train", "profile", "eval", "predict", "kv")  # what a joule was spent on
+KINDS = ("train", "profile", "eval", "predict", "kv", "fleet")  # what a joule was spent on (fleet: a federated round)
 MODE_NONE, MODE_TASK, MODE_POWER = "none", "task", "power"
 EVAL_MARGIN = 0.25  # an evaluation's joules vary by this much between tasks on the estimate meter (a 2-core box)
 
@@ -92,9 +92,9 @@ class EnergyBudget:
             raise ValueError(f"unknown kind of spending {kind!r}; one of {KINDS}")
         if not joules:
             return
-        self.spent[kind] += joules
+        self.spent[kind] = self.spent.get(kind, 0.0) + joules
         per = self.by_task.setdefault(task, {k: 0.0 for k in KINDS})
-        per[kind] += joules
+        per[kind] = per.get(kind, 0.0) + joules  # a task restored from an older checkpoint may lack a kind
         if self.power_w is not None:
             self._level = self._fill() - joules  # may go below 0: an overshoot, repaid as it refills
 

@@ -336,6 +336,16 @@ class Session:
         trainer between steps; the Future holds the decision."""
         return self.trainer.request_profile()
 
+    def fleet_round(self, kind: str, arrays: Optional[dict], labels: Optional[list], steps: int,
+                    server_round: int) -> concurrent.futures.Future:
+        """A federated round's request (federated.py), run by the trainer between steps: ``train`` loads the
+        fleet's model when sent, trains ``steps`` local steps and answers the model with its label map and class
+        counts; ``evaluate`` loads it and answers the accuracy on this board's test samples."""
+        from miro_runtime.session import federated
+        if self.learner is None:
+            raise SessionError("not-ready", f"fleet {kind}: no model yet: ingest samples and end a task first")
+        return self.trainer.request(lambda: federated.round_job(self, kind, arrays, labels, steps, server_round))
+
     def checkpoint(self) -> dict:
         """Ask for a checkpoint: written by the trainer between steps (or here when it is idle)."""
         if self.learner is None:

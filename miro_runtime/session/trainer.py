@@ -397,9 +397,13 @@ class Trainer:
     def request_profile(self) -> concurrent.futures.Future:
         """Miro now (``miro profile``): a profile round on the open task's samples so far, run between
         steps; the Future holds the decision."""
+        return self.request(self._profile_now)
+
+    def request(self, fn: Callable[[], dict]) -> concurrent.futures.Future:
+        """``fn()`` run by the trainer between steps (it owns the model); the Future holds its answer."""
         fut: concurrent.futures.Future = concurrent.futures.Future()
         with self.work:
-            self._jobs.append((self._profile_now, fut))
+            self._jobs.append((fn, fut))
             self.work.notify_all()
         return fut
 
