@@ -7,17 +7,19 @@ import os
 import subprocess
 import sys
 import time
+from typing import Optional
 
 
-def start_daemon(state_dir: str, *sets: str, timeout: float = 120.0) -> tuple:
-    """(process, socket path) of a mirod started on ``state_dir``, once it answers."""
+def start_daemon(state_dir: str, *sets: str, timeout: float = 120.0, env: Optional[dict] = None) -> tuple:
+    """(process, socket path) of a mirod started on ``state_dir`` (``env``: added to this process's), once it
+    answers."""
     from miro_runtime.wire.client import Client, NoDaemon
     os.makedirs(state_dir, exist_ok=True)
     sock = os.path.join(state_dir, "mirod.sock")
     exe = [sys.executable, "-m", "miro_runtime.daemon", "--state-dir", state_dir, "--socket", sock]
     for s in sets:
         exe += ["--set", s]
-    env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC")}
+    env = {**{k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC")}, **(env or {})}
     proc = subprocess.Popen(exe, stdout=subprocess.DEVNULL, stderr=open(os.path.join(state_dir, "mirod.stderr"), "ab"),
                             env=env)
     t0 = time.monotonic()

@@ -129,7 +129,7 @@ class BoardFleet:
         with self.lock:
             self.refusals += 1
             self.last_refusal = {"round": rnd, "kind": kind, "why": why[:300], "at": round(time.time(), 3)}
-        self.log.event("fleet_refused", level="warning", kind=kind, round=rnd, why=why[:300])
+        self.log.event("fleet_refused", level="warning", request=kind, round=rnd, why=why[:300])
 
     def status(self) -> dict:
         with self.lock:

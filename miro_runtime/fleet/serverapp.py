@@ -42,6 +42,23 @@ def _board(reply: Message) -> str:
     return name or f"node-{reply.metadata.src_node_id}"
 
 
+PULL_EVERY_S = 0.25  # Grid.send_and_receive sleeps 3 s between pulls; a round's replies are polled faster here
+
+
+def send_and_receive(grid: Grid, messages: list, timeout: float) -> list:
+    """Push ``messages``, pull their replies until all are in or ``timeout`` passes (what a board did not answer
+    by then is missing from the result)."""
+    pending = set(grid.push_messages(messages))
+    end, out = time.monotonic() + timeout, []
+    while pending and time.monotonic() < end:
+        got = list(grid.pull_messages(pending))
+        out += got
+        pending -= {m.metadata.reply_to_message_id for m in got}
+        if pending:
+            time.sleep(PULL_EVERY_S)
+    return out
+
+
 def wait_for_boards(grid: Grid, n: int, wait_s: float) -> list:
     t0 = time.monotonic()
     while True:
@@ -55,7 +72,7 @@ def train_round(grid: Grid, nodes: list, rnd: int, steps: int, timeout: float) -
     """-> (updates, node of each board, {board: why it has no update}, bytes received)."""
     msgs = [Message(RecordDict({"config": _config(rnd, steps, timeout)}), dst_node_id=n,
                     message_type=MessageType.TRAIN) for n in nodes]
-    replies = list(grid.send_and_receive(msgs, timeout=timeout))
+    replies = send_and_receive(grid, msgs, timeout)
     updates, where, failed, nbytes = [], {}, {}, 0
     answered = {r.metadata.src_node_id for r in replies}
     for n in nodes:
@@ -91,7 +108,7 @@ def evaluate_round(grid: Grid, g, labels_of: dict, where: dict, rnd: int, timeou
                                         "config": _config(rnd, 0, timeout)}),
                             dst_node_id=nid, message_type=MessageType.EVALUATE))
     accs, failed = {}, {}
-    for r in grid.send_and_receive(msgs, timeout=timeout):
+    for r in send_and_receive(grid, msgs, timeout):
         board = next((b for b, n in where.items() if n == r.metadata.src_node_id), _board(r))
         if r.has_error():
             failed[board] = r.error.reason or f"error {r.error.code}"

@@ -343,7 +343,8 @@ class Session:
         counts; ``evaluate`` loads it and answers the accuracy on this board's test samples."""
         from miro_runtime.session import federated
         if self.learner is None:
-            raise SessionError("not-ready", f"fleet {kind}: no model yet: ingest samples and end a task first")
+            raise SessionError("not-ready", f"fleet {kind}: no task has trained on this board yet: ingest samples "
+                                            f"and end a task first")
         return self.trainer.request(lambda: federated.round_job(self, kind, arrays, labels, steps, server_round))
 
     def checkpoint(self) -> dict:
