@@ -32,19 +32,22 @@ def fleet():
 @click.option("--rounds", type=click.IntRange(min=1), default=3, show_default=True)
 @click.option("--min-boards", type=click.IntRange(min=1), default=2, show_default=True,
               help="Boards whose replies must fit for a round to aggregate; the run waits for this many.")
+@click.option("--wait-boards", type=click.IntRange(min=0), default=0,
+              help="Boards to wait for before round 1, if more than --min-boards.")
 @click.option("--local-steps", type=click.IntRange(min=0), default=10, show_default=True,
               help="Training steps each board runs per round on its own stored samples.")
 @click.option("--round-timeout", type=click.FloatRange(min=1), default=300.0, show_default=True,
               help="Seconds a round waits for replies; a board that misses it is left out of that round.")
 @click.option("--json", "as_json", is_flag=True, help="Print the final status as JSON.")
-def server(dir_, address, ca_cert, cert, key, node_auth, insecure, rounds, min_boards, local_steps, round_timeout,
-           as_json):
+def server(dir_, address, ca_cert, cert, key, node_auth, insecure, rounds, min_boards, wait_boards, local_steps,
+           round_timeout, as_json):
     """Start a SuperLink and run the fleet's rounds: each round every connected board trains locally, the
     server aggregates (class-aligned FedAvg) and sends each board its view of the result. Stops when the rounds
     are done (Ctrl-C stops it sooner)."""
     from miro_runtime.fleet.server import FleetError, FleetServer, ServerConfig
     cfg = ServerConfig(dir=dir_, address=address, insecure=insecure, ca_cert=ca_cert, cert=cert, key=key,
-                       node_auth=node_auth, rounds=rounds, min_boards=min_boards, local_steps=local_steps,
+                       node_auth=node_auth, rounds=rounds, min_boards=min_boards, wait_boards=wait_boards,
+                       local_steps=local_steps,
                        round_timeout_s=round_timeout)
     try:
         srv = FleetServer(cfg)
@@ -109,7 +112,7 @@ def status(dir_, as_json):
 @click.option("--dir", "dir_", default=DEFAULT_DIR, show_default=True, help="The server's state directory.")
 @click.option("--name", default="", help="The board's name in the registry.")
 def register(public_key, dir_, name):
-    """Register a board's public key (ECDSA, PEM) with the running SuperLink (started with --node-auth)."""
+    """Register a board's public key (`miro fleet keygen`'s .pub) with the running SuperLink (--node-auth)."""
     import subprocess
 
     from miro_runtime.daemon.supernode import flower_env, flower_program
@@ -121,6 +124,27 @@ def register(public_key, dir_, name):
     r = subprocess.run(cmd, env=flower_env(os.path.join(dir_, "flwr")), capture_output=True, text=True)
     click.echo((r.stdout + r.stderr).strip())
     sys.exit(r.returncode)
+
+
+@fleet.command(name="keygen")
+@click.argument("private_key", type=click.Path(dir_okay=False))
+def keygen(private_key):
+    """A board's node key pair: PRIVATE_KEY (mode 0600, the board's fleet.auth_key) and PRIVATE_KEY.pub (register
+    it on the server with `miro fleet register`). ECDSA P-384, OpenSSH format, as Flower reads them."""
+    from miro_runtime.fleet.keys import node_keys
+    click.echo(node_keys(private_key))
+
+
+@fleet.command(name="certs")
+@click.option("--out", "out_dir", required=True, help="Where ca.pem, ca.key, server.pem and server.key go.")
+@click.option("--host", "hosts", multiple=True, required=True,
+              help="A name or IP address boards reach the SuperLink by (repeat for several).")
+def certs(out_dir, hosts):
+    """A private CA and a SuperLink certificate signed by it, for a fleet without a PKI of its own: the server
+    takes --ca-cert ca.pem --cert server.pem --key server.key, every board fleet.root_certificates = ca.pem."""
+    from miro_runtime.fleet.keys import server_certs
+    for p in server_certs(out_dir, list(hosts)).values():
+        click.echo(p)
 
 
 @fleet.command(name="demo")

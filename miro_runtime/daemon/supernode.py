@@ -8,6 +8,7 @@ in mirod. Nothing here imports flwr: the SuperNode is a program, found beside th
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -23,6 +24,7 @@ RUNNING, BACKING_OFF, STOPPED, MISSING = "running", "backing off", "stopped", "n
 MAX_BACKOFF_S = 60.0
 STOP_TIMEOUT_S = 10.0
 HEALTHY_AFTER_S = 30.0  # a SuperNode that ran this long before exiting restarts after the first back-off again
+ANSI = re.compile(r"\x1b\[[0-9;]*m")  # Flower colours its level words
 FLOWER_ENV = {"FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1"}
 
 
@@ -79,6 +81,12 @@ def stop_process(proc: subprocess.Popen, timeout: float = STOP_TIMEOUT_S) -> Opt
             except subprocess.TimeoutExpired:
                 continue
     return proc.poll()
+
+
+def _level_of(line: str) -> str:
+    """The log level of a line of Flower's output (its own level word leads the line)."""
+    head = line[:40].upper()
+    return "error" if "ERROR" in head else "warning" if "WARN" in head else "info"
 
 
 def _die_with_parent():  # pragma: no cover - runs in the child between fork and exec
@@ -197,11 +205,16 @@ class Supernode:
             self.state = RUNNING
             self.log.event("supernode_started", component="fleet", pid=self.proc.pid, superlink=self.cfg.superlink,
                            tls=not self.cfg.insecure, node_auth=bool(self.cfg.auth_key), restarts=self.restarts)
-            for line in self.proc.stdout:  # until it exits: its output is ours
-                line = line.rstrip()
-                if line:
-                    self.log.event("supernode_output", component="fleet", level="debug", line=line[:500])
+            # its output is ours, read on a thread of its own: the SuperExec it starts inherits the pipe and may
+            # hold it open after the SuperNode itself exited
+            threading.Thread(target=self._relay, args=(self.proc.stdout,), name="mirod-supernode-out",
+                             daemon=True).start()
             rc = self.proc.wait()
+            for pid in superexecs_of(self.proc.pid):  # orphaned by the exit: they would linger for seconds
+                try:
+                    os.kill(pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
             ran = time.monotonic() - t0
             self.last_exit = {"rc": rc, "ran_s": round(ran, 1), "at": round(time.time(), 3)}
             if self._stop.is_set():
@@ -216,6 +229,12 @@ class Supernode:
             backoff = min(backoff * 2, MAX_BACKOFF_S)
             self.restarts += 1
         self.state = STOPPED
+
+    def _relay(self, stream):
+        for line in stream:
+            line = ANSI.sub("", line).rstrip()
+            if line:
+                self.log.event("supernode_output", component="fleet", level=_level_of(line), line=line[:500])
 
     def stop(self):
         """SIGTERM to its process group (it and the ClientApps it spawned), SIGKILL after a bound."""

@@ -37,7 +37,8 @@ class ServerConfig:
     key: str = ""
     node_auth: bool = False  # SuperNodes must present a registered key (`miro fleet register`); needs TLS
     rounds: int = 3
-    min_boards: int = 2
+    min_boards: int = 2  # replies that must fit for a round to aggregate
+    wait_boards: int = 0  # boards the run waits for before round 1 (at least min_boards)
     local_steps: int = 10
     round_timeout_s: float = 300.0
     wait_boards_s: float = 120.0
@@ -102,6 +103,7 @@ clientapp = "miro_runtime.fleet.clientapp:app"
 [tool.flwr.app.config]
 rounds = {cfg.rounds}
 min-boards = {cfg.min_boards}
+wait-boards = {cfg.wait_boards}
 local-steps = {cfg.local_steps}
 round-timeout = {float(cfg.round_timeout_s)}
 wait-boards-s = {float(cfg.wait_boards_s)}
@@ -145,8 +147,9 @@ class FleetServer:
         c = self.cfg
         host, port = split_address(c.address)
         write_connection(c)
+        # its database keeps registered node keys (and runs) across restarts of the server
         cmd = [self.program("flower-superlink"), "--host", host, "--port", str(port),
-               "--disable-runtime-dependency-installation"]
+               "--disable-runtime-dependency-installation", "--database", os.path.join(c.dir, "superlink.db")]
         if c.insecure:
             cmd.append("--insecure")
         else:

@@ -131,13 +131,15 @@ def main(grid: Grid, context: Context) -> None:
               "local_steps": steps, "started": round(time.time(), 3), "boards": {}, "global_classes": [],
               "rounds": []}
     write_status(path, status)
-    nodes = wait_for_boards(grid, min_boards, float(rc["wait-boards-s"]))
+    want = max(min_boards, int(rc.get("wait-boards", 0)))  # boards to wait for before round 1
+    nodes = wait_for_boards(grid, want, float(rc["wait-boards-s"]))
     if len(nodes) < min_boards:
         status.update(state="failed", error=f"{len(nodes)} boards connected within {rc['wait-boards-s']} s, "
                                             f"fewer than min-boards = {min_boards}")
         write_status(path, status)
         raise RuntimeError(status["error"])
-    status["state"] = "running"
+    status.update(state="running", boards_at_start=len(nodes))
+    write_status(path, status)
     for rnd in range(1, rounds + 1):
         t0 = time.time()
         nodes = sorted(grid.get_node_ids())

@@ -1,0 +1,84 @@
+"""A board SIGKILLed in the middle of a fleet round: the round completes with the others (its message times out,
+named in the round's record), the board restarts on its state dir, its SuperNode rejoins under a new node id, a
+later round includes it, and nothing it had stored is lost."""
+import json
+import os
+import signal
+import time
+
+import numpy as np
+from daemon_util import Mirod
+
+from miro_runtime.engine.streams import split_digits
+from miro_runtime.fleet.demo import FAST_POLL, board_classes
+from miro_runtime.fleet.server import FleetServer, ServerConfig, free_port, read_status
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def wait_for(pred, timeout):
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        v = pred()
+        if v:
+            return v
+        time.sleep(0.1)
+    return None
+
+
+def test_a_board_killed_mid_round_leaves_the_round_to_the_others_and_rejoins(tmp_path, monkeypatch):
+    for k, v in FAST_POLL.items():
+        monkeypatch.setenv(k, v)
+    s = split_digits(5, 0)
+    x, y = np.concatenate([a for a, _ in s.train]), np.concatenate([b for _, b in s.train])
+    xt, yt = np.concatenate([a for a, _ in s.test]), np.concatenate([b for _, b in s.test])
+    port = free_port()
+    srv = FleetServer(ServerConfig(dir=str(tmp_path / "server"), address=f"127.0.0.1:{port}", insecure=True,
+                                   rounds=3, min_boards=1, wait_boards=2, local_steps=5, round_timeout_s=12,
+                                   wait_boards_s=60))
+    boards = []
+    srv.start()
+    try:
+        for i in range(2):
+            sets = ("learning.online=false", "learning.epochs=2", "learning.strategy=carm", "learning.memory=20",
+                    "fleet.enabled=true", f"fleet.superlink=127.0.0.1:{port}", "fleet.insecure=true",
+                    f"fleet.node_name=board-{i}", f"fleet.supernode_port={free_port()}")
+            d = Mirod(tmp_path / f"b{i}", *sets).start()
+            cl = board_classes(i, 2)
+            m, mt = np.isin(y, cl), np.isin(yt, cl)
+            with d.client() as c:
+                c.ingest(0, "train", x[m], y[m])
+                c.ingest(0, "test", xt[mt], yt[mt])
+                c.call("task_end", task=0, wait=True, timeout=300)
+            boards.append(d)
+        stored = boards[1].call("status")["stored"]
+        run_id = srv.submit()
+        st_path = srv.cfg.status_path
+        assert wait_for(lambda: (read_status(st_path) or {}).get("state") == "running", 90)
+        sn = boards[1].call("status")["fleet"]["supernode"]["pid"]
+        boards[1].kill(signal.SIGKILL)  # the run waited for both boards; board-1 dies as round 1's messages go out
+        assert wait_for(lambda: not alive(sn), 30)  # its SuperNode goes with it
+        assert wait_for(lambda: len((read_status(st_path) or {}).get("rounds", [])) >= 1, 120)
+        boards[1] = Mirod(tmp_path / "b1", *boards[1].sets).start()  # a restart on the same state dir
+        final = srv.wait(run_id, timeout=240)
+        assert final["flower"]["status"] == "finished:completed", final
+        r1 = final["rounds"][0]
+        assert r1["aggregated"] and r1["boards"] == ["board-0"]  # the round went on with the other board
+        assert r1["failed"] and all("no reply" in why or "board-1" in why for why in r1["failed"].values())
+        later = [e for e in final["rounds"][1:] if e.get("aggregated") and "board-1" in e["boards"]]
+        assert later, json.dumps(final["rounds"])[:3000]  # the restarted board rejoined
+        st = boards[1].call("status")
+        assert st["stored"] == stored  # nothing it had stored is lost
+        assert sorted(st["class_labels"]) == list(range(10)) and st["fleet"]["rounds"]["train"] >= 1
+    finally:
+        for d in boards:
+            if d.alive():
+                d.kill(signal.SIGTERM)
+        srv.stop()
+    assert not os.path.exists(f"/proc/{srv.proc.pid}") or srv.proc.poll() is not None
