@@ -159,7 +159,8 @@ def demo(boards, rounds, local_steps, keep, as_json):
     from miro_runtime.fleet.demo import run_fleet_demo
     out = run_fleet_demo(boards=boards, rounds=rounds, local_steps=local_steps, keep=keep,
                          say=lambda s: click.echo(s, err=True))
-    ok = out.get("flower_status") == "finished:completed"
+    rounds_ok = [e.get("aggregated") for e in (out.get("server") or {}).get("rounds") or []]
+    ok = out.get("flower_status") == "finished:completed" and len(rounds_ok) == rounds and all(rounds_ok)
     if as_json:
         click.echo(json.dumps(out))
     else:

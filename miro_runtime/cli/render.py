@@ -97,9 +97,26 @@ def status_lines(s: dict) -> list:
                            f"{_v(k.get('policy'))}, RAM share {_mib(k.get('ram_bytes'))}, flash share "
                            f"{_mib(k.get('flash_bytes'))} ({_mib(k.get('flash_used_bytes') or 0)} used, "
                            f"{k.get('prefix_chunks') or 0} prefix chunks), {_v(k.get('requests'))} requests"))
+    if s.get("fleet") and s["fleet"].get("enabled"):
+        rows.append(("fleet", fleet_text(s["fleet"])))
     rows.append(("budget", budget_text(s.get("budget"))))
     rows.append(("accuracy", accuracy_text(s.get("last_acc"), s.get("last_avg_acc"))))
     return [f"{k:<16}{v}" for k, v in rows]
+
+
+def fleet_text(f: dict) -> str:
+    """Session status's ``fleet`` in one line: the SuperLink, the SuperNode, rounds joined and refused, bytes."""
+    sn = f.get("supernode") or {}
+    last = f.get("last_round")
+    restarts = f" (restarts {sn['restarts']})" if sn.get("restarts") else ""
+    line = (f"{f.get('node_name')} -> {f.get('superlink')} ({'TLS' if f.get('tls') else 'insecure'}"
+            f"{', node key' if f.get('node_auth') else ''}); SuperNode {sn.get('state', '-')}{restarts}"
+            f"; rounds {f['rounds'].get('train', 0)} trained, {f.get('refusals', 0)} refused")
+    if last:
+        acc = last.get("acc")
+        line += f"; last: round {last['round']} {last['kind']}" + (f", accuracy {100 * acc:.1f}%" if acc is not None
+                                                                   else "")
+    return line + f"; {_mib(f.get('bytes_received'))} in, {_mib(f.get('bytes_sent'))} out"
 
 
 def _budget_words(task_j, power_w, bucket) -> str:

@@ -49,7 +49,23 @@ def accuracy(sock: str, x, y, classes: Optional[list] = None) -> Optional[float]
 FAST_POLL = {"FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "0.2"}
 
 
-def run_fleet_demo(boards: int = 2, rounds: int = 2, local_steps: int = 10, epochs: int = 3,
+def _round_work(log_path: str) -> list:
+    """What the board's log says each fleet request cost it: round, kind, seconds, joules, accuracy."""
+    import json
+    out = []
+    with open(log_path) as fh:
+        for line in fh:
+            try:
+                e = json.loads(line)
+            except ValueError:
+                continue
+            if e.get("event") in ("fleet_train", "fleet_evaluate"):
+                out.append({k: e.get(k) for k in ("round", "seconds", "energy_j", "acc", "loss")} |
+                           {"kind": e["event"][6:]})
+    return out
+
+
+def run_fleet_demo(boards: int = 2, rounds: int = 2, local_steps: int = 10, epochs: int = 3, seed: int = 0,
                    keep: bool = False, say: Callable[[str], None] = print, timeout_s: float = 600.0) -> dict:
     from miro_runtime.wire.client import Client
     t0 = time.monotonic()
@@ -57,7 +73,8 @@ def run_fleet_demo(boards: int = 2, rounds: int = 2, local_steps: int = 10, epoc
     x, y, xt, yt = _digits()
     procs: list = []
     server = None
-    out: dict = {"boards": boards, "rounds": rounds, "local_steps": local_steps, "dir": root}
+    out: dict = {"boards": boards, "rounds": rounds, "local_steps": local_steps, "epochs": epochs, "seed": seed,
+                 "dir": root}
     try:
         port = free_port()
         server = FleetServer(ServerConfig(dir=os.path.join(root, "server"), address=f"127.0.0.1:{port}",
@@ -69,7 +86,8 @@ def run_fleet_demo(boards: int = 2, rounds: int = 2, local_steps: int = 10, epoc
         socks = []
         for i in range(boards):
             sets = ["learning.online=false", f"learning.epochs={epochs}", "learning.strategy=carm",
-                    "learning.memory=20", "fleet.enabled=true", f"fleet.superlink=127.0.0.1:{port}",
+                    f"learning.seed={seed}", "learning.memory=20", "fleet.enabled=true",
+                    f"fleet.superlink=127.0.0.1:{port}",
                     "fleet.insecure=true", f"fleet.node_name=board-{i}", f"fleet.supernode_port={free_port()}",
                     f"fleet.local_steps={local_steps}"]
             proc, sock = start_daemon(os.path.join(root, f"board-{i}"), *sets, env=FAST_POLL)
@@ -105,7 +123,8 @@ def run_fleet_demo(boards: int = 2, rounds: int = 2, local_steps: int = 10, epoc
                 st = c.call("status")
             b.update(federated_acc=accuracy(sock, xt, yt), acc_on_others=accuracy(sock, xt, yt, others),
                      acc_on_own=accuracy(sock, xt, yt, b["classes"]), class_labels=sorted(st["class_labels"]),
-                     fleet=st["fleet"])
+                     fleet=st["fleet"], energy_provenance=st["energy"]["provenance"],
+                     round_work=_round_work(os.path.join(root, f"board-{i}", "logs", "mirod.jsonl")))
             say(f"board-{i}: {100 * b['federated_acc']:.1f}% on all ten after the fleet "
                 f"({100 * b['acc_on_others']:.1f}% on the other boards' digits); classes {b['class_labels']}")
         out["per_board"] = per_board

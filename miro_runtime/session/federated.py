@@ -147,21 +147,32 @@ def _adopt(session, labels: list):
 
 
 def train_local(session, steps: int, seed: int = 0) -> dict:
-    """``steps`` steps of the strategy (its replay included) on batches drawn from every training sample the
-    board has stored -> {"steps", "samples", "loss"}."""
+    """``steps`` SGD steps on batches drawn uniformly from every training sample the board has stored, with the
+    softmax restricted to the classes the board holds samples of (FedRS, Li et al. 2021, at its limit): a
+    board never pushes down the rows of classes it only adopted, whose owners train them, so the aggregate
+    keeps every class calibrated. -> {"steps", "samples", "loss"}."""
     import torch
+    import torch.nn.functional as F
     lr = session.learner
+    strat = getattr(lr.strategy, "base", lr.strategy)  # CarM wraps the method whose model and optimizer train
     f, ns, bs = lr.flash, lr.ns, session.cfg.batch_size
-    ids = np.concatenate([f.class_ids(ns, c) for c in range(len(f.class_counts(ns)))] or [np.zeros(0, np.int64)])
-    if not ids.size:
+    counts = f.class_counts(ns)
+    owned = [c for c in range(len(counts)) if counts[c] > 0]
+    if not owned:
         raise SessionError("not-ready", "no training samples stored on this board")
+    ids = np.concatenate([f.class_ids(ns, c) for c in owned])
+    cols = torch.tensor(owned, dtype=torch.long, device=strat.device)  # (C,) the head rows trained here
+    pos = torch.full((max(owned) + 1,), -1, dtype=torch.long)
+    pos[torch.tensor(owned)] = torch.arange(len(owned))  # internal id -> its column among the owned
     rng = np.random.default_rng([session.cfg.seed, seed])
     losses, n = [], 0
+    strat.model.train()
     for _ in range(steps):
         b = f.read_batch(ns, np.sort(rng.choice(ids, size=min(bs, ids.size), replace=False)))
-        x, y = torch.from_numpy(b["x"]), torch.from_numpy(b["labels"].astype(np.int64))
-        loss = lr.strategy.observe(x, y)
-        losses.append(float(loss) if loss is not None else float("nan"))
+        x, y = torch.from_numpy(b["x"]).to(strat.device), pos[torch.from_numpy(b["labels"].astype(np.int64))]
+        strat.opt.zero_grad(set_to_none=True)
+        out = strat.model(x)[:, cols]  # (B, C): only the board's own classes compete
+        losses.append(strat.step(F.cross_entropy(out, y.to(strat.device))))
         n += len(y)
     return {"steps": steps, "samples": n, "loss": float(np.nanmean(losses)) if losses else None}
 

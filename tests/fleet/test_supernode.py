@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 
+from conftest import MIRO
 from daemon_util import Mirod
 
 from miro_runtime.fleet.server import free_port
@@ -59,6 +60,9 @@ def test_the_supernode_is_restarted_when_it_dies_and_dies_with_mirod(tmp_path):
         assert events.count("supernode_started") >= 2 and "supernode_exited" in events
         exited = next(e for e in d.logs() if e.get("event") == "supernode_exited")
         assert exited["rc"] == -signal.SIGKILL
+        r = subprocess.run(MIRO + ["status", "--socket", d.sock], capture_output=True, text=True, timeout=60)
+        line = next(x for x in r.stdout.splitlines() if x.startswith("fleet"))
+        assert "b0 -> 127.0.0.1:" in line and "(insecure)" in line and "SuperNode running (restarts " in line
     finally:
         d.kill(signal.SIGKILL)  # no shutdown path at all: the SuperNode must still go
     assert wait_for(lambda: not alive(again), timeout=30), "the SuperNode outlived a SIGKILLed mirod"
