@@ -29,6 +29,7 @@ BENCHES = [("storage", "Tiered store (`bench/storage.py`)"),
            ("rep_fmnist", "REP on a real dataset: split Fashion-MNIST (`bench/rep_fmnist.py`)"),
            ("kv", "KV-cache path on the tiers (`bench/kv.py`)"),
            ("layers", "Control commands before and after the layers split (`bench/layers.py`)"),
+           ("fleet", "A fleet of boards: federated continual learning on Flower (`bench/fleet.py`)"),
            ("gpu", "The GPU path: CUDA training and NVML energy on an NVIDIA H200 (`bench/gpu.py`)")]
 # what a bench writes besides its result: not a change to the code it measures
 OUTPUTS = ("bench/results/", "BENCHMARKS.md", "miro_accuracy_vs_energy.png", "bench/miro_v2_budget.png",
