@@ -21,7 +21,7 @@ logger = logging.getLogger("miro")
 PYLEVEL = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 KIND_LEVEL = {"error": "error", "peer_refused": "warning", "training_paused": "warning",
               "online_backlog_dropped": "warning", "inbox_failed": "warning", "config_rejected": "warning"}
-COMPONENTS = ("daemon", "socket", "inbox", "session", "trainer", "engine", "miro", "kv", "metrics", "run")
+COMPONENTS = ("daemon", "socket", "inbox", "session", "trainer", "engine", "miro", "kv", "fleet", "metrics", "run")
 # event kind -> the component that produces it, so a record says where it came from whichever EventLog
 # the producer was handed (the daemon hands its one log down to the session, trainer, engine and Miro).
 # A kind several producers share ("error") is tagged by its caller (component=...); tests/test_log.py
@@ -40,6 +40,8 @@ KIND_COMPONENT = {
                      "training_planned", "training_plan_reached"), "engine"),
     **dict.fromkeys(("miro_decision", "miro_adopt", "miro_realised", "miro_cost_refit", "miro_time_refit"), "miro"),
     "kv_generate": "kv",
+    **dict.fromkeys(("fleet_round", "fleet_refused", "supernode_started", "supernode_output",
+                     "supernode_exited", "supernode_stopped"), "fleet"),
     **dict.fromkeys(("run_begin", "run_end"), "run"),
 }
 STDERR_CHARS = 400  # of an event's fields on its stderr line; the JSON log holds them whole

@@ -29,7 +29,8 @@ def fleet():
 @click.option("--key", default="", help="TLS: the SuperLink's private key (PEM).")
 @click.option("--node-auth", is_flag=True, help="Only boards whose public keys are registered may join (needs TLS).")
 @click.option("--insecure", is_flag=True, help="No TLS: only on 127.0.0.1 (a test or a demo).")
-@click.option("--rounds", type=click.IntRange(min=1), default=3, show_default=True)
+@click.option("--rounds", type=click.IntRange(min=1), default=3, show_default=True,
+              help="Rounds of the federation (each: local training on every board, aggregation, adoption).")
 @click.option("--min-boards", type=click.IntRange(min=1), default=2, show_default=True,
               help="Boards whose replies must fit for a round to aggregate; the run waits for this many.")
 @click.option("--wait-boards", type=click.IntRange(min=0), default=0,
@@ -148,9 +149,11 @@ def certs(out_dir, hosts):
 
 
 @fleet.command(name="demo")
-@click.option("--boards", type=click.IntRange(min=2, max=10), default=2, show_default=True)
-@click.option("--rounds", type=click.IntRange(min=1), default=3, show_default=True)
-@click.option("--local-steps", type=click.IntRange(min=0), default=10, show_default=True)
+@click.option("--boards", type=click.IntRange(min=2, max=10), default=2, show_default=True,
+              help="Boards (mirods), each holding the digits d with d % boards == its index.")
+@click.option("--rounds", type=click.IntRange(min=1), default=3, show_default=True, help="Rounds of the federation.")
+@click.option("--local-steps", type=click.IntRange(min=0), default=10, show_default=True,
+              help="Training steps each board runs per round on its own stored samples.")
 @click.option("--keep", is_flag=True, help="Keep the temporary directory (logs, state dirs).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object as the last line.")
 def demo(boards, rounds, local_steps, keep, as_json):

@@ -59,9 +59,9 @@ def _round_work(log_path: str) -> list:
                 e = json.loads(line)
             except ValueError:
                 continue
-            if e.get("event") in ("fleet_train", "fleet_evaluate"):
+            if e.get("event") == "fleet_round":
                 out.append({k: e.get(k) for k in ("round", "seconds", "energy_j", "acc", "loss")} |
-                           {"kind": e["event"][6:]})
+                           {"kind": e["request"]})
     return out
 
 

@@ -45,18 +45,24 @@ def _board(reply: Message) -> str:
 PULL_EVERY_S = 0.25  # Grid.send_and_receive sleeps 3 s between pulls; a round's replies are polled faster here
 
 
-def send_and_receive(grid: Grid, messages: list, timeout: float) -> list:
-    """Push ``messages``, pull their replies until all are in or ``timeout`` passes (what a board did not answer
-    by then is missing from the result)."""
-    pending = set(grid.push_messages(messages))
+def send_and_receive(grid: Grid, messages: list, timeout: float) -> tuple:
+    """Push ``messages``, pull their replies until all are in or ``timeout`` passes -> ([(destination node,
+    reply)], [nodes that did not answer]). A reply is keyed by the node it was sent to: an error the SuperLink
+    answers for a node it knows is gone carries the SuperLink's id, not the board's."""
+    ids = list(grid.push_messages(messages))
+    dst = {i: m.metadata.dst_node_id for i, m in zip(ids, messages)}
+    pending = set(ids)
     end, out = time.monotonic() + timeout, []
     while pending and time.monotonic() < end:
         got = list(grid.pull_messages(pending))
-        out += got
-        pending -= {m.metadata.reply_to_message_id for m in got}
+        for m in got:
+            rid = m.metadata.reply_to_message_id
+            if rid in pending:
+                out.append((dst[rid], m))
+                pending.discard(rid)
         if pending:
             time.sleep(PULL_EVERY_S)
-    return out
+    return out, sorted(dst[i] for i in pending)
 
 
 def wait_for_boards(grid: Grid, n: int, wait_s: float) -> list:
@@ -72,17 +78,15 @@ def train_round(grid: Grid, nodes: list, rnd: int, steps: int, timeout: float) -
     """-> (updates, node of each board, {board: why it has no update}, bytes received)."""
     msgs = [Message(RecordDict({"config": _config(rnd, steps, timeout)}), dst_node_id=n,
                     message_type=MessageType.TRAIN) for n in nodes]
-    replies = send_and_receive(grid, msgs, timeout)
+    replies, silent = send_and_receive(grid, msgs, timeout)
     updates, where, failed, nbytes = [], {}, {}, 0
-    answered = {r.metadata.src_node_id for r in replies}
-    for n in nodes:
-        if n not in answered:
-            failed[f"node-{n}"] = f"no reply within {timeout:.0f} s"
-    for r in replies:
-        board = _board(r)
+    for n in silent:
+        failed[f"node-{n}"] = f"no reply within {timeout:.0f} s"
+    for n, r in replies:
         if r.has_error():
-            failed[board] = r.error.reason or f"error {r.error.code}"
+            failed[f"node-{n}"] = r.error.reason or f"error {r.error.code}"
             continue
+        board = _board(r)
         c = r.content
         meta = c.config_records["fleet"]
         rec = c.array_records["arrays"]
@@ -91,7 +95,7 @@ def train_round(grid: Grid, nodes: list, rnd: int, steps: int, timeout: float) -
         samples = c.metric_records["metrics"].get("num-examples")
         updates.append(BoardUpdate(board, arrays, [int(v) for v in meta["labels"]], [int(v) for v in meta["counts"]],
                                    tuple(meta["head"]), samples=None if samples is None else int(samples)))
-        where[board] = r.metadata.src_node_id
+        where[board] = n
     return updates, where, failed, nbytes
 
 
@@ -108,8 +112,12 @@ def evaluate_round(grid: Grid, g, labels_of: dict, where: dict, rnd: int, timeou
                                         "config": _config(rnd, 0, timeout)}),
                             dst_node_id=nid, message_type=MessageType.EVALUATE))
     accs, failed = {}, {}
-    for r in send_and_receive(grid, msgs, timeout):
-        board = next((b for b, n in where.items() if n == r.metadata.src_node_id), _board(r))
+    replies, silent = send_and_receive(grid, msgs, timeout)
+    by_node = {n: b for b, n in where.items()}
+    for n in silent:
+        failed[by_node[n]] = f"no reply within {timeout:.0f} s"
+    for n, r in replies:
+        board = by_node[n]
         if r.has_error():
             failed[board] = r.error.reason or f"error {r.error.code}"
             continue

@@ -77,6 +77,7 @@ def _check_ready(session, what: str):
         raise SessionError("busy", f"{what}: task {session.trainer.pos.task} is training; the round is refused")
     if session.paused:
         raise SessionError("busy", f"{what}: training is paused ({session.paused})")
+    lr.guard.sync(max(session.open_task, 0))  # a round is a step: a budget set since the last one is in force
     rem = lr.guard.budget.remaining(max(session.open_task, 0))
     if rem is not None and rem <= 0:
         raise SessionError("busy", f"{what}: the energy budget of task {max(session.open_task, 0)} is spent")
@@ -216,7 +217,7 @@ def round_job(session, kind: str, arrays: Optional[dict], labels: Optional[list]
     session.trainer.checkpoint()
     session.trainer.snap()
     out.update(energy_j=joules, seconds=round(time.perf_counter() - t0, 4), classes=len(session.stream.inv))
-    session.log.event(f"fleet_{kind}", round=server_round, adopted=adopted, classes=out["classes"],
+    session.log.event("fleet_round", request=kind, round=server_round, adopted=adopted, classes=out["classes"],
                       energy_j=joules, seconds=out["seconds"],
                       **{k: out[k] for k in ("steps", "loss", "acc") if k in out})
     return out

@@ -43,7 +43,12 @@ def leaks(sock_path, seed: int, n: int) -> dict:
             body = json.dumps({"id": i, "method": m, "params": params}).encode()
             s.sendall(struct.pack(">I", len(body)) + body)
             (size,) = struct.unpack(">I", s.recv(4, socket.MSG_WAITALL))
-            resp = json.loads(s.recv(size, socket.MSG_WAITALL))
+            body = b""
+            while len(body) < size:  # a large answer (a fleet round's model) may take more than one read
+                chunk = s.recv(size - len(body), socket.MSG_WAITALL)
+                assert chunk, "the daemon closed the connection mid-answer"
+                body += chunk
+            resp = json.loads(body)
         e = resp.get("error")
         if e and (e["code"] == P.INTERNAL_ERROR or any(w in e["message"] for w in INTERNAL)):
             found.setdefault((m, e["code"], e["message"][:160]), params)

@@ -22,7 +22,8 @@ def test_a_task_budget_counts_every_kind_booked_for_the_task():
     assert b.remaining(0, in_window=1.0) == pytest.approx(2.0)  # 10 - 2 - 5 - 1
     assert b.remaining(1) == 10.0  # each task has its own
     b.spend("eval", None, 0)  # unresolved by the meter: nothing booked
-    assert b.status(0)["spent_j"] == {"train": 5.0, "profile": 2.0, "eval": 0.0, "predict": 0.0, "kv": 0.0}
+    assert b.status(0)["spent_j"] == {"train": 5.0, "profile": 2.0, "eval": 0.0, "predict": 0.0, "kv": 0.0,
+                                        "fleet": 0.0}
     with pytest.raises(ValueError, match="unknown kind"):
         b.spend("coffee", 1.0, 0)
     with pytest.raises(ValueError, match="not both"):

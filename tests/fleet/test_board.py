@@ -80,6 +80,14 @@ def test_a_round_exports_adopts_by_label_and_survives_a_kill(tmp_path, digits):
         assert again["labels"] == [2, 3, 7] and again["counts"][2] == 0
         assert np.allclose(got["head.fc.weight"][0], w[0]) and np.allclose(got["head.fc.weight"][1], w[1])
         assert np.allclose(got["head.fc.bias"][2], -5.0)
+        # inside the energy budget: a round's joules are booked as "fleet"; once spent, rounds are refused
+        d.call("budget_set", energy_j=1e-6)
+        with pytest.raises(DaemonError) as e:
+            for rnd in (8, 10):
+                d.call("fleet_train", server_round=rnd, steps=2)
+        assert e.value.code == BUSY and "energy budget" in str(e.value)
+        assert d.call("budget_show")["budget"]["spent_j"]["fleet"] > 0
+        d.call("budget_set", none=True)
     finally:
         d.kill()  # SIGKILL: the adopted class must be in the stored label map
 

@@ -1,16 +1,20 @@
-"""A board SIGKILLed in the middle of a fleet round: the round completes with the others (its message times out,
+"""The fleet end to end on 127.0.0.1 (1 SuperLink, 2 real mirods with their own digits, 3 rounds), with a board
+SIGKILLed in the middle of round 1: the round completes with the other (the dead board's message times out,
 named in the round's record), the board restarts on its state dir, its SuperNode rejoins under a new node id, a
-later round includes it, and nothing it had stored is lost."""
+later round includes it, nothing it had stored is lost, both boards end with the union of classes and answer
+the other board's digits far above chance, and every process is gone at the end. (One scenario, not two: each
+SuperLink and its rounds cost tens of seconds of Flower's start-up and polling on two cores.)"""
 import json
-import os
 import signal
+import subprocess
 import time
 
 import numpy as np
+from conftest import MIRO
 from daemon_util import Mirod
 
 from miro_runtime.engine.streams import split_digits
-from miro_runtime.fleet.demo import FAST_POLL, board_classes
+from miro_runtime.fleet.demo import FAST_POLL, accuracy, board_classes
 from miro_runtime.fleet.server import FleetServer, ServerConfig, free_port, read_status
 
 
@@ -70,15 +74,24 @@ def test_a_board_killed_mid_round_leaves_the_round_to_the_others_and_rejoins(tmp
         assert final["flower"]["status"] == "finished:completed", final
         r1 = final["rounds"][0]
         assert r1["aggregated"] and r1["boards"] == ["board-0"]  # the round went on with the other board
-        assert r1["failed"] and all("no reply" in why or "board-1" in why for why in r1["failed"].values())
+        assert len(r1["failed"]) == 1  # the dead board's node, named with why: no reply, or Flower's "unavailable"
+        assert any(w in next(iter(r1["failed"].values())) for w in ("no reply", "Node Unavailable", "board-1"))
         later = [e for e in final["rounds"][1:] if e.get("aggregated") and "board-1" in e["boards"]]
         assert later, json.dumps(final["rounds"])[:3000]  # the restarted board rejoined
+        r = subprocess.run(MIRO + ["fleet", "status", "--dir", srv.cfg.dir], capture_output=True, text=True,
+                           timeout=60)  # the server's view: boards, rounds, global classes, accuracy per round
+        assert r.returncode == 0 and "state done; rounds 3 of 3" in r.stdout and "board-1: labels" in r.stdout
+        assert "round 1: boards board-0;" in r.stdout
         st = boards[1].call("status")
         assert st["stored"] == stored  # nothing it had stored is lost
         assert sorted(st["class_labels"]) == list(range(10)) and st["fleet"]["rounds"]["train"] >= 1
+        for i, d in enumerate(boards):  # each knows the other's digits now, far above chance (0.1)
+            assert sorted(d.call("status")["class_labels"]) == list(range(10))
+            others = board_classes(1 - i, 2)
+            assert accuracy(d.sock, xt, yt, others) > 0.3
+        supernodes = [d.call("status")["fleet"]["supernode"]["pid"] for d in boards]
     finally:
-        for d in boards:
-            if d.alive():
-                d.kill(signal.SIGTERM)
+        codes = [d.kill(signal.SIGTERM) for d in boards if d.alive()]
         srv.stop()
-    assert not os.path.exists(f"/proc/{srv.proc.pid}") or srv.proc.poll() is not None
+    assert codes == [0, 0]  # both boards stopped cleanly on SIGTERM, their SuperNodes with them
+    assert srv.proc.poll() is not None and not any(alive(p) for p in supernodes)

@@ -2,6 +2,7 @@
 certificate from `miro fleet certs` and --node-auth; a board whose key was registered (`miro fleet register`)
 joins and trains a round; a board with an unregistered key is refused by the SuperLink, and its mirod logs the
 SuperNode's exit and keeps restarting it with back-off (it never reaches a round)."""
+import signal
 import subprocess
 
 import numpy as np
@@ -27,7 +28,7 @@ def test_a_registered_board_joins_over_tls_and_an_unregistered_one_is_refused(tm
     port = free_port()
     cfg = ServerConfig(dir=str(tmp_path / "server"), address=f"127.0.0.1:{port}", ca_cert=str(pki / "ca.pem"),
                        cert=str(pki / "server.pem"), key=str(pki / "server.key"), node_auth=True, rounds=1,
-                       min_boards=1, local_steps=3, round_timeout_s=60, wait_boards_s=60)
+                       min_boards=1, local_steps=3, round_timeout_s=30, wait_boards_s=60)
     srv = FleetServer(cfg)
     srv.start()
     boards = []
@@ -55,9 +56,11 @@ def test_a_registered_board_joins_over_tls_and_an_unregistered_one_is_refused(tm
         assert bad["rounds"] == {"train": 0, "evaluate": 0}
         exits = [e for e in boards[1].logs() if e.get("event") == "supernode_exited"]
         assert exits and all(e["rc"] != 0 for e in exits)  # refused by the SuperLink, restarted with back-off
+        said = [e["line"] for e in boards[1].logs() if e.get("event") == "supernode_output"]
+        assert "Exit Code: 305" in " ".join(said)  # Flower's "could not connect": the node is not registered
         assert bad["supernode"]["restarts"] >= 1
         assert np.isfinite(final["rounds"][0]["mean_acc"])
     finally:
         for d in boards:
-            d.kill(__import__("signal").SIGTERM)
+            d.kill(signal.SIGTERM)
         srv.stop()
