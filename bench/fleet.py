@@ -11,9 +11,11 @@ is reported. Last line: one JSON object.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import statistics
+import subprocess
 import sys
 import time
 
@@ -23,14 +25,25 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import emit, machine, scratch  # noqa: E402
 
 from miro_runtime.daemon.spawn import start_daemon  # noqa: E402
-from miro_runtime.fleet.demo import _digits, accuracy, run_fleet_demo  # noqa: E402
+from miro_runtime.fleet.demo import _digits, accuracy  # noqa: E402
 from miro_runtime.wire.client import Client  # noqa: E402
 
+MIRO = [os.path.join(os.path.dirname(sys.executable), "miro")]
 MEASURES = ("miro_runtime/fleet", "miro_runtime/session", "miro_runtime/daemon", "miro_runtime/engine",
             "miro_runtime/wire", "miro_runtime/config.py", "storage")
 BOARDS, ROUNDS, LOCAL_STEPS, EPOCHS = 3, 10, 10, 3
 SEEDS = (0, 1, 2)
 WITHIN_UPPER, ABOVE_ALONE = 10.0, 30.0  # points: the issue's targets
+
+
+def demo(boards: int, rounds: int, local_steps: int, seed: int) -> dict:
+    """`miro fleet demo ... --json`, as a user runs it: its last line is the run's JSON (progress on stderr)."""
+    r = subprocess.run(MIRO + ["fleet", "demo", "--boards", str(boards), "--rounds", str(rounds), "--local-steps",
+                               str(local_steps), "--seed", str(seed), "--json"], stdout=subprocess.PIPE, text=True)
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    if r.returncode or out.get("epochs") != EPOCHS:
+        sys.exit(f"miro fleet demo exited {r.returncode} (epochs {out.get('epochs')}): {out.get('flower_status')}")
+    return out
 
 
 def upper_bound(seed: int, epochs: int) -> float:
@@ -83,8 +96,7 @@ def main():
     t0 = time.time()
     runs = []
     for seed in args.seeds:
-        run = run_fleet_demo(boards=BOARDS, rounds=args.rounds, local_steps=args.local_steps, epochs=EPOCHS, seed=seed,
-                             say=lambda s: print(s, file=sys.stderr, flush=True))
+        run = demo(BOARDS, args.rounds, args.local_steps, seed)
         if run.get("flower_status") != "finished:completed":
             sys.exit(f"seed {seed}: the fleet's run ended {run.get('flower_status')}")
         upper = upper_bound(seed, EPOCHS)

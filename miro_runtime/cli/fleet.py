@@ -154,13 +154,14 @@ def certs(out_dir, hosts):
 @click.option("--rounds", type=click.IntRange(min=1), default=3, show_default=True, help="Rounds of the federation.")
 @click.option("--local-steps", type=click.IntRange(min=0), default=10, show_default=True,
               help="Training steps each board runs per round on its own stored samples.")
+@click.option("--seed", type=int, default=0, show_default=True, help="The boards' learning.seed.")
 @click.option("--keep", is_flag=True, help="Keep the temporary directory (logs, state dirs).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object as the last line.")
-def demo(boards, rounds, local_steps, keep, as_json):
+def demo(boards, rounds, local_steps, seed, keep, as_json):
     """A fleet on this machine: a SuperLink and N mirods, each learning its own digits alone, then federated;
     each board's accuracy on all ten digits before and after. Everything is stopped by PID at the end."""
     from miro_runtime.fleet.demo import run_fleet_demo
-    out = run_fleet_demo(boards=boards, rounds=rounds, local_steps=local_steps, keep=keep,
+    out = run_fleet_demo(boards=boards, rounds=rounds, local_steps=local_steps, seed=seed, keep=keep,
                          say=lambda s: click.echo(s, err=True))
     rounds_ok = [e.get("aggregated") for e in (out.get("server") or {}).get("rounds") or []]
     ok = out.get("flower_status") == "finished:completed" and len(rounds_ok) == rounds and all(rounds_ok)

@@ -1,4 +1,4 @@
-"""The fleet end to end on 127.0.0.1 (1 SuperLink, 2 real mirods with their own digits, 3 rounds), with a board
+"""The fleet end to end on 127.0.0.1 (1 SuperLink, 2 real mirods with their own digits, 2 rounds), with a board
 SIGKILLed in the middle of round 1: the round completes with the other (the dead board's message times out,
 named in the round's record), the board restarts on its state dir, its SuperNode rejoins under a new node id, a
 later round includes it, nothing it had stored is lost, both boards end with the union of classes and answer
@@ -44,7 +44,7 @@ def test_a_board_killed_mid_round_leaves_the_round_to_the_others_and_rejoins(tmp
     xt, yt = np.concatenate([a for a, _ in s.test]), np.concatenate([b for _, b in s.test])
     port = free_port()
     srv = FleetServer(ServerConfig(dir=str(tmp_path / "server"), address=f"127.0.0.1:{port}", insecure=True,
-                                   rounds=3, min_boards=1, wait_boards=2, local_steps=5, round_timeout_s=12,
+                                   rounds=2, min_boards=1, wait_boards=2, local_steps=5, round_timeout_s=12,
                                    wait_boards_s=60))
     boards = []
     srv.start()
@@ -68,8 +68,8 @@ def test_a_board_killed_mid_round_leaves_the_round_to_the_others_and_rejoins(tmp
         sn = boards[1].call("status")["fleet"]["supernode"]["pid"]
         boards[1].kill(signal.SIGKILL)  # the run waited for both boards; board-1 dies as round 1's messages go out
         assert wait_for(lambda: not alive(sn), 30)  # its SuperNode goes with it
-        assert wait_for(lambda: len((read_status(st_path) or {}).get("rounds", [])) >= 1, 120)
-        boards[1] = Mirod(tmp_path / "b1", *boards[1].sets).start()  # a restart on the same state dir
+        boards[1] = Mirod(tmp_path / "b1", *boards[1].sets).start()  # a restart on the same state dir: a new
+        # SuperNode, a new node, while round 1 still waits for the dead one
         final = srv.wait(run_id, timeout=240)
         assert final["flower"]["status"] == "finished:completed", final
         r1 = final["rounds"][0]
@@ -80,7 +80,7 @@ def test_a_board_killed_mid_round_leaves_the_round_to_the_others_and_rejoins(tmp
         assert later, json.dumps(final["rounds"])[:3000]  # the restarted board rejoined
         r = subprocess.run(MIRO + ["fleet", "status", "--dir", srv.cfg.dir], capture_output=True, text=True,
                            timeout=60)  # the server's view: boards, rounds, global classes, accuracy per round
-        assert r.returncode == 0 and "state done; rounds 3 of 3" in r.stdout and "board-1: labels" in r.stdout
+        assert r.returncode == 0 and "state done; rounds 2 of 2" in r.stdout and "board-1: labels" in r.stdout
         assert "round 1: boards board-0;" in r.stdout
         st = boards[1].call("status")
         assert st["stored"] == stored  # nothing it had stored is lost

@@ -42,7 +42,7 @@ def test_a_registered_board_joins_over_tls_and_an_unregistered_one_is_refused(tm
                       "fleet.enabled=true", f"fleet.superlink=127.0.0.1:{port}",
                       f"fleet.root_certificates={pki / 'ca.pem'}", f"fleet.auth_key={tmp_path / (name + '.key')}",
                       f"fleet.node_name={name}", f"fleet.supernode_port={free_port()}",
-                      "fleet.restart_backoff_s=0.5").start()
+                      "fleet.restart_backoff_s=2").start()
             with d.client() as c:
                 c.ingest(0, "train", *s.train[i])
                 c.ingest(0, "test", *s.test[i])
