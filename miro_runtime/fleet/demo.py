@@ -17,6 +17,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from miro_runtime.daemon.spawn import start_daemon
+from miro_runtime.daemon.supernode import superexecs_of
 from miro_runtime.fleet.server import FleetServer, ServerConfig, free_port
 
 
@@ -47,6 +48,18 @@ def accuracy(sock: str, x, y, classes: Optional[list] = None) -> Optional[float]
 
 # Flower's executors poll for work every second by default; on one machine a fifth of that keeps rounds short
 FAST_POLL = {"FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "0.2"}
+
+
+def _rss_mb(pids: list) -> float:
+    """Resident memory of ``pids`` together (MiB, /proc's VmRSS summed: pages they share count in each)."""
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/status") as fh:
+                total += next(int(x.split()[1]) for x in fh if x.startswith("VmRSS:"))
+        except (OSError, StopIteration):
+            pass
+    return round(total / 1024, 1)
 
 
 def _round_work(log_path: str) -> list:
@@ -121,6 +134,8 @@ def run_fleet_demo(boards: int = 2, rounds: int = 2, local_steps: int = 10, epoc
             others = [c for c in range(10) if c not in b["classes"]]
             with Client(sock) as c:
                 st = c.call("status")
+            sn = (st["fleet"].get("supernode") or {}).get("pid")
+            b["supernode_rss_mb"] = _rss_mb([sn] + superexecs_of(sn)) if sn else None  # Flower's share on a board
             b.update(federated_acc=accuracy(sock, xt, yt), acc_on_others=accuracy(sock, xt, yt, others),
                      acc_on_own=accuracy(sock, xt, yt, b["classes"]), class_labels=sorted(st["class_labels"]),
                      fleet=st["fleet"], energy_provenance=st["energy"]["provenance"],
