@@ -91,6 +91,26 @@ def kill_leftovers() -> int:
     return n
 
 
+def pid_alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie, dead but not yet reaped, does not)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def wait_for(pred, timeout: float = 60.0, poll: float = 0.1):
+    """``pred()``'s first truthy value within ``timeout`` seconds, else None."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        v = pred()
+        if v:
+            return v
+        time.sleep(poll)
+    return None
+
+
 def samples(k0, n, shape=(1, 8, 8)):
     """n samples whose every byte and label derive from their global index k: (x, labels, ks)."""
     ks = np.arange(k0, k0 + n)

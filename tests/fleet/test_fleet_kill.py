@@ -7,33 +7,17 @@ SuperLink and its rounds cost tens of seconds of Flower's start-up and polling o
 import json
 import signal
 import subprocess
-import time
 
 import numpy as np
 from conftest import MIRO
-from daemon_util import Mirod
+from daemon_util import Mirod, wait_for
+from daemon_util import pid_alive as alive
 
 from miro_runtime.engine.streams import split_digits
 from miro_runtime.fleet.demo import FAST_POLL, accuracy, board_classes
 from miro_runtime.fleet.server import FleetServer, ServerConfig, free_port, read_status
 
 
-def alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
-def wait_for(pred, timeout):
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < timeout:
-        v = pred()
-        if v:
-            return v
-        time.sleep(0.1)
-    return None
 
 
 def test_a_board_killed_mid_round_leaves_the_round_to_the_others_and_rejoins(tmp_path, monkeypatch):

@@ -5,30 +5,14 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 from conftest import MIRO
-from daemon_util import Mirod
+from daemon_util import Mirod, wait_for
+from daemon_util import pid_alive as alive
 
 from miro_runtime.fleet.server import free_port
 
 
-def alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
-def wait_for(pred, timeout=60.0):
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < timeout:
-        v = pred()
-        if v:
-            return v
-        time.sleep(0.2)
-    return None
 
 
 def test_insecure_off_this_machine_and_tls_without_a_certificate_are_refused(tmp_path):
