@@ -40,7 +40,7 @@ KIND_COMPONENT = {
                      "training_planned", "training_plan_reached"), "engine"),
     **dict.fromkeys(("miro_decision", "miro_adopt", "miro_realised", "miro_cost_refit", "miro_time_refit"), "miro"),
     "kv_generate": "kv",
-    **dict.fromkeys(("fleet_round", "fleet_refused", "supernode_started", "supernode_output",
+    **dict.fromkeys(("fleet_round", "fleet_refused", "supernode_started", "supernode_connected", "supernode_output",
                      "supernode_exited", "supernode_stopped"), "fleet"),
     **dict.fromkeys(("run_begin", "run_end"), "run"),
 }

@@ -76,13 +76,14 @@ def server(dir_, address, ca_cert, cert, key, node_auth, insecure, rounds, min_b
 
 
 def _round_line(e: dict) -> str:
+    failed = f"; failed {e['failed']}" if e.get("failed") else ""  # each board's refusal, in its own words
     if not e.get("aggregated"):
-        return f"round {e['round']}: not aggregated: {e.get('error')}"
+        return f"round {e['round']}: not aggregated: {e.get('error')}{failed}"
     acc = e.get("mean_acc")
     return (f"round {e['round']}: boards {', '.join(e['boards'])}; global classes {len(e['global_classes'])}; "
             f"mean accuracy {'-' if acc is None else f'{100 * acc:.1f}%'}; sent {e['bytes_sent']} B, received "
             f"{e['bytes_received']} B" + (f"; rejected {e['rejected']}" if e.get("rejected") else "")
-            + (f"; failed {e['failed']}" if e.get("failed") else ""))
+            + failed)
 
 
 @fleet.command(name="status")

@@ -110,12 +110,16 @@ def fleet_text(f: dict) -> str:
     last = f.get("last_round")
     restarts = f" (restarts {sn['restarts']})" if sn.get("restarts") else ""
     line = (f"{f.get('node_name')} -> {f.get('superlink')} ({'TLS' if f.get('tls') else 'insecure'}"
-            f"{', node key' if f.get('node_auth') else ''}); SuperNode {sn.get('state', '-')}{restarts}"
-            f"; rounds {f['rounds'].get('train', 0)} trained, {f.get('refusals', 0)} refused")
+            f"{', node key' if f.get('node_auth') else ''}); SuperNode {sn.get('state', '-')}{restarts}, "
+            + (f"connected as node {sn.get('node_id')}" if f.get("connected") else "not connected")
+            + f"; rounds {f['rounds'].get('train', 0)} trained, {f.get('refusals', 0)} refused")
     if last:
         acc = last.get("acc")
         line += f"; last: round {last['round']} {last['kind']}" + (f", accuracy {100 * acc:.1f}%" if acc is not None
                                                                    else "")
+    nxt = f.get("next_round")
+    if nxt:
+        line += f"; next: round {nxt['round']} of {nxt['of']}"
     return line + f"; {_mib(f.get('bytes_received'))} in, {_mib(f.get('bytes_sent'))} out"
 
 

@@ -251,32 +251,35 @@ class Handlers:
 
     async def fleet_train(self, server_round: Round = 0, arrays: Optional[Arrays] = None,
                           labels: Optional[Labels] = None, steps: Optional[Steps] = None,
-                          timeout: Positive = 600.0) -> dict:
+                          timeout: Positive = 600.0, rounds: Round = 0) -> dict:
         """A fleet round (the ClientApp shim's train message): adopt the fleet's model when sent, train
         ``steps`` (default fleet.local_steps) on this board's stored samples, answer the model, its label map
-        and class counts. Refused, saying why, when the board is busy, paused, out of budget or skips the round."""
-        return await self._fleet("train", server_round, arrays, labels, steps, timeout)
+        and class counts. Refused, saying why, when the board is busy, paused, out of budget or skips the round.
+        ``rounds``: how many the server plans (``miro status`` shows the next one this board expects)."""
+        return await self._fleet("train", server_round, rounds, arrays, labels, steps, timeout)
 
     async def fleet_evaluate(self, server_round: Round = 0, arrays: Optional[Arrays] = None,
-                             labels: Optional[Labels] = None, timeout: Positive = 600.0) -> dict:
+                             labels: Optional[Labels] = None, timeout: Positive = 600.0, rounds: Round = 0) -> dict:
         """Adopt the fleet's aggregate (rows aligned by label, new classes added) and answer the accuracy on this
         board's own test samples."""
-        return await self._fleet("evaluate", server_round, arrays, labels, 0, timeout)
+        return await self._fleet("evaluate", server_round, rounds, arrays, labels, 0, timeout)
 
-    async def _fleet(self, kind: str, server_round: int, arrays, labels, steps, timeout: float) -> dict:
+    async def _fleet(self, kind: str, server_round: int, rounds: int, arrays, labels, steps, timeout: float) -> dict:
         d = self.d
         f = d.fleet
         if (arrays is None) != (labels is None):
             raise P.ProtocolError(P.INVALID_PARAMS, "arrays and labels go together (the head's rows are labelled)")
         if d.stopping.is_set():
             raise P.ProtocolError(P.STOPPING, "the daemon is stopping")
+        if server_round:
+            f.scheduled(server_round, rounds)
         every = d.cfg.fleet.join_every
         if server_round and server_round % every:
             f.refused(kind, server_round, f"this board joins every {every}th round (fleet.join_every)")
             raise P.ProtocolError(P.BUSY, f"round {server_round} skipped: this board joins every {every}th round "
                                           f"(fleet.join_every = {every})")
         steps = d.cfg.fleet.local_steps if steps is None else steps
-        f.received(kind, server_round, sum(len(v) for v in (arrays or {}).values()))
+        f.received(sum(len(v) for v in (arrays or {}).values()))
         try:
             fut = d.session.fleet_round(kind, arrays, labels, steps, server_round)
             out = await asyncio.wait_for(asyncio.wrap_future(fut), timeout=timeout)

@@ -26,6 +26,10 @@ STOP_TIMEOUT_S = 10.0
 HEALTHY_AFTER_S = 30.0  # a SuperNode that ran this long before exiting restarts after the first back-off again
 ANSI = re.compile(r"\x1b\[[0-9;]*m")  # Flower colours its level words
 FLOWER_ENV = {"FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1"}
+# Flower 1.42's SuperNode has no status endpoint; it says when it is connected, and when it lost the SuperLink,
+# only in its log. These are the lines it prints (flwr/supernode/start_client_internal.py, supercore/retry/).
+CONNECTED = re.compile(r"SuperNode ID: (\d+)")
+DISCONNECTED = ("Connection attempt failed", "Giving up reconnection")
 
 
 def flower_program(name: str) -> Optional[str]:
@@ -118,11 +122,20 @@ class BoardFleet:
         self.last: Optional[dict] = None
         self.last_refusal: Optional[dict] = None
         self.bytes_received = self.bytes_sent = 0
+        self.next_round: Optional[dict] = None
         self.supernode: Optional[Supernode] = None
 
-    def received(self, kind: str, rnd: int, nbytes: int):
+    def received(self, nbytes: int):
         with self.lock:
             self.bytes_received += nbytes
+
+    def scheduled(self, rnd: int, planned: int):
+        """The server said this is round ``rnd`` of ``planned``: the next one this board expects to join follows
+        from fleet.join_every (None when the run has no more)."""
+        every = self.cfg.join_every
+        nxt = (rnd // every + 1) * every
+        with self.lock:
+            self.next_round = {"round": nxt, "of": planned} if planned and nxt <= planned else None
 
     def answered(self, kind: str, rnd: int, out: dict):
         sent = sum(len(v) for v in (out.get("arrays") or {}).values())
@@ -146,9 +159,12 @@ class BoardFleet:
                    "node_auth": bool(self.cfg.auth_key), "rounds": dict(self.rounds), "refusals": self.refusals,
                    "last_round": self.last, "last_refusal": self.last_refusal,
                    "bytes_received": self.bytes_received, "bytes_sent": self.bytes_sent,
-                   # the server decides when rounds come; a board learns of one when its message arrives
-                   "next_round": None}
-        out["supernode"] = self.supernode.status() if self.supernode else None
+                   # the server decides when rounds come: a board knows the next one's number (from the last
+                   # round's "r of R" and fleet.join_every), not its time
+                   "next_round": self.next_round}
+        sn = self.supernode.status() if self.supernode else None
+        out["supernode"] = sn
+        out["connected"] = bool(sn and sn["connected"])
         return out
 
 
@@ -162,6 +178,7 @@ class Supernode:
         self.state = STOPPED
         self.restarts = 0
         self.last_exit: Optional[dict] = None
+        self.link: dict = {"connected": False}  # from the SuperNode's own lines (CONNECTED, DISCONNECTED)
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
 
@@ -210,6 +227,7 @@ class Supernode:
             threading.Thread(target=self._relay, args=(self.proc.stdout,), name="mirod-supernode-out",
                              daemon=True).start()
             rc = self.proc.wait()
+            self.link = {"connected": False, "since": round(time.time(), 3), "why": f"SuperNode exited ({rc})"}
             for pid in superexecs_of(self.proc.pid):  # orphaned by the exit: they would linger for seconds
                 try:
                     os.kill(pid, signal.SIGTERM)
@@ -233,8 +251,16 @@ class Supernode:
     def _relay(self, stream):
         for line in stream:
             line = ANSI.sub("", line).rstrip()
-            if line:
-                self.log.event("supernode_output", component="fleet", level=_level_of(line), line=line[:500])
+            if not line:
+                continue
+            self.log.event("supernode_output", component="fleet", level=_level_of(line), line=line[:500])
+            m = CONNECTED.search(line)
+            if m:
+                self.link = {"connected": True, "node_id": int(m.group(1)), "since": round(time.time(), 3)}
+                self.log.event("supernode_connected", component="fleet", node_id=int(m.group(1)),
+                               superlink=self.cfg.superlink)
+            elif self.link.get("connected") and any(w in line for w in DISCONNECTED):
+                self.link = {"connected": False, "since": round(time.time(), 3), "why": line[:200]}
 
     def stop(self):
         """SIGTERM to its process group (it and the ClientApps it spawned), SIGKILL after a bound."""
@@ -248,5 +274,7 @@ class Supernode:
 
     def status(self) -> dict:
         p = self.proc
+        link = self.link
         return {"state": self.state, "pid": p.pid if p is not None and p.poll() is None else None,
-                "restarts": self.restarts, "last_exit": self.last_exit}
+                "restarts": self.restarts, "last_exit": self.last_exit, "connected": link["connected"],
+                "node_id": link.get("node_id"), "link_since": link.get("since"), "link_why": link.get("why")}

@@ -41,6 +41,7 @@ def _call(msg: Message, context: Context, method: str, **params) -> Message:
     try:
         arrays, labels = _arrays_in(msg)
         params["server_round"] = int(cfg.get("server-round", 0))
+        params["rounds"] = int(cfg.get("rounds", 0))
         if arrays is not None:
             params.update(arrays=arrays, labels=labels)
         timeout = float(cfg.get("timeout", 600.0))

@@ -32,13 +32,13 @@ def write_status(path: str, status: dict) -> None:
     os.replace(tmp, path)
 
 
-def _config(rnd: int, steps: int, timeout: float, **more) -> ConfigRecord:
-    return ConfigRecord({"server-round": rnd, "steps": steps, "timeout": timeout, **more})
+def _config(rnd: int, rounds: int, steps: int, timeout: float) -> ConfigRecord:
+    return ConfigRecord({"server-round": rnd, "rounds": rounds, "steps": steps, "timeout": timeout})
 
 
 def _board(reply: Message) -> str:
-    fleet = reply.content.config_records.get("fleet") if not reply.has_error() else None
-    name = str(fleet.get("board", "")) if fleet is not None else ""
+    """The board's name from a reply without an error (the node's id when it gave none)."""
+    name = str(reply.content.config_records["fleet"].get("board", ""))
     return name or f"node-{reply.metadata.src_node_id}"
 
 
@@ -74,9 +74,9 @@ def wait_for_boards(grid: Grid, n: int, wait_s: float) -> list:
         time.sleep(1.0)
 
 
-def train_round(grid: Grid, nodes: list, rnd: int, steps: int, timeout: float) -> tuple:
+def train_round(grid: Grid, nodes: list, rnd: int, rounds: int, steps: int, timeout: float) -> tuple:
     """-> (updates, node of each board, {board: why it has no update}, bytes received)."""
-    msgs = [Message(RecordDict({"config": _config(rnd, steps, timeout)}), dst_node_id=n,
+    msgs = [Message(RecordDict({"config": _config(rnd, rounds, steps, timeout)}), dst_node_id=n,
                     message_type=MessageType.TRAIN) for n in nodes]
     replies, silent = send_and_receive(grid, msgs, timeout)
     updates, where, failed, nbytes = [], {}, {}, 0
@@ -99,7 +99,7 @@ def train_round(grid: Grid, nodes: list, rnd: int, steps: int, timeout: float) -
     return updates, where, failed, nbytes
 
 
-def evaluate_round(grid: Grid, g, labels_of: dict, where: dict, rnd: int, timeout: float) -> tuple:
+def evaluate_round(grid: Grid, g, labels_of: dict, where: dict, rnd: int, rounds: int, timeout: float) -> tuple:
     """Each board its own view of the aggregate; -> ({board: accuracy reply}, {board: why not}, bytes sent)."""
     msgs, nbytes = [], 0
     for board, nid in where.items():
@@ -109,7 +109,7 @@ def evaluate_round(grid: Grid, g, labels_of: dict, where: dict, rnd: int, timeou
             rec[k] = Array.from_numpy_ndarray(a)
         nbytes += rec.count_bytes()
         msgs.append(Message(RecordDict({"arrays": rec, "fleet": ConfigRecord({"labels": labels}),
-                                        "config": _config(rnd, 0, timeout)}),
+                                        "config": _config(rnd, rounds, 0, timeout)}),
                             dst_node_id=nid, message_type=MessageType.EVALUATE))
     accs, failed = {}, {}
     replies, silent = send_and_receive(grid, msgs, timeout)
@@ -151,7 +151,7 @@ def main(grid: Grid, context: Context) -> None:
     for rnd in range(1, rounds + 1):
         t0 = time.time()
         nodes = sorted(grid.get_node_ids())
-        updates, where, failed, got = train_round(grid, nodes, rnd, steps, timeout)
+        updates, where, failed, got = train_round(grid, nodes, rnd, rounds, steps, timeout)
         entry = {"round": rnd, "nodes": len(nodes), "bytes_received": got, "bytes_sent": 0, "failed": failed}
         try:
             g = aggregate(updates, registry, min_boards)
@@ -163,7 +163,7 @@ def main(grid: Grid, context: Context) -> None:
             continue
         labels_of = {u.board: u.labels for u in updates if u.board in g.boards}
         where = {b: n for b, n in where.items() if b in g.boards}
-        accs, eval_failed, sent = evaluate_round(grid, g, labels_of, where, rnd, timeout)
+        accs, eval_failed, sent = evaluate_round(grid, g, labels_of, where, rnd, rounds, timeout)
         known = [a["acc"] for a in accs.values() if a["acc"] is not None]
         entry.update(aggregated=True, boards=g.boards, rejected=g.rejected, eval_failed=eval_failed,
                      global_classes=list(g.labels), class_counts=list(g.counts), acc=accs,

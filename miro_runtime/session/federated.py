@@ -117,10 +117,10 @@ def load(session, arrays: dict, labels: list) -> dict:
     with torch.no_grad():
         params = model.state_dict()
         for k, a in got.items():
-            t = torch.from_numpy(a.astype(np.float32 if params[k].dtype == torch.float32 else a.dtype))
+            t = torch.tensor(a).to(params[k].dtype)  # a copy: the decoded array may be read-only
             if k in HEAD:
                 rows = torch.tensor([s.map[v] for v in labels], dtype=torch.long)
-                params[k][rows] = t.to(params[k].dtype)
+                params[k][rows] = t
             else:
                 params[k].copy_(t)
     model.to(lr.strategy.device)

@@ -52,7 +52,8 @@ def test_a_round_exports_adopts_by_label_and_survives_a_kill(tmp_path, digits):
             d.call("fleet_train", server_round=1)
         assert e.value.code == BUSY and "join_every" in str(e.value)
 
-        out = d.call("fleet_train", server_round=2, steps=3)
+        out = d.call("fleet_train", server_round=2, steps=3, rounds=9)
+        assert d.call("status")["fleet"]["next_round"] == {"round": 4, "of": 9}  # fleet.join_every = 2
         assert out["labels"] == [2, 3] and out["head"] == ["head.fc.weight", "head.fc.bias"]
         n2, n3 = int((digits.train[1][1] == 2).sum()), int((digits.train[1][1] == 3).sum())
         assert out["counts"] == [n2, n3] and out["samples"] == n2 + n3 and out["steps"] == 3
@@ -75,7 +76,8 @@ def test_a_round_exports_adopts_by_label_and_survives_a_kill(tmp_path, digits):
         st = d.call("status")
         assert st["class_labels"] == [2, 3, 7] and st["fleet"]["rounds"] == {"train": 1, "evaluate": 1}
         assert st["fleet"]["refusals"] == 3 and st["budget"] is None
-        again = d.call("fleet_train", server_round=4, steps=0)  # rows came back where their labels are
+        again = d.call("fleet_train", server_round=8, steps=0, rounds=9)  # rows came back where their labels are
+        assert d.call("status")["fleet"]["next_round"] is None  # round 10 would be past the server's 9
         got = {k: arr(v) for k, v in again["arrays"].items()}
         assert again["labels"] == [2, 3, 7] and again["counts"][2] == 0
         assert np.allclose(got["head.fc.weight"][0], w[0]) and np.allclose(got["head.fc.weight"][1], w[1])
@@ -83,7 +85,7 @@ def test_a_round_exports_adopts_by_label_and_survives_a_kill(tmp_path, digits):
         # inside the energy budget: a round's joules are booked as "fleet"; once spent, rounds are refused
         d.call("budget_set", energy_j=1e-6)
         with pytest.raises(DaemonError) as e:
-            for rnd in (8, 10):
+            for rnd in (10, 12):
                 d.call("fleet_train", server_round=rnd, steps=2)
         assert e.value.code == BUSY and "energy budget" in str(e.value)
         assert d.call("budget_show")["budget"]["spent_j"]["fleet"] > 0

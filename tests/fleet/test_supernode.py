@@ -36,6 +36,7 @@ def test_the_supernode_is_restarted_when_it_dies_and_dies_with_mirod(tmp_path):
         assert sn and alive(sn)
         st = d.call("status")["fleet"]
         assert st["enabled"] and st["node_name"] == "b0" and not st["tls"] and st["supernode"]["state"] == "running"
+        assert not st["connected"] and st["next_round"] is None  # no SuperLink listens there
         os.kill(sn, signal.SIGKILL)
         again = wait_for(lambda: (lambda s: s["pid"] if s["restarts"] >= 1 and s["pid"] not in (None, sn) else None)(
             d.call("status")["fleet"]["supernode"]))
@@ -47,6 +48,7 @@ def test_the_supernode_is_restarted_when_it_dies_and_dies_with_mirod(tmp_path):
         r = subprocess.run(MIRO + ["status", "--socket", d.sock], capture_output=True, text=True, timeout=60)
         line = next(x for x in r.stdout.splitlines() if x.startswith("fleet"))
         assert "b0 -> 127.0.0.1:" in line and "(insecure)" in line and "SuperNode running (restarts " in line
+        assert "not connected" in line
     finally:
         d.kill(signal.SIGKILL)  # no shutdown path at all: the SuperNode must still go
     assert wait_for(lambda: not alive(again), timeout=30), "the SuperNode outlived a SIGKILLed mirod"
