@@ -375,12 +375,14 @@ class Trainer:
                 return
         self.state = f"evaluating task {t}"
         rec = as_dict(lr.finish_task(t, x, y, ids))
+        # predict's copy first: whoever sees the task trained (task_end's wait reads the ledger) predicts
+        # from the model evaluation just measured, not from a copy taken mid-task
+        self.snap(trained=t + 1)
         with self.work:
             self.ledger.finish(t)
             self.stream.free_train(t)
             self.pos = Position.start_of(t + 1)
         self.attempts = 0
-        self.snap()
         self.log.event("task_trained", task=t, acc=rec["acc"], avg_acc=rec["avg_acc"], energy_j=rec["energy_j"],
                        energy_provenance=rec["energy_provenance"])
 
@@ -427,12 +429,14 @@ class Trainer:
                 return {"written": True, "position": self.pos.to_dict()}
         return {"written": False, "why": "a task is training; a checkpoint follows at its next boundary"}
 
-    def snap(self):
-        """Copy the model for predict (after each task, every ``snapshot_every`` steps)."""
+    def snap(self, trained: Optional[int] = None):
+        """Copy the model for predict (after each task, every ``snapshot_every`` steps); ``trained``: the
+        tasks it has learned, when the ledger does not say so yet."""
         if self.learner is None or self.learner.strategy.model.head.num_classes == 0:
             return  # nothing trained yet: predict says not-ready rather than answer from an empty head
         m = copy.deepcopy(self.learner.strategy.model).eval()
-        self.snapshot = (m, list(self.stream.inv), self.learner.steps, self.ledger.trained)
+        self.snapshot = (m, list(self.stream.inv), self.learner.steps,
+                         self.ledger.trained if trained is None else trained)
 
 
 def _progress(t: int, state: str, done: int, total: int, unit: str) -> Optional[dict]:
