@@ -13,13 +13,14 @@ from __future__ import annotations
 import copy
 import threading
 import time
+from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from typing import Optional
 
 import numpy as np
 import torch
 
-from .policies.topk import select_blocks
+from .policies.topk import BoundTree
 from .sizes import FLOAT32, kv_bytes
 
 
@@ -44,7 +45,8 @@ class TieredKVCache:
         # a stateful policy (cascade) remembers per layer where each token sits: one copy per layer
         self._policies = ([copy.deepcopy(policy) for _ in range(n_layers)] if policy is not None and policy.per_layer
                           else [policy] * n_layers)
-        self._reps, self._hotblk, self._chosen, self._since = {}, {}, {}, {}  # topk, per layer
+        self._trees, self._hotblk, self._chosen, self._since = {}, {}, {}, {}  # topk, per layer
+        self._candidates = {}  # topk, per layer: the blocks [lo, hi) the last step could choose
         self._apos, self._scores = {}, {}  # lossy: per layer, absolute positions and attention received
         self.capacity = None  # lossy: tokens per layer the budget allows
         self.n_layers, self.n_kv_heads, self.head_dim = n_layers, n_kv_heads, head_dim
@@ -64,7 +66,8 @@ class TieredKVCache:
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="kv-prefetch") if cold is not None else None
         self._pending = {}  # cold layer -> (block count, future)
         self._lock = threading.Lock()
-        self.stats = {"fetches": 0, "fetched_bytes": 0, "fetch_s": 0.0, "stall_s": 0.0, "written_blocks": 0}
+        self.stats = {"fetches": 0, "fetched_bytes": 0, "fetch_s": 0.0, "stall_s": 0.0, "written_blocks": 0,
+                      "bank_hits": 0, "bank_misses": 0}  # topk: chosen blocks found in the bank, or fetched
 
     # ------------------------------------------------------------------ keys in the tier
     def key(self, layer: int, block: int) -> str:
@@ -178,6 +181,12 @@ class TieredKVCache:
         return K, V, rope_pos, apos
 
     # ------------------------------------------------------------------ topk: every block cold, some chosen
+    def _tree(self, layer: int) -> BoundTree:
+        if layer not in self._trees:
+            self._trees[layer] = BoundTree(self.policy.group, lambda level, j: f"{self.model_id}/L{layer}/R{level}/{j}",
+                                           lambda keys: self.cold.get_many(self.ns, keys))
+        return self._trees[layer]
+
     def _topk_update(self, layer, k, v, q):
         pol, bt, dev = self.policy, self.block_tokens, k.device
         B, _, T, hd = k.shape
@@ -185,55 +194,59 @@ class TieredKVCache:
         tk, tv = self._tail.get(layer, (k[:, :, :0], v[:, :, :0]))
         nk, nv = torch.cat([tk, k], dim=2), torch.cat([tv, v], dim=2)  # (B, Hkv, tail + T, hd)
         full = nk.shape[2] // bt
-        hot = self._hotblk.setdefault(layer, {})
-        reps = [self._reps[layer]] if layer in self._reps else []
+        bank = self._hotblk.setdefault(layer, OrderedDict())  # block -> (K, V), least recently used first
+        tree = self._tree(layer)
         done = []
-        for i in range(full):  # finished blocks: to the cold tier, a hot copy while recent, a representative
+        for i in range(full):  # finished blocks: to the cold tier with their bounds, hot while recent
             b = count + i
             bk, bv = nk[:, :, i * bt:(i + 1) * bt], nv[:, :, i * bt:(i + 1) * bt]
             done.append((self.key(layer, b), self._encode(bk, bv)))
-            hot[b] = (bk, bv)
-            pos = torch.arange(b * bt, (b + 1) * bt, device=dev)
-            rk = self.rope(bk, pos)  # (B, Hkv, bt, hd)
-            reps.append(torch.stack([rk.amax(dim=2), rk.amin(dim=2)], dim=2)[:, :, None])  # (B, Hkv, 1, 2, hd)
+            bank[b] = (bk, bv)
+            rk = self.rope(bk, torch.arange(b * bt, (b + 1) * bt, device=dev))  # (B, Hkv, bt, hd)
+            done += tree.add(torch.stack([rk.amax(dim=2), rk.amin(dim=2)], dim=2))  # (B, Hkv, 2, hd)
         if done:
-            self.cold.put_many(self.ns, done)
+            self.cold.put_many(self.ns, done)  # the blocks and the bounds they finished: one transaction
         self.stats["written_blocks"] += full
         N = count + full
         self._blocks[layer] = N
         self._tail[layer] = (nk[:, :, full * bt:], nv[:, :, full * bt:])
-        if reps:
-            self._reps[layer] = torch.cat(reps, dim=2)  # (B, Hkv, N, 2, hd): per block, max and min
         sinks = list(range(min(pol.sinks, N)))
         first_recent = max(len(sinks), min(count, N - pol.recent))  # every block this chunk touched is recent
         recent = list(range(first_recent, N))
-        candidates = list(range(len(sinks), first_recent))
-        # what the budget leaves for chosen blocks, this layer's share, after representatives and the rest
+        self._candidates[layer] = (len(sinks), first_recent)
+        # what the budget leaves for the bank, this layer's share, after the bounds kept hot and the rest
         esz = k.element_size()
         block_bytes = kv_bytes(bt, self.n_kv_heads, hd, esz, B)
         share = self.hot_budget // self.n_layers
         tail = kv_bytes(self._tail[layer][0].shape[2], self.n_kv_heads, hd, esz, B)
-        fixed = (len(sinks) + len(recent)) * block_bytes + tail
-        fixed += self._reps[layer].numel() * esz if layer in self._reps else 0
-        k_eff = min(pol.k, (share - fixed) // block_bytes)
-        if k_eff < 0:
+        fixed = (len(sinks) + len(recent)) * block_bytes + tail + tree.hot_bytes()
+        room = (share - fixed) // block_bytes
+        if room < 0:
             raise ValueError(f"hot budget {self.hot_budget} B: at {self.seen + T} tokens a layer's sinks, recent "
-                             f"blocks and block representatives need {fixed} B, more than its share {share} B; "
+                             f"blocks and key bounds need {fixed} B, more than its share {share} B; "
                              f"give --hot-budget {fixed * self.n_layers} or more, or fewer sinks or recent blocks")
+        k_eff, slots = min(pol.k, room), min(pol.slots, room)
         since = self._since.get(layer, 0)
-        chosen = [b for b in self._chosen.get(layer, []) if b in candidates][:k_eff]
+        chosen = [b for b in self._chosen.get(layer, []) if first_recent > b >= len(sinks)][:k_eff]
         # a prefill chunk chooses for its queries, decoding every few steps; with no candidate block yet (a
-        # prompt shorter than the sinks and recent blocks) there is nothing to choose and no representative
-        if candidates and (T > 1 or since % pol.refresh == 0):
+        # prompt shorter than the sinks and recent blocks) there is nothing to choose
+        if first_recent > len(sinks) and (T > 1 or since % pol.refresh == 0):
             qpos = torch.arange(self.seen, self.seen + T, device=dev)
-            chosen = select_blocks(self.rope(q, qpos), self._reps[layer], candidates, k_eff, pol.group)
+            chosen = tree.search(self.rope(q, qpos), len(sinks), first_recent, k_eff)
             since = 0
         self._since[layer] = since + 1
         self._chosen[layer] = chosen
-        want = set(sinks) | set(recent) | set(chosen)
-        for b in [b for b in hot if b not in want]:
-            del hot[b]  # out of the hot tier; the block stays in the cold one
-        missing = sorted(want - set(hot))
+        fixed_ids = set(sinks) | set(recent)
+        want = fixed_ids | set(chosen)
+        missing = [b for b in chosen if b not in bank]
+        self.stats["bank_hits"] += len(chosen) - len(missing)
+        self.stats["bank_misses"] += len(missing)
+        for b in sorted(want):
+            if b in bank:
+                bank.move_to_end(b)
+        held = [b for b in bank if b not in fixed_ids]  # least recently used first
+        for b in held[:max(0, len(held) + len(missing) - slots)]:
+            del bank[b]  # out of the bank; the block stays in the cold tier
         if missing:
             t0 = time.perf_counter()
             keys = [self.key(layer, b) for b in missing]
@@ -241,20 +254,25 @@ class TieredKVCache:
             for b, key, buf in zip(missing, keys, self.cold.get_many(self.ns, keys)):  # only the chosen blocks
                 if buf is None:
                     raise KeyError(f"KV block {self.ns}/{key} is missing from the cold tier")
-                hot[b] = tuple(x.to(dev) for x in self._decode(buf, f"{self.ns}/{key}"))
+                bank[b] = tuple(x.to(dev) for x in self._decode(buf, f"{self.ns}/{key}"))
                 nbytes += len(buf)
             self.stats["fetches"] += 1
             self.stats["fetched_bytes"] += nbytes
             self.stats["stall_s"] += time.perf_counter() - t0
         ids = sorted(want)
         tk, tv = self._tail[layer]
-        K = torch.cat([hot[b][0] for b in ids] + [tk], dim=2)  # (B, Hkv, S, hd)
-        V = torch.cat([hot[b][1] for b in ids] + [tv], dim=2)
+        K = torch.cat([bank[b][0] for b in ids] + [tk], dim=2)  # (B, Hkv, S, hd)
+        V = torch.cat([bank[b][1] for b in ids] + [tv], dim=2)
         apos = torch.cat([torch.arange(b * bt, (b + 1) * bt, device=dev) for b in ids]
                          + [torch.arange(N * bt, N * bt + tk.shape[2], device=dev)])
         if layer == self.n_layers - 1:
             self.seen += T
         return K, V, apos, apos
+
+    def bank_blocks(self, layer: int) -> int:
+        """topk: blocks the layer's bank holds beside its sink and recent blocks."""
+        lo, hi = self._candidates.get(layer, (0, 0))
+        return sum(1 for b in self._hotblk.get(layer, {}) if lo <= b < hi)
 
     def layer_kv(self, layer: int):
         """Every cached token's (K, V) of one layer, wherever they live (lossless cache)."""
@@ -308,8 +326,12 @@ class TieredKVCache:
             bt, pol = self.block_tokens, self.policy      # the representatives at n tokens and >= 1 chosen block
             B = self._shape[0] if self._shape else 1
             block_bytes = kv_bytes(bt, self.n_kv_heads, self.head_dim, FLOAT32, B)
-            # a block's representative (a max and a min key per head) is as large as one token's K and V
-            reps = -(-(self.seen + n) // bt) * kv_bytes(1, self.n_kv_heads, self.head_dim, FLOAT32, B)
+            # a bound (a max and a min key per head) is as large as one token's K and V; fewer than ``group``
+            # per level of the tree stay hot
+            blocks, levels = -(-(self.seen + n) // bt), 1
+            while pol.group ** levels < blocks:
+                levels += 1
+            reps = (pol.group - 1) * levels * kv_bytes(1, self.n_kv_heads, self.head_dim, FLOAT32, B)
             room = (self.hot_budget // self.n_layers - reps) // block_bytes - pol.sinks - pol.recent - 2
             return max(1, min(n, bt * max(1, min(pol.k // 2, room))))
         per_token = kv_bytes(1, self.n_kv_heads, self.head_dim, FLOAT32, self._shape[0] if self._shape else 1)
@@ -366,7 +388,7 @@ class TieredKVCache:
         """Bytes held in the compute device's memory: hot layers and cold layers' tails."""
         n = sum(K.numel() * K.element_size() + V.numel() * V.element_size() for K, V in self._kv.values())
         n += sum(K.numel() * K.element_size() * 2 for K, _ in self._tail.values())
-        n += sum(r.numel() * r.element_size() for r in self._reps.values())
+        n += sum(t.hot_bytes() for t in self._trees.values())
         return n + sum(K.numel() * K.element_size() * 2 for blocks in self._hotblk.values() for K, _ in blocks.values())
 
     def cold_bytes(self) -> int:
@@ -384,5 +406,6 @@ class TieredKVCache:
             self._pool = None
         if drop_blocks and self.cold is not None:
             keys = [self.key(layer, b) for layer, n in self._blocks.items() for b in range(n)]
+            keys += [key for t in self._trees.values() for key in t.keys()]  # topk's key bounds
             self.cold.delete_many(self.ns, keys)
             self._blocks = {i: 0 for i in range(self.n_layers)}

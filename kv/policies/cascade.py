@@ -1,10 +1,12 @@
-"""Cascading KV (Willette et al.): the budget is split into sub-caches; sub-cache 0 takes every new
-token, and sub-cache i takes one of every two tokens evicted from sub-cache i-1, so level i keeps
-tokens about 2^i apart and old context thins out instead of vanishing. Between two arrivals a level
-"carries" one candidate; when the next arrives the one with the higher EMA attention score (averaged
-over query heads) enters and the other is dropped. The first ``sinks`` tokens are always kept, and
-positions are places in the cache, as in StreamingLLM. State is per layer: the cache holds one copy
-of this policy for each layer.
+"""Cascading KV (Willette et al., arXiv 2406.17808), with the paper's acceptance rule: after the first
+``sinks`` tokens (kept forever) the budget is split into ``levels`` sub-caches, each a queue. Tokens enter
+sub-cache 0 one per step; sub-cache i accepts only on every 2^i-th step. On an accepting step a token
+arriving at sub-cache i is appended, and when the sub-cache is full its oldest token is evicted and carried
+on to sub-cache i+1 in the same step; on a non-accepting step the arriving token competes with sub-cache i's
+newest token and the one with the higher score (an EMA of the attention it received, maxed over a KV group's
+query heads by the cache) keeps that place, the other is dropped. Tokens evicted from the last sub-cache are
+dropped. Level i so keeps tokens about 2^i apart: old context thins out instead of vanishing. Positions are
+places in the cache, as in StreamingLLM. State is per layer: the cache holds one copy per layer.
 """
 
 from collections import deque
@@ -26,7 +28,7 @@ class Cascade(Policy):
                              f"levels={levels}, beta={beta}")
         self.sinks, self.levels, self.beta = sinks, levels, beta
         self.sink_pos, self.sub = [], [deque() for _ in range(levels)]
-        self.carry = [None] * levels  # level i >= 1: the candidate waiting for its pair
+        self.step = 0  # tokens that entered sub-cache 0: the clock the acceptance rule counts
         self.last = -1  # highest absolute position placed so far
         self.sizes = [0] * levels
         self._score = {}
@@ -36,24 +38,21 @@ class Cascade(Policy):
         return self.beta * old + (1.0 - self.beta) * new
 
     def _size(self, n: int) -> None:
-        slots = max(0, n - min(self.sinks, n) - (self.levels - 1))  # a carried token takes a slot too
+        slots = max(0, n - min(self.sinks, n))
         base = slots // self.levels
         self.sizes = [base + (slots - base * self.levels if i == 0 else 0) for i in range(self.levels)]
 
-    def _push(self, level: int, p: int) -> None:
+    def _arrive(self, level: int, p: int, step: int) -> None:
+        """Token ``p`` arrives at sub-cache ``level`` on ``step``."""
         if level == self.levels:
-            return  # fell off the last level
-        if level > 0:
-            c = self.carry[level]
-            if c is None:
-                self.carry[level] = p
-                return
-            self.carry[level] = None  # the pair is complete: the more attended one enters
-            p = c if self._score.get(c, 0.0) >= self._score.get(p, 0.0) else p
+            return  # evicted from the last sub-cache: dropped
         q = self.sub[level]
-        q.append(p)
-        while len(q) > self.sizes[level]:
-            self._push(level + 1, q.popleft())
+        if step % (1 << level) == 0 or not q:  # an accepting step (or nothing to compete with)
+            q.append(p)
+            while len(q) > self.sizes[level]:
+                self._arrive(level + 1, q.popleft(), step)
+        elif self._score.get(p, 0.0) > self._score.get(q[-1], 0.0):  # a tie keeps the resident
+            q[-1] = p  # p is older than every token of level-1 and newer than this level's: order holds
 
     def keep(self, abs_pos: torch.Tensor, scores: torch.Tensor, n: int) -> torch.Tensor:
         """Indices (sorted) of at most n tokens to keep among the cached ones (abs_pos ascending)."""
@@ -67,22 +66,15 @@ class Cascade(Policy):
             if p < self.sinks:  # the first tokens of the sequence are the attention sinks
                 self.sink_pos.append(p)
             else:
-                self._push(0, p)
-        for level in range(self.levels):  # n may have shrunk (a larger chunk): re-balance
+                self._arrive(0, p, self.step)
+                self.step += 1
+        for level in range(self.levels):  # n may have shrunk (a larger chunk): evict down the levels
             q = self.sub[level]
             while len(q) > self.sizes[level]:
-                self._push(level + 1, q.popleft())
+                self._arrive(level + 1, q.popleft(), self.step)
         live = set(self.sink_pos[:n])
-        for level in range(self.levels):
-            live.update(self.sub[level])
-            if self.carry[level] is not None:
-                live.add(self.carry[level])
-        while len(live) > n:  # only when n < sinks + levels: drop the least attended
-            live.remove(min(live - set(self.sink_pos[:n]) or live, key=lambda p: self._score.get(p, 0.0)))
+        for q in self.sub:
+            live.update(q)
         keep = [i for i, p in enumerate(pos) if p in live]
-        for level in range(self.levels):  # forget what the cache no longer holds
-            if self.carry[level] is not None and self.carry[level] not in live:
-                self.carry[level] = None
-            self.sub[level] = deque(p for p in self.sub[level] if p in live)
         self.sink_pos = [p for p in self.sink_pos if p in live]
         return torch.tensor(keep, dtype=torch.long)

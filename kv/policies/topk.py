@@ -1,52 +1,168 @@
-"""Top-k block attention, HiP-like (Lee et al.): every finished block of keys and values goes down to a
-cold tier, and only a small representative per block stays hot: the per-channel max and min of its
-keys after RoPE, which bound any of its keys' score against a query (Quest's bound). A query picks
-blocks hierarchically -- first the best groups of ``group`` consecutive blocks, then the best ``k``
-blocks inside them -- and attends over the sink blocks, the chosen blocks, the recent blocks and the
-unfinished tail. Every prefill chunk chooses for its own queries; in decoding the choice is refreshed
-every ``refresh`` steps, and between refreshes the chosen blocks stay hot; a refresh fetches only
-blocks it did not hold. Nothing is thrown away: a block not chosen now may be chosen later.
-Positions stay the tokens' own. The representatives cost 1/``block`` of the KV and stay hot, which
-bounds the context a hot budget can serve.
+"""Top-k block attention with a bounded fast-memory bank, after HiP (Lee et al., arXiv 2406.09827): every
+finished block of keys and values goes down to a cold tier; a query finds its top-k blocks by a tree
+search over key bounds, and a bank of at most ``slots`` blocks (least recently used out first) holds the
+blocks it chose lately, so hot residency does not grow with the context. A block's bound is the per-channel
+max and min of its keys after RoPE (Quest's bound on any of its keys' score); a node of the tree bounds
+``group`` consecutive nodes of the level below (max of maxes, min of mins: still a bound). Finished nodes
+go to the cold tier; only the nodes of each level not yet under a finished parent stay hot (fewer than
+``group`` per level), so what stays hot is O(log T) in the number of blocks. The search starts from the
+few top nodes that cover the candidates, keeps the best k at each level and descends to blocks
+(~log_group(T / k) levels of k x group bounds fetched). Attention sees the sink blocks, the chosen blocks,
+the recent blocks and the unfinished tail; in decoding the choice is refreshed every ``refresh`` steps.
+Nothing is thrown away: a block not chosen now may be chosen later. Positions stay the tokens' own.
 """
 
 from __future__ import annotations
 
+from typing import Callable, Optional
+
+import numpy as np
 import torch
 
 from .base import Policy
 
 
-def select_blocks(q: torch.Tensor, reps: torch.Tensor, candidates: list, k: int, group: int) -> list:
-    """q (B, H, T, hd) after RoPE; reps (B, Hkv, N, 2, hd): each block's per-channel max and min of its
-    rotated keys -> up to k of ``candidates`` (block ids). A block's score is an upper bound of any of
-    its keys' q.k (per channel, the larger of q*max and q*min; Quest's bound), maxed over batch, heads
-    and queries; groups of ``group`` consecutive blocks (max of maxes, min of mins: still a bound) are
-    searched first."""
-    if k <= 0 or not candidates:
-        return []
-    B, H, T, hd = q.shape
-    Hkv = reps.shape[1]
-    qg = q.view(B, Hkv, H // Hkv, T, hd).transpose(2, 3).reshape(B, Hkv, T * (H // Hkv), hd)  # (B, Hkv, Q, hd)
+def _score(qg: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+    """qg (B, Hkv, Q, hd); r (B, Hkv, M, 2, hd) bounds -> (M,): per node the largest upper bound of q.k over
+    batch, heads and queries (per channel the larger of q*max and q*min)."""
+    hi = qg[:, :, :, None, :] * r[:, :, None, :, 0, :]  # (B, Hkv, Q, M, hd)
+    lo = qg[:, :, :, None, :] * r[:, :, None, :, 1, :]
+    return torch.maximum(hi, lo).sum(-1).amax(dim=(0, 1, 2))
 
-    def score(r):  # r (B, Hkv, M, 2, hd) -> (M,)
-        hi = qg[:, :, :, None, :] * r[:, :, None, :, 0, :]  # (B, Hkv, Q, M, hd)
-        lo = qg[:, :, :, None, :] * r[:, :, None, :, 1, :]
-        return torch.maximum(hi, lo).sum(-1).amax(dim=(0, 1, 2))  # (M,)
 
-    cand = torch.tensor(candidates, dtype=torch.long)
-    if len(candidates) > k * group:  # coarse level: groups of consecutive candidates
-        n_groups = -(-len(candidates) // group)
-        r = reps[:, :, cand]  # (B, Hkv, C, 2, hd)
-        pad = n_groups * group - len(candidates)
-        if pad:  # pad by repeating the last block: it changes no group's max or min
-            r = torch.cat([r, r[:, :, -1:].expand(B, Hkv, pad, 2, hd)], dim=2)
-        r = r.view(B, Hkv, n_groups, group, 2, hd)
-        grep = torch.stack([r[..., 0, :].amax(dim=3), r[..., 1, :].amin(dim=3)], dim=3)  # (B, Hkv, G, 2, hd)
-        best = score(grep).topk(min(k, n_groups)).indices
-        cand = cand[torch.isin(torch.arange(len(candidates)) // group, best)]
-    s = score(reps[:, :, cand])
-    return sorted(cand[s.topk(min(k, len(cand))).indices].tolist())
+def _merge(reps: list) -> torch.Tensor:
+    """Bounds (B, Hkv, 2, hd) each -> the bound of their union."""
+    r = torch.stack(reps, dim=2)  # (B, Hkv, n, 2, hd)
+    return torch.stack([r[..., 0, :].amax(dim=2), r[..., 1, :].amin(dim=2)], dim=2)
+
+
+class BoundTree:
+    """One layer's key bounds, as a tree of ``group``-ary nodes over its blocks. ``add`` a finished block's
+    bound -> the (key, bytes) of the nodes it finished, for the caller to write to its cold tier; ``search``
+    reads the finished nodes it needs back with ``get`` (a list of keys -> a list of bytes or None)."""
+
+    def __init__(self, group: int, key: Callable[[int, int], str], get: Callable[[list], list]):
+        if group < 2:
+            raise ValueError(f"topk: group must be >= 2 (a tree of bounds), got {group}")
+        self.g, self.key, self.get = group, key, get
+        self.count: list = []  # finished nodes per level
+        self.pend: list = []  # per level: finished nodes not yet under a finished parent (hot, < group)
+        self.shape: Optional[tuple] = None  # (B, Hkv, 2, hd), dtype
+        self.fetched = 0  # bounds read back from the cold tier
+
+    @property
+    def blocks(self) -> int:
+        return self.count[0] if self.count else 0
+
+    def add(self, rep: torch.Tensor) -> list:
+        if self.shape is None:
+            self.shape = (tuple(rep.shape), rep.dtype)
+        out, level = [], 0
+        while True:
+            if len(self.count) == level:
+                self.count.append(0)
+                self.pend.append([])
+            out.append((self.key(level, self.count[level]), rep.contiguous().cpu().numpy().tobytes()))
+            self.count[level] += 1
+            self.pend[level].append(rep)
+            if len(self.pend[level]) < self.g:
+                return out
+            rep, self.pend[level] = _merge(self.pend[level]), []  # a finished parent, one level up
+            level += 1
+
+    def _open(self, level: int) -> Optional[torch.Tensor]:
+        """The unfinished node of ``level`` >= 1 (its children: the hot finished ones and the one below)."""
+        kids = list(self.pend[level - 1]) if level - 1 < len(self.pend) else []
+        if level >= 2:
+            below = self._open(level - 1)
+            if below is not None:
+                kids.append(below)
+        return _merge(kids) if kids else None
+
+    def nodes(self, level: int, ids: list) -> torch.Tensor:
+        """Bounds of nodes ``ids`` of ``level`` -> (B, Hkv, len(ids), 2, hd)."""
+        (shape, dtype) = self.shape
+        done = self.count[level] if level < len(self.count) else 0
+        hot_from = done - (len(self.pend[level]) if level < len(self.pend) else 0)
+        cold = [j for j in ids if j < hot_from]
+        got = {}
+        if cold:
+            for j, buf in zip(cold, self.get([self.key(level, j) for j in cold])):
+                if buf is None:
+                    raise KeyError(f"KV key bound {self.key(level, j)} is missing from the cold tier")
+                got[j] = torch.from_numpy(np.frombuffer(bytes(buf), dtype=str(dtype).replace("torch.", ""))
+                                          .reshape(shape).copy())
+            self.fetched += len(cold)
+        out = []
+        for j in ids:
+            if j in got:
+                out.append(got[j])
+            elif j < done:
+                out.append(self.pend[level][j - hot_from])
+            else:
+                out.append(self._open(level))
+        return torch.stack(out, dim=2)
+
+    def within(self, level: int, ids: list, lo: int, hi: int) -> torch.Tensor:
+        """Like ``nodes``, but each node bounds only its blocks in [lo, hi): a node that straddles an edge
+        is merged from its children inside (one such node per edge and level), so a sink block's large keys
+        or a recent block's do not draw the search towards blocks it cannot choose."""
+        w, N = self.g ** level, self.blocks
+        edge = [j for j in ids if j * w < lo or min((j + 1) * w, N) > hi]
+        if not edge:
+            return self.nodes(level, ids)
+        inner = [j for j in ids if j not in edge]
+        got = dict(zip(inner, self.nodes(level, inner).unbind(2))) if inner else {}
+        for j in edge:
+            kids = [c for c in range(j * self.g, (j + 1) * self.g) if c * (w // self.g) < hi
+                    and (c + 1) * (w // self.g) > lo]
+            got[j] = _merge(list(self.within(level - 1, kids, lo, hi).unbind(2)))
+        return torch.stack([got[j] for j in ids], dim=2)
+
+    def search(self, q: torch.Tensor, lo: int, hi: int, k: int) -> list:
+        """q (B, H, T, hd) after RoPE -> up to k block ids in [lo, hi) with the highest bounds, searched
+        level by level from the top nodes that cover [lo, hi), keeping the best k at each level."""
+        if k <= 0 or hi <= lo:
+            return []
+        B, H, T, hd = q.shape
+        Hkv = self.shape[0][1]
+        qg = q.view(B, Hkv, H // Hkv, T, hd).transpose(2, 3).reshape(B, Hkv, T * (H // Hkv), hd)  # (B, Hkv, Q, hd)
+        g = self.g
+
+        def span(level, a, b):  # nodes of ``level`` that cover blocks in [a, b)
+            w = g ** level
+            return list(range(a // w, -(-b // w)))
+
+        level = 0  # start where few nodes cover [lo, hi)
+        while len(span(level, lo, hi)) > k * g:
+            level += 1
+        beam = span(level, lo, hi)
+        while True:
+            s = _score(qg, self.within(level, beam, lo, hi))
+            best = [beam[i] for i in s.topk(min(k, len(beam))).indices.tolist()]
+            if level == 0:
+                return sorted(best)
+            w = g ** (level - 1)
+            beam = [c for b in sorted(best) for c in range(b * g, (b + 1) * g) if c * w < hi and (c + 1) * w > lo]
+            level -= 1
+
+    def hot_nodes(self) -> int:
+        return sum(len(p) for p in self.pend)
+
+    def hot_bytes(self) -> int:
+        return sum(r.numel() * r.element_size() for p in self.pend for r in p)
+
+    def keys(self) -> list:
+        return [self.key(level, j) for level, n in enumerate(self.count) for j in range(n)]
+
+
+def select_blocks(q: torch.Tensor, reps: torch.Tensor, lo: int, hi: int, k: int, group: int) -> list:
+    """The tree search over in-memory block bounds ``reps`` (B, Hkv, N, 2, hd): up to k blocks of [lo, hi)."""
+    store: dict = {}
+    tree = BoundTree(group, lambda level, j: f"{level}/{j}", lambda keys: [store.get(k) for k in keys])
+    for b in range(reps.shape[2]):
+        store.update(tree.add(reps[:, :, b]))
+    return tree.search(q, lo, hi, k)
 
 
 class TopK(Policy):
@@ -55,8 +171,11 @@ class TopK(Policy):
     reposition = False
     stores_all = True  # every block is kept (in the cold tier); the policy chooses what attention sees
 
-    def __init__(self, k: int = 8, group: int = 4, refresh: int = 4, sinks: int = 1, recent: int = 2):
-        if min(k, group, refresh) < 1 or sinks < 0 or recent < 0:
-            raise ValueError(f"topk: k, group and refresh must be >= 1, sinks and recent >= 0 (blocks), got "
-                             f"k={k}, group={group}, refresh={refresh}, sinks={sinks}, recent={recent}")
+    def __init__(self, k: int = 8, group: int = 4, refresh: int = 4, sinks: int = 1, recent: int = 2,
+                 slots: int = 16):
+        if min(k, refresh) < 1 or group < 2 or sinks < 0 or recent < 0 or slots < k:
+            raise ValueError(f"topk: k and refresh must be >= 1, group >= 2, sinks and recent >= 0 (blocks) and "
+                             f"slots >= k, got k={k}, group={group}, refresh={refresh}, sinks={sinks}, "
+                             f"recent={recent}, slots={slots}")
         self.k, self.group, self.refresh, self.sinks, self.recent = k, group, refresh, sinks, recent
+        self.slots = slots  # the bank: blocks held hot beside the sinks and recent ones, least recently used out

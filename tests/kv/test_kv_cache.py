@@ -195,30 +195,45 @@ def test_policies_keep_what_their_papers_keep():
     assert Sink(sinks=2).keep(pos, None, 5).tolist() == [0, 1, 7, 8, 9]
     scores = torch.tensor([0.1, 5.0, 0.2, 4.0, 0.3, 0.0, 0.0, 0.0, 0.0, 0.0])
     assert H2O(recent=3).keep(pos, scores, 5).tolist() == [1, 3, 7, 8, 9]  # two heavy hitters + 3 recent
-    # cascade: 1 sink, 3 levels of 4 slots (+2 carried); after 200 equal-score tokens level i's tokens are
-    # 2^i apart, so the 15 kept tokens reach back much further than a recent window of 15 would
+    # cascade: 1 sink, 3 levels of 14 // 3 slots; after 200 equal-score tokens level i's tokens are 2^i apart
+    # (a tie keeps the resident), so the 15 kept tokens reach back much further than a recent window of 15
     c = Cascade(sinks=1, levels=3, beta=0.5)
     for t in range(1, 201):
         kept = c.keep(torch.arange(t), torch.zeros(t), 15)
-    assert len(kept) <= 15 and kept[0] == 0
+    assert len(kept) == 15 and kept[0] == 0
     for level, q in enumerate(c.sub):
         gaps = set(torch.tensor(list(q)).diff().tolist())
         assert gaps == {2 ** level}, (level, list(q))
-    assert int(kept[1]) < 200 - 15 * 2
-    # a carried pair keeps the more attended token
-    c = Cascade(sinks=0, levels=2, beta=0.5)
-    c.keep(torch.arange(3), torch.zeros(3), 4)  # sizes: level 0 two slots (+1 carry slot)
-    c.keep(torch.arange(4), torch.tensor([0.0, 9.0, 0.0, 0.0]), 4)  # token 0 is carried; 1 (heavy) arrives next
-    assert list(c.sub[1]) == [1]
+    assert int(kept[1]) <= 200 - (6 + 4 * 2 + 4 * 4) + 2  # sizes [6, 4, 4]: a recent window would start at 186
+    # the paper's acceptance rule, by hand: 1 sink, 2 sub-caches of 2; sub-cache 1 accepts on even steps
+    # (token p enters sub-cache 0 on step p - 1). Step 2: 1 is evicted to sub-cache 1, accepted. Step 3: 2
+    # arrives on an odd step and beats the newest (1) by score. Step 4: 3 accepted -> [2, 3]. Step 5: 4 loses
+    # to 3, dropped. Step 6: 5 accepted, 2 falls off the last level -> [3, 5]. Step 7: 6 beats 5 -> [3, 6].
+    # Step 8: 7 accepted, 3 falls off -> [6, 7]; sub-cache 0 holds [8, 9].
+    score = torch.tensor([0.0, 0.1, 0.9, 0.5, 0.05, 0.2, 0.8, 0.0, 0.0, 0.0])
+    c = Cascade(sinks=1, levels=2, beta=0.5)
+    for t in range(1, 11):
+        kept = c.keep(torch.arange(t), score[:t], 5)
+        if t == 5:
+            assert list(c.sub[1]) == [2]  # 2 took the place of 1
+        if t == 7:
+            assert list(c.sub[1]) == [2, 3]  # 4 lost to 3
+    assert kept.tolist() == [0, 6, 7, 8, 9] and list(c.sub[1]) == [6, 7] and c.step == 9
     # topk: the block whose bound (per-channel max and min of its keys) matches the query wins, groups first
     reps = torch.zeros(1, 1, 9, 2, 4)
     reps[0, 0, 5, 0] = torch.tensor([1.0, 0, 0, 0])
     reps[0, 0, 2, 0] = torch.tensor([0.5, 0, 0, 0])
     reps[0, 0, 7, 1] = torch.tensor([0, -3.0, 0, 0])  # a large negative key channel: a match for a negative query
     q = torch.tensor([1.0, 0, 0, 0]).view(1, 1, 1, 4)
-    assert select_blocks(q, reps, list(range(9)), 1, 2) == [5]
-    assert select_blocks(q, reps, list(range(9)), 2, 2) == [2, 5]
-    assert select_blocks(-q.roll(1, -1), reps, list(range(9)), 1, 2) == [7]
+    assert select_blocks(q, reps, 0, 9, 1, 2) == [5]  # the tree: [0-7] [8], then [4-7], [4, 5], then 5
+    assert select_blocks(q, reps, 0, 9, 2, 2) == [2, 5]
+    assert select_blocks(-q.roll(1, -1), reps, 0, 9, 1, 2) == [7]
+    both = torch.tensor([1.0, -1.0, 0, 0]).view(1, 1, 1, 4)  # scores: block 7 3.0, block 5 1.0, block 2 0.5
+    assert [select_blocks(both, reps, 0, hi, 1, 2) for hi in (9, 7, 5)] == [[7], [5], [2]]  # candidates only
+    # deep in a long context (1000 blocks, 5 levels of 4), the search still finds the one matching block
+    big = torch.zeros(1, 1, 1000, 2, 4)
+    big[0, 0, 613, 0, 2] = 2.0
+    assert 613 in select_blocks(torch.tensor([0, 0, 1.0, 0]).view(1, 1, 1, 4), big, 1, 998, 2, 4)
     # the bound holds: no key of a block scores above it
     keys = torch.randn(1, 1, 16, 4)
     bound = torch.stack([keys.amax(dim=2), keys.amin(dim=2)], dim=2)  # (1, 1, 2, 4)
@@ -226,6 +241,42 @@ def test_policies_keep_what_their_papers_keep():
     assert float((keys[0, 0] @ qq).max()) <= float(torch.maximum(qq * bound[0, 0, 0], qq * bound[0, 0, 1]).sum()) + 1e-6
     with pytest.raises(ValueError, match="--policy lru: not a KV policy"):
         make_policy("lru")
+
+
+def test_topk_holds_a_bounded_bank_and_log_many_bounds(model, monkeypatch):
+    """HiP's residency: past its sink and recent blocks a layer holds at most ``slots`` blocks (least recently
+    used out), and of its key bounds only fewer than ``group`` per tree level stay hot, however long the
+    context; what attention sees is still sinks + chosen + recent + tail."""
+    cache = lossy_cache("topk", 10 ** 9, k=2, slots=3, group=2, refresh=1, recent=1)
+    worst = {"bank": 0, "bounds": 0, "seen": 0}
+    real_update = cache.update
+
+    def spy(layer, k, v, q=None):
+        out = real_update(layer, k, v, q=q)
+        tree, N = cache._trees[layer], cache._blocks[layer]
+        worst["bank"] = max(worst["bank"], cache.bank_blocks(layer))
+        levels = max(1, (N - 1).bit_length()) if N else 0  # log2 of the blocks: group 2
+        assert tree.hot_nodes() <= levels, (N, tree.hot_nodes())
+        worst["bounds"] = max(worst["bounds"], tree.hot_nodes())
+        worst["seen"] = max(worst["seen"], len(out[3]))
+        assert len(out[3]) <= (1 + 2 + 1) * 8 + 8 + k.shape[2]  # sink, 2 chosen, 1 recent blocks, tail, new
+        return out
+    monkeypatch.setattr(cache, "update", spy)
+    prompt = torch.randint(0, 256, (1, 400), generator=torch.Generator().manual_seed(7))
+    try:
+        with torch.no_grad():
+            for s in range(0, 400, 16):
+                model(prompt[:, s:s + 16], s, cache)
+            for i in range(40):
+                model(prompt[:, i:i + 1], 400 + i, cache)
+    finally:
+        cache.close()
+    assert worst["bank"] == 3  # the bank filled, and never passed its slots
+    assert cache.stats["bank_hits"] > 0 and cache.stats["bank_misses"] > 0
+    assert 0 < worst["bounds"] <= 6  # 55 blocks: at most one hot bound per level of a binary tree
+    assert cache._trees[0].fetched > 0  # the rest came back from the cold tier when searched
+    with pytest.raises(ValueError, match="slots >= k"):
+        make_policy("topk", k=4, slots=2)
 
 
 def test_miro_kv_generate_reports_and_stays_lossless_with_cold_layers(tmp_path):
