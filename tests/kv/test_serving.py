@@ -1,0 +1,97 @@
+"""Concurrent generation with SLOs (kv/serving.py) on the built-in decoder and a real LMDB cold tier:
+requests served together get the tokens each gets alone, deferral and resume change no token, the plan
+across requests x layers is the brute-force optimum, and the requests' KV in RAM never passes the budget."""
+import random
+
+import pytest
+import torch
+
+from miro_runtime.kv.generate import load_model, run_generate
+from miro_runtime.kv.planner import LayerCost
+from miro_runtime.kv.serving import DEFERRED, STRATEGIES, Request, Server, brute_force_requests, plan_requests
+from miro_runtime.kv.sizes import kv_bytes
+from miro_runtime.storage import FlashTier
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return load_model("builtin-tiny")
+
+
+def requests(model, n=3, new=12):
+    texts = [b"the tiered cache keeps what fits", b"and fetches the rest from flash when a layer attends",
+             b"a short one", b"requests arrive while others decode, and every one of them must finish"]
+    return [Request(f"r{i}", model.encode(texts[i % len(texts)] * (1 + i)), new, slo_tbt_ms=1e6, arrival_s=0.0)
+            for i in range(n)]
+
+
+def alone(model, req):
+    return run_generate("builtin-tiny", bytes(req.prompt), req.max_new, model=model)["tokens"]
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_requests_served_together_get_the_tokens_each_gets_alone(model, tmp_path, strategy):
+    reqs = requests(model)
+    per_layer = kv_bytes(max(len(r.prompt) + r.max_new for r in reqs), model.n_kv_heads, model.head_dim)
+    budget = per_layer * model.n_layers * 2  # two requests' worth: the rest goes cold (or waits: no-offload)
+    with FlashTier(str(tmp_path / "kv"), sync_mode="nosync") as tier:
+        srv = Server(model, tier, budget, strategy=strategy, prefill_chunk=16, replan_every=4)
+        seen = []
+        real = srv.iteration
+
+        def spy(now):
+            real(now)
+            seen.append(srv.hot_bytes())
+            assert srv.hot_bytes() <= budget  # every iteration, every request's hot layers and tails together
+        srv.iteration = spy
+        out = srv.run(reqs, realtime=False)
+        assert not tier.keys("kv")  # finished requests leave no block behind
+    for r in reqs:
+        assert out["requests"][r.id]["tokens"] == alone(model, r), r.id
+    assert max(seen) > 0 and out["tokens_per_s"] > 0 and 0 <= out["tbt_attainment"] <= 1
+    if strategy == "all-offloaded":
+        assert out["stats"]["peak_hot_bytes"] <= 3 * srv.tails
+
+
+def test_deferral_and_resume_change_no_token(model, tmp_path):
+    """A TBT target no iteration of two decoding requests can meet: the larger is deferred (all its layers
+    cold, no steps) until the other finishes, then resumed; every token is the one it gets alone."""
+    reqs = requests(model, n=3, new=10)
+    for r in reqs:
+        r.slo_tbt_ms = 1e-3
+    events = []
+    with FlashTier(str(tmp_path / "kv"), sync_mode="nosync") as tier:
+        srv = Server(model, tier, 10 ** 9, prefill_chunk=16, replan_every=4,
+                     log=lambda e, **kw: events.append((e, kw)))
+        deferred_seen = []
+        real = srv.iteration
+
+        def spy(now):
+            real(now)
+            deferred_seen.extend(x.req.id for x in srv.live if x.state == DEFERRED)
+        srv.iteration = spy
+        out = srv.run(reqs, realtime=False)
+    assert out["stats"]["deferrals"] >= 1 and out["stats"]["resumes"] >= 1 and deferred_seen
+    assert [e for e, _ in events].count("kv_deferred") == out["stats"]["deferrals"]
+    assert all(kw["slo_tbt_ms"] == 1e-3 for e, kw in events if e == "kv_deferred")
+    for r in reqs:
+        assert out["requests"][r.id]["tokens"] == alone(model, r), r.id  # none dropped, none changed
+    assert sum(out["requests"][r.id]["deferrals"] for r in reqs) == out["stats"]["deferrals"]
+
+
+def test_the_plan_across_requests_is_the_brute_force_optimum():
+    rng = random.Random(3)
+    for _ in range(60):
+        costs = {f"r{j}": [LayerCost(rng.choice([16, 32, 48, 64]), rng.uniform(0, 3e-3), rng.uniform(0, 2e-3))
+                           for _ in range(rng.randint(1, 4))] for j in range(rng.randint(1, 3))}
+        weights = {r: rng.choice([1.0, 2.0]) for r in costs}
+        budget = rng.randint(0, 200)
+        hot, stall = plan_requests(costs, budget, weights)
+        assert sum(costs[r][i].bytes for r, h in hot.items() for i in h) <= budget
+        assert stall == pytest.approx(brute_force_requests(costs, budget, weights), abs=1e-12)
+    with pytest.raises(ValueError, match="strategy 'lifo'"):
+        Server(None, None, 0, strategy="lifo")
+    with pytest.raises(ValueError, match="max_new >= 1"):
+        Request("x", [1], 0)
