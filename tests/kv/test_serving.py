@@ -75,7 +75,7 @@ def test_deferral_and_resume_change_no_token(model, tmp_path):
         out = srv.run(reqs, realtime=False)
     assert out["stats"]["deferrals"] >= 1 and out["stats"]["resumes"] >= 1 and deferred_seen
     assert [e for e, _ in events].count("kv_deferred") == out["stats"]["deferrals"]
-    assert all(kw["slo_tbt_ms"] == 1e-3 for e, kw in events if e == "kv_deferred")
+    assert all(kw["target_ms"] == 1e-3 and kw["predicted_ms"] > 1e-3 for e, kw in events if e == "kv_deferred")
     for r in reqs:
         assert out["requests"][r.id]["tokens"] == alone(model, r), r.id  # none dropped, none changed
     assert sum(out["requests"][r.id]["deferrals"] for r in reqs) == out["stats"]["deferrals"]
