@@ -1,8 +1,14 @@
 import os
 import sys
 
-import numpy as np
-import pytest
+# Two workers share two cores: a second intra-op thread in each (and in every mirod they start, which
+# inherits this) only oversubscribes them, and its spin-waits are CPU time the other worker needed. The
+# engine trains on one thread already; this covers the rest (the frozen encoders, the KV decoders). Set
+# before numpy and torch are imported: both read it once.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PY = sys.executable
