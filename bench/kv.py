@@ -566,11 +566,10 @@ def render(r) -> str:
                              f"{x['hot_bytes'] / 2**20:.2f} | {x['hot_bytes'] / full['hot_bytes']:.2f}x |")
         lines += ["", "- Where we lose: `h2o` and `cascade` need the attention weights themselves, so they run "
                   "explicit softmax attention instead of the fused kernel, and prefill in chunks of half their "
-                  "capacity -- their prefill is the slowest at long contexts. `topk` keeps every block in the RAM "
-                  "blob tier and fetches the chosen ones, at a cost per refresh; its block representatives grow with "
-                  f"the context (1/{BLOCK_TOKENS} of the KV here: a max and a min of the keys per {BLOCK_TOKENS}-token "
-                  "block), which is what bounds "
-                  "the context a budget serves."]
+                  "capacity. `topk` keeps every block and its key bounds in the RAM blob tier, holds a bank of at "
+                  "most `slots` blocks hot (least recently used out) and searches a tree of bounds whose hot part "
+                  "is O(log T); it fetches the chosen blocks not in the bank and the bounds its search reads, at a "
+                  "cost per refresh (its hot KV column shows what it holds, not what it reads)."]
         for k, x in sorted(q["rows"].items()):
             if x.get("refused"):
                 lines.append(f"- `{k}` refused by the cache: {x['refused']}")
