@@ -343,7 +343,10 @@ def test_estimate_follows_cpu_time_not_wall_time_and_charges_resident_memory():
     big = np.ones(200 * 2**20 // 8)  # 200 MB more resident: the dram term grows by 3/8 W x 0.2 GB
     fat, _, _, rss_big = window("sleep-big", sleep)
     del big
-    assert rss_big - rss > 190 * 2**20
+    # Not the full 200 MB: the rest of the process (xdist worker threads, gc) may give back a few
+    # tens of MB between the two windows (CI once saw +185 MiB); the model is checked against the
+    # RSS measured in each window below, this only checks the allocation is visible at all.
+    assert rss_big - rss > 120 * 2**20
     assert fat.components["dram"] == pytest.approx(0.375 * rss_big / 1e9 * fat.seconds, rel=0.02)
     assert fat.components["dram"] / fat.seconds - slept.components["dram"] / slept.seconds == pytest.approx(
         0.375 * (rss_big - rss) / 1e9, rel=0.1)
