@@ -192,7 +192,7 @@ def last_checkpoint_steps(d) -> int:
 
 
 def test_sigkill_at_random_moments_loses_no_acknowledged_sample(tmp_path):
-    """Seven SIGKILLs while a client ingests and the daemon trains online: after every restart the
+    """Five SIGKILLs while a client ingests and the daemon trains online: after every restart the
     store opens, training goes on from the last checkpoint, and every acknowledged sample is there."""
     state = tmp_path / "s"
     sets = ("learning.online=true", "learning.strategy=carm-sync", "learning.checkpoint_every=15",
@@ -234,7 +234,7 @@ def test_sigkill_at_random_moments_loses_no_acknowledged_sample(tmp_path):
     rng = random.Random(1)
     resumed = []  # (steps of the newest checkpoint before the kill, steps right after the restart)
     try:
-        for _ in range(7):
+        for _ in range(5):
             n0, t0 = len(acked), time.monotonic()
             while len(acked) == n0 and time.monotonic() - t0 < 30:  # this process has acknowledged once
                 time.sleep(0.01)
@@ -256,7 +256,7 @@ def test_sigkill_at_random_moments_loses_no_acknowledged_sample(tmp_path):
     # before its kill (never past it), no restart went back past the previous one, and it moved on
     evs = Mirod(state).logs()
     resumes = [e for e in evs if e["event"] == "resume"]
-    assert len(resumes) >= 7 and sum(e.get("found_checkpoint", False) for e in resumes) >= 5
+    assert len(resumes) >= 5 and sum(e.get("found_checkpoint", False) for e in resumes) >= 3
     for i, (ckpt, steps) in enumerate(resumed):
         assert steps >= ckpt, f"restart {i + 1} resumed at step {steps}, behind its checkpoint at {ckpt}: {resumed}"
         assert i == 0 or ckpt >= resumed[i - 1][0], f"checkpoints went backwards: {resumed}"

@@ -115,12 +115,12 @@ def test_stored_and_remembered_latents_are_the_frozen_parts_output(tmp_path):
 
 def test_drop_raw_keeps_only_latents_and_a_run_resumes_on_them(tmp_path):
     # carm-sync: its swaps are part of the step, so a resumed run repeats the uninterrupted one exactly
-    cfg = cfg_for(tmp_path, drop_raw=True, tasks=3, checkpoint_every=20, strategy="carm-sync")
+    cfg = cfg_for(tmp_path, drop_raw=True, tasks=2, checkpoint_every=20, strategy="carm-sync")
     first = run(cfg)
     from miro_runtime.storage import FlashTier
     with FlashTier(os.path.join(cfg.run_dir, "state"), readonly=True) as f:
         assert NS_RAW not in f.stats()["namespaces"] and f.class_counts(NS_LATENT).sum() > 0
-    # the same run killed after task 1 and resumed: it ends where the uninterrupted one ends
+    # the same run killed after task 0 and resumed: it ends where the uninterrupted one ends
     cut = dataclasses.replace(cfg, run_dir=str(tmp_path / "cut"))
     from miro_runtime.session.experiment import Experiment
     exp = Experiment(cut)
@@ -129,7 +129,7 @@ def test_drop_raw_keeps_only_latents_and_a_run_resumes_on_them(tmp_path):
 
     def finish_then_stop(t, *a):
         rec = real_finish(t, *a)
-        if t == 1:
+        if t == 0:
             raise KeyboardInterrupt
         return rec
     lr.finish_task = finish_then_stop
