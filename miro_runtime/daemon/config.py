@@ -67,6 +67,10 @@ class DaemonSection:
         "SIGTERM: the current step, a checkpoint and a flush within this many seconds."))
     watchdog: bool = field(default=True, metadata=about(
         "Ping systemd's watchdog from the event loop when WATCHDOG_USEC is set."))
+    warm_engine: bool = field(default=True, metadata=about(
+        "Import the training engine (torch and its optimizer stack: ~5 s of CPU on a 2-core x86) before "
+        "serving, so the first samples do not wait on it; false: on first use (a daemon that serves KV "
+        "generation, status or logs, or starts often)."))
 
 
 @dataclass

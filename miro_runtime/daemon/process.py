@@ -136,10 +136,13 @@ class Daemon:
             raise SystemExit(EXIT_STATE) from None
         # before READY, with nothing competing: a fresh state dir would otherwise pay torch's one-time
         # imports at the first sample, where ingest threads starve them of the GIL (measured: >4 s)
-        await loop.run_in_executor(None, _warm_engine)
+        if self.cfg.daemon.warm_engine:
+            await loop.run_in_executor(None, _warm_engine)
         self.trainer = threading.Thread(target=self.session.run_trainer, name="mirod-trainer", daemon=True)
         self.trainer.start()
         handlers = Handlers(self)
+        # the KV service's worker books its energy like any request and logs plans, deferrals and SLO misses
+        self.kv.metered, self.kv.log = handlers._metered, self.log.event
         self.server = ControlServer(handlers, self.cfg, self.log, self.stopping, self.read_gid, self.admin_gid)
         await self.server.listen(self.sock_path)
         self.log.event("started", pid=os.getpid(), socket=self.sock_path, state_dir=self.state_dir,
