@@ -56,11 +56,13 @@ def test_requests_served_together_get_the_tokens_each_gets_alone(model, tmp_path
 
 
 def test_deferral_and_resume_change_no_token(model, tmp_path):
-    """A TBT target no iteration of two decoding requests can meet: the larger is deferred (all its layers
-    cold, no steps) until the other finishes, then resumed; every token is the one it gets alone."""
+    """Three requests without targets decode together; then the server's default TBT target is tightened
+    in flight to one no iteration of two decoding requests can meet: the larger ones are deferred (all their
+    layers cold, no steps) until one is left, then resumed one at a time; every token is the one each
+    request gets alone."""
     reqs = requests(model, n=3, new=10)
     for r in reqs:
-        r.slo_tbt_ms = 1e-3
+        r.slo_tbt_ms = None
     events = []
     with FlashTier(str(tmp_path / "kv"), sync_mode="nosync") as tier:
         srv = Server(model, tier, 10 ** 9, prefill_chunk=16, replan_every=4,
@@ -70,6 +72,8 @@ def test_deferral_and_resume_change_no_token(model, tmp_path):
 
         def spy(now):
             real(now)
+            if sum(x.state == "decode" for x in srv.live) >= 2:
+                srv.slo_tbt_ms = 1e-3  # what `miro config set kv.slo_tbt_ms` does to a running daemon's server
             deferred_seen.extend(x.req.id for x in srv.live if x.state == DEFERRED)
         srv.iteration = spy
         out = srv.run(reqs, realtime=False)
@@ -95,3 +99,68 @@ def test_the_plan_across_requests_is_the_brute_force_optimum():
         Server(None, None, 0, strategy="lifo")
     with pytest.raises(ValueError, match="max_new >= 1"):
         Request("x", [1], 0)
+
+
+def test_a_tight_target_admits_one_at_a_time_instead_of_deferring(model, tmp_path):
+    """OrbitFlow's admission: with a TBT target two decoding requests cannot meet, a request starts only when
+    the one before it is done (it waits in the queue, where no token gap is counted); none is deferred."""
+    reqs = requests(model, n=3, new=8)
+    for r in reqs:
+        r.slo_tbt_ms = 1e-3
+    with FlashTier(str(tmp_path / "kv"), sync_mode="nosync") as tier:
+        srv = Server(model, tier, 10 ** 9, prefill_chunk=16, replan_every=4)
+        most = []
+        real = srv.iteration
+
+        def spy(now):
+            real(now)
+            most.append(sum(x.state in ("decode", "prefill") for x in srv.live))
+        srv.iteration = spy
+        out = srv.run(reqs, realtime=False)
+    assert max(most) == 1 and out["stats"]["deferrals"] == 0
+    for r in reqs:
+        assert out["requests"][r.id]["tokens"] == alone(model, r), r.id
+    assert out["requests"]["r2"]["queued_s"] > out["requests"]["r0"]["latency_s"] * 0.5  # it waited its turn
+
+
+def test_a_long_running_server_takes_requests_from_threads_and_reuses_prefixes(model, tmp_path):
+    """The daemon's use: a worker thread pumps, clients submit from their own threads and wait for their
+    callbacks; a prompt stored by the first request is fed to the second (same tokens), and the server keeps
+    no finished request."""
+    import threading
+
+    from miro_runtime.kv.prefix import PrefixStore
+    prompt = model.encode(b"a prompt long enough to fill a few blocks of sixteen tokens, twice over at least")
+    with FlashTier(str(tmp_path / "kv"), sync_mode="nosync") as tier:
+        srv = Server(model, tier, 10 ** 9, prefill_chunk=16,
+                     prefixes=PrefixStore(tier, model.described, model.n_layers, 16))
+        stop = threading.Event()
+
+        def pump():
+            while not stop.is_set():
+                if not srv.pump():
+                    stop.wait(0.005)
+        worker = threading.Thread(target=pump)
+        worker.start()
+        try:
+            def ask(rid):
+                done = threading.Event()
+                got = {}
+                srv.submit(Request(rid, prompt, 6), lambda res: (got.update(res), done.set()))
+                assert done.wait(60)
+                return got
+            first = ask("a")
+            both = {}
+            clients = [threading.Thread(target=lambda i=i: both.update({i: ask(f"b{i}")})) for i in range(2)]
+            for c in clients:
+                c.start()
+            for c in clients:
+                c.join(60)
+        finally:
+            stop.set()
+            worker.join(10)
+        assert not srv.live and srv.stats["served"] == 3
+    want = alone(model, Request("x", prompt, 6))
+    assert first["tokens"] == want and first["prefix_hits"] == 0
+    assert [both[i]["tokens"] for i in range(2)] == [want, want]
+    assert all(both[i]["prefix_hits"] == (len(prompt) - 1) // 16 for i in range(2))
