@@ -20,7 +20,9 @@ logger = logging.getLogger("miro")
 
 PYLEVEL = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 KIND_LEVEL = {"error": "error", "peer_refused": "warning", "training_paused": "warning",
-              "online_backlog_dropped": "warning", "inbox_failed": "warning", "config_rejected": "warning"}
+              "online_backlog_dropped": "warning", "inbox_failed": "warning", "config_rejected": "warning",
+              "kv_deferred": "warning", "kv_slo_miss": "warning", "kv_refused": "warning", "kv_admitted": "debug",
+              "kv_done": "debug"}
 COMPONENTS = ("daemon", "socket", "inbox", "session", "trainer", "engine", "miro", "kv", "fleet", "metrics", "run")
 # event kind -> the component that produces it, so a record says where it came from whichever EventLog
 # the producer was handed (the daemon hands its one log down to the session, trainer, engine and Miro).
@@ -39,7 +41,8 @@ KIND_COMPONENT = {
                      "controller_skipped", "budget_guard", "budget_changed", "deadline_guard",
                      "training_planned", "training_plan_reached"), "engine"),
     **dict.fromkeys(("miro_decision", "miro_adopt", "miro_realised", "miro_cost_refit", "miro_time_refit"), "miro"),
-    "kv_generate": "kv",
+    **dict.fromkeys(("kv_generate", "kv_plan", "kv_deferred", "kv_resumed", "kv_slo_miss", "kv_admitted",
+                     "kv_done", "kv_refused"), "kv"),
     **dict.fromkeys(("fleet_round", "fleet_refused", "supernode_started", "supernode_connected", "supernode_output",
                      "supernode_exited", "supernode_stopped"), "fleet"),
     **dict.fromkeys(("run_begin", "run_end"), "run"),

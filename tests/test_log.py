@@ -42,8 +42,8 @@ def test_level_filter_and_syslog_prefixes(tmp_path):
 
 
 def emitted_kinds() -> list:
-    """(kind, file, tagged) of every ``X.event("kind", ...)`` call in the package's source; tagged: the
-    call names its component itself."""
+    """(kind, file, tagged) of every ``X.event("kind", ...)`` call in the package's source (and
+    ``X.log("kind", ...)``: kv/serving.py's callback); tagged: the call names its component itself."""
     out = []
     for top in ("miro_runtime", "kv", "storage", "profilers"):
         for d, _, files in os.walk(os.path.join(REPO, top)):
@@ -54,8 +54,9 @@ def emitted_kinds() -> list:
                 with open(path) as fh:
                     tree = ast.parse(fh.read())
                 for n in ast.walk(tree):
-                    if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute) and n.func.attr == "event" \
-                            and n.args and isinstance(n.args[0], ast.Constant):
+                    if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute) \
+                            and n.func.attr in ("event", "log") and n.args and isinstance(n.args[0], ast.Constant) \
+                            and isinstance(n.args[0].value, str):
                         out.append((n.args[0].value, os.path.relpath(path, REPO),
                                     any(k.arg == "component" for k in n.keywords)))
     return out

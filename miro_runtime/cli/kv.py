@@ -90,11 +90,15 @@ def _prompt(ctx, prompt, prompt_file) -> bytes:
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of the built-in model's random weights.")
 @click.option("--daemon", "via_daemon", is_flag=True, help="Ask the running mirod over its control socket (its "
               "[kv] model and shares apply; --policy and --hot-budget are passed on when given).")
+@click.option("--slo-tpot-ms", type=click.FloatRange(min=0, min_open=True), default=None, metavar="MS",
+              help="With --daemon: this request's target mean time per output token (default: kv.slo_tpot_ms).")
+@click.option("--slo-tbt-ms", type=click.FloatRange(min=0, min_open=True), default=None, metavar="MS",
+              help="With --daemon: this request's target time between two tokens (default: kv.slo_tbt_ms).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (with \"text\") as the last stdout "
               "line, and nothing else on stdout.")
 @click.pass_context
 def generate(ctx, model_name, model_cache, policy, policy_opts, hot_budget, prompt, prompt_file, max_new_tokens,
-             cold_dir, store_dir, prefix_cap, block_tokens, seed, via_daemon, as_json):
+             cold_dir, store_dir, prefix_cap, block_tokens, seed, via_daemon, slo_tpot_ms, slo_tbt_ms, as_json):
     """Greedy generation through the tiered KV cache: the text on stdout, how it was made (model,
     tokens, speed, where the KV lived) on stderr. The built-in model has random weights: its text is
     noise that exercises the cache, not language; smollm2-135m is a real (small) language model."""
@@ -115,8 +119,15 @@ def generate(ctx, model_name, model_cache, policy, policy_opts, hot_budget, prom
             params["policy"] = policy
         if hot_budget:
             params["hot_budget"] = hot_budget
+        for k, v in (("slo_tpot_ms", slo_tpot_ms), ("slo_tbt_ms", slo_tbt_ms)):
+            if v is not None:
+                params[k] = v
         res = call(ctx, "kv_generate", **params)
     else:
+        given = [_flag(ctx, n) for n in ("slo_tpot_ms", "slo_tbt_ms") if _given(ctx, n)]
+        if given:
+            fail(ctx, f"kv generate: {', '.join(given)}: targets are for the daemon's concurrent requests; add "
+                 "--daemon, or leave them out", EXIT_USAGE)
         for name, where in (("store_dir", store_dir), ("cold_dir", cold_dir)):
             if where and os.path.exists(where) and not os.path.isdir(where):
                 fail(ctx, f"kv generate: {_flag(ctx, name)} {where}: not a directory; give a directory (made when "
@@ -147,6 +158,15 @@ def generate(ctx, model_name, model_cache, policy, policy_opts, hot_budget, prom
     click.echo(f"{res['new_tokens']} tokens" + (f", {tps:.1f} tokens/s" if tps else "") +
                f", first token {res['ttft_s'] * 1e3:.0f} ms, KV hot {res['hot_bytes']:,} B / cold "
                f"{res['cold_bytes']:,} B ({res['policy']}), {res['prefix_hits']} prefix chunks reused", err=True)
+    if res.get("served") == "together":  # the daemon's concurrent path: its wait and its targets
+        met = []
+        if res.get("slo_tpot_ms"):
+            met.append(f"TPOT {res['tpot_ms'] or 0:.1f} ms vs {res['slo_tpot_ms']:g} ms "
+                       f"({'met' if res['tpot_met'] else 'missed'})")
+        if res.get("slo_tbt_ms") and res.get("tbt_met") is not None:
+            met.append(f"{100 * res['tbt_met']:.0f}% of token gaps within {res['slo_tbt_ms']:g} ms")
+        click.echo(f"served with the daemon's other requests: queued {res['queued_s'] or 0:.3f} s, deferred "
+                   f"{res['deferrals']} times" + ("; " + ", ".join(met) if met else ""), err=True)
 
 
 @kv.command()

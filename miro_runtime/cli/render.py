@@ -97,11 +97,32 @@ def status_lines(s: dict) -> list:
                            f"{_v(k.get('policy'))}, RAM share {_mib(k.get('ram_bytes'))}, flash share "
                            f"{_mib(k.get('flash_bytes'))} ({_mib(k.get('flash_used_bytes') or 0)} used, "
                            f"{k.get('prefix_chunks') or 0} prefix chunks), {_v(k.get('requests'))} requests"))
+        if k.get("serving") or k.get("slo_tpot_ms") or k.get("slo_tbt_ms"):
+            rows.append(("kv serving", kv_serving_text(k)))
     if s.get("fleet") and s["fleet"].get("enabled"):
         rows.append(("fleet", fleet_text(s["fleet"])))
     rows.append(("budget", budget_text(s.get("budget"))))
     rows.append(("accuracy", accuracy_text(s.get("last_acc"), s.get("last_avg_acc"))))
     return [f"{k:<16}{v}" for k, v in rows]
+
+
+def kv_serving_text(k: dict) -> str:
+    """The KV service's concurrent requests in one line: the queue, the default targets, attainment, deferrals."""
+    sv = k.get("serving") or {}
+    q = sv.get("queue") or []
+    states = {}
+    for r in q:
+        states[r["state"]] = states.get(r["state"], 0) + 1
+    queue = ", ".join(f"{n} {st}" for st, n in states.items()) or "empty"
+    if k.get("waiting"):
+        queue += f", {k['waiting']} not yet taken"
+    targets = ", ".join(f"{name} {k[key]:g} ms" for name, key in (("TPOT", "slo_tpot_ms"), ("TBT", "slo_tbt_ms"))
+                        if k.get(key)) or "no default targets"
+    att = sv.get("attainment") or {}
+    met = ", ".join(f"{name} {100 * att[key]:.0f}%" for name, key in (("TPOT", "tpot"), ("TBT", "tbt"))
+                    if att.get(key) is not None) or "none measured yet"
+    return (f"queue {queue}; {targets}; attainment {met} over {sv.get('served', 0)} requests; "
+            f"{sv.get('deferrals', 0)} deferrals, {sv.get('resumes', 0)} resumes, {sv.get('plans', 0)} plans")
 
 
 def fleet_text(f: dict) -> str:

@@ -89,6 +89,11 @@ class KVSection:
     max_new_tokens: int = field(default=512, metadata=about("A request asking for more is refused by name."))
     reuse_prefixes: bool = field(default=True, metadata=about(
         "Keep prompt prefixes of lossless generations in <state_dir>/kv."))
+    slo_tpot_ms: float = field(default=0.0, metadata=about(
+        "Target mean time per output token (ms) of a lossless request that brings none; 0: none. Requests "
+        "start when their steps fit it beside the others' and are deferred when they overrun it."))
+    slo_tbt_ms: float = field(default=0.0, metadata=about(
+        "Target time between two tokens (ms) of a lossless request that brings none; 0: none."))
 
 
 @dataclass
@@ -122,7 +127,8 @@ LIVE = {  # what SIGHUP / config set change in a running daemon; everything else
                  "energy_budget_j", "power_budget_w", "power_bucket_s", "task_deadline_s"},
     "session": {"snapshot_every", "online_backlog", "pause_ram_floor_mb", "pause_battery_floor",
                 "pause_on_throttle", "ingest_timeout_s"},
-    "kv": {"enabled", "policy", "ram_bytes", "flash_bytes", "max_new_tokens", "reuse_prefixes"},
+    "kv": {"enabled", "policy", "ram_bytes", "flash_bytes", "max_new_tokens", "reuse_prefixes", "slo_tpot_ms",
+           "slo_tbt_ms"},
     "fleet": {"local_steps", "join_every"},
 }
 TABLES = ("daemon", "learning", "session", "kv", "fleet")
@@ -227,8 +233,9 @@ class DaemonConfig:
         for name in ("ram_bytes", "block_tokens", "max_new_tokens"):
             if getattr(k, name) < 1:
                 problems.append(f"kv.{name} must be >= 1, got {getattr(k, name)}")
-        if k.flash_bytes < 0:
-            problems.append(f"kv.flash_bytes must be >= 0, got {k.flash_bytes}")
+        for name in ("flash_bytes", "slo_tpot_ms", "slo_tbt_ms"):
+            if getattr(k, name) < 0:
+                problems.append(f"kv.{name} must be >= 0, got {getattr(k, name)}")
         names = BUILTIN_MODELS + PRETRAINED_MODELS
         if k.model not in names and not os.path.isdir(k.model):
             problems.append(f"kv.model {k.model!r} is neither a model name ({', '.join(names)}) nor a directory; "

@@ -125,17 +125,22 @@ class Handlers:
                                 pool=self.d.predict_pool)
 
     async def kv_generate(self, prompt: str, max_new_tokens: int = 32, policy: Optional[str] = None,
-                          hot_budget: Optional[int] = None) -> dict:
-        """Greedy generation through the tiered KV cache, within the [kv] table's RAM and flash share."""
+                          hot_budget: Optional[int] = None, slo_tpot_ms: Optional[float] = None,
+                          slo_tbt_ms: Optional[float] = None) -> dict:
+        """Greedy generation through the tiered KV cache, within the [kv] table's RAM and flash share: lossless
+        requests decode together (their TPOT/TBT targets: these, or kv.slo_tpot_ms / kv.slo_tbt_ms); a lossy
+        policy or a hot budget of its own runs alone between them."""
         d = self.d
         if not d.cfg.kv.enabled:
             raise P.ProtocolError(P.NOT_READY, "KV generation is off (kv.enabled = false)")
-        args = (prompt, max_new_tokens, policy, hot_budget)
-        d.kv.check(*args)  # bad input answered at once, not after the queue
-        res = await self._work(self._metered, "kv", d.kv.generate, *args, pool=d.kv_pool)
+        # bad input answered at once (a ValueError here is INVALID_PARAMS), not after the queue
+        fut = d.kv.submit(prompt, max_new_tokens, policy, hot_budget, slo_tpot_ms, slo_tbt_ms)
+        res = await asyncio.wrap_future(fut)
         d.log.event("kv_generate", policy=res["policy"], prompt_tokens=res["prompt_tokens"],
                     new_tokens=res["new_tokens"], tokens_per_s=res["tokens_per_s"], ttft_s=res["ttft_s"],
-                    hot_bytes=res["hot_bytes"], cold_bytes=res["cold_bytes"], prefix_hits=res["prefix_hits"])
+                    hot_bytes=res["hot_bytes"], cold_bytes=res["cold_bytes"], prefix_hits=res["prefix_hits"],
+                    served=res["served"], queued_s=res.get("queued_s"), tpot_ms=res.get("tpot_ms"),
+                    tpot_met=res.get("tpot_met"), tbt_met=res.get("tbt_met"), deferrals=res.get("deferrals"))
         return res
 
     async def budget_show(self) -> dict:

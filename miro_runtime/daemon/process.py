@@ -64,7 +64,6 @@ class Daemon:
         self.stopping = self.reload_requested = None  # asyncio.Events, made on the loop in main()
         self.pool = concurrent.futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="mirod-io")
         self.predict_pool = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="mirod-predict")
-        self.kv_pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="mirod-kv")
         self.kv = KVService(os.path.join(self.state_dir, KV_STATE_SUBDIR),
                             KVShare(**{k: getattr(cfg.kv, k) for k in KV_SHARE_KEYS}))
         self.fleet = BoardFleet(cfg.fleet, None)  # its log and SuperNode once main() owns the state dir
@@ -186,14 +185,12 @@ class Daemon:
         self.log.close()
         self.pool.shutdown(wait=False, cancel_futures=True)
         self.predict_pool.shutdown(wait=False, cancel_futures=True)
-        # a generation in flight may finish within the same bound (its cold blocks are deleted); queued ones
-        # are cancelled. One still running after that is abandoned: KV is a cache, and the next start
+        # the KV worker stops after its current burst (half a second of iterations); requests still queued or
+        # in flight get an error. One that overruns the bound is abandoned: KV is a cache, and the next start
         # deletes the cold blocks it leaves.
-        try:
-            await asyncio.wait_for(loop.run_in_executor(None, functools.partial(
-                self.kv_pool.shutdown, wait=True, cancel_futures=True)), self.cfg.daemon.shutdown_timeout_s)
-            self.kv.close()
-        except asyncio.TimeoutError:
+        stopped = await loop.run_in_executor(None, functools.partial(self.kv.close,
+                                                                     self.cfg.daemon.shutdown_timeout_s))
+        if not stopped:
             log.warning("a KV generation was still running at shutdown: abandoned")
             os._exit(0 if clean else 1)  # its worker thread would otherwise hold the interpreter's exit
         if not clean:  # the step did not finish in time: the last checkpoint and the store are intact

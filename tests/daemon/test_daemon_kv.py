@@ -4,6 +4,7 @@ across requests and restarts, and the socket answers bad requests with named err
 import json
 import signal
 import subprocess
+import time
 
 import pytest
 from daemon_util import PY, Mirod
@@ -63,6 +64,59 @@ def test_generation_over_the_socket_within_the_kv_share(tmp_path):
         assert any(e.get("event") == "kv_generate" for e in d.logs())
         st = d.call("status")["kv"]
         assert st["stale_blocks_deleted"] == 1 and st["flash_cold_bytes"] == 0
+    finally:
+        assert d.kill(signal.SIGTERM) == 0
+
+
+def test_concurrent_requests_decode_together_and_a_tightened_target_defers_them(tmp_path):
+    """Three clients at once: their lossless requests decode together in one server (each gets the tokens it
+    gets alone); `config set kv.slo_tbt_ms` tightened while they run defers all but one and resumes them in
+    turn; status shows the queue, attainment and deferrals; the log has the plans, deferrals, resumes and
+    SLO misses."""
+    import threading
+
+    from miro_runtime.kv.generate import run_generate
+    prompts = [PROMPT * (1 + i) for i in range(3)]
+    want = [run_generate("builtin-tiny", p.encode(), 200)["tokens"] for p in prompts]
+    d = Mirod(tmp_path / "s", "kv.reuse_prefixes=false").start()
+    try:
+        d.call("kv_generate", prompt="warm", max_new_tokens=2)  # the model loaded before the three arrive
+        got, errors = {}, []
+
+        def ask(i):
+            try:
+                with d.client() as c:
+                    got[i] = c.call("kv_generate", prompt=prompts[i], max_new_tokens=200)
+            except Exception as e:  # noqa: BLE001 (reported below)
+                errors.append(repr(e))
+        clients = [threading.Thread(target=ask, args=(i,)) for i in range(3)]
+        for c in clients:
+            c.start()
+        seen = []
+        while len(got) + len(errors) < 3:
+            sv = d.call("status")["kv"]["serving"] or {}
+            states = [r["state"] for r in sv.get("queue", [])]
+            seen.append(states)
+            if states.count("decode") >= 2 and d.call("config_show")["config"]["kv"]["slo_tbt_ms"] == 0:
+                d.call("config_set", key="kv.slo_tbt_ms", value="0.001")  # no two steps fit in 1 us
+            time.sleep(0.01)
+        for c in clients:
+            c.join(60)
+        assert not errors, errors
+        assert [got[i]["tokens"] for i in range(3)] == want  # together, deferred or not: the tokens of alone
+        assert all(got[i]["served"] == "together" for i in range(3))
+        assert any(s.count("decode") >= 2 for s in seen) and any("deferred" in s for s in seen)
+        assert sum(got[i]["deferrals"] for i in range(3)) >= 1
+        sv = d.call("status")["kv"]["serving"]
+        assert sv["deferrals"] >= 1 and sv["resumes"] == sv["deferrals"] and sv["served"] == 4 and not sv["queue"]
+        assert sv["attainment"]["tbt"] is not None and sv["attainment"]["tbt"] < 1
+        r = subprocess.run([PY, "-m", "miro_runtime.cli", "--socket", d.sock, "status"], capture_output=True,
+                           text=True, timeout=60)
+        assert r.returncode == 0 and "kv serving" in r.stdout and "TBT 0.001 ms" in r.stdout, r.stdout
+        assert f"{sv['deferrals']} deferrals" in r.stdout
+        kinds = [e["event"] for e in d.logs()]
+        for k in ("kv_plan", "kv_deferred", "kv_resumed", "kv_slo_miss"):
+            assert k in kinds, k
     finally:
         assert d.kill(signal.SIGTERM) == 0
 
