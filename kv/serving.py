@@ -39,6 +39,7 @@ from .sizes import kv_bytes
 QUEUED, PREFILL, DECODE, DEFERRED, DONE, REFUSED = "queued", "prefill", "decode", "deferred", "done", "refused"
 STRATEGIES = ("orbitflow", "all-offloaded", "first-layers-hot", "no-offload")
 MIN_CHUNK = 8  # prefill tokens per iteration at least: a prompt always moves on, whatever the targets
+HEADROOM = 0.8  # admission and prefill chunks aim at this share of a target: measured steps vary by ~20%
 ALONE_CHUNK = 512  # with nothing decoding, nobody's TBT waits on a chunk: large ones, for a short TTFT
 
 
@@ -131,27 +132,49 @@ class Server:
         L, H, hd = model.n_layers, model.n_kv_heads, model.head_dim
         self.tails = L * kv_bytes(block_tokens - 1, H, hd)  # a request's cold layers keep a tail block in RAM
         from .generate import measure_fetch
-        # the cost model, measured at start and refined from every decode-only iteration (an EMA): a layer's
-        # compute at one decode step, and what one cold block adds to a step (its read from the tier, copy and
-        # the share of it compute does not hide: on a CPU the prefetch thread competes with the compute)
-        self.cold_block = measure_fetch(tier, "kv", kv_bytes(block_tokens, H, hd))
+        # the cost model, measured at start and refined from every iteration (an EMA): a layer's compute at
+        # one decode step, a prompt token's in a chunk, and what one cold block adds to a step (its read from
+        # the tier, copy and the share of it compute does not hide: on a CPU the prefetch thread competes
+        # with the compute) -- measured on a real cache with every layer cold, not from a bare read
         with torch.no_grad():
             t0 = time.perf_counter()
             model.forward(torch.tensor([[1]]), 0, None)
             t1 = time.perf_counter()
             model.forward(torch.ones(1, 32, dtype=torch.long), 0, None)
+            t2 = time.perf_counter()
         self.compute = (t1 - t0) / L  # one layer, one token: measured
-        self.prefill_tok = (time.perf_counter() - t1) / 32  # one prompt token through all layers, in a chunk
+        self.prefill_tok = (t2 - t1) / 32  # one prompt token through all layers, in a chunk
+        self.cold_block = self._measure_cold(measure_fetch(tier, "kv", kv_bytes(block_tokens, H, hd)))
         self.live: list = []
         self.results: dict = {}  # request id -> result (``run``; ``submit`` hands it to the callback instead)
         self.keep_results = True
         self._inbox = collections.deque()  # (request, callback) from ``submit``, any thread
         self._start = self.clock()
+        self._admit_key = None
         self.stats = {"plans": 0, "replans_feedback": 0, "deferrals": 0, "resumes": 0, "iterations": 0,
                       "peak_hot_bytes": 0, "served": 0, "refused": 0, "tpot_met": 0, "tpot_of": 0,
                       "tbt_met": 0, "tbt_of": 0, "slo_misses": 0}
         self._since_plan = math.inf
         self._dirty = True
+
+    def _measure_cold(self, fetch: float, blocks: int = 8, steps: int = 3) -> float:
+        """What a cold block adds to a decode step: ``blocks`` blocks per layer, every layer cold, ``steps``
+        steps timed against the same steps all hot (the bare ``fetch`` of one block when it comes out lower)."""
+        m, n = self.model, blocks * self.bt
+
+        def steps_s(hot_layers) -> float:
+            cache = m.make_cache(cold=self.tier, hot_layers=hot_layers, block_tokens=self.bt, model_id="calibrate")
+            try:
+                m.forward(torch.ones(1, n, dtype=torch.long), 0, cache)
+                t0 = time.perf_counter()
+                for i in range(steps):
+                    m.forward(torch.tensor([[1]]), n + i, cache)
+                return (time.perf_counter() - t0) / steps
+            finally:
+                m.tiered(cache).close(drop_blocks=True)
+        with torch.no_grad():
+            cold, hot = steps_s(()), steps_s(tuple(range(m.n_layers)))
+        return max(fetch, (cold - hot) / (m.n_layers * blocks))
 
     # ---------------------------------------------------------------- costs and plans
     def _final(self, x: _Live) -> int:
@@ -171,7 +194,8 @@ class Server:
 
     def _predict(self, xs: Sequence[_Live], hot: dict, final: bool = False) -> float:
         """Seconds of one iteration: each request's step, computed and slowed by its cold blocks (``final``:
-        at the requests' last tokens)."""
+        at the requests' last tokens). The compute is one token's: what a longer context adds to a step
+        is too small to resolve at start on a noisy board, and lands in the refit cold-block cost."""
         return sum(self.model.n_layers * self.compute
                    + self.cold_block * self._blocks_cold(x, hot.get(x.req.id, ()), final) for x in xs)
 
@@ -234,7 +258,10 @@ class Server:
         if sum(len(x.hot) * per(x, ahead) for x in holding) > room:
             return False
         active = [x for x in holding if x.state in (DECODE, PREFILL)]
-        gain = self._predict(active, {x.req.id: x.hot for x in active}) - self._predict(active, hot)
+        # the gain at the requests' last tokens: a request just admitted (nothing to move yet) is placed at
+        # once, not left cold through its prefill because moving its empty KV gains nothing now
+        gain = self._predict(active, {x.req.id: x.hot for x in active}, final=True) - \
+            self._predict(active, hot, final=True)
         moved = sum(len(set(x.hot) ^ set(hot.get(x.req.id, ()))) * -(-x.length // self.bt) for x in holding)
         return gain * self.replan_every <= moved * self.cold_block
 
@@ -256,7 +283,7 @@ class Server:
             return True
         room = self.budget - self.tails * sum(1 for x in self.live if x.cache is not None or x in xs)
         hot = plan_requests({x.req.id: self._costs(x, None) for x in xs}, max(0, room))[0]
-        return self._predict(xs, hot, final=True) + self.prefill_tok * MIN_CHUNK <= target
+        return self._predict(xs, hot, final=True) + self.prefill_tok * MIN_CHUNK <= HEADROOM * target
 
     def _admit_fitting(self, now: float) -> None:
         """OrbitFlow's admission: first come, first served; the deferred (oldest first) before new ones; the
@@ -351,12 +378,19 @@ class Server:
         target = self._target_s(decoding)
         if target is None:
             return self.chunk
-        spare = target - self._predict(decoding, {x.req.id: x.hot for x in decoding})
+        spare = HEADROOM * target - self._predict(decoding, {x.req.id: x.hot for x in decoding})
         return max(MIN_CHUNK, min(self.chunk, int(spare / max(self.prefill_tok, 1e-9))))
 
     def iteration(self, now: float) -> None:
         if self.strategy == "orbitflow":
-            self._admit_fitting(now)
+            # the head of the queue fits or not until something changes: an arrival, a request finished or
+            # deferred, a new plan (every replan_every iterations at least); not solved again every iteration
+            st = self.stats
+            key = (sum(1 for x in self.live if x.state == QUEUED and now >= x.req.arrival_s),
+                   st["served"] + st["refused"], st["deferrals"], st["plans"], self._dirty)
+            if key != self._admit_key:
+                self._admit_fitting(now)
+                self._admit_key = key
         else:
             for x in self.live:
                 if x.state == QUEUED and now >= x.req.arrival_s:
