@@ -232,7 +232,7 @@ class TieredKVCache:
         # prompt shorter than the sinks and recent blocks) there is nothing to choose
         if first_recent > len(sinks) and (T > 1 or since % pol.refresh == 0):
             qpos = torch.arange(self.seen, self.seen + T, device=dev)
-            chosen = tree.search(self.rope(q, qpos), len(sinks), first_recent, k_eff)
+            chosen = tree.search(self.rope(q, qpos), len(sinks), first_recent, k_eff, pol.beam)
             since = 0
         self._since[layer] = since + 1
         self._chosen[layer] = chosen

@@ -6,10 +6,12 @@ max and min of its keys after RoPE (Quest's bound on any of its keys' score); a 
 ``group`` consecutive nodes of the level below (max of maxes, min of mins: still a bound). Finished nodes
 go to the cold tier; only the nodes of each level not yet under a finished parent stay hot (fewer than
 ``group`` per level), so what stays hot is O(log T) in the number of blocks. The search starts from the
-few top nodes that cover the candidates, keeps the best k at each level and descends to blocks
-(~log_group(T / k) levels of k x group bounds fetched). Attention sees the sink blocks, the chosen blocks,
-the recent blocks and the unfinished tail; in decoding the choice is refreshed every ``refresh`` steps.
-Nothing is thrown away: a block not chosen now may be chosen later. Positions stay the tokens' own.
+few top nodes that cover the candidates, keeps the best ``beam`` nodes at each level above the blocks
+(default k x group: a block whose parent's bound ranks just below the k-th is still reached) and the
+best k blocks at the bottom (~log_group(T / k) levels of beam x group bounds fetched). Attention sees
+the sink blocks, the chosen blocks, the recent blocks and the unfinished tail; in decoding the choice is
+refreshed every ``refresh`` steps. Nothing is thrown away: a block not chosen now may be chosen later.
+Positions stay the tokens' own.
 """
 
 from __future__ import annotations
@@ -119,9 +121,10 @@ class BoundTree:
             got[j] = _merge(list(self.within(level - 1, kids, lo, hi).unbind(2)))
         return torch.stack([got[j] for j in ids], dim=2)
 
-    def search(self, q: torch.Tensor, lo: int, hi: int, k: int) -> list:
+    def search(self, q: torch.Tensor, lo: int, hi: int, k: int, beam: Optional[int] = None) -> list:
         """q (B, H, T, hd) after RoPE -> up to k block ids in [lo, hi) with the highest bounds, searched
-        level by level from the top nodes that cover [lo, hi), keeping the best k at each level."""
+        level by level from the top nodes that cover [lo, hi), keeping the best ``beam`` (default k) nodes at
+        each level above the blocks and the best k blocks."""
         if k <= 0 or hi <= lo:
             return []
         B, H, T, hd = q.shape
@@ -133,17 +136,18 @@ class BoundTree:
             w = g ** level
             return list(range(a // w, -(-b // w)))
 
+        width = max(k, beam or k)
         level = 0  # start where few nodes cover [lo, hi)
-        while len(span(level, lo, hi)) > k * g:
+        while len(span(level, lo, hi)) > width * g:
             level += 1
-        beam = span(level, lo, hi)
+        nodes = span(level, lo, hi)
         while True:
-            s = _score(qg, self.within(level, beam, lo, hi))
-            best = [beam[i] for i in s.topk(min(k, len(beam))).indices.tolist()]
+            s = _score(qg, self.within(level, nodes, lo, hi))
+            best = [nodes[i] for i in s.topk(min(k if level == 0 else width, len(nodes))).indices.tolist()]
             if level == 0:
                 return sorted(best)
             w = g ** (level - 1)
-            beam = [c for b in sorted(best) for c in range(b * g, (b + 1) * g) if c * w < hi and (c + 1) * w > lo]
+            nodes = [c for b in sorted(best) for c in range(b * g, (b + 1) * g) if c * w < hi and (c + 1) * w > lo]
             level -= 1
 
     def hot_nodes(self) -> int:
@@ -156,13 +160,14 @@ class BoundTree:
         return [self.key(level, j) for level, n in enumerate(self.count) for j in range(n)]
 
 
-def select_blocks(q: torch.Tensor, reps: torch.Tensor, lo: int, hi: int, k: int, group: int) -> list:
+def select_blocks(q: torch.Tensor, reps: torch.Tensor, lo: int, hi: int, k: int, group: int,
+                  beam: Optional[int] = None) -> list:
     """The tree search over in-memory block bounds ``reps`` (B, Hkv, N, 2, hd): up to k blocks of [lo, hi)."""
     store: dict = {}
     tree = BoundTree(group, lambda level, j: f"{level}/{j}", lambda keys: [store.get(k) for k in keys])
     for b in range(reps.shape[2]):
         store.update(tree.add(reps[:, :, b]))
-    return tree.search(q, lo, hi, k)
+    return tree.search(q, lo, hi, k, beam)
 
 
 class TopK(Policy):
@@ -172,10 +177,11 @@ class TopK(Policy):
     stores_all = True  # every block is kept (in the cold tier); the policy chooses what attention sees
 
     def __init__(self, k: int = 8, group: int = 4, refresh: int = 4, sinks: int = 1, recent: int = 2,
-                 slots: int = 16):
-        if min(k, refresh) < 1 or group < 2 or sinks < 0 or recent < 0 or slots < k:
-            raise ValueError(f"topk: k and refresh must be >= 1, group >= 2, sinks and recent >= 0 (blocks) and "
-                             f"slots >= k, got k={k}, group={group}, refresh={refresh}, sinks={sinks}, "
-                             f"recent={recent}, slots={slots}")
+                 slots: int = 16, beam: int = 0):
+        if min(k, refresh) < 1 or group < 2 or sinks < 0 or recent < 0 or slots < k or beam < 0:
+            raise ValueError(f"topk: k and refresh must be >= 1, group >= 2, sinks, recent and beam >= 0 (blocks) "
+                             f"and slots >= k, got k={k}, group={group}, refresh={refresh}, sinks={sinks}, "
+                             f"recent={recent}, slots={slots}, beam={beam}")
         self.k, self.group, self.refresh, self.sinks, self.recent = k, group, refresh, sinks, recent
+        self.beam = beam or k * group  # nodes kept per level above the blocks (0: k x group)
         self.slots = slots  # the bank: blocks held hot beside the sinks and recent ones, least recently used out

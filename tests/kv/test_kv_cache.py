@@ -230,6 +230,13 @@ def test_policies_keep_what_their_papers_keep():
     assert select_blocks(-q.roll(1, -1), reps, 0, 9, 1, 2) == [7]
     both = torch.tensor([1.0, -1.0, 0, 0]).view(1, 1, 1, 4)  # scores: block 7 3.0, block 5 1.0, block 2 0.5
     assert [select_blocks(both, reps, 0, hi, 1, 2) for hi in (9, 7, 5)] == [[7], [5], [2]]  # candidates only
+    # a wider beam above the blocks reaches a block whose parent's (loose) bound ranks second: blocks 0 and 1
+    # each match one channel of q (1.0 each), so their parent bounds 2.0; block 2 matches both at 0.9 (1.8)
+    loose = torch.zeros(1, 1, 4, 2, 2)
+    loose[0, 0, 0, 0], loose[0, 0, 1, 0], loose[0, 0, 2, 0] = torch.tensor([1.0, 0]), torch.tensor([0, 1.0]), 0.9
+    q2 = torch.ones(1, 1, 1, 2)
+    assert select_blocks(q2, loose, 0, 4, 1, 2) in ([0], [1])  # beam 1: into the parent with the larger bound
+    assert select_blocks(q2, loose, 0, 4, 1, 2, beam=2) == [2]  # beam 2: both parents, the best block
     # deep in a long context (1000 blocks, 5 levels of 4), the search still finds the one matching block
     big = torch.zeros(1, 1, 1000, 2, 4)
     big[0, 0, 613, 0, 2] = 2.0
