@@ -196,7 +196,8 @@ def test_sigkill_at_random_moments_loses_no_acknowledged_sample(tmp_path):
     store opens, training goes on from the last checkpoint, and every acknowledged sample is there."""
     state = tmp_path / "s"
     sets = ("learning.online=true", "learning.strategy=carm-sync", "learning.checkpoint_every=15",
-            "learning.batch_size=16", "session.snapshot_every=10")
+            "learning.batch_size=16", "session.snapshot_every=10",
+            "daemon.warm_engine=true")  # each restart trains at once: kills must find checkpoints to resume
     d = Mirod(state, *sets).start()
     acked = {}  # flash id -> global sample index
     stop = threading.Event()
@@ -321,7 +322,9 @@ def test_status_logs_predict_answer_while_ingest_and_training_run(tmp_path):
 
 def test_sigterm_is_a_clean_exit_and_a_restart_resumes(tmp_path):
     state = tmp_path / "s"
-    d = Mirod(state, "learning.online=false", "learning.epochs=200", "learning.strategy=er").start()
+    # warm: the 1.5 s below must land mid-training, not in the engine's imports
+    d = Mirod(state, "learning.online=false", "learning.epochs=200", "learning.strategy=er",
+              "daemon.warm_engine=true").start()
     st = split_digits(5, 0)
     d.call("ingest", task=0, split="train", labels=st.train[0][1].tolist(), dtype="uint8",
            shape=list(st.train[0][0].shape), data=base64.b64encode(st.train[0][0].tobytes()).decode())

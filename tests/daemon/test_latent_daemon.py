@@ -15,7 +15,7 @@ from miro_runtime.storage import FlashTier
 
 LATENT = ("learning.model=efficientnet-lite0", "learning.latent_replay=true", "learning.input_size=32",
           "learning.online=false", "learning.epochs=5", "learning.strategy=carm", "learning.memory=40",
-          "learning.lr=0.01")
+          "learning.lr=0.01", "daemon.warm_engine=true")  # trains at once: the engine imported before READY
 
 
 def wait_trained(d, n, timeout=180):

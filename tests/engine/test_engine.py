@@ -103,7 +103,7 @@ class Crash(Exception):
     pass
 
 
-@pytest.mark.parametrize("strategy", ["carm-sync", "der"])
+@pytest.mark.parametrize("strategy", ["carm-sync", "der", "er"])
 def test_a_run_resumed_from_a_checkpoint_is_the_run_that_never_stopped(tmp_path, strategy):
     """Crash right after a checkpoint (mid-task, and at a task boundary), resume: every random stream
     the run draws from -- torch, the RAM memory's, the swap draws, the flash tier's evictions --
