@@ -56,6 +56,7 @@ class KVService:
         self._closing = False
         self._ids = itertools.count(1)
         self._inflight: dict = {}  # job id -> job, while the server holds it
+        self._answers: list = []  # (job, result, error) finished in the current burst
         self.counters = {"requests": 0, "errors": 0, "tokens": 0}
         self.last: Optional[dict] = None
         self.busy = False
@@ -153,12 +154,14 @@ class KVService:
                 self.metered("kv", self._burst)
             except Exception as e:  # noqa: BLE001 -- the requests in flight get it; the service goes on
                 self._fail_all(e)
+            finally:  # answered after the window closed: a status read after the answer has its joules booked
+                self._answer()
 
     def _burst(self) -> None:
         """Iterations for up to BURST_S: lossless requests join the server as they come; a request that must
         run alone waits at the head of the queue until the server is idle."""
         end = time.monotonic() + self.BURST_S
-        while time.monotonic() < end:
+        while time.monotonic() < end and not self._answers:
             with self._cv:
                 head = self._jobs[0] if self._jobs else None
             if head is not None and head.shared:
@@ -229,7 +232,21 @@ class KVService:
         self._finish(job, res)
 
     def _finish(self, job, res: Optional[dict] = None, error: Optional[BaseException] = None) -> None:
+        """From the worker: answered by ``_answer`` once the burst's energy window is booked (the burst ends
+        at once); from another thread (``close``): now."""
         self._inflight.pop(job.id, None)
+        if job.future.done():
+            return
+        if threading.current_thread() is self._worker:
+            self._answers.append((job, res, error))
+        else:
+            self._settle(job, res, error)
+
+    def _answer(self) -> None:
+        while self._answers:
+            self._settle(*self._answers.pop(0))
+
+    def _settle(self, job, res: Optional[dict], error: Optional[BaseException]) -> None:
         if job.future.done():
             return
         if error is not None:
