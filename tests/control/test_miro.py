@@ -260,14 +260,16 @@ def test_a_roomier_cap_lets_the_bandit_pull_challengers_and_remember_them(tmp_pa
 
 
 def test_profiling_leaves_the_live_run_as_the_static_run_of_what_it_adopts(tmp_path):
-    # carm-sync: no async timing in the run; a Miro run that adopts the same knobs on every task
-    # must then be the static run of those knobs, step for step (profiles train copies, draw their
-    # own random numbers, and put the memory back as they found it)
+    # carm-sync: no async timing in the run; while a Miro run keeps the knobs it adopted at task 0 it
+    # must be the static run of those knobs, step for step (profiles train copies, draw their own random
+    # numbers, and put the memory back as they found it). Which knobs acc-per-joule adopts hangs on this
+    # machine's timing (the energy is estimated from CPU time): usually the same on every task, but CI
+    # under load once switched at a later task, so the rows compared are the tasks run on task 0's knobs.
     m = run(RunConfig(strategy="carm-sync", miro=True, miro_rule="acc-per-joule", run_dir=str(tmp_path / "m"),
                       checkpoint_every=0))
-    knobs = {tuple(r["knobs"].values()) for r in m["per_task"]}
-    assert len(knobs) == 1
-    mem, flash, swap, epochs = knobs.pop()
+    knobs = [tuple(r["knobs"].values()) for r in m["per_task"]]
+    n = next((t for t, k in enumerate(knobs) if k != knobs[0]), len(knobs))
+    mem, flash, swap, epochs = knobs[0]
     s = run(RunConfig(strategy="carm-sync", memory=mem, flash_budget=flash, swap_ratio=swap, epochs=epochs,
                       run_dir=str(tmp_path / "s"), checkpoint_every=0))
-    assert m["acc_matrix"] == s["acc_matrix"]
+    assert m["acc_matrix"][:n] == s["acc_matrix"][:n] and n >= 1
