@@ -147,7 +147,6 @@ class Server:
         self.cold_block = self._measure_cold(measure_fetch(tier, "kv", kv_bytes(block_tokens, H, hd)))
         self.live: list = []
         self.results: dict = {}  # request id -> result (``run``; ``submit`` hands it to the callback instead)
-        self.keep_results = True
         self._inbox = collections.deque()  # (request, callback) from ``submit``, any thread
         self._start = self.clock()
         self._admit_key = None
@@ -484,9 +483,9 @@ class Server:
             self.log("kv_slo_miss", request=x.req.id, tpot_ms=res["tpot_ms"], slo_tpot_ms=res["slo_tpot_ms"],
                      tbt_met=res["tbt_met"], slo_tbt_ms=res["slo_tbt_ms"], deferrals=x.deferrals,
                      refused=x.state == REFUSED)
-        if self.keep_results:
+        if x.on_done is None:  # ``run``'s: kept for its report
             self.results[x.req.id] = res
-        if x.on_done is not None:
+        else:
             self.live.remove(x)
             x.on_done(res)
 
