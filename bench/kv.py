@@ -213,11 +213,13 @@ def make_cache(cfg, policy, budget, block_tokens=BLOCK_TOKENS):
 def prefill(model, ids, cache, full_chunk=1024):
     """Prefill in chunks (the lossy caches' capacity decides theirs) -> last logits, peak hot bytes."""
     import torch
-    chunk = full_chunk if cache.policy is None else cache.capacity_hint(ids.shape[1])
+    T = ids.shape[1]
+    spans = [(s, min(s + full_chunk, T)) for s in range(0, T, full_chunk)] if cache.policy is None \
+        else cache.prefill_spans(0, T)  # the library's chunks (topk: the last block alone)
     peak, logits = 0, None
     with torch.no_grad():
-        for s in range(0, ids.shape[1], chunk):
-            logits = model(ids[:, s:s + chunk], s, cache)
+        for s, e in spans:
+            logits = model(ids[:, s:e], s, cache)
             peak = max(peak, cache.hot_bytes())
     return logits, peak
 

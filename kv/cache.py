@@ -225,14 +225,14 @@ class TieredKVCache:
             raise ValueError(f"hot budget {self.hot_budget} B: at {self.seen + T} tokens a layer's sinks, recent "
                              f"blocks and key bounds need {fixed} B, more than its share {share} B; "
                              f"give --hot-budget {fixed * self.n_layers} or more, or fewer sinks or recent blocks")
-        k_eff, slots = min(pol.k, room), min(pol.slots, room)
+        k_eff, slots, beam = pol.sized(room)
         since = self._since.get(layer, 0)
         chosen = [b for b in self._chosen.get(layer, []) if first_recent > b >= len(sinks)][:k_eff]
         # a prefill chunk chooses for its queries, decoding every few steps; with no candidate block yet (a
         # prompt shorter than the sinks and recent blocks) there is nothing to choose
         if first_recent > len(sinks) and (T > 1 or since % pol.refresh == 0):
             qpos = torch.arange(self.seen, self.seen + T, device=dev)
-            chosen = tree.search(self.rope(q, qpos), len(sinks), first_recent, k_eff, pol.beam)
+            chosen = tree.search(self.rope(q, qpos), len(sinks), first_recent, k_eff, beam)
             since = 0
         self._since[layer] = since + 1
         self._chosen[layer] = chosen
@@ -317,6 +317,17 @@ class TieredKVCache:
         self.hot = hot
         return {"demoted": down, "promoted": up}
 
+    def prefill_spans(self, start: int, end: int) -> list:
+        """Prompt tokens [start, end) as the (s, e) chunks to prefill, each of ``capacity_hint`` tokens. A
+        policy that chooses blocks per query (topk) gets the prompt's last block of tokens as a chunk of its
+        own: the blocks the first generated token reads are then chosen by the question's own queries (HiP
+        chooses per query block), not by the best bounds of a few hundred queries before it, which at 2k
+        tokens of real text buried the passkey's block (1 of 6 prompts retrieved vs 4 of 6 with its own)."""
+        chunk = self.capacity_hint(end - start)
+        cut = max(start, end - self.block_tokens) if self._stores_all and end - start > self.block_tokens else end
+        spans = [(s, min(s + chunk, cut)) for s in range(start, cut, chunk)]
+        return spans + ([(cut, end)] if cut < end else [])
+
     def capacity_hint(self, n: int) -> int:
         """How many prompt tokens to prefill per chunk: all of them, or what a lossy policy's
         per-layer capacity allows (a chunk must fit beside nothing)."""
@@ -333,7 +344,7 @@ class TieredKVCache:
                 levels += 1
             reps = (pol.group - 1) * levels * kv_bytes(1, self.n_kv_heads, self.head_dim, FLOAT32, B)
             room = (self.hot_budget // self.n_layers - reps) // block_bytes - pol.sinks - pol.recent - 2
-            return max(1, min(n, bt * max(1, min(pol.k // 2, room))))
+            return max(1, min(n, bt * max(1, min((pol.k or room) // 2, room))))
         per_token = kv_bytes(1, self.n_kv_heads, self.head_dim, FLOAT32, self._shape[0] if self._shape else 1)
         cap = self.capacity or self.hot_budget // (self.n_layers * per_token)
         if cap < 1:
@@ -345,10 +356,10 @@ class TieredKVCache:
         return self.policy is not None and self.policy.needs_scores
 
     def observe(self, layer: int, probs: torch.Tensor) -> None:
-        """Attention the cached tokens just received: probs (B, H, T, S), summed over queries,
-        averaged over heads and the batch (one kept set serves the batch)."""
-        got = probs.sum(dim=2).mean(dim=(0, 1))  # (S,)
+        """Attention the cached tokens just received: probs (B, H, T, S), summed over queries, reduced
+        over heads and the batch as the policy says (``received``)."""
         pol = self._policies[layer]
+        got = pol.received(probs.sum(dim=2))  # (S,)
         old = self._scores[layer]
         self._scores[layer] = pol.accumulate(old, got)
 

@@ -207,10 +207,9 @@ def run_generate(model_name: str, prompt: bytes, max_new_tokens: int, policy: st
                     model.feed(cache, layer, torch.cat([b[0] for b in got[layer]], dim=2),
                                torch.cat([b[1] for b in got[layer]], dim=2))
                 done = hits * block_tokens
-        chunk = kv.capacity_hint(ids.shape[1])
         logits = None
-        for s in range(done, ids.shape[1], chunk):
-            logits = model.forward(ids[:, s:s + chunk], s, cache)
+        for s, e in kv.prefill_spans(done, ids.shape[1]):
+            logits = model.forward(ids[:, s:e], s, cache)
         out = [int(logits[0, -1].argmax())]
         ttft = time.perf_counter() - t0
         if prefixes is not None:  # after the first token: storing is not on the user's critical path

@@ -11,6 +11,11 @@ class Policy:
     per_layer = False  # stateful: the cache keeps one copy of the policy per layer
     stores_all = False  # every block kept in a cold tier; the policy chooses what attention sees (topk)
 
+    def received(self, probs):
+        """(B, H, S) attention each cached token received this step, summed over the step's queries -> (S,)
+        (default: the mean over heads and the batch; one kept set serves every head and the batch)."""
+        return probs.mean(dim=(0, 1))
+
     def accumulate(self, old, new):
         """The attention each cached token has received, given the newest step's (default: the sum)."""
         return old + new

@@ -3,10 +3,11 @@
 sub-cache 0 one per step; sub-cache i accepts only on every 2^i-th step. On an accepting step a token
 arriving at sub-cache i is appended, and when the sub-cache is full its oldest token is evicted and carried
 on to sub-cache i+1 in the same step; on a non-accepting step the arriving token competes with sub-cache i's
-newest token and the one with the higher score (an EMA of the attention it received, maxed over a KV group's
-query heads by the cache) keeps that place, the other is dropped. Tokens evicted from the last sub-cache are
-dropped. Level i so keeps tokens about 2^i apart: old context thins out instead of vanishing. Positions are
-places in the cache, as in StreamingLLM. State is per layer: the cache holds one copy per layer.
+newest token and the one with the higher score (an EMA of the attention it received, beta 0.9999 as in the
+paper, maxed over the query heads) keeps that place, the other is dropped. Tokens evicted from the last
+sub-cache are dropped. Level i so keeps tokens about 2^i apart: old context thins out instead of
+vanishing. Positions are places in the cache, as in StreamingLLM. State is per layer: the cache holds one
+copy per layer.
 """
 
 from collections import deque
@@ -22,7 +23,7 @@ class Cascade(Policy):
     reposition = True
     per_layer = True  # one instance per layer: it remembers where each token sits
 
-    def __init__(self, sinks: int = 4, levels: int = 4, beta: float = 0.9):
+    def __init__(self, sinks: int = 4, levels: int = 4, beta: float = 0.9999):
         if sinks < 0 or levels < 1 or not 0.0 <= beta < 1.0:
             raise ValueError(f"cascade: sinks >= 0, levels >= 1 and 0 <= beta < 1, got sinks={sinks}, "
                              f"levels={levels}, beta={beta}")
@@ -32,6 +33,12 @@ class Cascade(Policy):
         self.last = -1  # highest absolute position placed so far
         self.sizes = [0] * levels
         self._score = {}
+
+    def received(self, probs: torch.Tensor) -> torch.Tensor:
+        """(B, H, S) -> (S,): the most any query head gave a token (the paper reduces a KV group's heads by
+        max; one kept set serves all heads here, so the max runs over all of them), averaged over the batch.
+        A mean would dilute the one retrieval head that reads a token among heads that never do."""
+        return probs.amax(dim=1).mean(dim=0)
 
     def accumulate(self, old: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
         """EMA of the attention each cached token receives (the new tokens start from 0)."""

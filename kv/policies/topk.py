@@ -25,11 +25,28 @@ from .base import Policy
 
 
 def _score(qg: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
-    """qg (B, Hkv, Q, hd); r (B, Hkv, M, 2, hd) bounds -> (M,): per node the largest upper bound of q.k over
-    batch, heads and queries (per channel the larger of q*max and q*min)."""
+    """qg (B, Hkv, Q, hd); r (B, Hkv, M, 2, hd) bounds -> (Hkv, M): per KV head and node the largest upper
+    bound of q.k over batch and the queries of the head's group (per channel the larger of q*max and q*min)."""
     hi = qg[:, :, :, None, :] * r[:, :, None, :, 0, :]  # (B, Hkv, Q, M, hd)
     lo = qg[:, :, :, None, :] * r[:, :, None, :, 1, :]
-    return torch.maximum(hi, lo).sum(-1).amax(dim=(0, 1, 2))
+    return torch.maximum(hi, lo).sum(-1).amax(dim=(0, 2))
+
+
+def _pick(s: torch.Tensor, n: int) -> list:
+    """s (Hkv, M) scores -> up to n distinct node indices, taking each KV head's next best in turn. HiP and
+    Quest choose per head; attention here sees one set of blocks per layer, so every head gets its share
+    of it: ranked by the largest bound over all heads, a head whose keys run large would choose for all,
+    and a retrieval head's block could rank below every block of a head that never reads them."""
+    order = s.argsort(dim=1, descending=True).tolist()  # per head, best first
+    out, seen = [], set()
+    for r in range(s.shape[1]):
+        for head in order:
+            if len(out) == n:
+                return out
+            if head[r] not in seen:
+                seen.add(head[r])
+                out.append(head[r])
+    return out
 
 
 def _merge(reps: list) -> torch.Tensor:
@@ -143,7 +160,7 @@ class BoundTree:
         nodes = span(level, lo, hi)
         while True:
             s = _score(qg, self.within(level, nodes, lo, hi))
-            best = [nodes[i] for i in s.topk(min(k if level == 0 else width, len(nodes))).indices.tolist()]
+            best = [nodes[i] for i in _pick(s, min(k if level == 0 else width, len(nodes)))]
             if level == 0:
                 return sorted(best)
             w = g ** (level - 1)
@@ -176,12 +193,22 @@ class TopK(Policy):
     reposition = False
     stores_all = True  # every block is kept (in the cold tier); the policy chooses what attention sees
 
-    def __init__(self, k: int = 8, group: int = 4, refresh: int = 4, sinks: int = 1, recent: int = 2,
-                 slots: int = 16, beam: int = 0):
-        if min(k, refresh) < 1 or group < 2 or sinks < 0 or recent < 0 or slots < k or beam < 0:
-            raise ValueError(f"topk: k and refresh must be >= 1, group >= 2, sinks, recent and beam >= 0 (blocks) "
-                             f"and slots >= k, got k={k}, group={group}, refresh={refresh}, sinks={sinks}, "
-                             f"recent={recent}, slots={slots}, beam={beam}")
+    def __init__(self, k: int = 0, group: int = 4, refresh: int = 4, sinks: int = 1, recent: int = 2,
+                 slots: int = 0, beam: int = 0):
+        if min(k, slots, beam, sinks, recent) < 0 or refresh < 1 or group < 2 or (k and slots and slots < k):
+            raise ValueError(f"topk: refresh must be >= 1, group >= 2, k, slots, sinks, recent and beam >= 0 "
+                             f"(blocks; k, slots, beam 0: sized by the budget) and slots >= k, got k={k}, "
+                             f"group={group}, refresh={refresh}, sinks={sinks}, recent={recent}, slots={slots}, "
+                             f"beam={beam}")
         self.k, self.group, self.refresh, self.sinks, self.recent = k, group, refresh, sinks, recent
-        self.beam = beam or k * group  # nodes kept per level above the blocks (0: k x group)
+        # 0 = as many blocks as the layer's share of the hot budget leaves room for beside its sinks, recent
+        # blocks, tail and hot bounds (a budget is there to be used: a fixed k under a large budget leaves
+        # most of it idle and attention reads less than it could)
+        self.beam = beam  # nodes kept per level above the blocks (0: k x group)
         self.slots = slots  # the bank: blocks held hot beside the sinks and recent ones, least recently used out
+
+    def sized(self, room: int) -> tuple:
+        """(k, slots, beam) for a layer with ``room`` blocks of its budget free."""
+        slots = min(self.slots or room, room)
+        k = min(self.k or slots, slots)
+        return k, slots, self.beam or k * self.group

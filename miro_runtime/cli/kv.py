@@ -74,7 +74,7 @@ def _prompt(ctx, prompt, prompt_file) -> bytes:
               " | ".join(KV_POLICIES) + " (full: lossless, cold layers go to flash; the others evict tokens).")
 @click.option("--policy-opt", "policy_opts", multiple=True, metavar="KEY=VALUE",
               help="A policy's own option, repeatable: sink: sinks; h2o: recent; cascade: sinks, levels, beta; "
-              "topk: k, group, refresh, sinks, recent, slots, beam (blocks).")
+              "topk: k, group, refresh, sinks, recent, slots, beam (blocks; k, slots, beam 0: sized by the budget).")
 @click.option("--hot-budget", default=0, show_default=True, type=click.IntRange(min=0),
               help="Bytes of KV in hot memory (0: all hot). full: the planner puts the rest in the LMDB tier.")
 @click.option("--prompt", default=None, help="The prompt text (bytes are the built-in model's tokens).")

@@ -286,6 +286,50 @@ def test_topk_holds_a_bounded_bank_and_log_many_bounds(model, monkeypatch):
         make_policy("topk", k=4, slots=2)
 
 
+def test_topk_chooses_per_head_uses_its_budget_and_prefills_the_question_alone(model):
+    """Every KV head gets its share of the chosen blocks (a head whose keys run large does not choose for
+    all); k and slots left at 0 take what the layer's budget leaves room for; a prompt's last block is a
+    prefill chunk of its own, so the question's queries choose what the first token reads."""
+    from miro_runtime.kv.policies import TopK
+    from miro_runtime.kv.policies.topk import select_blocks
+    reps = torch.zeros(1, 2, 6, 2, 4)  # 2 KV heads, 6 blocks
+    reps[0, 0, :3, 0, 0] = torch.tensor([10.0, 9.0, 8.0])  # head 0: large keys in blocks 0-2
+    reps[0, 1, 4, 0, 1] = 1.0  # head 1: one modest match, block 4
+    q = torch.tensor([[1.0, 0, 0, 0], [0, 1.0, 0, 0]]).view(1, 2, 1, 4)  # one query head per KV head
+    assert select_blocks(q, reps, 0, 6, 2, 2) == [0, 4]  # by the largest bound over heads: [0, 1]
+    assert select_blocks(q, reps, 0, 6, 4, 2) == [0, 1, 2, 4]
+    assert TopK().sized(30) == (30, 30, 120) and TopK(k=4).sized(30) == (4, 30, 16)
+    assert TopK(slots=6).sized(30)[:2] == (6, 6) and TopK(k=8, slots=9).sized(5)[:2] == (5, 5)
+    per_token = 2 * CFG.n_kv_heads * CFG.head_dim * 4 * CFG.n_layers  # K and V, batch 1, float32
+    cache = lossy_cache("topk", per_token * 200, refresh=1)  # 200 tokens a layer: 25 blocks of 8
+    prompt = torch.randint(0, 256, (1, 400), generator=torch.Generator().manual_seed(3))
+    try:
+        spans = cache.prefill_spans(0, 400)
+        assert spans[0][0] == 0 and spans[-1] == (392, 400) and all(a[1] == b[0] for a, b in zip(spans, spans[1:]))
+        with torch.no_grad():
+            for a, b in spans:
+                model(prompt[:, a:b], a, cache)
+            for i in range(4):
+                model(prompt[:, i:i + 1], 400 + i, cache)
+        chosen = max(len(c) for c in cache._chosen.values())
+        assert chosen > 8, chosen  # more than the old fixed k of 8: the budget's room
+        assert cache.hot_bytes() <= per_token * 200
+    finally:
+        cache.close()
+    sink = lossy_cache("sink", per_token * 200)
+    assert sink.prefill_spans(0, 400) == [(s, min(s + 100, 400)) for s in range(0, 400, 100)]  # half its capacity
+    sink.close()
+
+
+def test_cascade_scores_a_token_by_the_head_that_reads_it_most():
+    from miro_runtime.kv.policies import Cascade, H2O
+    probs = torch.zeros(1, 4, 3)  # (B, H, S): only head 2 reads token 1
+    probs[0, 2, 1] = 0.8
+    assert Cascade().received(probs).tolist() == pytest.approx([0.0, 0.8, 0.0])
+    assert H2O().received(probs).tolist() == pytest.approx([0.0, 0.2, 0.0])  # H2O keeps the mean over heads
+    assert Cascade().beta == 0.9999  # the paper's EMA
+
+
 def test_miro_kv_generate_reports_and_stays_lossless_with_cold_layers(tmp_path):
     import json
     import subprocess
