@@ -400,7 +400,8 @@ def main():
     ap.add_argument("--model-new", type=int, default=16, help="decode steps of part 5's rows")
     ap.add_argument("--model-runs", type=int, default=1)
     ap.add_argument("--model-passkey-lengths", default="1024,2048,4096")
-    ap.add_argument("--model-passkey-samples", type=int, default=6)
+    ap.add_argument("--model-passkey-samples", type=int, default=12,
+                    help="part 5: prompts a length (12: one prompt is 8 points, under the 10-point topk margin)")
     ap.add_argument("--model-budget-tokens", type=int, default=512, help="part 5's hot budget per layer (tokens)")
     ap.add_argument("--slo-seeds", default="0,1,2", help="part 6: one request trace per seed")
     ap.add_argument("--slo-requests", type=int, default=20, help="part 6: requests per trace")
