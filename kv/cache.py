@@ -35,6 +35,9 @@ class TieredKVCache:
                                    or not hot_budget):
             raise ValueError(f"policy {policy.name}: keeps every layer hot within a hot byte budget "
                              "(give hot_budget; cold layers are for the lossless policy)")
+        if policy is not None and policy.per_head and not (policy.reposition and policy.per_layer):
+            raise ValueError(f"policy {policy.name}: per-head token sets need positions by place in the cache "
+                             "(reposition) and per-layer state")
         if stores_all and rope is None:
             raise ValueError(f"policy {policy.name} scores blocks with rotated keys: give the model's rope(x, pos)")
         if stores_all and cold is None:
@@ -153,27 +156,34 @@ class TieredKVCache:
         return K, V, pos, pos
 
     def _lossy_update(self, layer, k, v):
-        """Evict down to capacity - T first (the budget holds during the step too), then append."""
-        B, _, T, hd = k.shape
+        """Evict down to capacity - T first (the budget holds during the step too), then append. A per-head
+        policy keeps each KV head's own tokens: positions and scores are then (Hkv, S), one row a head."""
+        B, Hkv, T, hd = k.shape
         if self.capacity is None:
             per_token = kv_bytes(1, self.n_kv_heads, hd, k.element_size(), B)
             self.capacity = self.hot_budget // (self.n_layers * per_token)
         if T > self.capacity:
             raise ValueError(f"a chunk of {T} tokens does not fit the cache's {self.capacity} tokens per layer "
                              f"(hot budget {self.hot_budget} B): prefill in chunks of at most {self.capacity}")
-        dev = k.device
+        dev, per_head = k.device, self.policy.per_head
         new_pos = torch.arange(self.seen, self.seen + T, device=dev)
+        if per_head:
+            new_pos = new_pos.expand(Hkv, T)
         if layer in self._kv:
             K, V = self._kv[layer]
             apos, sc = self._apos[layer], self._scores[layer]
             room = self.capacity - T
             if K.shape[2] > room:
                 idx = self._policies[layer].keep(apos.cpu(), sc.cpu(), room).to(dev)
-                K, V, apos, sc = K[:, :, idx], V[:, :, idx], apos[idx], sc[idx]
+                if per_head:  # idx (Hkv, n): each head gathers its own tokens
+                    g = idx[None, :, :, None].expand(B, Hkv, idx.shape[1], hd)
+                    K, V, apos, sc = K.gather(2, g), V.gather(2, g), apos.gather(1, idx), sc.gather(1, idx)
+                else:
+                    K, V, apos, sc = K[:, :, idx], V[:, :, idx], apos[idx], sc[idx]
             K, V = torch.cat([K, k], dim=2), torch.cat([V, v], dim=2)
-            apos, sc = torch.cat([apos, new_pos]), torch.cat([sc, sc.new_zeros(T)])
+            apos, sc = torch.cat([apos, new_pos], dim=-1), torch.cat([sc, sc.new_zeros(new_pos.shape)], dim=-1)
         else:
-            K, V, apos, sc = k, v, new_pos, torch.zeros(T, device=dev)
+            K, V, apos, sc = k, v, new_pos, torch.zeros(new_pos.shape, device=dev)
         self._kv[layer], self._apos[layer], self._scores[layer] = (K, V), apos, sc
         if layer == self.n_layers - 1:
             self.seen += T
@@ -359,7 +369,8 @@ class TieredKVCache:
         """Attention the cached tokens just received: probs (B, H, T, S), summed over queries, reduced
         over heads and the batch as the policy says (``received``)."""
         pol = self._policies[layer]
-        got = pol.received(probs.sum(dim=2))  # (S,)
+        B, H, _, S = probs.shape
+        got = pol.received(probs.sum(dim=2).view(B, self.n_kv_heads, H // self.n_kv_heads, S))  # (S,) or (Hkv, S)
         old = self._scores[layer]
         self._scores[layer] = pol.accumulate(old, got)
 

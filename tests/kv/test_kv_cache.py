@@ -155,14 +155,17 @@ def test_hot_memory_never_exceeds_the_budget_and_masks_stay_causal(model, policy
     def spy(layer, k, v, q=None):
         K, V, krope, kabs = real_update(layer, k, v, q=q)
         T = k.shape[2]
-        seen_masks.append((kabs.clone(), T))
+        rows = kabs.view(-1, kabs.shape[-1])  # cascade: a row per KV head, each its own tokens
+        seen_masks.extend((r.clone(), T) for r in rows)
         assert cache.hot_bytes() <= budget  # at every layer of every step, prefill chunks included
-        assert torch.equal(kabs, kabs.sort().values) and len(set(kabs.tolist())) == len(kabs)
-        if policy in ("sink", "cascade"):
-            assert torch.equal(krope, torch.arange(len(kabs)))  # StreamingLLM's positions: place in the cache
-            assert kabs[: min(4, len(kabs) - T)].tolist() == list(range(min(4, len(kabs) - T)))  # sinks kept
-        else:
-            assert torch.equal(krope, kabs)
+        assert rows.shape[0] == (CFG.n_kv_heads if policy == "cascade" else 1)
+        for r in rows:
+            assert torch.equal(r, r.sort().values) and len(set(r.tolist())) == len(r)
+            if policy in ("sink", "cascade"):
+                assert torch.equal(krope, torch.arange(len(r)))  # StreamingLLM's positions: place in the cache
+                assert r[: min(4, len(r) - T)].tolist() == list(range(min(4, len(r) - T)))  # sinks kept
+            else:
+                assert torch.equal(krope, r)
         return K, V, krope, kabs
     monkeypatch.setattr(cache, "update", spy)
     prompt = torch.randint(0, 256, (1, 150), generator=torch.Generator().manual_seed(5))
@@ -201,7 +204,7 @@ def test_policies_keep_what_their_papers_keep():
     for t in range(1, 201):
         kept = c.keep(torch.arange(t), torch.zeros(t), 15)
     assert len(kept) == 15 and kept[0] == 0
-    for level, q in enumerate(c.sub):
+    for level, q in enumerate(c.lanes[0].sub):
         gaps = set(torch.tensor(list(q)).diff().tolist())
         assert gaps == {2 ** level}, (level, list(q))
     assert int(kept[1]) <= 200 - (6 + 4 * 2 + 4 * 4) + 2  # sizes [6, 4, 4]: a recent window would start at 186
@@ -215,10 +218,10 @@ def test_policies_keep_what_their_papers_keep():
     for t in range(1, 11):
         kept = c.keep(torch.arange(t), score[:t], 5)
         if t == 5:
-            assert list(c.sub[1]) == [2]  # 2 took the place of 1
+            assert list(c.lanes[0].sub[1]) == [2]  # 2 took the place of 1
         if t == 7:
-            assert list(c.sub[1]) == [2, 3]  # 4 lost to 3
-    assert kept.tolist() == [0, 6, 7, 8, 9] and list(c.sub[1]) == [6, 7] and c.step == 9
+            assert list(c.lanes[0].sub[1]) == [2, 3]  # 4 lost to 3
+    assert kept.tolist() == [0, 6, 7, 8, 9] and list(c.lanes[0].sub[1]) == [6, 7] and c.lanes[0].step == 9
     # topk: the block whose bound (per-channel max and min of its keys) matches the query wins, groups first
     reps = torch.zeros(1, 1, 9, 2, 4)
     reps[0, 0, 5, 0] = torch.tensor([1.0, 0, 0, 0])
@@ -323,11 +326,45 @@ def test_topk_chooses_per_head_uses_its_budget_and_prefills_the_question_alone(m
 
 def test_cascade_scores_a_token_by_the_head_that_reads_it_most():
     from miro_runtime.kv.policies import Cascade, H2O
-    probs = torch.zeros(1, 4, 3)  # (B, H, S): only head 2 reads token 1
-    probs[0, 2, 1] = 0.8
-    assert Cascade().received(probs).tolist() == pytest.approx([0.0, 0.8, 0.0])
+    probs = torch.zeros(1, 2, 2, 3)  # (B, Hkv, G, S): only query head 1 of KV group 1 reads token 1
+    probs[0, 1, 1, 1] = 0.8
+    assert Cascade().received(probs).flatten().tolist() == pytest.approx([0.0, 0.0, 0.0, 0.0, 0.8, 0.0])  # per KV head
     assert H2O().received(probs).tolist() == pytest.approx([0.0, 0.2, 0.0])  # H2O keeps the mean over heads
     assert Cascade().beta == 0.9999  # the paper's EMA
+
+
+def test_cascade_keeps_each_kv_heads_own_tokens():
+    """Two KV heads, 1 sink and 2 sub-caches of 2: where head 0 scores token 2 high and head 1 token 1,
+    each head's sub-cache 1 keeps its own winner (one budget, the same count per head); in the model each
+    head's cached keys are the keys of the tokens that head kept."""
+    from miro_runtime.kv.policies import Cascade
+    c = Cascade(sinks=1, levels=2, beta=0.5)
+    score = torch.zeros(2, 10)
+    score[0, 2], score[1, 1] = 0.9, 0.9
+    for t in range(1, 6):  # step 2: token 1 enters sub-cache 1; step 3: token 2 competes with it per head
+        kept = c.keep(torch.arange(t).expand(2, t), score[:, :t], 5)
+    assert [list(lane.sub[1]) for lane in c.lanes] == [[2], [1]]
+    assert kept.tolist() == [[0, 2, 3, 4], [0, 1, 3, 4]]
+    # through the model: layer 0's keys depend on the tokens alone, so each head's cached row j must be the
+    # lossless cache's key of the token apos[h, j]
+    per_token = 2 * CFG.n_kv_heads * CFG.head_dim * 4 * CFG.n_layers
+    cache, full = lossy_cache("cascade", per_token * 24), TieredKVCache(CFG.n_layers, CFG.n_kv_heads, CFG.head_dim)
+    prompt = torch.randint(0, 256, (1, 60), generator=torch.Generator().manual_seed(3))
+    model = Llama(CFG).eval()
+    with torch.no_grad():
+        for s in range(0, 60, 6):
+            model(prompt[:, s:s + 6], s, cache)
+            # a random model's attention barely tells heads apart: make head 1 of layer 0 prefer new tokens
+            cache._scores[0][1] += cache._apos[0][1].float()
+        model(prompt, 0, full)
+    apos, K = cache._apos[0], cache._kv[0][0]  # (Hkv, S), (1, Hkv, S, hd)
+    fullK = full._kv[0][0]  # (1, Hkv, 60, hd)
+    assert apos.shape == (CFG.n_kv_heads, 24) and int(apos[0, -1]) == 59
+    assert any(not torch.equal(apos[0], apos[h]) for h in range(1, CFG.n_kv_heads))  # the heads chose apart
+    for h in range(CFG.n_kv_heads):
+        assert torch.equal(K[0, h], fullK[0, h, apos[h]])
+    cache.close()
+    full.close()
 
 
 def test_miro_kv_generate_reports_and_stays_lossless_with_cold_layers(tmp_path):
