@@ -55,15 +55,30 @@ def half_to_interleaved(w: torch.Tensor, heads: int, hd: int) -> torch.Tensor:
     return w.reshape(heads, hd, -1)[:, inv].reshape(heads * hd, -1)
 
 
+_CIS = {}  # (head dim, theta, device) -> (P, D/2) complex rotations of positions 0..P-1, grown on demand
+
+
+def _cis(pos: torch.Tensor, d: int, theta: float) -> torch.Tensor:
+    """(T,) positions -> (T, D/2) unit complex numbers e^(i pos freq). A table read, not a cos and sin of
+    every cached position at every step: a decode step rotates all S cached keys (they are stored before
+    RoPE so that policies can re-position them), and computing the angles was most of that cost."""
+    n = int(pos.max()) + 1 if pos.numel() else 1
+    key = (d, theta, pos.device)
+    tab = _CIS.get(key)
+    if tab is None or tab.shape[0] < n:
+        m = max(n, 1024, 2 * (0 if tab is None else tab.shape[0]))
+        freqs = 1.0 / theta ** (torch.arange(0, d, 2, device=pos.device, dtype=torch.float32) / d)  # (D/2,)
+        ang = torch.arange(m, device=pos.device, dtype=torch.float32)[:, None] * freqs[None, :]  # (m, D/2)
+        tab = _CIS[key] = torch.polar(torch.ones_like(ang), ang)
+    return tab[pos]
+
+
 def rope(x: torch.Tensor, pos: torch.Tensor, theta: float) -> torch.Tensor:
-    """Rotate pairs of channels by position. x (B, H, T, D), pos (T,) absolute positions."""
+    """Rotate pairs of channels (2j, 2j+1) by position: one complex multiply per pair. x (B, H, T, D),
+    pos (T,) positions."""
     d = x.shape[-1]
-    freqs = 1.0 / theta ** (torch.arange(0, d, 2, device=x.device, dtype=torch.float32) / d)  # (D/2,)
-    ang = pos.to(torch.float32)[:, None] * freqs[None, :]  # (T, D/2)
-    cos, sin = ang.cos().to(x.dtype), ang.sin().to(x.dtype)
-    x1, x2 = x[..., 0::2], x[..., 1::2]  # (B, H, T, D/2) each
-    out = torch.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)  # (B, H, T, D/2, 2)
-    return out.flatten(-2)
+    xc = torch.view_as_complex(x.float().reshape(*x.shape[:-1], d // 2, 2))  # (B, H, T, D/2)
+    return torch.view_as_real(xc * _cis(pos, d, theta)).flatten(-2).to(x.dtype)
 
 
 class Attention(nn.Module):
@@ -87,11 +102,15 @@ class Attention(nn.Module):
             k, v, krope, kabs = cache.update(self.layer, k, v, q=q)
         else:
             krope = kabs = torch.arange(start, start + T, device=x.device)
-        qrope, qabs = krope[-T:], kabs[-T:]  # the new tokens are the cache's last T
+        qrope, qabs = krope[-T:], kabs[..., -T:]  # the new tokens are the cache's last T
         q, k = rope(q, qrope, c.rope_theta), rope(k, krope, c.rope_theta)
         rep = c.n_heads // c.n_kv_heads
         k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)  # (B, H, S, hd)
-        mask = qabs[:, None] >= kabs[None, :]  # (T, S): causal by absolute position, whatever was evicted
+        # (T, S): causal by absolute position, whatever was evicted; (H, T, S) when each KV head keeps its
+        # own tokens (kabs (Hkv, S), cascade)
+        mask = qabs[..., :, None] >= kabs[..., None, :]
+        if mask.dim() == 3:
+            mask = mask.repeat_interleave(rep, dim=0)
         if cache is not None and cache.needs_scores:  # score-based eviction needs the weights themselves
             att = (q @ k.transpose(-2, -1)) / math.sqrt(hd)  # (B, H, T, S)
             att = att.masked_fill(~mask, float("-inf")).softmax(dim=-1)
