@@ -403,7 +403,7 @@ def main():
     ap.add_argument("--model-passkey-samples", type=int, default=12,
                     help="part 5: prompts a length (12: one prompt is 8 points, under the 10-point topk margin)")
     ap.add_argument("--model-budget-tokens", type=int, default=512, help="part 5's hot budget per layer (tokens)")
-    ap.add_argument("--slo-seeds", default="0,1,2", help="part 6: one request trace per seed")
+    ap.add_argument("--slo-seeds", default="0,1,2,3,4", help="part 6: one request trace per seed")
     ap.add_argument("--slo-requests", type=int, default=20, help="part 6: requests per trace")
     ap.add_argument("--only", default="", help="comma list of placement,prefix,latency,passkey,model,slo")
     ap.add_argument("--smoke", action="store_true",

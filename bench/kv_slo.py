@@ -29,7 +29,7 @@ def trace(seed: int, n: int, rate_per_s: float, prompt_median: int, new_median: 
     return out
 
 
-def run(seeds=(0, 1, 2), n=20, threads=1, prompt_median=384, new_median=24, load=1.5, budget_share=1.0,
+def run(seeds=(0, 1, 2, 3, 4), n=20, threads=1, prompt_median=384, new_median=24, load=1.5, budget_share=1.0,
         smoke=False) -> dict:
     import torch
 
@@ -100,6 +100,9 @@ def render(s: dict) -> list:
         lines.append(f"| {strat} | {f(x['tpot_attainment'], True)} | {f(x['tbt_attainment'], True)} | "
                      f"{f(None if x['p95_ms'] is None else x['p95_ms'] / 1000)} | {f(x['tokens_per_s'])} | "
                      f"{x['deferrals']} | {x['refused']} |")
+    per = "; ".join(f"{k}: " + " ".join(f"{100 * (r['tpot_attainment'] or 0):.0f}/{100 * (r['tbt_attainment'] or 0):.0f}"
+                                       for r in s["runs"][k]) for k in STRATEGIES)
+    lines += ["", f"- Per trace (seeds in order), TPOT/TBT attainment %: {per}."]
     o = s["slo"]["orbitflow"]
     static = [k for k in STRATEGIES if k != "orbitflow"]
     best_tpot = max((s["slo"][k]["tpot_attainment"] or 0) for k in static)
