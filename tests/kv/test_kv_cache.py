@@ -209,16 +209,17 @@ def test_policies_keep_what_their_papers_keep():
         assert gaps == {2 ** level}, (level, list(q))
     assert int(kept[1]) <= 200 - (6 + 4 * 2 + 4 * 4) + 2  # sizes [6, 4, 4]: a recent window would start at 186
     # the paper's acceptance rule, by hand: 1 sink, 2 sub-caches of 2; sub-cache 1 accepts on even steps
-    # (token p enters sub-cache 0 on step p - 1). Step 2: 1 is evicted to sub-cache 1, accepted. Step 3: 2
-    # arrives on an odd step and beats the newest (1) by score. Step 4: 3 accepted -> [2, 3]. Step 5: 4 loses
-    # to 3, dropped. Step 6: 5 accepted, 2 falls off the last level -> [3, 5]. Step 7: 6 beats 5 -> [3, 6].
+    # (token p enters sub-cache 0 on step p - 1), and every step before the 4 slots have been full once.
+    # Step 2: 1 is evicted to sub-cache 1, accepted. Step 3: 2 arrives on an odd step, still in the first
+    # fill: accepted -> [1, 2]. Step 4: 3 accepted, 1 falls off the last level -> [2, 3]. Step 5: 4 loses to
+    # 3, dropped. Step 6: 5 accepted, 2 falls off -> [3, 5]. Step 7: 6 beats 5 by score -> [3, 6].
     # Step 8: 7 accepted, 3 falls off -> [6, 7]; sub-cache 0 holds [8, 9].
     score = torch.tensor([0.0, 0.1, 0.9, 0.5, 0.05, 0.2, 0.8, 0.0, 0.0, 0.0])
     c = Cascade(sinks=1, levels=2, beta=0.5)
     for t in range(1, 11):
         kept = c.keep(torch.arange(t), score[:t], 5)
         if t == 5:
-            assert list(c.lanes[0].sub[1]) == [2]  # 2 took the place of 1
+            assert list(c.lanes[0].sub[1]) == [1, 2]  # the first fill: a sliding window
         if t == 7:
             assert list(c.lanes[0].sub[1]) == [2, 3]  # 4 lost to 3
     assert kept.tolist() == [0, 6, 7, 8, 9] and list(c.lanes[0].sub[1]) == [6, 7] and c.lanes[0].step == 9
@@ -334,17 +335,17 @@ def test_cascade_scores_a_token_by_the_head_that_reads_it_most():
 
 
 def test_cascade_keeps_each_kv_heads_own_tokens():
-    """Two KV heads, 1 sink and 2 sub-caches of 2: where head 0 scores token 2 high and head 1 token 1,
+    """Two KV heads, 1 sink and 2 sub-caches of 2: where head 0 scores token 6 high and head 1 token 5,
     each head's sub-cache 1 keeps its own winner (one budget, the same count per head); in the model each
     head's cached keys are the keys of the tokens that head kept."""
     from miro_runtime.kv.policies import Cascade
     c = Cascade(sinks=1, levels=2, beta=0.5)
     score = torch.zeros(2, 10)
-    score[0, 2], score[1, 1] = 0.9, 0.9
-    for t in range(1, 6):  # step 2: token 1 enters sub-cache 1; step 3: token 2 competes with it per head
+    score[0, 6], score[1, 5] = 0.9, 0.9
+    for t in range(1, 10):  # step 6: 5 enters sub-cache 1 -> [3, 5]; step 7: 6 competes with 5, per head
         kept = c.keep(torch.arange(t).expand(2, t), score[:, :t], 5)
-    assert [list(lane.sub[1]) for lane in c.lanes] == [[2], [1]]
-    assert kept.tolist() == [[0, 2, 3, 4], [0, 1, 3, 4]]
+    assert [list(lane.sub[1]) for lane in c.lanes] == [[3, 6], [3, 5]]
+    assert kept.tolist() == [[0, 3, 6, 7, 8], [0, 3, 5, 7, 8]]
     # through the model: layer 0's keys depend on the tokens alone, so each head's cached row j must be the
     # lossless cache's key of the token apos[h, j]
     per_token = 2 * CFG.n_kv_heads * CFG.head_dim * 4 * CFG.n_layers
