@@ -100,8 +100,10 @@ def render(s: dict) -> list:
         lines.append(f"| {strat} | {f(x['tpot_attainment'], True)} | {f(x['tbt_attainment'], True)} | "
                      f"{f(None if x['p95_ms'] is None else x['p95_ms'] / 1000)} | {f(x['tokens_per_s'])} | "
                      f"{x['deferrals']} | {x['refused']} |")
-    per = "; ".join(f"{k}: " + " ".join(f"{100 * (r['tpot_attainment'] or 0):.0f}/{100 * (r['tbt_attainment'] or 0):.0f}"
-                                       for r in s["runs"][k]) for k in STRATEGIES)
+    def pct(v):
+        return f"{100 * (v or 0):.0f}"
+    per = "; ".join(f"{k}: " + " ".join(f"{pct(r['tpot_attainment'])}/{pct(r['tbt_attainment'])}" for r in s["runs"][k])
+                    for k in STRATEGIES)
     lines += ["", f"- Per trace (seeds in order), TPOT/TBT attainment %: {per}."]
     o = s["slo"]["orbitflow"]
     static = [k for k in STRATEGIES if k != "orbitflow"]

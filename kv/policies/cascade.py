@@ -1,7 +1,7 @@
 """Cascading KV (Willette et al., arXiv 2406.17808), with the paper's acceptance rule: after the first
 ``sinks`` tokens (kept forever) the budget is split into ``levels`` sub-caches, each a queue. Tokens enter
-sub-cache 0 one per step; sub-cache i accepts only on every 2^i-th step (every sub-cache accepts until the cache has been full
-once: it fills as a sliding window, as the authors' code does). On an accepting step a token
+sub-cache 0 one per step; sub-cache i accepts only on every 2^i-th step (every sub-cache accepts until the
+cache has been full once: it fills as a sliding window, as the authors' code does). On an accepting step a token
 arriving at sub-cache i is appended, and when the sub-cache is full its oldest token is evicted and carried
 on to sub-cache i+1 in the same step; on a non-accepting step the arriving token competes with sub-cache i's
 newest token and the one with the higher score (an EMA of the attention it received, beta 0.9999 as in the
