@@ -55,6 +55,7 @@ class MiroController(Controller):
     ``task_end`` books energy."""
 
     watches_resources = True
+    steers_steps = True  # under a budget or deadline the task's length is re-planned as it trains (plan.steer)
 
     def __init__(self, cfg, grid: Optional[list] = None, rule: str = "acc-per-joule",
                  search: str = "bandit", budget_frac: float = 0.10, profile_fraction: float = 0.05,
@@ -194,6 +195,9 @@ class MiroController(Controller):
                f"epochs={w.epochs}; the tie goes to the {'smallest' if self.rule == 'lowest-energy' else 'largest'}"
                f" memory hierarchy, {pick.key()}")
         return pick, why
+
+    def between_steps(self, view: LearnerView, t: int, progress):
+        self.plan.steer(view, t, progress)
 
     def task_end(self, view: LearnerView, t: int, rec: TaskRecord):
         if self._inside_j and rec.energy_j:

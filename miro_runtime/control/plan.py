@@ -6,7 +6,10 @@ the memory running (dropping kept samples), are out; of the rest the largest mem
 for as many samples as what the task has left pays for -- less its evaluation's reserve and the
 intercept b, at the arm's cost per trained sample (its last task's realised cost when it ran, else
 its profiles', else the profiled cost of any arm) -- and as its deadline allows.
-The length goes to the learner as a plan (the guard stops the task there, no trip). The check: at each
+The length goes to the learner as a plan (the guard stops the task there, no trip), and is steered while
+the task trains (``steer``): after its first few batches the task's own metered cost per sample so far
+re-plans what is left (a load change is met within the task, and the plan's margin shrinks to
+STEER_MARGIN). The check: at each
 task's end the realised cost per trained sample of the training steps (the window's joules split by
 time into steps and the rest, b) against the prediction; one that left its noise (cost.CostCheck)
 rescales every profiled cost, and time per sample likewise -- a load change is seen within one task
@@ -24,7 +27,7 @@ from typing import TYPE_CHECKING, Optional
 import numpy as np
 
 from miro_runtime.engine.budget import MODE_NONE
-from miro_runtime.engine.hooks import LearnerView
+from miro_runtime.engine.hooks import LearnerView, StepProgress
 from miro_runtime.records import Candidate, TaskRecord
 
 from .cost import CostCheck
@@ -33,6 +36,13 @@ from .rules import ArmCost, plan_within_budget
 
 if TYPE_CHECKING:
     from .miro import MiroController
+
+# in-task steering: from this many batches on, the task's own cost so far re-plans the rest of it, keeping
+# this share of what is left unspent (the cost of the steps still to come varies less than a whole task's)
+STEER_AFTER_BATCHES, STEER_MARGIN = 3, 0.03
+# before any task was evaluated nothing says what the work after the last step costs (the evaluation, the
+# memory update): this share of the task's budget is kept for it (on the bench's stream about 8% is spent)
+FIRST_RESERVE = 0.10
 
 
 class BudgetPlan:
@@ -47,6 +57,7 @@ class BudgetPlan:
         self.predicted: Optional[dict] = None  # what the decision in force predicted for its task
         self.last_n: Optional[int] = None  # the last planned task's size (a change re-profiles)
         self.refit_at: Optional[int] = None  # the last task whose realised cost left its noise
+        self.steering: Optional[dict] = None  # the task being steered: its size, epochs, re-plans so far
 
     # ------------------------------------------------------------------ the choice
     def why_profile(self, t: int, n: int) -> Optional[str]:
@@ -72,7 +83,8 @@ class BudgetPlan:
         the seconds this task's round already took (its deadline counts them). Plans the task's length
         with the learner's guard."""
         c, budget, deadline, tie = self.ctrl, view.guard.budget, view.cfg.task_deadline_s, None
-        reserve = budget.eval_reserve(t) + self.fixed_j  # the evaluation, and the task's work beside its steps
+        self.steering = {"task": t, "n": n, "replans": 0, "prior_j": None}
+        reserve = self.reserve(view, t)  # the evaluation, and the task's work beside its steps
         left = budget.remaining(t) - reserve if budget.mode != MODE_NONE else math.inf
         left_s = deadline - budget.eval_time_reserve(t) - spent_s if deadline is not None else math.inf
         pool = cands or self.window_candidates()
@@ -91,6 +103,57 @@ class BudgetPlan:
                   "remaining_s": None if left_s == math.inf else left_s, "task_samples": n, "planned_samples": samples,
                   "margin": margin, "how": how}
         return winner, energy, tie
+
+    def reserve(self, view: LearnerView, t: int) -> float:
+        """Joules task ``t`` keeps for the work after its last step: the guard's reserve for its evaluation
+        and the last task's joules outside its steps (``fixed_j``); before any task was evaluated,
+        FIRST_RESERVE of what the task has when it is decided (kept for the task: ``steering``)."""
+        budget = view.guard.budget
+        r = budget.eval_reserve(t) + self.fixed_j
+        st = self.steering if self.steering is not None and self.steering["task"] == t else None
+        if r > 0 or budget.mode == MODE_NONE or st is None:
+            return r
+        if st["prior_j"] is None:
+            st["prior_j"] = FIRST_RESERVE * max(0.0, budget.remaining(t))
+        return st["prior_j"]
+
+    def steer(self, view: LearnerView, t: int, p: StepProgress) -> None:
+        """After a step of a planned task: re-plan its length from its own cost per trained sample so far
+        (the window's joules and seconds over its samples, set-up included: a slight over-estimate) so
+        that what is left -- less the evaluation's reserve and the work after the last step (``reserve``)
+        -- pays for the rest, STEER_MARGIN kept; never past the arm's whole epochs. A change of at least a
+        batch and a tenth of what the plan had left is adopted and logged (``miro_replan``); one that
+        leaves nothing to train stops the task at this step, as its plan (no guard trip)."""
+        st, guard, bs = self.steering, view.guard, view.cfg.batch_size
+        if st is None or st["task"] != t or p.samples < STEER_AFTER_BATCHES * bs:
+            return
+        budget, deadline = guard.budget, view.cfg.task_deadline_s
+        cap = st["n"] * view.cfg.epochs  # a mid-task reaction may have changed the epochs
+        more, binds = math.inf, None
+        if budget.mode != MODE_NONE and p.window_j:
+            left_j = budget.remaining(t, p.in_window_j) - self.reserve(view, t)
+            more, binds = left_j * (1 - STEER_MARGIN) / (p.window_j / p.samples), "the budget"
+        if deadline is not None and p.window_s > 0:
+            left_s = deadline - budget.eval_time_reserve(t) - p.elapsed_s
+            more_s = left_s * (1 - STEER_MARGIN) / (p.window_s / p.samples)
+            if more_s < more:
+                more, binds = more_s, "the deadline"
+        if more == math.inf:
+            return
+        # whole batches: the guard stops at the first step boundary at or past the plan
+        new = min(cap, p.samples + bs * math.floor(max(0.0, more) / bs))
+        plan = guard.plans.get(t)
+        old = plan["samples"] if plan is not None else cap
+        if abs(new - old) < max(bs, 0.1 * max(0, old - p.samples)):
+            return
+        st["replans"] += 1
+        why = (f"in-task refit after {p.samples} samples: {binds} pays for {max(0, new - p.samples)} more at this "
+               f"task's own cost so far (margin {STEER_MARGIN:.0%})")
+        view.event("miro_replan", task=t, samples=p.samples, planned_before=old, planned=new, whole_epochs=cap,
+                   binds=binds,
+                   j_per_sample=None if not p.window_j else p.window_j / p.samples,
+                   s_per_sample=p.window_s / p.samples, predicted=self.predicted, why=why)
+        guard.plan(t, None if new >= cap else new, why=why)
 
     def margin(self) -> float:
         """What a plan leaves unspent for the spread of the realised cost: two standard deviations of the
@@ -195,7 +258,8 @@ class BudgetPlan:
 
     def state(self) -> dict:
         return {"cost": self.cost.state(), "time_cost": self.time_cost.state(), "s_per_sample": self.s_per_sample,
-                "fixed_j": self.fixed_j, "realised": self.realised, "last_n": self.last_n, "refit_at": self.refit_at}
+                "fixed_j": self.fixed_j, "realised": self.realised, "last_n": self.last_n, "refit_at": self.refit_at,
+                "steering": self.steering}
 
     def load_state(self, st: dict) -> None:
         self.cost.load_state(st.get("cost", {}))
@@ -203,3 +267,4 @@ class BudgetPlan:
         self.s_per_sample, self.fixed_j = st.get("s_per_sample", 0.0), st.get("fixed_j", 0.0)
         self.realised = st.get("realised")
         self.last_n, self.refit_at = st.get("last_n"), st.get("refit_at")
+        self.steering = st.get("steering")

@@ -6,6 +6,9 @@ The learner calls, on the thread that trains:
                                    may adopt new knobs (``cfg.memory``, ``cfg.epochs``, ...)
   ``on_resources(view, t, snap)``  between steps, every ``cfg.monitor_every_s``, when
                                    ``watches_resources`` (the learner then runs a resource monitor)
+  ``between_steps(view, t, p)``    after every step of an epoch-mode task, when ``steers_steps``:
+                                   ``p`` a ``StepProgress``; may re-plan the task's length
+                                   (``view.guard.plan``)
   ``task_end(view, t, record)``    after task t's evaluation; may set the record's controller fields
   ``state()`` / ``load_state(view, state)``   JSON-able, kept in every checkpoint
   ``summary()``                    keys merged into the run's summary
@@ -15,6 +18,7 @@ The learner calls, on the thread that trains:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Optional, Protocol
 
 from miro_runtime.records import TaskRecord
@@ -38,10 +42,21 @@ class LearnerView(Protocol):
         """Write one decision to the structured log."""
 
 
+@dataclass(frozen=True)
+class StepProgress:
+    """Where an epoch-mode task's training stands after a step (since the task began in this process)."""
+    samples: int  # new samples trained (what a plan's length counts)
+    window_j: Optional[float]  # joules metered in the task's window so far (None: the meter cannot tell yet)
+    in_window_j: float  # what the budget guard counts of it (requests served meanwhile taken out; a carry in)
+    window_s: float  # wall seconds since the window opened (the steps and the work between them)
+    elapsed_s: float  # wall seconds since the task began, its profiling included: what a deadline counts
+
+
 class Controller:
     """A controller that does nothing: the base of every controller, each hook a no-op."""
 
     watches_resources = False  # True: the learner hands ``on_resources`` a snapshot between steps
+    steers_steps = False  # True: the learner hands ``between_steps`` the task's progress after every step
 
     def __init__(self) -> None:
         self.decisions: list = []  # Decision records (miro_runtime.records), oldest first
@@ -51,6 +66,9 @@ class Controller:
 
     def on_resources(self, view: LearnerView, t: int, snap) -> None:
         """Between steps of task t: ``snap`` is a profilers.monitor.Snapshot."""
+
+    def between_steps(self, view: LearnerView, t: int, progress: StepProgress) -> None:
+        """After a step of task t (epoch mode)."""
 
     def task_end(self, view: LearnerView, t: int, record: TaskRecord) -> None:
         """Task t was evaluated: book what the controller spent on it in ``record``."""

@@ -30,7 +30,7 @@ from miro_runtime.config import RunConfig
 from miro_runtime.engine.budget import BudgetGuard
 from miro_runtime.engine.checkpoint import (CHECKPOINT, CheckpointError, load_latest, manifest_mismatch,
                                             save_checkpoint, store_manifests)
-from miro_runtime.engine.hooks import Controller
+from miro_runtime.engine.hooks import Controller, StepProgress
 from miro_runtime.engine.latent import Composed, LatentMode, replay_ns
 from miro_runtime.engine.metrics import anon_rss_mb, evaluate, peak_rss_mb, run_summary
 from miro_runtime.engine.strategies import build_model, make_strategy
@@ -214,6 +214,11 @@ class Learner:
                 cur["train_s"] += time.perf_counter() - t0
                 cur["samples"] += len(idx)
                 self._step(Position(t, e, b + 1))
+                if self.hooks is not None and self.hooks.steers_steps:
+                    now = time.perf_counter()
+                    self.hooks.between_steps(self, t, StepProgress(cur["samples"], self.task_energy_so_far(),
+                                                                   self.task_joules(), now - cur["wall0"],
+                                                                   now - cur["begun"]))
             e += 1
         return True
 

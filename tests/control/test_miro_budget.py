@@ -167,9 +167,14 @@ def test_miro_under_a_budget_keeps_each_task_in_it_and_sees_a_load_change_within
             assert r.budget["total_j"] <= cap * 1.05, r.budget
         else:  # ... but at the load change its evaluation costs three times the reserve the guard kept for it
             assert spent["train"] + spent.get("profile", 0.0) <= cap * 1.05, r.budget
+    replans = [e for e in events if e["event"] == "miro_replan"]
     for r, d in zip(recs[1:], decisions[1:]):  # a planned length is what the task trained (to a whole batch)
-        planned = d["energy_budget"]["planned_samples"]
-        assert r.budget["planned_samples"] == planned
+        # the decision's plan, or the last re-plan the task's own cost so far called for (plan.steer)
+        mine = [e for e in replans if e["task"] == r.task]
+        planned = mine[-1]["planned"] if mine else d["energy_budget"]["planned_samples"]
+        if mine and planned == mine[-1]["whole_epochs"]:
+            planned = None  # steered back to the arm's whole epochs: no plan
+        assert r.budget["planned_samples"] == planned, (r.task, r.budget, mine)
         if planned is not None and not r.budget["guard_tripped"]:
             assert planned <= r.train_samples < planned + lr.cfg.batch_size, (planned, r.train_samples)
     assert any(d["energy_budget"]["planned_samples"] for d in decisions[1:])  # the budget bound somewhere
@@ -194,3 +199,96 @@ def test_miro_under_a_budget_keeps_each_task_in_it_and_sees_a_load_change_within
     for e in refits:  # a refitted cost is measured again at the next task
         if e["task"] + 1 < len(decisions):
             assert decisions[e["task"] + 1]["energy_budget"]["profiled_because"] is not None
+
+
+class _PricedMidTask(MiroController):
+    """Miro whose fixture meter's price triples after the fourth step of task 2 (a load arriving mid-task)."""
+
+    def __init__(self, cfg, meter_box):
+        super().__init__(cfg, rule=cfg.miro_rule, budget_frac=0.3)
+        self.meter_box, self.raised = meter_box, False
+
+    def between_steps(self, view, t, progress):
+        if t == 2 and not self.raised and progress.samples >= 4 * view.cfg.batch_size:
+            self.meter_box[0].price *= 3.0
+            self.raised = True
+        super().between_steps(view, t, progress)
+
+
+def _run_with_a_load_mid_task(tmp_path, steer):
+    st = split_digits(4, 0)
+    cfg = RunConfig(run_dir=str(tmp_path / f"r{steer}"), strategy="er", miro=True, epochs=3, energy_budget_j=1e9,
+                    checkpoint_every=0)
+    box = [None]
+    ctrl = _PricedMidTask(cfg, box)
+    if not steer:  # the control: the hook still raises the price, the length stays as decided
+        ctrl.plan.steer = lambda view, t, p: None
+    lr = Learner(cfg, st, hooks=ctrl)
+    lr.open()
+    box[0] = lr.meter = CpuMeter()
+    try:
+        recs = []
+        for t in range(4):
+            if t == 1:
+                lr.cfg.energy_budget_j = 1.5 * (recs[0].energy_j + recs[0].profiling_energy_j)
+            x, y = st.train[t]
+            ids = lr.store(t, x, y).ids
+            lr.begin_task(t, {"task": t, "epoch": 0, "batch": 0})
+            assert lr.train_epochs(t, x, y, ids, {"task": t, "epoch": 0, "batch": 0})
+            recs.append(lr.finish_task(t, x, y, ids))
+    finally:
+        lr.close()
+    events = [json.loads(line) for line in open(tmp_path / f"r{steer}" / "events.jsonl")]
+    return recs, events, lr.cfg.energy_budget_j
+
+
+def test_a_load_arriving_mid_task_is_met_within_that_task_by_re_planning_its_length(tmp_path):
+    recs, events, cap = _run_with_a_load_mid_task(tmp_path, steer=True)
+    r = recs[2]
+    replans = [e for e in events if e["event"] == "miro_replan" and e["task"] == 2]
+    assert replans, "the task's own cost tripled and nothing was re-planned"
+    bs = RunConfig().batch_size
+    late = [e for e in replans if e["samples"] > 4 * bs]
+    # after the change the plan shrinks to what the rest of the budget pays at the new price, and says why
+    assert late and late[0]["planned"] < late[0]["planned_before"], replans
+    assert "in-task refit" in late[0]["why"] and late[0]["binds"] == "the budget"
+    assert not r.budget["guard_tripped"] and 2 not in [e["task"] for e in events if e["event"] == "budget_guard"]
+    spent = r.budget["spent_j"]
+    assert spent["train"] + spent.get("profile", 0.0) <= cap * 1.05, r.budget
+    assert r.budget["planned_samples"] <= r.train_samples < r.budget["planned_samples"] + bs
+    # the control: the same load with the length left as decided at the task's start overspends and the
+    # guard has to stop it
+    recs0, events0, _ = _run_with_a_load_mid_task(tmp_path, steer=False)
+    assert not [e for e in events0 if e["event"] == "miro_replan"]
+    assert recs0[2].budget["guard_tripped"], recs0[2].budget
+
+
+def test_the_first_task_keeps_a_share_of_its_budget_for_the_work_after_its_last_step(tmp_path):
+    st = split_digits(2, 0)
+    x, y = st.train[0]
+
+    def task0(name, budget, hooks=None):
+        cfg = RunConfig(run_dir=str(tmp_path / name), strategy="er", miro=hooks is not None, epochs=3,
+                        energy_budget_j=budget, checkpoint_every=0)
+        lr = Learner(cfg, st, hooks=hooks(cfg) if hooks else None)
+        lr.open()
+        lr.meter = CpuMeter()
+        try:
+            ids = lr.store(0, x, y).ids
+            lr.begin_task(0, {"task": 0, "epoch": 0, "batch": 0})
+            lr.train_epochs(0, x, y, ids, {"task": 0, "epoch": 0, "batch": 0})
+            return lr.finish_task(0, x, y, ids), [json.loads(line) for line in open(tmp_path / name / "events.jsonl")]
+        finally:
+            lr.close()
+
+    free, _ = task0("free", None)
+    budget = 0.5 * free.energy_j  # half of what three epochs of the task cost (its evaluation aside)
+    rec, events = task0("miro", budget, lambda cfg: MiroController(cfg, rule=cfg.miro_rule, budget_frac=0.3))
+    d = next(e for e in events if e["event"] == "miro_decision")
+    eb = d["energy_budget"]
+    # no evaluation measured yet: a tenth of what the task had after its profiles is kept back, not nothing
+    assert eb["reserve_j"] == pytest.approx(0.1 * (budget - d["profiling_energy_j"]), rel=1e-6), eb
+    assert eb["planned_samples"] is not None and eb["planned_samples"] < 3 * len(y)  # the budget binds
+    assert not rec.budget["guard_tripped"], rec.budget
+    # evaluation and memory update included, the task stays within one step's spread of its budget
+    assert rec.budget["total_j"] <= 1.05 * budget, (rec.budget, budget)
