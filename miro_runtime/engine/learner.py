@@ -40,6 +40,12 @@ from miro_runtime.records import Position, TaskRecord
 NS = "samples"  # the raw training samples' flash namespace (``Learner.ns`` is the one replay reads)
 
 
+def _progress(cur: dict, window_j, in_window_j: float) -> StepProgress:
+    """The task in training after a step, as a steering controller sees it (``cur``: the learner's task state)."""
+    now = time.perf_counter()
+    return StepProgress(cur["samples"], window_j, in_window_j, now - cur["wall0"], now - cur["begun"])
+
+
 class Learner:
     """One continual learner over a RAM + flash memory hierarchy, driven step by step.
 
@@ -214,11 +220,8 @@ class Learner:
                 cur["train_s"] += time.perf_counter() - t0
                 cur["samples"] += len(idx)
                 self._step(Position(t, e, b + 1))
-                if self.hooks is not None and self.hooks.steers_steps:
-                    now = time.perf_counter()
-                    self.hooks.between_steps(self, t, StepProgress(cur["samples"], self.task_energy_so_far(),
-                                                                   self.task_joules(), now - cur["wall0"],
-                                                                   now - cur["begun"]))
+                if self.hooks is not None and self.hooks.steers_steps:  # Miro re-plans the task's length
+                    self.hooks.between_steps(self, t, _progress(cur, self.task_energy_so_far(), self.task_joules()))
             e += 1
         return True
 
