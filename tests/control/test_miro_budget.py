@@ -132,20 +132,17 @@ class CpuMeter(Meter):
         return {"cpu": "fixture: price x process CPU seconds"}
 
 
-def test_miro_under_a_budget_keeps_each_task_in_it_and_sees_a_load_change_within_a_task(tmp_path):
-    st = split_digits(5, 0)
-    cfg = RunConfig(run_dir=str(tmp_path / "r"), strategy="er", miro=True, epochs=3, energy_budget_j=1e9,
-                    checkpoint_every=0)
-    lr = Learner(cfg, st, hooks=MiroController(cfg, rule=cfg.miro_rule, budget_frac=0.3))
-    lr.open()
-    meter = lr.meter = CpuMeter()
+def _run_tasks(lr, st, n, before_task=None) -> list:
+    """Tasks 0..n-1 in epoch mode, then the learner closed -> their records. Task 0 shows what a task
+    costs: from task 1 on, a budget of 1.5x its energy (profiles included). ``before_task(t)``: a change
+    made before task t."""
+    recs = []
     try:
-        recs = []
-        for t in range(5):
-            if t == 1:  # task 0 showed what a task costs: a budget of about its energy per task from here
+        for t in range(n):
+            if t == 1:
                 lr.cfg.energy_budget_j = 1.5 * (recs[0].energy_j + recs[0].profiling_energy_j)
-            if t == 3:
-                meter.price *= 3.0  # the load change: every CPU second now costs three times as much
+            if before_task is not None:
+                before_task(t)
             x, y = st.train[t]
             ids = lr.store(t, x, y).ids
             lr.begin_task(t, {"task": t, "epoch": 0, "batch": 0})
@@ -153,6 +150,22 @@ def test_miro_under_a_budget_keeps_each_task_in_it_and_sees_a_load_change_within
             recs.append(lr.finish_task(t, x, y, ids))
     finally:
         lr.close()
+    return recs
+
+
+def test_miro_under_a_budget_keeps_each_task_in_it_and_sees_a_load_change_within_a_task(tmp_path):
+    st = split_digits(5, 0)
+    cfg = RunConfig(run_dir=str(tmp_path / "r"), strategy="er", miro=True, epochs=3, energy_budget_j=1e9,
+                    checkpoint_every=0)
+    lr = Learner(cfg, st, hooks=MiroController(cfg, rule=cfg.miro_rule, budget_frac=0.3))
+    lr.open()
+    meter = lr.meter = CpuMeter()
+
+    def load(t):
+        if t == 3:
+            meter.price *= 3.0  # the load change: every CPU second now costs three times as much
+
+    recs = _run_tasks(lr, st, 5, load)
     events = [json.loads(line) for line in open(tmp_path / "r" / "events.jsonl")]
     decisions = [e for e in events if e["event"] == "miro_decision"]
     for d in decisions[1:]:  # every decision under the budget names what it had left and what it predicted
@@ -226,18 +239,7 @@ def _run_with_a_load_mid_task(tmp_path, steer):
     lr = Learner(cfg, st, hooks=ctrl)
     lr.open()
     box[0] = lr.meter = CpuMeter()
-    try:
-        recs = []
-        for t in range(4):
-            if t == 1:
-                lr.cfg.energy_budget_j = 1.5 * (recs[0].energy_j + recs[0].profiling_energy_j)
-            x, y = st.train[t]
-            ids = lr.store(t, x, y).ids
-            lr.begin_task(t, {"task": t, "epoch": 0, "batch": 0})
-            assert lr.train_epochs(t, x, y, ids, {"task": t, "epoch": 0, "batch": 0})
-            recs.append(lr.finish_task(t, x, y, ids))
-    finally:
-        lr.close()
+    recs = _run_tasks(lr, st, 4)
     events = [json.loads(line) for line in open(tmp_path / f"r{steer}" / "events.jsonl")]
     return recs, events, lr.cfg.energy_budget_j
 
