@@ -57,7 +57,7 @@ class BudgetPlan:
         self.predicted: Optional[dict] = None  # what the decision in force predicted for its task
         self.last_n: Optional[int] = None  # the last planned task's size (a change re-profiles)
         self.refit_at: Optional[int] = None  # the last task whose realised cost left its noise
-        self.steering: Optional[dict] = None  # the task being steered: its size, epochs, re-plans so far
+        self.steering: Optional[dict] = None  # the task being steered: its size, its first-task reserve
 
     # ------------------------------------------------------------------ the choice
     def why_profile(self, t: int, n: int) -> Optional[str]:
@@ -83,7 +83,7 @@ class BudgetPlan:
         the seconds this task's round already took (its deadline counts them). Plans the task's length
         with the learner's guard."""
         c, budget, deadline, tie = self.ctrl, view.guard.budget, view.cfg.task_deadline_s, None
-        self.steering = {"task": t, "n": n, "replans": 0, "prior_j": None}
+        self.steering = {"task": t, "n": n, "prior_j": None}
         reserve = self.reserve(view, t)  # the evaluation, and the task's work beside its steps
         left = budget.remaining(t) - reserve if budget.mode != MODE_NONE else math.inf
         left_s = deadline - budget.eval_time_reserve(t) - spent_s if deadline is not None else math.inf
@@ -146,7 +146,6 @@ class BudgetPlan:
         old = plan["samples"] if plan is not None else cap
         if abs(new - old) < max(bs, 0.1 * max(0, old - p.samples)):
             return
-        st["replans"] += 1
         why = (f"in-task refit after {p.samples} samples: {binds} pays for {max(0, new - p.samples)} more at this "
                f"task's own cost so far (margin {STEER_MARGIN:.0%})")
         view.event("miro_replan", task=t, samples=p.samples, planned_before=old, planned=new, whole_epochs=cap,
