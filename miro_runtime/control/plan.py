@@ -140,8 +140,10 @@ class BudgetPlan:
                 more, binds = more_s, "the deadline"
         if more == math.inf:
             return
-        # whole batches: the guard stops at the first step boundary at or past the plan
-        new = min(cap, p.samples + bs * math.floor(max(0.0, more) / bs))
+        # whole batches, to the nearest: the guard stops at the first step boundary at or past the plan, and
+        # rounding down would leave half a batch of every task unspent on average (a small task's batch is
+        # ~5% of its budget); the margin and the evaluation's reserve take the half batch rounding up
+        new = min(cap, p.samples + bs * round(max(0.0, more) / bs))
         plan = guard.plans.get(t)
         old = plan["samples"] if plan is not None else cap
         if abs(new - old) < max(bs, 0.1 * max(0, old - p.samples)):

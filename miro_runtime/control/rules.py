@@ -102,7 +102,8 @@ def plan_within_budget(arms: list, n: int, remaining_j: float, remaining_s: floa
       merging and dropping) that keep the most while paying for one pass over the new samples, else
       the ones that pay the longest; trained as long as the budget pays (epochs made continuous: the
       learner stops at the planned length, the guard never has to), less ``margin`` for the spread of
-      the realised cost; ties to the fewest epochs that reach that length.
+      the realised cost; ties to the most epochs (the plan stops the task either way, and the arm's
+      epochs bound how far steering may lengthen it when the task turns out cheaper).
 
     Accuracy per joule rewards doing little and would leave a granted budget unspent; this spends it on
     what the stream's accuracy is made of."""
@@ -134,7 +135,7 @@ def plan_within_budget(arms: list, n: int, remaining_j: float, remaining_s: floa
     levels = {capacity(a.knobs) for a in pool}
     best_len = {lv: max(length(a) for a in pool if capacity(a.knobs) == lv) for lv in levels}
     level = max(levels, key=lambda lv: (lv[:2], best_len[lv] >= n, lv[2:] if best_len[lv] >= n else (best_len[lv],)))
-    w = max((a for a in pool if capacity(a.knobs) == level), key=lambda a: (length(a), -a.knobs.epochs))
+    w = max((a for a in pool if capacity(a.knobs) == level), key=lambda a: (length(a), a.knobs.epochs))
     planned = length(w)
     left = sum(shrinks(a.knobs, current) for a in ok)
     how = (f"the largest memory hierarchy that trains of {len(ok)} arms not measured worse ({len(out)} were"

@@ -2,6 +2,7 @@
 costs when the realised cost leaves its noise, and a real run whose fixture meter's price of a CPU
 second the test triples mid-stream (a load change; this machine has no meter a test could steer)."""
 import json
+import math
 import time
 
 import pytest
@@ -29,8 +30,9 @@ GRID = [arm(m, e, 1.0 if m == 10 else 1.5) for m in (10, 40) for e in (1, 3, 5)]
 
 def test_a_plan_trains_the_largest_memory_as_long_as_the_budget_pays():
     kn, samples, how = plan_within_budget(GRID, 100, 300.0, margin=0.0)
-    # 300 J at 1.5 J a sample: 200 samples, two epochs of the task -- the fewest epochs reaching that
-    assert (kn.memory, kn.epochs, samples) == (40, 3, 200) and "as long as the budget pays" in how
+    # 300 J at 1.5 J a sample: 200 samples, two epochs of the task; of the arms that reach that, the one
+    # with the most epochs (the plan stops it; its epochs leave steering room to lengthen the task)
+    assert (kn.memory, kn.epochs, samples) == (40, 5, 200) and "as long as the budget pays" in how
     kn, samples, _ = plan_within_budget(GRID, 100, 300.0, margin=0.1)
     assert samples == 180  # the margin for the spread of the realised cost stays unspent
     kn, samples, how = plan_within_budget(GRID, 100, 1000.0, margin=0.0)
@@ -79,7 +81,7 @@ def test_a_plan_takes_profiles_that_can_tell_arms_apart_and_not_those_that_canno
 def test_a_plan_also_fits_the_deadline():
     grid = [arm(40, e, 1.0, s=0.02) for e in (1, 3, 5)]
     kn, samples, how = plan_within_budget(grid, 100, 1000.0, remaining_s=3.0, margin=0.0)
-    assert (kn.epochs, samples) == (3, 150) and "the deadline pays" in how  # energy would allow 5 epochs
+    assert (kn.epochs, samples) == (5, 150) and "the deadline pays" in how  # energy would allow 500 samples
     kn, samples, how = plan_within_budget(grid, 100, 1000.0, remaining_s=100.0, margin=0.0)
     assert (kn.epochs, samples) == (5, None)
 
@@ -215,15 +217,16 @@ def test_miro_under_a_budget_keeps_each_task_in_it_and_sees_a_load_change_within
 
 
 class _PricedMidTask(MiroController):
-    """Miro whose fixture meter's price triples after the fourth step of task 2 (a load arriving mid-task)."""
+    """Miro whose fixture meter's price is multiplied by ``factor`` after the fourth step of task 2 (a load
+    arriving, or leaving, mid-task)."""
 
-    def __init__(self, cfg, meter_box):
-        super().__init__(cfg, rule=cfg.miro_rule, budget_frac=0.3)
-        self.meter_box, self.raised = meter_box, False
+    def __init__(self, cfg, meter_box, factor=3.0, grid=None):
+        super().__init__(cfg, grid=grid, rule=cfg.miro_rule, budget_frac=0.3)
+        self.meter_box, self.factor, self.raised = meter_box, factor, False
 
     def between_steps(self, view, t, progress):
         if t == 2 and not self.raised and progress.samples >= 4 * view.cfg.batch_size:
-            self.meter_box[0].price *= 3.0
+            self.meter_box[0].price *= self.factor
             self.raised = True
         super().between_steps(view, t, progress)
 
@@ -294,3 +297,34 @@ def test_the_first_task_keeps_a_share_of_its_budget_for_the_work_after_its_last_
     assert not rec.budget["guard_tripped"], rec.budget
     # evaluation and memory update included, the task stays within one step's spread of its budget
     assert rec.budget["total_j"] <= 1.05 * budget, (rec.budget, budget)
+
+
+def test_a_task_turning_cheaper_mid_task_trains_longer_than_its_decision_planned(tmp_path):
+    """The other direction: a load leaving mid-task (the price of a CPU second falls to a third). The
+    decision picked, among the arms reaching its planned length, the one with the most epochs, so the
+    task's steering may lengthen it past the whole epochs of the fewest-epoch arm that reached it."""
+    st = split_digits(4, 0)
+    cfg = RunConfig(run_dir=str(tmp_path / "r"), strategy="er", miro=True, epochs=5, energy_budget_j=1e9,
+                    checkpoint_every=0)
+    grid = [Knobs(cfg.memory, cfg.flash_budget, cfg.swap_ratio, e) for e in (1, 2, 3, 5)]
+    box = [None]
+    lr = Learner(cfg, st, hooks=_PricedMidTask(cfg, box, factor=1 / 3, grid=grid))
+    lr.open()
+    box[0] = lr.meter = CpuMeter()
+
+    def tighten(t):  # from task 1 on, half of what task 0 cost: a plan of under two epochs with replay
+        if t == 1:
+            lr.cfg.energy_budget_j = 0.5 * sum(lr.guard.budget.by_task[0].values())
+    recs = _run_tasks(lr, st, 4, before_task=tighten)
+    events = [json.loads(line) for line in open(tmp_path / "r" / "events.jsonl")]
+    d = next(e for e in events if e["event"] == "miro_decision" and e["task"] == 2 and not e.get("mid_task"))
+    n, decided = d["energy_budget"]["task_samples"], d["energy_budget"]["planned_samples"]
+    assert decided is not None and decided < 2 * n, d["energy_budget"]  # the budget binds at the decision
+    assert d["winner"].endswith("epochs=5"), d["winner"]  # the most epochs among the arms that reach it
+    longer = [e for e in events if e["event"] == "miro_replan" and e["task"] == 2 and e["planned"] > decided]
+    assert longer, "the task turned cheaper and its plan never grew"
+    r = recs[2]
+    # past every whole epoch the fewest-epoch arm reaching the decision would have allowed
+    assert r.train_samples > n * math.ceil(decided / n), (r.train_samples, decided, n)
+    assert not r.budget["guard_tripped"], r.budget
+    assert r.budget["total_j"] <= 1.05 * lr.cfg.energy_budget_j, r.budget
