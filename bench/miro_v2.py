@@ -219,6 +219,7 @@ def one(ctx: dict, sc: Scenario, seed: int, stream, what, guarded: bool, tag: st
     avg = [float(r.avg_acc) for r in recs]
     out = {"avg": avg, "final": avg[-1], "anytime": float(np.mean(avg)),
            "spent_j": [float(sum(d.values())) for d in by_task],
+           "kinds_j": [{k: round(float(v), 4) for k, v in d.items() if v} for d in by_task],
            "profile_j": [float(d.get("profile", 0.0)) for d in by_task],
            "train_s": [float(r.train_s) for r in recs], "train_j": [r.energy_j for r in recs],
            "samples": [int(r.train_samples) for r in recs], "trips": sorted(b.trips), "late": sorted(b.late),
@@ -375,6 +376,7 @@ def summarise(sc: Scenario, static: dict, miro: list, oracle: list, plan: list, 
     figs = {k: method_figures(v, budgets, n) for k, v in static.items()}
     best = max(figs, key=lambda k: figs[k]["final_mean"])
     m, o = method_figures(miro, budgets, n), method_figures(oracle, budgets, n)
+    m["worst_task"] = [worst_task(r, budgets) for r in miro]
     gap = o["final_mean"] - figs[best]["final_mean"]
     gap_any = o["anytime_mean"] - figs[best]["anytime_mean"]
     return {"static": figs, "miro": m, "oracle": o, "oracle_plan": plan, "best_static": best,
@@ -386,6 +388,15 @@ def summarise(sc: Scenario, static: dict, miro: list, oracle: list, plan: list, 
             "decision_log": decision_summary(miro), "budgets_j": budgets,
             "budget_changed_task": sorted({r.get("budget_changed_task") for r in miro + [x for v in static.values()
                                                                                          for x in v]} - {None})}
+
+
+def worst_task(run: dict, budgets: list) -> dict:
+    """A run's dearest task against its budget: where its largest overshoot comes from, by kind of work,
+    beside the evaluation before it (what the guard's evaluation reserve is sized from)."""
+    ratio = [s / b for s, b in zip(run["spent_j"], budgets)]
+    t = int(np.argmax(ratio))
+    return {"task": t, "of_budget": ratio[t], "kinds_j": run["kinds_j"][t],
+            "prev_eval_j": run["kinds_j"][t - 1].get("eval") if t > 0 else None}
 
 
 def would_overspend(runs: dict, budgets: list, deadline: Optional[float]) -> dict:
@@ -792,6 +803,21 @@ def where_miro_loses(r: dict) -> str:
                    "incumbent, and it never shrinks the memory running to train longer), while the static figures "
                    f"favour the largest memory at equal epochs in {ahead} of {len(pairs)} scenario-epochs pairs: "
                    "training less at the larger memory was the better trade")
+    over = [(name, i, w) for name, s in m.items() for i, w in enumerate(s["miro"].get("worst_task", []))
+            if w["of_budget"] > 1 + OVERSHOOT]
+    if over:
+        def cause(w):  # the guard's reserve is at least the last evaluation per set x the sets now, +25%
+            t, ev, prev = w["task"], w["kinds_j"].get("eval", 0.0), w["prev_eval_j"]
+            if not prev:
+                return "no evaluation before it to size a reserve from"
+            res = prev / t * (t + 1) * 1.25
+            return (f"its evaluation {ev:.2f} J against a reserve of about {res:.2f} J: the evaluation cost more"
+                    if ev > res else f"its evaluation {ev:.2f} J within a reserve of about {res:.2f} J: the "
+                                     "training ran past its plan")
+        why.append("it went over a task's budget by more than the target in " + "; ".join(
+            f"{name} seed {r['seeds'][i]} task {w['task']} ({w['of_budget']:.3f} B = "
+            + " + ".join(f"{k} {v:.2f}" for k, v in w["kinds_j"].items()) + f" J; {cause(w)})"
+            for name, i, w in over))
     if "S3" in m:
         why.append("the estimate meter meters this process's CPU time, so the hog changes time, not joules: only the "
                    "deadline makes S3 bite, and where the deadline binds the plan trains what it allows and leaves "
