@@ -140,10 +140,13 @@ class BudgetPlan:
                 more, binds = more_s, "the deadline"
         if more == math.inf:
             return
-        # whole batches, to the nearest: the guard stops at the first step boundary at or past the plan, and
-        # rounding down would leave half a batch of every task unspent on average (a small task's batch is
-        # ~5% of its budget); the margin and the evaluation's reserve take the half batch rounding up
-        new = min(cap, p.samples + bs * round(max(0.0, more) / bs))
+        # whole batches (the guard stops at the first step boundary at or past the plan): to the nearest where
+        # the budget binds -- rounding down would leave half a batch of every task unspent on average (a small
+        # task's batch is ~5% of its budget), and the margin and the evaluation's reserve take the half batch
+        # rounding up; down where the deadline binds -- a step's time moves more than its joules under another
+        # process's load, and a half batch past the plan ran into the deadline guard (bench/miro_v2.py, S3)
+        rnd = round if binds == "the budget" else math.floor
+        new = min(cap, p.samples + bs * rnd(max(0.0, more) / bs))
         plan = guard.plans.get(t)
         old = plan["samples"] if plan is not None else cap
         if abs(new - old) < max(bs, 0.1 * max(0, old - p.samples)):
