@@ -301,8 +301,8 @@ def test_the_first_task_keeps_a_share_of_its_budget_for_the_work_after_its_last_
 
 def test_a_task_turning_cheaper_mid_task_trains_longer_than_its_decision_planned(tmp_path):
     """The other direction: a load leaving mid-task (the price of a CPU second falls to a third). The
-    decision picked, among the arms reaching its planned length, the one with the most epochs, so the
-    task's steering may lengthen it past the whole epochs of the fewest-epoch arm that reached it."""
+    decision picked, among the arms reaching its planned length, one with more epochs than the fewest
+    that reach it, so the task's steering may lengthen it past that arm's whole epochs."""
     st = split_digits(4, 0)
     cfg = RunConfig(run_dir=str(tmp_path / "r"), strategy="er", miro=True, epochs=5, energy_budget_j=1e9,
                     checkpoint_every=0)
@@ -312,15 +312,17 @@ def test_a_task_turning_cheaper_mid_task_trains_longer_than_its_decision_planned
     lr.open()
     box[0] = lr.meter = CpuMeter()
 
-    def tighten(t):  # from task 1 on, half of what task 0 cost: a plan of under two epochs with replay
+    def tighten(t):  # from task 1 on, 0.3x what task 0 cost: a plan of under two epochs with replay
         if t == 1:
-            lr.cfg.energy_budget_j = 0.5 * sum(lr.guard.budget.by_task[0].values())
+            lr.cfg.energy_budget_j = 0.3 * sum(lr.guard.budget.by_task[0].values())
     recs = _run_tasks(lr, st, 4, before_task=tighten)
     events = [json.loads(line) for line in open(tmp_path / "r" / "events.jsonl")]
     d = next(e for e in events if e["event"] == "miro_decision" and e["task"] == 2 and not e.get("mid_task"))
     n, decided = d["energy_budget"]["task_samples"], d["energy_budget"]["planned_samples"]
     assert decided is not None and decided < 2 * n, d["energy_budget"]  # the budget binds at the decision
-    assert d["winner"].endswith("epochs=5"), d["winner"]  # the most epochs among the arms that reach it
+    # the most epochs among the arms reaching it and not measured worse (a profile may rule e5 out): more
+    # than the fewest that reach it, which the old tie rule took
+    assert int(d["winner"].rsplit("epochs=", 1)[1]) > math.ceil(decided / n), d["winner"]
     longer = [e for e in events if e["event"] == "miro_replan" and e["task"] == 2 and e["planned"] > decided]
     assert longer, "the task turned cheaper and its plan never grew"
     r = recs[2]
