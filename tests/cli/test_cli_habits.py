@@ -67,14 +67,32 @@ def test_logs_reads_the_files_when_no_daemon_runs(tmp_path):
     assert none.returncode == 69 and "no log file" in none.stderr
 
 
+def _how_it_stands(pid: int) -> dict:
+    """The process's signal masks, threads and kernel wait channel (/proc), for a hang's failure message."""
+    try:
+        status = dict(line.split(":\t", 1) for line in open(f"/proc/{pid}/status").read().splitlines() if ":\t" in line)
+        with open(f"/proc/{pid}/wchan") as fh:
+            wchan = fh.read()
+        return {"state": status.get("State"), "SigBlk": status.get("SigBlk"), "SigIgn": status.get("SigIgn"),
+                "SigCgt": status.get("SigCgt"), "threads": len(os.listdir(f"/proc/{pid}/task")), "wchan": wchan}
+    except OSError as e:
+        return {"gone": str(e)}
+
+
 def test_ctrl_c_ends_logs_follow_quietly(tmp_path):
     d = Mirod(tmp_path / "s").start()
     try:
         p = subprocess.Popen(MIRO + ["logs", "-f", "--socket", d.sock], stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True)
         time.sleep(2.0)  # the first answer is printed and it polls
+        seen = _how_it_stands(p.pid)  # read before the signal: what a hang, if one comes, started from
         p.send_signal(signal.SIGINT)
-        out, err = p.communicate(timeout=30)
+        try:
+            out, err = p.communicate(timeout=30)
+        except subprocess.TimeoutExpired:  # one such hang was seen (once, under -n 2); say where it stood
+            after = _how_it_stands(p.pid)
+            p.kill()
+            pytest.fail(f"`miro logs -f` did not end on SIGINT within 30 s; before: {seen}; after: {after}")
         assert p.returncode == 0 and "Traceback" not in err and "KeyboardInterrupt" not in err, err
         assert "started" in out
     finally:
