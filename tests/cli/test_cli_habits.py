@@ -70,7 +70,8 @@ def test_logs_reads_the_files_when_no_daemon_runs(tmp_path):
 def _how_it_stands(pid: int) -> dict:
     """The process's signal masks, threads and kernel wait channel (/proc), for a hang's failure message."""
     try:
-        status = dict(line.split(":\t", 1) for line in open(f"/proc/{pid}/status").read().splitlines() if ":\t" in line)
+        with open(f"/proc/{pid}/status") as fh:
+            status = dict(line.split(":\t", 1) for line in fh.read().splitlines() if ":\t" in line)
         with open(f"/proc/{pid}/wchan") as fh:
             wchan = fh.read()
         return {"state": status.get("State"), "SigBlk": status.get("SigBlk"), "SigIgn": status.get("SigIgn"),
