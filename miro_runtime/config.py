@@ -146,6 +146,11 @@ class RunConfig:
     clip_grad: float = field(default=5.0, metadata=about("Gradient norm clip per step."))
     der_alpha: float = field(default=0.3, metadata=about("DER: weight of the replayed logits' loss."))
     der_beta: float = field(default=0.5, metadata=about("DER: weight of the replayed labels' loss."))
+    ace: bool = field(default=False, metadata=about(
+        "ER-ACE (Caccia et al. 2022): the incoming samples' cross-entropy counts only the classes in their "
+        "batch, the replayed samples' every class. Old classes' logits are not pulled down when a task starts, "
+        "so accuracy does not dip there (the stability gap): what a budget or deadline that stops training "
+        "early leaves is not a model worse than before the task."))
     model: str = field(default="auto", metadata=about("The network the non-prompt strategies train", metavar="NAME"))
     freeze_blocks: Optional[int] = field(default=None, metadata=about(
         "efficientnet-lite0: pretrained blocks kept frozen, 0-16 (default 11, through stage 5; 0 trains it all)."))
@@ -272,6 +277,9 @@ class RunConfig:
                                      "supported yet")
         elif self.drop_raw:
             bad("drop_raw", "only latent replay stores something in place of the raw samples")
+        if self.ace and self.strategy not in ("er", "der", "carm", "carm-sync"):
+            bad("ace", f"the asymmetric replay loss is for the replay strategies (er, der, carm, carm-sync), "
+                       f"not {self.strategy}")
         if self.memory < 0:
             bad("memory", f"memory must be >= 0 samples, got {self.memory}")
         if self.flash_budget is not None and self.flash_budget < 1:

@@ -75,7 +75,17 @@ class Strategy:
     def observe(self, x: torch.Tensor, y: torch.Tensor) -> float:
         self.model.train()
         self.opt.zero_grad(set_to_none=True)
-        return self.step(F.cross_entropy(self.model(x.to(self.device)), y.to(self.device)))
+        return self.step(self.incoming_loss(self.model(x.to(self.device)), y.to(self.device)))
+
+    def incoming_loss(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy of the stream's samples, ``out`` (B, K). With ``cfg.ace`` (ER-ACE, Caccia et al.
+        2022) only the classes present in the batch compete: a new task's first steps then raise its own
+        logits without pushing every old class's down, which is what makes accuracy dip at a task's start."""
+        if self.cfg.ace:
+            present = torch.zeros(out.shape[1], dtype=torch.bool, device=out.device)
+            present[y.unique()] = True
+            out = out.masked_fill(~present, torch.finfo(out.dtype).min)  # (B, K): absent classes out of the softmax
+        return F.cross_entropy(out, y)
 
     def step(self, loss) -> float:
         """Backward + clipped SGD step. Clipping keeps momentum SGD stable when a replay term

@@ -38,7 +38,7 @@ class DER(Strategy):
         self.opt.zero_grad(set_to_none=True)
         out = self.model(torch.cat([x, m1["x"], m2["x"]]).to(self.device))  # (B + 2R, K)
         k = out.shape[1]
-        loss = F.cross_entropy(out[:b], y.to(self.device))
+        loss = self.incoming_loss(out[:b], y.to(self.device))  # --ace: among the batch's classes
         o1 = out[b:b + n1]
         # a stored logit counts only if its class existed in the head when it was stored
         n_at = torch.tensor([len(self.stream.classes_upto(int(t))) for t in m1["task"]], device=self.device)
