@@ -2,6 +2,8 @@
 moves; the guard runs in a real learner training real digits, on a fixture meter whose joules the test
 controls (one joule per training step: this machine has no meter whose readings a test could steer)."""
 import json
+import subprocess
+import sys
 
 import pytest
 
@@ -149,3 +151,32 @@ def test_a_planned_length_stops_training_there_and_is_no_guard_trip(tmp_path):
     assert [(e["task"], e["samples"]) for e in events if e["event"] == "training_planned"] == [(0, 3 * bs)]
     reached = [e for e in events if e["event"] == "training_plan_reached"]
     assert len(reached) == 1 and reached[0]["planned"] == 3 * bs
+
+
+FIRST_TASK = """
+import json, sys
+from miro_runtime.config import RunConfig
+from miro_runtime.engine.learner import Learner
+from miro_runtime.engine.streams import split_digits
+st = split_digits(5, 0)
+lr = Learner(RunConfig(run_dir=sys.argv[1], strategy="er", epochs=1, task_deadline_s=1.0, checkpoint_every=0), st)
+lr.open()
+try:
+    x, y = st.train[0]
+    ids = lr.store(0, x, y).ids
+    lr.begin_task(0, {"task": 0, "epoch": 0, "batch": 0})
+    lr.train_epochs(0, x, y, ids, {"task": 0, "epoch": 0, "batch": 0})
+    rec = lr.finish_task(0, x, y, ids)
+    print(json.dumps({"samples": rec.train_samples, "n": len(y), "late": rec.budget["deadline_tripped"]}))
+finally:
+    lr.close()
+"""
+
+
+def test_a_fresh_process_first_task_is_not_stopped_by_torch_warming_up(tmp_path):
+    # in a fresh interpreter the first optimizer imports torch's compiler stack (1.3-1.8 s here): paid when
+    # the learner opens, a 1 s deadline leaves task 0 its epoch (it stopped before its first step before)
+    out = subprocess.run([sys.executable, "-c", FIRST_TASK, str(tmp_path / "r")], capture_output=True, text=True,
+                         timeout=120, check=True)
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    assert r["samples"] == r["n"] and not r["late"], r
