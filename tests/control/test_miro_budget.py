@@ -3,12 +3,13 @@ costs when the realised cost leaves its noise, and a real run whose fixture mete
 second the test triples mid-stream (a load change; this machine has no meter a test could steer)."""
 import json
 import math
+import statistics
 import time
 
 import pytest
 
 from miro_runtime.config import RunConfig
-from miro_runtime.control.cost import CostCheck
+from miro_runtime.control.cost import NOISE_SDS, CostCheck
 from miro_runtime.control.miro import Knobs, MiroController
 from miro_runtime.control.rules import ArmCost, plan_within_budget
 from miro_runtime.engine.learner import Learner
@@ -330,3 +331,15 @@ def test_a_task_turning_cheaper_mid_task_trains_longer_than_its_decision_planned
     assert r.train_samples > n * math.ceil(decided / n), (r.train_samples, decided, n)
     assert not r.budget["guard_tripped"], r.budget
     assert r.budget["total_j"] <= 1.05 * lr.cfg.energy_budget_j, r.budget
+
+
+def test_a_big_move_refits_however_noisy_the_past_tasks_were():
+    # under another process's load the time per sample spreads widely from task to task; when the load ends
+    # the time halves, and that is a change even where two standard deviations of the past spread cover it
+    c = CostCheck()
+    c.load_state({"log_ratios": [0.4, -0.4, 0.35, -0.38, 0.42]})
+    sd = statistics.stdev(c.log_ratios)
+    assert NOISE_SDS * sd > math.log(2.0)  # the spread alone would call a halving noise
+    assert c.observe(10.0, 5.0) == pytest.approx(0.5)
+    c.load_state({"log_ratios": [0.4, -0.4, 0.35, -0.38, 0.42]})
+    assert c.observe(10.0, 13.0) is None  # within that spread and under 1.5x: still noise
