@@ -40,6 +40,13 @@ from miro_runtime.records import Position, TaskRecord
 NS = "samples"  # the raw training samples' flash namespace (``Learner.ns`` is the one replay reads)
 
 
+def _warm_optimizer() -> None:
+    """The first optimizer a process builds imports torch's compiler stack (~900 modules, 1.3-1.8 s on this
+    2-core box): paid when a learner opens, not inside task 0, where a task deadline counts it (it stopped
+    the first task before its first step)."""
+    torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.0)
+
+
 def _progress(cur: dict, window_j, in_window_j: float) -> StepProgress:
     """The task in training after a step, as a steering controller sees it (``cur``: the learner's task state)."""
     now = time.perf_counter()
@@ -110,10 +117,7 @@ class Learner:
         torch.manual_seed(cfg.seed)
         model, self.latent, self.view, self.flash = _open_parts(cfg, stream, self.device)
         self.strategy = make_strategy(cfg.strategy, model, cfg, self.flash, self.view, self.device)
-        # the first optimizer a process builds imports torch's compiler stack (~900 modules, 1.3-1.8 s on this
-        # 2-core box): paid here, not inside task 0, where a task deadline counts it and stopped the first
-        # task before its first step
-        torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.0)
+        _warm_optimizer()
         self.meter = make_meter(cfg.energy_source)
         self.guard = BudgetGuard(cfg, self.log)
         self.peak_anon = anon_rss_mb()
