@@ -244,7 +244,7 @@ def one(ctx: dict, sc: Scenario, seed: int, stream, what, guarded: bool, tag: st
     shutil.rmtree(cfg.run_dir, ignore_errors=True)  # ~2 MB of LMDB a run
     avg = [float(r.avg_acc) for r in recs]
     out = {"avg": avg, "final": float(np.mean(full)), "final_held_out": avg[-1], "anytime": float(np.mean(avg)),
-           "full_row": [float(a) for a in full], "measure_cpu_s": measure_cpu_s,
+           "measure_cpu_s": measure_cpu_s,
            "spent_j": [float(sum(d.values())) for d in by_task],
            "kinds_j": [{k: round(float(v), 4) for k, v in d.items() if v} for d in by_task],
            "profile_j": [float(d.get("profile", 0.0)) for d in by_task],
@@ -346,7 +346,7 @@ def on_target(r: dict, d: dict, timed: bool) -> bool:
     if not (p.get("joules") and p.get("samples") and r["samples"][t] and r["train_j"][t]) or \
             (timed and not p.get("seconds")):
         return False
-    wall = r.get("window_s", r["train_s"])[t]
+    wall = r["window_s"][t]
     step_j = r["train_j"][t] * (min(1.0, r["train_s"][t] / wall) if wall > 0 else 1.0)
     realised, predicted = [step_j / r["samples"][t]], [p["joules"] / p["samples"]]
     if timed:
@@ -727,9 +727,9 @@ def render(r: dict) -> str:
     c, sz = r["calibration"], r["sizes"]
     lines = [f"A {sz['tasks']}-task stream: the synthetic stream ({sz['classes']} classes, {sz['tasks']} tasks of 2, "
              f"{'x'.join(map(str, sz['shape']))} images, {sz['train_per_class']} training and "
-             f"{sz['test_per_class']} test samples per class; doubled tasks bring twice the training samples), "
+             f"{sz['test_per_class']} test samples per class; doubled tasks bring twice the training samples). "
              f"{eval_words(sz)}"
-             f"{len(r['seeds'])} seeds, {r['repeats']} repeat(s), {sz['runs']} runs in all, "
+             f"Runs: {len(r['seeds'])} seeds, {r['repeats']} repeat(s), {sz['runs']} runs in all, "
              f"{r['bench_s'] / 60:.0f} min on this machine. Energy is **estimated**: {r['provenance']}. Each run "
              "drives the engine's `Learner` in the bench's process task by task (the `Session` and daemon wrap "
              "the same calls); a live change is a change of the learner's config between tasks, the path `miro "

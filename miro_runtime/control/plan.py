@@ -90,7 +90,8 @@ class BudgetPlan:
         pool = cands or self.window_candidates()
         margin = self.margin()
         winner, samples, how = plan_within_budget(self.arm_costs(pool, n, t), n, left, left_s, margin,
-                                                  current=c.current if t > 0 else None)
+                                                  current=c.current if t > 0 else None,
+                                                  batch=view.cfg.batch_size)
         if winner is None:
             winner, how = c.current, "no cost measured yet: kept"
         elif t == 0 and pool and all(x.knobs != winner for x in pool):
@@ -149,7 +150,9 @@ class BudgetPlan:
         new = min(cap, p.samples + bs * rnd(max(0.0, more) / bs))
         plan = guard.plans.get(t)
         old = plan["samples"] if plan is not None else cap
-        if abs(new - old) < max(bs, 0.1 * max(0, old - p.samples)):
+        # what the plan in force would train: the guard stops at the first step boundary at or past it
+        runs = min(cap, p.samples + bs * math.ceil(max(0, old - p.samples) / bs))
+        if abs(new - runs) < max(bs, 0.1 * max(0, runs - p.samples)):
             return
         why = (f"in-task refit after {p.samples} samples: {binds} pays for {max(0, new - p.samples)} more at this "
                f"task's own cost so far (margin {STEER_MARGIN:.0%})")
