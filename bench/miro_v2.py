@@ -833,6 +833,15 @@ def where_miro_loses(r: dict) -> str:
         why.append("it leaves budget unspent (utilisation " + ", ".join(f"{k} {v:.2f}" for k, v in util.items())
                    + "): its plan keeps the evaluation's reserve (the dearest recent evaluation +25%), the task's "
                    "work beside its steps and a margin for its prediction errors")
+        for name in [k for k, v in util.items() if v < UTILISATION]:
+            full = {k: (float(np.mean(v["utilisation"])), float(np.mean(v["deadline_trips"])))
+                    for k, v in m[name]["static"].items() if np.mean(v["utilisation"]) >= UTILISATION}
+            if full and all(tr > TRIPS_PER_12 for _, tr in full.values()):
+                why.append(f"in {name} the deadline binds, not the budget: every guarded static configuration that "
+                           f"spent {UTILISATION} of it or more ran into the deadline guard to do so ("
+                           + ", ".join(f"{k} {u:.2f} with {tr:.1f} deadline trips" for k, (u, tr) in full.items())
+                           + f" per run), which the target of at most {TRIPS_PER_12} trip per {TASKS} tasks rules out;"
+                           " Miro's plan stops its steps short of the deadline's guard (whole batches, rounded down)")
     if max(trips.values()) > TRIPS_PER_12:
         why.append("its realised cost ran past the plan's prediction (guard trips per run "
                    + ", ".join(f"{k} {v:.1f}" for k, v in trips.items()) + "; 90th percentile of |log realised/"
