@@ -325,7 +325,7 @@ def test_the_first_task_keeps_a_share_of_its_budget_for_the_work_after_its_last_
 
 
 def test_a_task_turning_cheaper_mid_task_trains_longer_than_its_decision_planned(tmp_path):
-    """The other direction: a load leaving mid-task (the price of a CPU second falls to a third). The
+    """The other direction: a load leaving mid-task (the price of a CPU second falls to a fifth). The
     decision picked, among the arms reaching its planned length, one with more epochs than the fewest
     that reach it, so the task's steering may lengthen it past that arm's whole epochs."""
     st = split_digits(4, 0)
@@ -333,7 +333,7 @@ def test_a_task_turning_cheaper_mid_task_trains_longer_than_its_decision_planned
                     checkpoint_every=0)
     grid = [Knobs(cfg.memory, cfg.flash_budget, cfg.swap_ratio, e) for e in (1, 2, 3, 5)]
     box = [None]
-    lr = Learner(cfg, st, hooks=_PricedMidTask(cfg, box, factor=1 / 3, grid=grid))
+    lr = Learner(cfg, st, hooks=_PricedMidTask(cfg, box, factor=1 / 5, grid=grid))
     lr.open()
     box[0] = lr.meter = CpuMeter()
 
