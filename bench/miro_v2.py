@@ -831,8 +831,10 @@ def where_miro_loses(r: dict) -> str:
            "configuration pays"]
     if min(util.values()) < UTILISATION:
         why.append("it leaves budget unspent (utilisation " + ", ".join(f"{k} {v:.2f}" for k, v in util.items())
-                   + "): its plan keeps the evaluation's reserve (the dearest recent evaluation +25%), the task's "
-                   "work beside its steps and a margin for its prediction errors")
+                   + "): its plan keeps a reserve for the evaluation (the guard's: the dearest recent evaluation "
+                   "per test set +25%; a plan ends on the step past that line only where the reserve's surplus "
+                   "over the evaluation's expected cost, its recent mean plus its spread, pays for it), the work "
+                   "after the task's last step (the fitted cost's intercept) and a margin for its prediction errors")
         for name in [k for k, v in util.items() if v < UTILISATION]:
             full = {k: (float(np.mean(v["utilisation"])), float(np.mean(v["deadline_trips"])))
                     for k, v in m[name]["static"].items() if np.mean(v["utilisation"]) >= UTILISATION}
