@@ -50,6 +50,16 @@ FIRST_RESERVE = 0.10
 EVAL_SPREAD = 0.10
 
 
+def slope(first: tuple, last: tuple) -> Optional[float]:
+    """Joules per sample between two of a task's metered points ``(samples, window joules)``: the cost
+    model's slope c, never below half the average up to ``last`` (one step's joules can come out low by
+    chance: a scheduler tick); None without samples or joules between them."""
+    (s1, j1), (sl, jl) = first, last
+    if sl <= s1 or jl <= j1:
+        return None
+    return max((jl - j1) / (sl - s1), 0.5 * jl / sl)
+
+
 class BudgetPlan:
     """The budget side of a MiroController (``ctrl``: its grid, profile window, profiler and incumbent)."""
 
@@ -141,11 +151,9 @@ class BudgetPlan:
         S4 after the budget halved); None before a batch past the first, or when the meter cannot tell."""
         st = self.steering
         first = st.get("first") if st is not None else None
-        if first is None or p.window_j is None or p.samples <= first[0]:
+        if first is None or p.window_j is None:
             return None
-        c = (p.window_j - first[1]) / (p.samples - first[0])
-        # one step's joules can come out low by chance (a scheduler tick): never below half the average
-        return max(c, 0.5 * p.window_j / p.samples) if c > 0 else None
+        return slope(first, (p.samples, p.window_j))
 
     def eval_estimate(self, view: LearnerView, t: int) -> Optional[float]:
         """What task ``t``'s evaluation is expected to cost: the mean per test set of the last three
@@ -300,13 +308,10 @@ class BudgetPlan:
         st = self.steering
         if st is None or st["task"] != rec.task or st.get("last") is None or rec.energy_j is None:
             return None, None
-        (s1, j1), (sl, jl) = st["first"], st["last"]
+        sl, jl = st["last"]
         if sl != rec.train_samples or not 0 < jl <= rec.energy_j:
             return None, None
-        c = (jl - j1) / (sl - s1) if sl > s1 and jl > j1 else None
-        if c is not None:  # as ``marginal``: one step's joules may come out low by chance
-            c = max(c, 0.5 * jl / sl)
-        return c, rec.energy_j - jl
+        return slope(st["first"], st["last"]), rec.energy_j - jl
 
     def check(self, view: LearnerView, t: int, rec: TaskRecord, current: str, reacted: bool) -> dict:
         """Realised against predicted, logged with both; a cost that moved beyond its noise rescales every
