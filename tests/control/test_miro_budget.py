@@ -462,3 +462,16 @@ def test_a_plan_may_end_on_the_step_past_the_guards_line_when_its_reserve_overpa
     assert plan.past_the_line(view, t, left, j_ps, 0.0) == 0
     plan, view = plan_with([])  # nothing evaluated yet: nothing to go on
     assert plan.eval_estimate(view, 0) is None and plan.past_the_line(view, 0, left, j_ps, 0.0) == 0
+
+
+def test_the_cost_models_slope_is_the_joules_between_two_points_never_below_half_the_average():
+    """plan.slope is what the in-task steering (marginal) and the task's fit (fit) both price a sample at:
+    the joules per sample between the task's first metered step and a later one, floored at half the
+    average up to that point (one step can meter low by chance)."""
+    from miro_runtime.control.plan import slope
+
+    assert slope((16, 0.20), (80, 0.52)) == pytest.approx(0.32 / 64)  # above the floor: the slope itself
+    # a run of steps metered almost nothing: half the average (0.52 / 80 / 2), not 0.02 / 64
+    assert slope((16, 0.50), (80, 0.52)) == pytest.approx(0.5 * 0.52 / 80)
+    assert slope((16, 0.20), (16, 0.30)) is None  # no samples between the points
+    assert slope((16, 0.20), (32, 0.20)) is None  # no joules between them (a meter that cannot tell)
