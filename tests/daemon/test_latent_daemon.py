@@ -14,8 +14,11 @@ from miro_runtime.engine.streams import split_digits
 from miro_runtime.storage import FlashTier
 
 LATENT = ("learning.model=efficientnet-lite0", "learning.latent_replay=true", "learning.input_size=32",
-          "learning.online=false", "learning.epochs=5", "learning.strategy=carm", "learning.memory=40",
-          "learning.lr=0.01", "daemon.warm_engine=true")  # trains at once: the engine imported before READY
+          "learning.freeze_blocks=15", "learning.online=false", "learning.epochs=5", "learning.strategy=carm",
+          "learning.memory=40", "learning.lr=0.01",
+          "daemon.warm_engine=true")  # trains at once: the engine imported before READY
+# frozen through block 15, not the default 11 (tests/engine/test_latent.py checks the default): a replay step
+# then trains stage 7 and the head only, about a third of the test's time on the CI's two cores
 
 
 def wait_trained(d, n, timeout=180):
@@ -42,12 +45,12 @@ def test_mirod_trains_on_latents_and_resumes_on_them_after_sigkill(tmp_path):
             n_train = sum(len(st.train[t][1]) for t in range(2))
             z = s["flash"]["latents"]
             assert s["stored"]["train"] == n_train and z["records"] == n_train  # one latent per raw sample
-            assert z["shape"][1:] == [2, 2] and "blocks=11" in z["frozen"]  # 32 px in, stage 5's output at 1/16
+            assert z["shape"][1:] == [1, 1] and "blocks=15" in z["frozen"]  # 32 px in, stage 6's output at 1/32
             payload = n_train * int(np.prod(z["shape"])) * 2  # float16; each record adds its header
             assert payload <= z["bytes"] <= payload + n_train * 128, (z["bytes"], payload)
             assert s["swap"]["completed"] > 0  # CarM swapped latents between flash and the RAM memory
             ev = c.call("eval")
-            assert ev["final_avg_acc"] > 0.75, ev  # 4 classes: chance is 0.25 (measured: 0.92, 0.94)
+            assert ev["final_avg_acc"] > 0.75, ev  # 4 classes: chance is 0.25 (measured: 0.93)
             pr = c.predict(st.test[0][0], k=1)  # raw images in: the frozen part runs inside predict...
             # ...and answers what evaluation on the encoded test set measured for the same model
             assert np.mean(np.array(pr["labels"]) == st.test[0][1] + 3) == pytest.approx(ev["acc_matrix"][1][0])
@@ -94,5 +97,5 @@ def test_mirod_refuses_latent_settings_it_cannot_keep(tmp_path):
         c.ingest(0, "train", x[:32], y[:32])
     assert d.kill(signal.SIGTERM) == 0
     r = start(tmp_path / "b", *LATENT, "learning.freeze_blocks=9")
-    assert r.returncode == 65 and "learning.freeze_blocks = None there, 9 here" in r.stderr, r.stderr[-2000:]
+    assert r.returncode == 65 and "learning.freeze_blocks = 15 there, 9 here" in r.stderr, r.stderr[-2000:]
     assert "Traceback" not in r.stderr
