@@ -5,15 +5,17 @@
 import argparse
 import tempfile
 
-import numpy as np
-import torch
-from sklearn.datasets import load_digits
-
-from miro_runtime.storage import FlashTier, RamTier, SampleSpec, SwapEngine
-
 ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 ap.add_argument("state_dir", nargs="?", help="where the flash tier goes (default: a new temporary directory)")
 state = ap.parse_args().state_dir or tempfile.mkdtemp(prefix="miro-example-")
+
+# after the arguments: --help answers at once instead of after seconds of importing torch and scikit-learn
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from sklearn.datasets import load_digits  # noqa: E402
+
+from miro_runtime.storage import FlashTier, RamTier, SampleSpec, SwapEngine  # noqa: E402
+
 digits = load_digits()
 x = (digits.images * 15).astype(np.uint8)[:, None]  # (N, 1, 8, 8): 0..16 -> 0..240, stays uint8
 y = digits.target
