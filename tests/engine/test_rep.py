@@ -401,9 +401,8 @@ def test_sigkill_then_resume_is_the_run_that_never_stopped(pretrained, tmp_path,
     full = miro(*args, "--run-dir", str(tmp_path / "full"))
     assert full.returncode == 0, full.stderr
     full = json.loads(full.stdout.strip().splitlines()[-1])
-    er = miro("run", "--strategy", "er", "--classes", "5-9", "--tasks", "2", "--epochs", "1", "--json",
-              "--run-dir", str(tmp_path / "er"))
-    e = json.loads(er.stdout.strip().splitlines()[-1])
+    from miro_runtime.session.experiment import Experiment  # what `miro run --json` prints, in-process
+    e = Experiment(RunConfig(strategy="er", classes="5-9", tasks=2, epochs=1, run_dir=str(tmp_path / "er"))).run()
     assert set(e) - {"swap"} <= set(full)  # the same keys as the other strategies, plus the cost and AToM/ALD
     assert full["step_ms"] > 0 and full["peak_mem_mb"] > 0 and full["query_ms"] > 0
     assert full["merge_counts"] == schedule(6, 8) == [0, 1, 3, 4, 6, 8]
