@@ -21,7 +21,7 @@ $(STAMP): setup.cfg pyproject.toml
 # two workers, one test file each at a time (a file's tests share fixtures and run in order); most
 # tests wait on real processes, daemons and signals, so two workers halve the wall time on two cores
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -p no:cacheprovider -n 2 --dist loadfile --durations=15
+	$(BIN)/python -m pytest -q -p no:cacheprovider -n 2 --dist loadfile --no-loadscope-reorder --durations=15
 
 # the daemon demo: mirod on a temp state dir, split-digits streamed through its socket, stopped cleanly
 run: $(STAMP)

@@ -54,15 +54,18 @@ def wait_for_event(events_path, pred, timeout: float = 120.0, poll: float = 0.02
     return None
 
 
-# The suite runs on 2 workers with --dist loadfile, which hands out whole files in collection order: a long
-# file handed out last runs alone at the end. These files (the longest, measured on this project's 2-core
-# CI machine) go first -- longest processing time first -- and everything else keeps its order. Only the
-# order changes: every test still runs, on whichever worker takes its file.
-LONGEST_FIRST = ("daemon/test_daemon.py", "session/test_damage.py", "engine/test_kill_resume.py", "cli/test_cli.py",
-                 "fleet/test_fleet_kill.py", "engine/test_rep.py", "engine/test_latent.py",
-                 "daemon/test_budget_daemon.py", "daemon/test_latent_daemon.py", "cli/test_status_render.py",
-                 "fleet/test_fleet_tls.py", "kv/test_kv_cache.py", "kv/test_smollm2.py", "daemon/test_exactly_once.py",
-                 "cli/test_kv_cli.py", "session/test_meta_damage.py", "daemon/test_inbox.py")
+# The suite runs on 2 workers with --dist loadfile, which hands out whole files in collection order (with
+# --no-loadscope-reorder, set in the Makefile: without it pytest-xdist >= 3.5 hands out the files with the most
+# tests first, and the one-test files that run longest -- Flower, SIGKILL and resume -- came last, one worker
+# running them alone for the last ~40 s). A long file handed out last runs alone at the end, so these files (the
+# longest, measured on this project's 2-core machine, longest first) go first and everything else keeps its
+# order. Only the order changes: every test still runs, on whichever worker takes its file.
+LONGEST_FIRST = ("daemon/test_daemon.py", "engine/test_rep.py", "kv/test_smollm2.py", "fleet/test_fleet_kill.py",
+                 "session/test_damage.py", "cli/test_cli.py", "fleet/test_fleet_tls.py", "engine/test_engine.py",
+                 "cli/test_kv_cli.py", "engine/test_latent.py", "session/test_meta_damage.py", "daemon/test_inbox.py",
+                 "daemon/test_latent_daemon.py", "engine/test_kill_resume.py", "cli/test_status_render.py",
+                 "kv/test_kv_cache.py", "cli/test_cli_daemon.py", "daemon/test_exactly_once.py",
+                 "daemon/test_daemon_kv.py", "daemon/test_budget_daemon.py")
 
 
 def pytest_collection_modifyitems(config, items):
