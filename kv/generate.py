@@ -83,7 +83,7 @@ class HFModel:
         cache.layers[layer].update(K, V)
 
     def forward(self, ids, start: int, cache):
-        if self._cache_arg is None:  # transformers 5.x renamed past_key_values to cache; either works
+        if self._cache_arg is None:  # transformers 5.24 renamed past_key_values to cache (5.40 drops the old name)
             import inspect
             self._cache_arg = "cache" if "cache" in inspect.signature(self.model.forward).parameters \
                 else "past_key_values"

@@ -1,9 +1,9 @@
 """Hugging Face transformers (5.x) adapter: ``TieredCache`` is a ``transformers.Cache`` whose layers
-keep their keys and values in a ``TieredKVCache``, so ``model.generate(past_key_values=TieredCache(...))``
-runs a local model with some layers' KV in the RAM or LMDB tier. transformers applies RoPE before
-handing keys to a cache, so this path is lossless only (policy ``full``): a lossy policy would have
-to re-position rotated keys. Models load from local directories only (devices have no hub access).
-Needs the ``llm`` extra.
+keep their keys and values in a ``TieredKVCache``, so ``model.generate(cache=TieredCache(...))``
+(``past_key_values=`` before transformers 5.24) runs a local model with some layers' KV in the RAM or
+LMDB tier. transformers applies RoPE before handing keys to a cache, so this path is lossless only
+(policy ``full``): a lossy policy would have to re-position rotated keys. Models load from local
+directories only (devices have no hub access). Needs the ``llm`` extra.
 """
 
 from __future__ import annotations

@@ -71,11 +71,11 @@ def test_builtin_model_through_transformers_matches_recompute_and_dynamic_cache(
     assert tok is None  # no tokenizer files: bytes are tokens
     prompt = torch.randint(0, 256, (2, 33), generator=torch.Generator().manual_seed(1))
     want = generate(m, prompt, 16)  # the built-in model, recomputing the whole sequence every step
-    assert torch.equal(_greedy(hf, prompt, 16, past_key_values=DynamicCache(config=hf.config)), want)
+    assert torch.equal(_greedy(hf, prompt, 16, cache=DynamicCache(config=hf.config)), want)
     tier = FlashTier(str(tmp_path / "kv"))
     cache = TieredCache(hf.config, cold=tier, hot_layers=[i for i in range(4) if i not in cold_layers], block_tokens=8)
     try:
-        assert torch.equal(_greedy(hf, prompt, 16, past_key_values=cache), want)
+        assert torch.equal(_greedy(hf, prompt, 16, cache=cache), want)
         assert cache.get_seq_length() == 33 + 15
         if cold_layers:
             assert cache.cold_bytes() > 0 and cache.tiered.stats["fetches"] > 0
@@ -91,11 +91,11 @@ def test_random_init_llama_for_causal_lm_with_cold_layers(tmp_path):
                                    num_attention_heads=4, num_key_value_heads=1)).eval()
     prompt = torch.randint(0, 300, (1, 41), generator=torch.Generator().manual_seed(3))
     want = _greedy(hf, prompt, 24, use_cache=False)
-    assert torch.equal(_greedy(hf, prompt, 24, past_key_values=DynamicCache(config=hf.config)), want)
+    assert torch.equal(_greedy(hf, prompt, 24, cache=DynamicCache(config=hf.config)), want)
     tier = FlashTier(str(tmp_path / "kv"))
     cache = TieredCache(hf.config, cold=tier, hot_layers=[1], block_tokens=16)
     try:
-        assert torch.equal(_greedy(hf, prompt, 24, cache=cache), want)  # transformers 5's own argument name
+        assert torch.equal(_greedy(hf, prompt, 24, cache=cache), want)
         assert cache.tiered.stats["written_blocks"] == 2 * ((41 + 23) // 16)
     finally:
         cache.close()
