@@ -119,6 +119,19 @@ def test_control_commands_import_neither_torch_nor_numpy(tmp_path, argv):
     assert not heavy, sorted(heavy)[:10]
 
 
+def test_a_control_command_loads_no_other_commands_module(tmp_path):
+    # commands are imported on first use (cli/main.py's COMMANDS): `miro status` needs control.py (and
+    # what it imports), not run's options, kv, fleet, logs or the unit writer
+    from miro_runtime.cli.main import COMMANDS
+    code = ("import sys; from miro_runtime.cli.main import main; "
+            f"sys.argv = ['miro', '--state-dir', {str(tmp_path)!r}, 'status']\n"
+            "try:\n    main()\nexcept SystemExit:\n    pass")
+    names = _imported(["-c", code])
+    assert "miro_runtime.cli.control" in names
+    others = {f"miro_runtime.cli.{module}" for module, _ in COMMANDS.values()} - {"miro_runtime.cli.control"}
+    assert len(others) >= 7 and not names & others, sorted(names & others)
+
+
 def test_importtime_check_sees_a_heavy_import():
     # the parser above reads importtime's table, so a command that does load numpy is caught
     assert "numpy" in _imported(["-c", "import numpy"])

@@ -9,7 +9,9 @@ options, and the list of commands; each command lives with its concern:
 
 and `miro completion SHELL`, the shell completion script, here.
 
-Only the commands import the engine, torch or numpy, when they run: ``miro status`` loads neither."""
+Only the commands import the engine, torch or numpy, when they run: ``miro status`` loads neither.
+A command's module is imported when the command runs (or --help lists it): ``miro status`` loads
+control.py alone, not run's options, kv or fleet (about half of the CLI's start-up here)."""
 
 from __future__ import annotations
 
@@ -18,25 +20,37 @@ import sys
 
 import click
 
-from miro_runtime.cli.budget import budget
-from miro_runtime.cli.control import checkpoint, daemon, eval_, ingest, predict, profile, status, task
-from miro_runtime.cli.fleet import fleet
-from miro_runtime.cli.kv import kv
-from miro_runtime.cli.logs import logs
-from miro_runtime.cli.options import config_from_options
-from miro_runtime.cli.run import inspect, rep, run, store
-from miro_runtime.cli.service import demo, service
-from miro_runtime.cli.settings import config
+# command -> (its module in miro_runtime.cli, the click command's name there)
+COMMANDS = {
+    "run": ("run", "run"), "inspect": ("run", "inspect"), "store": ("run", "store"), "rep": ("run", "rep"),
+    "daemon": ("control", "daemon"), "status": ("control", "status"), "eval": ("control", "eval_"),
+    "ingest": ("control", "ingest"), "task": ("control", "task"), "predict": ("control", "predict"),
+    "profile": ("control", "profile"), "checkpoint": ("control", "checkpoint"),
+    "config": ("settings", "config"), "budget": ("budget", "budget"), "logs": ("logs", "logs"),
+    "kv": ("kv", "kv"), "fleet": ("fleet", "fleet"), "service": ("service", "service"),
+    "demo": ("service", "demo"),
+}
 
 
 class MiroGroup(click.Group):
     """The group, taking its global options after the subcommand too (``miro status --state-dir X``,
-    as systemctl and journalctl take theirs): they are moved before it, up to a ``--``."""
+    as systemctl and journalctl take theirs): they are moved before it, up to a ``--``. Its commands
+    are imported on first use (``COMMANDS``)."""
 
     GLOBAL = {"--state-dir": True, "--socket": True, "-v": False, "--verbose": False}  # option -> takes a value
 
+    def list_commands(self, ctx):
+        return sorted(set(COMMANDS) | set(self.commands))
+
+    def get_command(self, ctx, name):
+        if name in COMMANDS and name not in self.commands:
+            module, attr = COMMANDS[name]
+            # __import__, not importlib.import_module: the latter bypasses `python -X importtime`'s table
+            self.add_command(getattr(__import__(f"miro_runtime.cli.{module}", fromlist=[attr]), attr), name)
+        return self.commands.get(name)
+
     def parse_args(self, ctx, args):
-        if args and args[0] in self.commands:
+        if args and (args[0] in COMMANDS or args[0] in self.commands):
             head, rest, moved, i = [args[0]], args[1:], [], 0
             while i < len(rest) and rest[i] != "--":
                 name = rest[i].split("=", 1)[0]
@@ -95,12 +109,9 @@ def completion(shell):
     click.echo(script.source(), nl=False)
 
 
-for command in (run, inspect, store, rep,
-                daemon, status, eval_, ingest, task, predict, config, budget, profile, checkpoint, logs,
-                kv, fleet, service, demo, completion):
-    main.add_command(command)
+main.add_command(completion)
 
-__all__ = ["main", "run", "config_from_options"]  # `miro` is main; tests drive run and config_from_options
+__all__ = ["main", "COMMANDS"]
 
 if __name__ == "__main__":
     main()

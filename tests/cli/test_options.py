@@ -14,7 +14,8 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as hs
 
-from miro_runtime.cli.main import config_from_options, run
+from miro_runtime.cli.options import config_from_options
+from miro_runtime.cli.run import run
 from miro_runtime.engine.streams import StreamError, make_stream
 
 DEFAULTS = {p.name: p.default for p in run.params if p.name != "as_json"}
