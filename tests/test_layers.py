@@ -107,13 +107,18 @@ def _imported(cmd: list) -> set:
     return names
 
 
+def _imported_by_miro(state_dir, argv: list) -> set:
+    """What `miro ARGV` imports; no daemon listens, so the command fails fast, after importing all it
+    would import to talk to one."""
+    code = ("import sys; from miro_runtime.cli.main import main; "
+            f"sys.argv = ['miro', '--state-dir', {str(state_dir)!r}] + {argv!r}\n"
+            "try:\n    main()\nexcept SystemExit:\n    pass")
+    return _imported(["-c", code])
+
+
 @pytest.mark.parametrize("argv", [["status"], ["status", "--json"], ["task", "list"]])
 def test_control_commands_import_neither_torch_nor_numpy(tmp_path, argv):
-    # no daemon listens: the command fails fast, after importing all it would import to talk to one
-    code = ("import sys; from miro_runtime.cli.main import main; "
-            f"sys.argv = ['miro', '--state-dir', {str(tmp_path)!r}] + {argv!r}\n"
-            "try:\n    main()\nexcept SystemExit:\n    pass")
-    names = _imported(["-c", code])
+    names = _imported_by_miro(tmp_path, argv)
     assert "miro_runtime.cli.main" in names and "click" in names
     heavy = {n for n in names if n.split(".")[0] in ("torch", "numpy", "lmdb")}
     assert not heavy, sorted(heavy)[:10]
@@ -123,10 +128,7 @@ def test_a_control_command_loads_no_other_commands_module(tmp_path):
     # commands are imported on first use (cli/main.py's COMMANDS): `miro status` needs control.py (and
     # what it imports), not run's options, kv, fleet, logs or the unit writer
     from miro_runtime.cli.main import COMMANDS
-    code = ("import sys; from miro_runtime.cli.main import main; "
-            f"sys.argv = ['miro', '--state-dir', {str(tmp_path)!r}, 'status']\n"
-            "try:\n    main()\nexcept SystemExit:\n    pass")
-    names = _imported(["-c", code])
+    names = _imported_by_miro(tmp_path, ["status"])
     assert "miro_runtime.cli.control" in names
     others = {f"miro_runtime.cli.{module}" for module, _ in COMMANDS.values()} - {"miro_runtime.cli.control"}
     assert len(others) >= 7 and not names & others, sorted(names & others)
