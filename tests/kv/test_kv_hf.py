@@ -1,7 +1,7 @@
 """The transformers adapter: ``TieredCache`` is a real transformers 5.x ``Cache``. Greedy generation is
 token-identical to transformers' ``DynamicCache`` and to recomputing without a cache, for the built-in
 decoder (exported to a ``LlamaForCausalLM`` directory) and a random-init ``LlamaForCausalLM``, with any
-layers' KV in a real LMDB flash tier."""
+layers' KV in a real LMDB flash tier, and the generate path hands the cache by the name forward takes."""
 
 import json
 import os
@@ -120,3 +120,43 @@ def test_miro_kv_generate_runs_a_local_model_directory(builtin_dir, tmp_path):
     lossy = CliRunner().invoke(main, ["kv", "generate", "--model", d, "--prompt", "x", "--policy", "h2o",
                                       "--hot-budget", "9000"])
     assert lossy.exit_code != 0 and "only --policy full" in lossy.output
+
+
+class _BeforeTheRename(torch.nn.Module):
+    """A causal LM whose forward takes the cache as transformers 5.0-5.23 did (``past_key_values=``, no
+    ``cache=``): the real model underneath, called with the name it takes now. The dev extra pins
+    transformers >= 5.24, so this is how the adapter's other branch runs here."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.inner, self.config = model, model.config
+
+    def forward(self, input_ids=None, past_key_values=None, use_cache=None, logits_to_keep=0):
+        return self.inner(input_ids=input_ids, cache=past_key_values, use_cache=use_cache,
+                          logits_to_keep=logits_to_keep)
+
+
+@pytest.mark.parametrize("before_rename", [False, True])
+def test_the_generate_path_hands_the_cache_by_the_name_forward_takes(builtin_dir, tmp_path, before_rename):
+    from miro_runtime.kv.generate import HFModel
+    m, d = builtin_dir
+    model = HFModel(d)
+    if before_rename:
+        model.model = _BeforeTheRename(model.model)
+    prompt = torch.randint(0, 256, (1, 21), generator=torch.Generator().manual_seed(4))
+    want = generate(m, prompt, 12)[0].tolist()  # the built-in model, recomputing the whole sequence each step
+    tier = FlashTier(str(tmp_path / "kv"))
+    cache = model.make_cache(cold=tier, hot_layers=[0, 2], block_tokens=8)
+    try:
+        with torch.no_grad():
+            logits = model.forward(prompt, 0, cache)
+            out = [int(logits[0, -1].argmax())]
+            while len(out) < 12:
+                logits = model.forward(torch.tensor([[out[-1]]]), prompt.shape[1] + len(out) - 1, cache)
+                out.append(int(logits[0, -1].argmax()))
+        assert model._cache_arg == ("past_key_values" if before_rename else "cache")
+        assert out == want  # the cache was used: the cold layers' blocks were written and read back
+        assert cache.tiered.stats["fetches"] > 0 and cache.cold_bytes() > 0
+    finally:
+        cache.close()
+        tier.close()
