@@ -212,6 +212,12 @@ def linear_probe(backbone: str, seed: int = 0, stream: str = "split-digits") -> 
     return float(clf.score(tx, ty))
 
 
+def paired_gap(row: dict, ref: dict) -> float:
+    """Mean of ``row`` minus ``ref`` final accuracy over the seeds both ran (a pair may run more seeds)."""
+    ref_acc = {x["seed"]: x["acc"] for x in ref["runs"]}
+    return float(np.mean([x["acc"] - ref_acc[x["seed"]] for x in row["runs"] if x["seed"] in ref_acc]))
+
+
 def t_interval(d: list, level: float = 0.90) -> Optional[list]:
     """Two-sided interval of the mean of paired differences (Student's t, n - 1 degrees of freedom)."""
     if len(d) < 2:
@@ -240,10 +246,12 @@ def not_worse(iv: Optional[list], margin: float = ACC_MARGIN) -> str:
 
 def accuracy(root: str, seeds: list, epochs: int, threads: int, size: str, pre_epochs: int, gamma: float,
              batch: int, layer_drop: float, timing_steps: int = 16, repeats: int = 1,
-             query_epochs: int = QUERY_EPOCHS, stream: str = "split-digits", rep_opts=None) -> dict:
+             query_epochs: int = QUERY_EPOCHS, stream: str = "split-digits", rep_opts=None,
+             more_seeds: Optional[dict] = None) -> dict:
     """``rep_opts``: REP's method options for every REP run and the timing (over gamma and the micro
     query); ``query_backbone`` empty there means the swift query is the backbone's own first
-    ``query_layers`` blocks, and no micro query is pretrained."""
+    ``query_layers`` blocks, and no micro query is pretrained. ``more_seeds``: {base: seeds} -- that pair
+    (base and its REP method, nothing else) also runs these seeds, after every row has run ``seeds``."""
     from miro_runtime import RunConfig, run
     rep_opts = dict(rep_opts or {})
     st = prompt_stream(stream, ACC_TASKS)
@@ -256,25 +264,32 @@ def accuracy(root: str, seeds: list, epochs: int, threads: int, size: str, pre_e
     timings = [acc_config_cost(root, bb, qpath, st, batch, gamma, run_steps, timing_steps, rep_opts)
                for _ in range(repeats)]
     rows = {}
+
+    def one(name: str, opts: dict, seed: int) -> None:
+        method = dict(opts)
+        if name.startswith("rep"):
+            method = {"gamma": str(gamma), "query_backbone": qpath, **rep_opts, **opts}
+        cfg = RunConfig(stream=stream, strategy=name, backbone=bb, classes=ACC_CLASSES, tasks=ACC_TASKS,
+                        epochs=epochs, seed=seed, threads=threads, checkpoint_every=0, method=method,
+                        batch_size=batch, train_per_class=STREAMS[stream]["per_class"],
+                        run_dir=os.path.join(root, f"{label(name, opts)}-{seed}".replace(" ", "_")))
+        # the seed's own class order over 5-9, cut to the stream's subset (test sets too)
+        s = run(cfg, stream=prompt_stream(stream, ACC_TASKS, seed))
+        row = rows.setdefault(label(name, opts), {"method": name, "options": opts, "runs": []})
+        row["runs"].append({"seed": seed, "acc": s["final_avg_acc"], "step_ms": s["step_ms"],
+                            "peak_mem_mb": s["peak_mem_mb"], "step_mem_mb": s["step_mem_mb"],
+                            "query_ms": s["query_ms"], "train_s": s["train_s"], "acc_matrix": s["acc_matrix"],
+                            "layers_run": sum(s["layer_keep_rate"]),
+                            "class_order": s["stream"]["class_order"]})
+        print(f"  seed {seed} {label(name, opts)}: {100 * s['final_avg_acc']:.1f}%, {s['step_ms']:.0f} ms/step",
+              file=sys.stderr, flush=True)
     for seed in seeds:  # seeds outermost: each seed's runs are back to back, same machine state
         for name, opts in ACC_RUNS:
-            method = dict(opts)
-            if name.startswith("rep"):
-                method = {"gamma": str(gamma), "query_backbone": qpath, **rep_opts, **opts}
-            cfg = RunConfig(stream=stream, strategy=name, backbone=bb, classes=ACC_CLASSES, tasks=ACC_TASKS,
-                            epochs=epochs, seed=seed, threads=threads, checkpoint_every=0, method=method,
-                            batch_size=batch, train_per_class=STREAMS[stream]["per_class"],
-                            run_dir=os.path.join(root, f"{label(name, opts)}-{seed}".replace(" ", "_")))
-            # the seed's own class order over 5-9, cut to the stream's subset (test sets too)
-            s = run(cfg, stream=prompt_stream(stream, ACC_TASKS, seed))
-            row = rows.setdefault(label(name, opts), {"method": name, "options": opts, "runs": []})
-            row["runs"].append({"seed": seed, "acc": s["final_avg_acc"], "step_ms": s["step_ms"],
-                                "peak_mem_mb": s["peak_mem_mb"], "step_mem_mb": s["step_mem_mb"],
-                                "query_ms": s["query_ms"], "train_s": s["train_s"], "acc_matrix": s["acc_matrix"],
-                                "layers_run": sum(s["layer_keep_rate"]),
-                                "class_order": s["stream"]["class_order"]})
-            print(f"  seed {seed} {label(name, opts)}: {100 * s['final_avg_acc']:.1f}%, {s['step_ms']:.0f} ms/step",
-                  file=sys.stderr, flush=True)
+            one(name, opts, seed)
+    for base, extra in (more_seeds or {}).items():
+        for seed in extra:
+            for name in (base, dict(PAIRS)[base]):
+                one(name, {}, seed)
     for row in rows.values():
         accs = [x["acc"] for x in row["runs"]]
         row.update(acc=float(np.mean(accs)), acc_std=float(np.std(accs)),
@@ -284,13 +299,14 @@ def accuracy(root: str, seeds: list, epochs: int, threads: int, size: str, pre_e
                    layers_run=float(np.mean([x["layers_run"] for x in row["runs"]])))
     out = {"stream": stream, "subset": {k: v for k, v in STREAMS[stream].items() if k != "what"},
            "pretrain": pre, "query_pretrain": query, "linear_probe_acc": probe, "seeds": seeds, "epochs": epochs,
-           "gamma": gamma, "rep_opts": rep_opts,
+           "gamma": gamma, "rep_opts": rep_opts, "more_seeds": {b: list(x) for b, x in (more_seeds or {}).items()},
            "run_steps": run_steps,
            "batch": batch, "classes": ACC_CLASSES, "tasks": ACC_TASKS, "rows": rows,
            "train_images": int(sum(len(y) for _, y in st.train)), "test_images": int(sum(len(y) for _, y in st.test)),
            "hyper": timings[0]["hyper"], "margin": ACC_MARGIN}
     for base, rep in PAIRS:
         # seed by seed: the same seed gives both methods the same data order
+        assert [x["seed"] for x in rows[rep]["runs"]] == [x["seed"] for x in rows[base]["runs"]]
         d = [r["acc"] - b["acc"] for r, b in zip(rows[rep]["runs"], rows[base]["runs"])]
         out[f"acc_gap_{base}"] = float(np.mean(d))
         out[f"acc_gap_se_{base}"] = float(np.std(d, ddof=1) / np.sqrt(len(d))) if len(d) > 1 else None
@@ -326,6 +342,8 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--first-seed", type=int, default=0, help="the accuracy part's seeds are first-seed, ...")
+    ap.add_argument("--more-seeds", action="append", default=[], metavar="BASE=FIRST-LAST",
+                    help="that pair (e.g. l2p: l2p and rep-l2p) also runs these seeds, after the others")
     ap.add_argument("--rep-opt", action="append", default=[], metavar="KEY=VALUE",
                     help="a REP method option for the accuracy part's REP runs and its timing (repeatable); "
                          "query_backbone= (empty) takes the swift query from the backbone's own first "
@@ -343,8 +361,16 @@ def main(argv=None):
     if bad:
         ap.error(f"--rep-opt wants KEY=VALUE, got {bad[0]!r}")
     rep_opts = dict(o.split("=", 1) for o in a.rep_opt)
+    more = {}
+    for o in a.more_seeds:
+        base, _, span = o.partition("=")
+        first, _, last = span.partition("-")
+        if base not in dict(PAIRS) or not (first.isdigit() and last.isdigit()) or int(last) < int(first):
+            ap.error(f"--more-seeds wants BASE=FIRST-LAST with BASE one of {[b for b, _ in PAIRS]}, got {o!r}")
+        more[base] = list(range(int(first), int(last) + 1))
     if a.smoke:
         a.steps, a.repeats, a.seeds, a.epochs, a.pretrain_epochs = 1, 1, 2, 1, 1
+        more = {b: x[:1] for b, x in more.items()}
     root = scratch("miro-bench-rep-")
     res = {"machine": machine(), "quick": a.quick, "smoke": a.smoke, "repeats": a.repeats, "stream": a.stream}
     if not a.no_cost:
@@ -363,7 +389,7 @@ def main(argv=None):
         res["accuracy"] = accuracy(root, seeds, a.epochs, a.threads, a.size, a.pretrain_epochs,
                                    a.gamma, a.acc_batch, a.layer_drop, timing_steps=2 if a.smoke else 16,
                                    repeats=a.repeats, query_epochs=1 if a.smoke else QUERY_EPOCHS,
-                                   stream=a.stream, rep_opts=rep_opts)
+                                   stream=a.stream, rep_opts=rep_opts, more_seeds=more)
         acc = res["accuracy"]
         res["accuracy_within_1_5"] = {b: acc[f"acc_within_{b}"] for b, _ in PAIRS}
         res["accuracy_not_worse_1_5"] = {b: acc[f"acc_not_worse_{b}"] for b, _ in PAIRS}
@@ -423,9 +449,9 @@ def acc_note(a: dict) -> str:
         parts.append(f"Without AToM the step takes {t:.2f}x rep-l2p's here" + why)
     no_swift = rows.get("rep-l2p (no swift selection)")
     if no_swift:
-        d = 100 * (no_swift["acc"] - full["acc"])
+        d = 100 * paired_gap(no_swift, full)
         parts.append(f"Without swift selection (the backbone's own [CLS] as the query) rep-l2p scored {d:+.1f} "
-                     "points against the full rep-l2p.")
+                     "points against the full rep-l2p (on the seeds both ran).")
     return " ".join(parts)
 
 
@@ -500,17 +526,20 @@ def render_accuracy(r) -> list:
               f"{p['test_acc']:.1%} held-out, {p['seconds']:.0f} s), and {qtext}; "
               f"then {what} {a['classes']} in {a['tasks']} "
               f"class-incremental tasks, {a['epochs']} epochs each at batch {a['batch']} ({steps} steps), same "
-              f"backbone, tasks and data order for every method of a seed; mean ± sd over seeds {a['seeds']}; "
+              f"backbone, tasks and data order for every method of a seed; mean ± sd over seeds {a['seeds']}"
+              + "".join(f" ({b} and {dict(PAIRS)[b]} also seeds {x[0]}-{x[-1]}: {len(a['seeds']) + len(x)} runs "
+                        "each)" for b, x in a.get("more_seeds", {}).items() if x) + "; "
               f"ALD gamma {g:.3g} per step (gamma x steps = {g * steps:.1f}: the decaying part of the keep "
               f"probability ends at {100 * math.exp(-g * steps):.0f}% of its start"
               + (f"; the cost part's run has gamma x steps = {cost_g:g}" if cost_g is not None else "")
               + ")" + (f"; other knobs {hyper_text(h).split(', ', 1)[1]}" if h else "")
               + (f"; REP options given: `{' '.join(f'{k}={v}' for k, v in ro.items())}`" if ro else "") + ").", "",
-              "| method | final avg acc | step ms (runs) | of base | layers run per step | median step MB |",
-              "|---|---:|---:|---:|---:|---:|"]
+              "| method | seeds | final avg acc | step ms (runs) | of base | layers run per step | median step MB |",
+              "|---|---:|---:|---:|---:|---:|---:|"]
     for name, row in a["rows"].items():
         base = "l2p" if "l2p" in row["method"] else "dualprompt"
-        lines.append(f"| {name} | {100 * row['acc']:.1f} ± {100 * row['acc_std']:.1f} | {row['step_ms']:.0f} | "
+        lines.append(f"| {name} | {len(row['runs'])} | {100 * row['acc']:.1f} ± {100 * row['acc_std']:.1f} | "
+                     f"{row['step_ms']:.0f} | "
                      f"{row['step_ms'] / a['rows'][base]['step_ms']:.2f}x | {row['layers_run']:.1f} | "
                      f"{row['step_mem_mb']:.0f} |")
 
@@ -535,8 +564,8 @@ def render_accuracy(r) -> list:
     full = a["rows"]["rep-l2p"]
     abl = [(name, row) for name, row in a["rows"].items() if name.startswith("rep-l2p (")]
     if abl:
-        lines.append("- Ablations against rep-l2p: " + "; ".join(
-            f"{name[len('rep-l2p ('):-1]}: {100 * (row['acc'] - full['acc']):+.1f} points, step time "
+        lines.append("- Ablations against rep-l2p, on the seeds both ran: " + "; ".join(
+            f"{name[len('rep-l2p ('):-1]}: {100 * paired_gap(row, full):+.1f} points, step time "
             f"{row['step_ms'] / full['step_ms']:.2f}x" for name, row in abl) + ".")
     lines.append(acc_note(a))
     return lines
