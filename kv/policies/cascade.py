@@ -1,16 +1,21 @@
-"""Cascading KV (Willette et al., arXiv 2406.17808), with the paper's acceptance rule: after the first
-``sinks`` tokens (kept forever) the budget is split into ``levels`` sub-caches, each a queue. Tokens enter
-sub-cache 0 one per step; sub-cache i accepts only on every 2^i-th step (every sub-cache accepts until the
-cache has been full once: it fills as a sliding window, as the authors' code does). On an accepting step a token
-arriving at sub-cache i is appended, and when the sub-cache is full its oldest token is evicted and carried
-on to sub-cache i+1 in the same step; on a non-accepting step the arriving token competes with sub-cache i's
-newest token and the one with the higher score (an EMA of the attention it received, beta 0.9999 as in the
-paper, maxed over the query heads of its KV group) keeps that place, the other is dropped. Tokens evicted
-from the last sub-cache are dropped. Level i so keeps tokens about 2^i apart: old context thins out instead
-of vanishing. As in the paper each KV head keeps its own cascade (its own tokens, chosen by the attention of
-its own query heads): a head that retrieves keeps what it reads, whatever the other heads read. Every head
-keeps the same number of tokens, so the budget and the positions (places in the cache, as in StreamingLLM)
-are shared. State is per layer: the cache holds one copy per layer.
+"""Cascading KV (Willette et al., arXiv 2406.17808), the paper's acceptance rule: after the first ``sinks``
+tokens (kept forever) the budget is split into ``levels`` sub-caches, each a queue. Tokens enter sub-cache 0
+one per step; sub-cache i accepts only on every 2^i-th step (every sub-cache accepts until the cache has been
+full once: it fills as a sliding window, as the authors' code does). On an accepting step a token arriving at
+sub-cache i is appended, and when the sub-cache is full its oldest token is evicted and carried on to
+sub-cache i+1 in the same step; on a non-accepting step the arriving token competes with sub-cache i's newest
+token and the one with the higher score (an EMA of the attention it received, beta 0.9999 as in the paper)
+keeps that place, the other is dropped. Tokens evicted from the last sub-cache are dropped. Level i so keeps
+tokens about 2^i apart: old context thins out instead of vanishing.
+
+Two departures by default, each measured on SmolLM2-135M (BENCHMARKS.md, KV section 5), each an option back to
+the paper: ``span`` -- the rule moves runs of ``span`` consecutive tokens, not single tokens (a run scores the
+mean of its tokens): thinned one token in two, a 5-digit key written a digit a token never survives whole in
+an older sub-cache, while a run that holds it can; ``per_head`` -- the paper gives each KV head its own cascade
+(tokens chosen by the attention of its own query heads, maxed over them); by default one cascade serves every
+head (scored by the most any query head gave), so all heads read the same context. ``span=1,
+per_head=true`` is the paper's rule. Positions are places in the cache, as in StreamingLLM. State is per layer:
+the cache holds one copy per layer.
 """
 
 from collections import deque
@@ -21,13 +26,14 @@ from .base import Policy
 
 
 class _Lane:
-    """One KV head's cascade: its sinks, its sub-caches and its clock."""
+    """One cascade (every head's, or one KV head's): its sinks, its sub-caches and its clock."""
 
     def __init__(self, levels: int):
         self.sink_pos, self.sub = [], [deque() for _ in range(levels)]
-        self.step = 0  # tokens that entered sub-cache 0: the clock the acceptance rule counts
+        self.step = 0  # runs that entered sub-cache 0: the clock the acceptance rule counts
         self.last = -1  # highest absolute position placed so far
-        self.score = {}
+        self.run = -1  # the newest run placed
+        self.score = {}  # run -> its tokens' mean score
 
 
 class Cascade(Policy):
@@ -35,33 +41,46 @@ class Cascade(Policy):
     needs_scores = True
     reposition = True
     per_layer = True  # one instance per layer: it remembers where each token sits
-    per_head = True  # each KV head its own cascade
 
-    def __init__(self, sinks: int = 4, levels: int = 4, beta: float = 0.9999):
-        if sinks < 0 or levels < 1 or not 0.0 <= beta < 1.0:
-            raise ValueError(f"cascade: sinks >= 0, levels >= 1 and 0 <= beta < 1, got sinks={sinks}, "
-                             f"levels={levels}, beta={beta}")
-        self.sinks, self.levels, self.beta = sinks, levels, beta
-        self.lanes = []  # one per KV head, made at the first keep
+    def __init__(self, sinks: int = 4, levels: int = 4, beta: float = 0.9999, span: int = 8,
+                 per_head: bool = False):
+        if sinks < 0 or levels < 1 or not 0.0 <= beta < 1.0 or span < 1:
+            raise ValueError(f"cascade: sinks >= 0, levels >= 1, 0 <= beta < 1 and span >= 1, got sinks={sinks}, "
+                             f"levels={levels}, beta={beta}, span={span}")
+        self.sinks, self.levels, self.beta, self.span = sinks, levels, beta, span
+        self.per_head = bool(per_head)  # the cache reads it: (Hkv, S) positions and scores, one row a head
+        self.run_len = None  # the span in use, fixed at the first eviction (shorter where the budget is tiny)
+        self.lanes = []  # one cascade, or one per KV head, made at the first keep
         self.sizes = [0] * levels
 
     def received(self, probs: torch.Tensor) -> torch.Tensor:
-        """(B, Hkv, G, S) -> (Hkv, S): the most any query head of a KV group gave a token (the paper's
-        reduction), averaged over the batch. A mean would dilute the one retrieval head that reads a token
-        among heads that never do."""
-        return probs.amax(dim=2).mean(dim=0)
+        """(B, Hkv, G, S) -> (Hkv, S) per head: the most any query head of a KV group gave a token (the
+        paper's reduction); (S,) shared: the most any query head gave it. Averaged over the batch. A mean
+        over heads would dilute the one retrieval head that reads a token among heads that never do."""
+        return probs.amax(dim=2).mean(dim=0) if self.per_head else probs.amax(dim=(1, 2)).mean(dim=0)
 
     def accumulate(self, old: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
         """EMA of the attention each cached token receives (the new tokens start from 0)."""
         return self.beta * old + (1.0 - self.beta) * new
 
     def _size(self, n: int) -> None:
+        """Sub-cache sizes in runs for ``n`` tokens: an equal share each, the remainder to sub-cache 0; a
+        budget of fewer runs than levels leaves the older sub-caches empty (a window of runs). The first call
+        fixes the run length: ``span``, or less where the budget holds fewer than a run per sub-cache (down
+        to single tokens), so a tiny budget works as the paper's token rule does."""
         slots = max(0, n - min(self.sinks, n))
-        base = slots // self.levels
-        self.sizes = [base + (slots - base * self.levels if i == 0 else 0) for i in range(self.levels)]
+        if self.run_len is None:
+            self.run_len = max(1, min(self.span, slots // self.levels))
+        runs = slots // self.run_len
+        if runs < 1 and self.run_len > 1:
+            raise ValueError(f"cascade: runs of {self.run_len} tokens need at least sinks + {self.run_len} = "
+                             f"{self.sinks + self.run_len} tokens per layer, the cache keeps {n}; give a smaller "
+                             "span or a larger hot budget")
+        base = runs // self.levels
+        self.sizes = [base + (runs - base * self.levels if i == 0 else 0) for i in range(self.levels)]
 
     def _arrive(self, lane: _Lane, level: int, p: int, step: int) -> None:
-        """Token ``p`` arrives at sub-cache ``level`` of ``lane`` on ``step``."""
+        """Run ``p`` (a token when span is 1) arrives at sub-cache ``level`` of ``lane`` on ``step``."""
         if level == self.levels:
             return  # evicted from the last sub-cache: dropped
         q = lane.sub[level]
@@ -76,29 +95,36 @@ class Cascade(Policy):
             q[-1] = p  # p is older than every token of level-1 and newer than this level's: order holds
 
     def _keep_lane(self, lane: _Lane, pos: list, scores: list, n: int) -> list:
-        lane.score = dict(zip(pos, scores))
-        for p in pos:
+        # a run is named by its first position (span 1: the token itself)
+        run = [p - (p - self.sinks) % self.run_len if p >= self.sinks else -1 for p in pos]
+        total, count = {}, {}
+        for r, s in zip(run, scores):
+            total[r], count[r] = total.get(r, 0.0) + s, count.get(r, 0) + 1
+        lane.score = {r: total[r] / count[r] for r in total}  # a run's mean: span 1 is the token's own score
+        for p, r in zip(pos, run):
             if p <= lane.last:
                 continue
             lane.last = p
             if p < self.sinks:  # the first tokens of the sequence are the attention sinks
                 lane.sink_pos.append(p)
-            else:
-                self._arrive(lane, 0, p, lane.step)
+            elif r != lane.run:  # a run enters sub-cache 0 with its first token; the rest join it there
+                lane.run = r
+                self._arrive(lane, 0, r, lane.step)
                 lane.step += 1
         for level in range(self.levels):  # n may have shrunk (a larger chunk): evict down the levels
             q = lane.sub[level]
             while len(q) > self.sizes[level]:
                 self._arrive(lane, level + 1, q.popleft(), lane.step)
-        live = set(lane.sink_pos[:n])
+        runs = set()
         for q in lane.sub:
-            live.update(q)
-        lane.sink_pos = [p for p in lane.sink_pos if p in live]
-        return [i for i, p in enumerate(pos) if p in live]
+            runs.update(q)
+        sinks = set(lane.sink_pos[:n])
+        lane.sink_pos = [p for p in lane.sink_pos if p in sinks]
+        return [i for i, (p, r) in enumerate(zip(pos, run)) if (p in sinks if r < 0 else r in runs)]
 
     def keep(self, abs_pos: torch.Tensor, scores: torch.Tensor, n: int) -> torch.Tensor:
-        """Indices (sorted) of at most n tokens to keep, per KV head: abs_pos and scores (Hkv, S), each
-        row ascending -> (Hkv, n'); a 1-D abs_pos (one head) gives 1-D indices."""
+        """Indices (sorted) of at most n tokens to keep: per KV head, abs_pos and scores (Hkv, S), each row
+        ascending -> (Hkv, n'); a 1-D abs_pos (one cascade for every head) gives 1-D indices."""
         one = abs_pos.dim() == 1
         pos = abs_pos.view(1, -1) if one else abs_pos
         sc = scores.reshape(pos.shape) if scores is not None else torch.zeros(pos.shape)

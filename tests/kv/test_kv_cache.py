@@ -114,6 +114,9 @@ from miro_runtime.kv.llama import rope  # noqa: E402
 LOSSY = ["sink", "h2o", "cascade", "topk"]
 
 
+PAPER = {"span": 1, "per_head": True}  # cascade's options for the paper's rule (its defaults depart from it)
+
+
 def lossy_cache(policy, budget, **kw):
     return TieredKVCache(CFG.n_layers, CFG.n_kv_heads, CFG.head_dim, policy=make_policy(policy, **kw),
                          hot_budget=budget, block_tokens=8, rope=partial(rope, theta=CFG.rope_theta))
@@ -144,21 +147,22 @@ def test_a_prompt_shorter_than_one_block_works_under_every_policy(model, policy)
         cache.close()
 
 
-@pytest.mark.parametrize("policy", LOSSY)
+@pytest.mark.parametrize("policy", [*LOSSY, "cascade/paper"])
 def test_hot_memory_never_exceeds_the_budget_and_masks_stay_causal(model, policy, monkeypatch):
     per_token = 2 * CFG.n_kv_heads * CFG.head_dim * 4 * CFG.n_layers  # batch 1
     budget = per_token * (64 if policy == "topk" else 48) + 100  # topk's block bounds take their share too
-    cache = lossy_cache(policy, budget)
+    policy, paper = policy.split("/")[0], policy.endswith("/paper")
+    cache = lossy_cache(policy, budget, **(PAPER if paper else {}))
     seen_masks = []
     real_update = cache.update
 
     def spy(layer, k, v, q=None):
         K, V, krope, kabs = real_update(layer, k, v, q=q)
         T = k.shape[2]
-        rows = kabs.view(-1, kabs.shape[-1])  # cascade: a row per KV head, each its own tokens
+        rows = kabs.view(-1, kabs.shape[-1])  # the paper's cascade: a row per KV head, each its own tokens
         seen_masks.extend((r.clone(), T) for r in rows)
         assert cache.hot_bytes() <= budget  # at every layer of every step, prefill chunks included
-        assert rows.shape[0] == (CFG.n_kv_heads if policy == "cascade" else 1)
+        assert rows.shape[0] == (CFG.n_kv_heads if paper else 1)
         for r in rows:
             assert torch.equal(r, r.sort().values) and len(set(r.tolist())) == len(r)
             if policy in ("sink", "cascade"):
@@ -200,7 +204,7 @@ def test_policies_keep_what_their_papers_keep():
     assert H2O(recent=3).keep(pos, scores, 5).tolist() == [1, 3, 7, 8, 9]  # two heavy hitters + 3 recent
     # cascade: 1 sink, 3 levels of 14 // 3 slots; after 200 equal-score tokens level i's tokens are 2^i apart
     # (a tie keeps the resident), so the 15 kept tokens reach back much further than a recent window of 15
-    c = Cascade(sinks=1, levels=3, beta=0.5)
+    c = Cascade(sinks=1, levels=3, beta=0.5, **PAPER)
     for t in range(1, 201):
         kept = c.keep(torch.arange(t), torch.zeros(t), 15)
     assert len(kept) == 15 and kept[0] == 0
@@ -215,7 +219,7 @@ def test_policies_keep_what_their_papers_keep():
     # 3, dropped. Step 6: 5 accepted, 2 falls off -> [3, 5]. Step 7: 6 beats 5 by score -> [3, 6].
     # Step 8: 7 accepted, 3 falls off -> [6, 7]; sub-cache 0 holds [8, 9].
     score = torch.tensor([0.0, 0.1, 0.9, 0.5, 0.05, 0.2, 0.8, 0.0, 0.0, 0.0])
-    c = Cascade(sinks=1, levels=2, beta=0.5)
+    c = Cascade(sinks=1, levels=2, beta=0.5, **PAPER)
     for t in range(1, 11):
         kept = c.keep(torch.arange(t), score[:t], 5)
         if t == 5:
@@ -329,9 +333,65 @@ def test_cascade_scores_a_token_by_the_head_that_reads_it_most():
     from miro_runtime.kv.policies import Cascade, H2O
     probs = torch.zeros(1, 2, 2, 3)  # (B, Hkv, G, S): only query head 1 of KV group 1 reads token 1
     probs[0, 1, 1, 1] = 0.8
-    assert Cascade().received(probs).flatten().tolist() == pytest.approx([0.0, 0.0, 0.0, 0.0, 0.8, 0.0])  # per KV head
+    per_head = Cascade(**PAPER).received(probs).flatten().tolist()
+    assert per_head == pytest.approx([0.0, 0.0, 0.0, 0.0, 0.8, 0.0])  # per KV head
+    assert Cascade().received(probs).tolist() == pytest.approx([0.0, 0.8, 0.0])  # one cascade: the most any head gave
     assert H2O().received(probs).tolist() == pytest.approx([0.0, 0.2, 0.0])  # H2O keeps the mean over heads
     assert Cascade().beta == 0.9999  # the paper's EMA
+
+
+def test_cascade_moves_runs_of_tokens_whole_and_a_run_wins_by_its_score():
+    """span 2, 1 sink, 2 sub-caches of 2 runs (4 tokens): run k (positions 1+2k, 2+2k) enters sub-cache 0 on
+    step k. By hand, all scores 0: step 4 evicts run 0 off the last level, run 3 loses to run 2 on step 5
+    (odd, past the first fill; a tie keeps the resident), step 6 takes run 4, step 7 drops run 5, step 8 takes
+    run 6: sub-cache 1 holds runs 4 and 6 (positions 9-10, 13-14), whole, two runs apart. Scored high, run 5
+    beats run 4 on step 7 instead and is kept whole."""
+    from miro_runtime.kv.policies import Cascade
+    for high, want in ((None, [0, 9, 10, 13, 14, 15, 16, 17]), (5, [0, 11, 12, 13, 14, 15, 16, 17])):
+        score = torch.zeros(18)
+        if high is not None:
+            score[1 + 2 * high:3 + 2 * high] = 0.9
+        c = Cascade(sinks=1, levels=2, beta=0.5, span=2, per_head=False)
+        for t in range(1, 19):
+            kept = c.keep(torch.arange(t), score[:t], 9)
+            assert len(kept) <= 9
+            runs = {int(p) - (int(p) - 1) % 2 for p in kept if p >= 1}
+            assert all(r in kept and (r + 1 in kept or r + 1 == t) for r in runs), (t, kept.tolist())  # whole runs
+        assert kept.tolist() == want, high
+    c = Cascade()  # 14 runs of 8 for 4 levels (56 tokens): runs of 8; a tiny budget (7 tokens past the sinks,
+    # under a run per level) runs single tokens instead, as the paper's rule does
+    assert len(c.keep(torch.arange(70), torch.zeros(70), 60)) <= 60 and c.run_len == 8
+    tiny, paper = Cascade(), Cascade(span=1)
+    for t in range(12, 40):
+        pos, zero = torch.arange(t), torch.zeros(t)
+        assert torch.equal(tiny.keep(pos, zero, 11), paper.keep(pos, zero, 11))
+    assert tiny.run_len == 1
+    with pytest.raises(ValueError, match="runs of 8 tokens need at least sinks \\+ 8 = 12 tokens per layer, the "
+                                         "cache keeps 11"):
+        c.keep(torch.arange(71), torch.zeros(71), 11)  # the run length holds for the whole sequence
+
+
+def test_cascade_by_default_keeps_one_token_set_for_every_head():
+    """The default cascade (one cascade for every KV head, runs of 8): through the model each head's cached
+    keys are the lossless cache's keys of the same kept tokens, whole runs of them."""
+    per_token = 2 * CFG.n_kv_heads * CFG.head_dim * 4 * CFG.n_layers
+    cache, full = lossy_cache("cascade", per_token * 48), TieredKVCache(CFG.n_layers, CFG.n_kv_heads, CFG.head_dim)
+    prompt = torch.randint(0, 256, (1, 120), generator=torch.Generator().manual_seed(4))
+    model = Llama(CFG).eval()
+    with torch.no_grad():
+        for s in range(0, 120, 8):
+            model(prompt[:, s:s + 8], s, cache)
+        model(prompt, 0, full)
+    apos, K, fullK = cache._apos[0], cache._kv[0][0], full._kv[0][0]  # (S,), (1, Hkv, S, hd), (1, Hkv, 120, hd)
+    assert apos.dim() == 1 and apos.shape[0] <= 48 and int(apos[-1]) == 119
+    kept = set(apos.tolist())
+    assert int(apos[4]) > 4 + 8  # old context was thinned, not only the recent window kept
+    runs = {4 + (p - 4) // 8 * 8 for p in kept if p >= 4}
+    assert all(all(r + j in kept or r + j >= 120 for j in range(8)) for r in runs)  # whole runs (the newest growing)
+    for h in range(CFG.n_kv_heads):
+        assert torch.equal(K[0, h], fullK[0, h, apos])
+    cache.close()
+    full.close()
 
 
 def test_cascade_keeps_each_kv_heads_own_tokens():
@@ -339,7 +399,7 @@ def test_cascade_keeps_each_kv_heads_own_tokens():
     each head's sub-cache 1 keeps its own winner (one budget, the same count per head); in the model each
     head's cached keys are the keys of the tokens that head kept."""
     from miro_runtime.kv.policies import Cascade
-    c = Cascade(sinks=1, levels=2, beta=0.5)
+    c = Cascade(sinks=1, levels=2, beta=0.5, **PAPER)
     score = torch.zeros(2, 10)
     score[0, 6], score[1, 5] = 0.9, 0.9
     for t in range(1, 10):  # step 6: 5 enters sub-cache 1 -> [3, 5]; step 7: 6 competes with 5, per head
@@ -349,7 +409,8 @@ def test_cascade_keeps_each_kv_heads_own_tokens():
     # through the model: layer 0's keys depend on the tokens alone, so each head's cached row j must be the
     # lossless cache's key of the token apos[h, j]
     per_token = 2 * CFG.n_kv_heads * CFG.head_dim * 4 * CFG.n_layers
-    cache, full = lossy_cache("cascade", per_token * 24), TieredKVCache(CFG.n_layers, CFG.n_kv_heads, CFG.head_dim)
+    cache = lossy_cache("cascade", per_token * 24, **PAPER)
+    full = TieredKVCache(CFG.n_layers, CFG.n_kv_heads, CFG.head_dim)
     prompt = torch.randint(0, 256, (1, 60), generator=torch.Generator().manual_seed(3))
     model = Llama(CFG).eval()
     with torch.no_grad():
