@@ -480,8 +480,9 @@ def passkey_text(q: dict) -> str:
     casc = [(L, hits("cascade", L)) for L in lengths[1:] if hits("cascade", L) is not None]
     if casc:
         below = [L for L, h in casc if hits("sink", L) is not None and h < hits("sink", L)]
-        text += (" Where we lose: `cascade` thins old context to every 2^i-th token and the key's six tokens draw "
-                 "no attention until the query arrives, so it keeps a whole key in few prompts: "
+        text += (" Where we lose: `cascade` thins old context (sub-cache i keeps about one run of 8 tokens in 2^i) "
+                 "and the key's six tokens draw no attention until the query arrives, so it keeps a whole key in "
+                 "few prompts: "
                  + ", ".join(f"{h} of {n} at {L} tokens" for L, h in casc)
                  + " (guessing five digits would hit 1 in 100,000)"
                  + (f"; below `sink` at {', '.join(map(str, below))} tokens." if below else "."))

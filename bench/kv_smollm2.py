@@ -14,7 +14,15 @@ from common import median, scratch
 from miro_runtime.kv.sizes import kv_bytes
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-POLICIES = ("full", "sink", "h2o", "cascade", "topk")
+POLICIES = ("full", "sink", "h2o", "cascade", "cascade-paper", "topk")
+# a row that runs a policy with options: cascade as the paper states it (single tokens, one cascade per KV head),
+# beside the default (runs of 8 tokens, one cascade for every head), which departs from it
+VARIANTS = {"cascade-paper": ("cascade", {"span": 1, "per_head": True})}
+
+
+def spec(name: str) -> tuple:
+    """A row's name -> (policy, its options)."""
+    return VARIANTS.get(name, (name, {}))
 PROMPT = "The capital of France is"
 # the passkey task of Mohtashami & Jaggi (2023): repeated plain sentences, the key stated once, asked at the end
 FILLER = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. "
@@ -60,8 +68,8 @@ def latency(model, lengths, new, runs, budget_tokens) -> dict:
                 row = rows.setdefault(f"{pol}@{L}", {"policy": pol, "context": L, "ttft_s": [], "decode_tps": [],
                                                      "peak_hot_bytes": 0, "refused": None})
                 try:
-                    r = run_generate("smollm2-135m", text, new, policy=pol, model=model,
-                                     hot_budget=0 if pol == "full" else budget)
+                    r = run_generate("smollm2-135m", text, new, policy=spec(pol)[0], policy_opts=spec(pol)[1],
+                                     model=model, hot_budget=0 if pol == "full" else budget)
                 except ValueError as e:  # this budget cannot serve this length with this policy: said, not hidden
                     row["refused"] = str(e)
                     continue
@@ -91,9 +99,10 @@ def key_tokens(model, key: str) -> int:
     return sum(any(ch.isdigit() for ch in model.decode([i])) for i in ids) // 2
 
 
-def passkey(model, lengths, samples, budget_tokens, seed=0, digits=5, policies=POLICIES) -> dict:
+def passkey(model, lengths, samples, budget_tokens, seed=0, digits=5, policies=POLICIES, midpoints=False) -> dict:
     """Exact recall of a ``digits``-digit key per policy and length, ``samples`` prompts a length at depths
-    spread evenly over the context; 8 greedy tokens, a hit when the key's digits appear in them."""
+    spread evenly over the context (from 0 to 1, or ``midpoints``: the middles of ``samples`` equal slices);
+    8 greedy tokens, a hit when the key's digits appear in them."""
     import numpy as np
 
     from miro_runtime.kv.generate import run_generate
@@ -101,13 +110,14 @@ def passkey(model, lengths, samples, budget_tokens, seed=0, digits=5, policies=P
     rng = np.random.default_rng(seed)
     acc, refused, tokens = {p: {} for p in policies}, {}, {}
     for L in lengths:
-        cases = [(str(rng.integers(10 ** (digits - 1), 10 ** digits)), d) for d in np.linspace(0, 1, samples)]
+        depths = (np.arange(samples) + 0.5) / samples if midpoints else np.linspace(0, 1, samples)
+        cases = [(str(rng.integers(10 ** (digits - 1), 10 ** digits)), d) for d in depths]
         for pol in policies:
             hits = 0
             try:
                 for key, depth in cases:
-                    r = run_generate("smollm2-135m", passkey_prompt(model, L, depth, key), 8, policy=pol, model=model,
-                                     hot_budget=0 if pol == "full" else budget)
+                    r = run_generate("smollm2-135m", passkey_prompt(model, L, depth, key), 8, policy=spec(pol)[0],
+                                     policy_opts=spec(pol)[1], model=model, hot_budget=0 if pol == "full" else budget)
                     tokens[str(L)] = r["prompt_tokens"]
                     hits += key in r["text"].replace(" ", "")
                 acc[pol][str(L)] = hits / samples
@@ -115,7 +125,7 @@ def passkey(model, lengths, samples, budget_tokens, seed=0, digits=5, policies=P
                 acc[pol][str(L)] = None
                 refused[f"{pol}@{L}"] = str(e)
     return {"lengths": lengths, "prompt_tokens": tokens, "samples": samples, "hot_budget": budget,
-            "budget_tokens_per_layer": budget_tokens, "digits": digits,
+            "budget_tokens_per_layer": budget_tokens, "digits": digits, "seed": seed, "midpoints": midpoints,
             "key_tokens": key_tokens(model, cases[-1][0]),
             "accuracy": acc, "refused": refused}
 
@@ -135,7 +145,9 @@ def perplexity(model, tokens: int, budget_tokens: int, chunk: int = 64) -> dict:
     budget = budget_tokens * model.n_layers * kv_bytes(1, model.n_kv_heads, model.head_dim)
     out = {}
     for pol in POLICIES:
-        cache = model.make_cache() if pol == "full" else model.make_cache(policy=make_policy(pol), hot_budget=budget)
+        name, opts = spec(pol)
+        cache = model.make_cache() if pol == "full" else model.make_cache(policy=make_policy(name, **opts),
+                                                                          hot_budget=budget)
         nll, n, t0, strides = 0.0, 0, time.perf_counter(), set()
         try:
             with torch.no_grad():
@@ -179,9 +191,13 @@ def run(lengths, new, runs, passkey_lengths, samples, budget_tokens, threads, pp
            "cached_load_s": time.perf_counter() - t0, "identity": identity(model, root)}
     out["latency"] = latency(model, lengths, new, runs, budget_tokens)
     out["passkey"] = passkey(model, passkey_lengths, samples, budget_tokens)
-    # why cascade trails sink: the same depths with a key of 2 tokens (see render)
-    out["passkey_short"] = passkey(model, passkey_lengths, samples, budget_tokens, digits=2,
+    # cascade's default was chosen on probes of the prompts above (and of seed 1's): judged again on prompts
+    # that no probe saw, other keys at other depths
+    out["passkey_fresh"] = passkey(model, passkey_lengths, samples, budget_tokens, seed=2, midpoints=True,
                                    policies=("sink", "cascade"))
+    # why the paper's rule trails sink: the same depths with a key of 2 tokens (see render)
+    out["passkey_short"] = passkey(model, passkey_lengths, samples, budget_tokens, digits=2,
+                                   policies=("sink", "cascade-paper"))
     out["perplexity"] = perplexity(model, ppl_tokens, budget_tokens)
     return out
 
@@ -221,13 +237,36 @@ def render(s: dict) -> list:
         cells = [p["accuracy"][pol][str(L)] for L in p["lengths"]]
         lines.append(f"| {pol} | " + " | ".join("refused" if c is None else f"{100 * c:.0f}%" for c in cells) + " |")
     acc = p["accuracy"]
-    ok_cascade = all(acc["cascade"][str(L)] is not None and acc["sink"][str(L)] is not None
-                     and acc["cascade"][str(L)] >= acc["sink"][str(L)] for L in p["lengths"])
+    fresh = s.get("passkey_fresh")
+    ok_cascade = at_least(acc, "cascade", "sink", p["lengths"])
+    ok_fresh = fresh is not None and at_least(fresh["accuracy"], "cascade", "sink", fresh["lengths"])
     gaps = {L: (acc["full"][str(L)] or 0) - (acc["topk"][str(L)] or 0) for L in p["lengths"]}
-    lines += ["", f"- cascade >= sink at every length: **{'met' if ok_cascade else 'NOT met'}** ("
+    lines += ["", "`cascade` is the default: runs of 8 tokens move through the paper's acceptance rule whole (a run "
+              "scores its tokens' mean), and one cascade serves every KV head (scored by the most any query head "
+              "gave); `cascade-paper` is the rule as the paper states it (single tokens, a cascade per KV head). "
+              "The default was chosen on probes of these prompts and of another set (seed 1); the fresh prompts "
+              f"below (seed {fresh['seed'] if fresh else '-'}, keys at the middles of {p['samples']} equal slices of "
+              "the context) were never probed.", ""]
+    if fresh is not None:
+        fa = fresh["accuracy"]
+        lines += ["| fresh prompts | " + " | ".join(f"{fresh['prompt_tokens'].get(str(L), L)} tokens"
+                                                  for L in fresh["lengths"]) + " |",
+                  "|---|" + "---:|" * len(fresh["lengths"])]
+        for pol in ("sink", "cascade"):
+            lines.append(f"| {pol} | " + " | ".join(fmt_pct(fa[pol].get(str(L))) for L in fresh["lengths"]) + " |")
+        lines.append("")
+    lines += ["- cascade >= sink at every length, on both prompt sets: "
+              f"**{'met' if ok_cascade and ok_fresh else 'NOT met'}** ("
               + ", ".join(f"{L}: {fmt_pct(acc['cascade'][str(L)])} vs {fmt_pct(acc['sink'][str(L)])}"
-                          for L in p["lengths"]) + f"); {p['samples']} prompts a length: one prompt is "
+                          for L in p["lengths"])
+              + ("; fresh " + ", ".join(f"{L}: {fmt_pct(fresh['accuracy']['cascade'][str(L)])} vs "
+                                        f"{fmt_pct(fresh['accuracy']['sink'][str(L)])}" for L in fresh["lengths"])
+                 if fresh else "; no fresh set") + f"); {p['samples']} prompts a length: one prompt is "
               f"{100 / p['samples']:.0f} points.",
+              "- the default cascade retrieves at least as many keys as the paper's rule at every length: "
+              f"**{'yes' if at_least(acc, 'cascade', 'cascade-paper', p['lengths']) else 'no'}** ("
+              + ", ".join(f"{L}: {fmt_pct(acc['cascade'][str(L)])} vs {fmt_pct(acc['cascade-paper'][str(L)])}"
+                          for L in p["lengths"]) + ").",
               "- topk within 10 points of full at every length: "
               f"**{'met' if max(gaps.values()) <= 0.10 else 'NOT met'}** ("
               + ", ".join(f"{L}: {100 * g:+.0f}" for L, g in gaps.items()) + " points behind full)."]
@@ -260,24 +299,31 @@ def render(s: dict) -> list:
     return lines + [""]
 
 
+def at_least(acc: dict, a: str, b: str, lengths) -> bool:
+    """Row ``a`` retrieved at least as many keys as row ``b`` at every length (neither refused)."""
+    return all(acc[a].get(str(L)) is not None and acc[b].get(str(L)) is not None
+               and acc[a][str(L)] >= acc[b][str(L)] for L in lengths)
+
+
 def short_key(p: dict, q: dict) -> list:
-    """The passkey rows again with a key of 2 digits: what the acceptance rule does to a key of k tokens."""
+    """The passkey rows again with a key of 2 digits: what the paper's rule does to a key of k tokens."""
     acc = q["accuracy"]
-    ok = all(acc[pol].get(str(L)) is not None for pol in ("sink", "cascade") for L in q["lengths"]) and \
-        all(acc["cascade"][str(L)] >= acc["sink"][str(L)] for L in q["lengths"])
-    lines = ["", f"Why cascade trails sink, measured: the same depths and filler with a {q['digits']}-digit key, "
+    ok = at_least(acc, "cascade-paper", "sink", q["lengths"])
+    lines = ["", "Why the paper's rule trails sink, measured: the same depths and filler with a "
+             f"{q['digits']}-digit key, "
              f"{q['key_tokens']} tokens in the key line (this tokenizer writes each digit as a token, so the "
              f"5-digit key above is {p.get('key_tokens', 5)}; tokenizers that group up to 3 digits, as Llama 3's "
              "does, write a 5-digit key in 2). Past sub-cache 0 the acceptance rule keeps one token of each two "
              "that reach a sub-cache on consecutive steps, so no 5 adjacent tokens survive there whole, while 2 "
-             "can. Guessing 2 digits hits 1 in 90; not judged, an explanation.", "",
+             "can (the default's runs of 8 keep a key line's digits together). Guessing 2 digits hits 1 in 90; "
+             "not judged, an explanation.", "",
              "| policy | " + " | ".join(f"{q['prompt_tokens'].get(str(L), L)} tokens" for L in q["lengths"]) + " |",
              "|---|" + "---:|" * len(q["lengths"])]
-    for pol in ("sink", "cascade"):
+    for pol in ("sink", "cascade-paper"):
         lines.append(f"| {pol} | " + " | ".join(fmt_pct(acc[pol].get(str(L))) for L in q["lengths"]) + " |")
-    cmp = ", ".join(f"{L}: {fmt_pct(acc['cascade'].get(str(L)))} vs {fmt_pct(acc['sink'].get(str(L)))}"
+    cmp = ", ".join(f"{L}: {fmt_pct(acc['cascade-paper'].get(str(L)))} vs {fmt_pct(acc['sink'].get(str(L)))}"
                     for L in q["lengths"])
-    return lines + ["", f"- with a {q['key_tokens']}-token key, cascade >= sink at every length: "
+    return lines + ["", f"- with a {q['key_tokens']}-token key, cascade-paper >= sink at every length: "
                     f"{'yes' if ok else 'no'} ({cmp})."]
 
 
@@ -292,6 +338,7 @@ def summary(s: dict) -> dict:
     q, Lmax = s["latency"], s["latency"]["lengths"][-1]
     return {"passkey_real": s["passkey"]["accuracy"],
             "passkey_real_short_key": s.get("passkey_short", {}).get("accuracy"),
+            "passkey_real_fresh": s.get("passkey_fresh", {}).get("accuracy"),
             "prefill_s": {pol: q["rows"][f"{pol}@{Lmax}"]["ttft_s_median"] for pol in POLICIES},
             "prefill_context": {"model": s["model"], "prompt_tokens": Lmax, "what": "time to first token, median"},
             "perplexity_real": {pol: x.get("ppl") for pol, x in s["perplexity"]["by_policy"].items()}}
