@@ -118,6 +118,8 @@ def _bad_inputs(tmp_path):
         (generate, ["--prompt", "x", "--policy", "sink", "--hot-budget", "9000", "--policy-opt", "sinks"]),
         (generate, ["--prompt", "x", "--policy", "sink", "--hot-budget", "9000", "--policy-opt", "sinks=x"]),
         (generate, ["--prompt", "x", "--policy-opt", "k=2"]),
+        (generate, ["--prompt", "x", "--policy", "cascade", "--hot-budget", "9000", "--policy-opt", "span=0"]),
+        (generate, ["--prompt", "x", "--policy", "cascade", "--hot-budget", "9000", "--policy-opt", "per_head=maybe"]),
         (generate, ["--prompt", "x", "--policy", "sink"]),
         (generate, ["--prompt", "x", "--hot-budget", "100"]),
         (generate, ["--prompt", "x", "--policy", "topk", "--hot-budget", "2000"]),
