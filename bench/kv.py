@@ -402,6 +402,8 @@ def main():
     ap.add_argument("--model-passkey-lengths", default="1024,2048,4096")
     ap.add_argument("--model-passkey-samples", type=int, default=12,
                     help="part 5: prompts a length (12: one prompt is 8 points, under the 10-point topk margin)")
+    ap.add_argument("--model-fresh-samples", type=int, default=36,
+                    help="part 5: prompts a length of the fresh passkey set that judges cascade against sink")
     ap.add_argument("--model-budget-tokens", type=int, default=512, help="part 5's hot budget per layer (tokens)")
     ap.add_argument("--slo-seeds", default="0,1,2,3,4", help="part 6: one request trace per seed")
     ap.add_argument("--slo-requests", type=int, default=20, help="part 6: requests per trace")
@@ -413,7 +415,7 @@ def main():
         a.context, a.new, a.runs, a.lengths, a.latency_runs = 256, 4, 1, "512", 1
         a.passkey_lengths, a.passkey_samples, a.passkey_steps = "64,128", 2, 10
         a.model_lengths, a.model_new, a.model_passkey_lengths, a.model_passkey_samples = "64", 4, "96", 2
-        a.model_budget_tokens = 48
+        a.model_budget_tokens, a.model_fresh_samples = 48, 2
     root = scratch("miro-bench-kv-")
     only = set(a.only.split(",")) if a.only else {"placement", "prefix", "latency", "passkey", "model", "slo"}
     if a.model == "none":
@@ -436,7 +438,8 @@ def main():
         import kv_smollm2
         res["smollm2"] = kv_smollm2.run([int(x) for x in a.model_lengths.split(",")], a.model_new, a.model_runs,
                                         [int(x) for x in a.model_passkey_lengths.split(",")], a.model_passkey_samples,
-                                        a.model_budget_tokens, 2, ppl_tokens=256 if a.smoke else 4096)
+                                        a.model_budget_tokens, 2, ppl_tokens=256 if a.smoke else 4096,
+                                        fresh_samples=a.model_fresh_samples)
         res.update(kv_smollm2.summary(res["smollm2"]))
     if "slo" in only:
         import kv_slo
@@ -480,12 +483,14 @@ def passkey_text(q: dict) -> str:
     casc = [(L, hits("cascade", L)) for L in lengths[1:] if hits("cascade", L) is not None]
     if casc:
         below = [L for L, h in casc if hits("sink", L) is not None and h < hits("sink", L)]
-        text += (" Where we lose: `cascade` thins old context (sub-cache i keeps about one run of 8 tokens in 2^i) "
+        text += ((" Where we lose: `cascade`" if below else " `cascade`")
+                 + " thins old context (sub-cache i keeps about one run of 8 tokens in 2^i) "
                  "and the key's six tokens draw no attention until the query arrives, so it keeps a whole key in "
                  "few prompts: "
                  + ", ".join(f"{h} of {n} at {L} tokens" for L, h in casc)
                  + " (guessing five digits would hit 1 in 100,000)"
-                 + (f"; below `sink` at {', '.join(map(str, below))} tokens." if below else "."))
+                 + (f"; below `sink` at {', '.join(map(str, below))} tokens." if below
+                    else "; at or above `sink` at every length."))
     beat = [(L, hits("topk", L), hits("full", L)) for L in lengths
             if hits("topk", L) is not None and hits("full", L) is not None and hits("topk", L) > hits("full", L)]
     text += " `topk` keeps every block and finds the key's block by its key bounds"
