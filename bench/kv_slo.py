@@ -1,7 +1,8 @@
 """bench/kv.py's section on concurrent requests with SLOs (kv/serving.py): one request trace -- Poisson
 arrivals, prompt and output lengths from log-normal (long-tailed) distributions -- served by the four
 strategies on the same model, cold tier and hot budget, in real time, one trace per seed. The TBT and
-TPOT targets are calibrated at the start from this machine's decode step of one request all hot."""
+TPOT targets are calibrated at the start from this machine's decode step of one request all hot (the median of
+five runs after a warm-up)."""
 
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ def trace(seed: int, n: int, rate_per_s: float, prompt_median: int, new_median: 
 
 
 def run(seeds=(0, 1, 2, 3, 4), n=20, threads=1, prompt_median=384, new_median=24, load=1.5, budget_share=1.0,
-        smoke=False) -> dict:
+        smoke=False, cal_runs=5) -> dict:
     import torch
 
     from miro_runtime.kv.decoder import Decoder
@@ -48,15 +49,23 @@ def run(seeds=(0, 1, 2, 3, 4), n=20, threads=1, prompt_median=384, new_median=24
             self._hold(Llama(cfg).eval())
     model = Bench()
     root = scratch("miro-bench-kv-slo-")
-    # calibration: one request alone, all hot, at the median lengths -> its decode step, and the whole request
-    with FlashTier(os.path.join(root, "cal"), sync_mode=KV_SYNC) as tier:
-        from miro_runtime.kv.serving import Request
-        probe = Request("cal", [i % 256 for i in range(prompt_median)], new_median)
-        srv = Server(model, tier, 10 ** 12, strategy="no-offload")
-        t0 = time.perf_counter()
-        r = srv.run([probe], realtime=False)
-        alone_s = time.perf_counter() - t0
-        step_ms = statistics.median(r["requests"]["cal"]["tbt_ms"])
+    # calibration: one request alone, all hot, at the median lengths -> its decode step, and the whole request.
+    # One warm-up run first (the first calls pay for allocation and kernel set-up), then the median of
+    # ``cal_runs``: a single run's step ranged 6.1-15.5 ms over earlier runs of this bench, and the targets and the
+    # offered load follow it (attainment with them)
+    from miro_runtime.kv.serving import Request
+    calibration = []
+    for i in range(1 + cal_runs):
+        with FlashTier(os.path.join(root, f"cal-{i}"), sync_mode=KV_SYNC) as tier:
+            probe = Request("cal", [j % 256 for j in range(prompt_median)], new_median)
+            srv = Server(model, tier, 10 ** 12, strategy="no-offload")
+            t0 = time.perf_counter()
+            r = srv.run([probe], realtime=False)
+            calibration.append({"alone_s": time.perf_counter() - t0,
+                                "step_ms": statistics.median(r["requests"]["cal"]["tbt_ms"]), "warm_up": i == 0})
+    measured = [c for c in calibration if not c["warm_up"]]
+    alone_s = statistics.median(c["alone_s"] for c in measured)
+    step_ms = statistics.median(c["step_ms"] for c in measured)
     slo_tbt, slo_tpot = 3.0 * step_ms, 2.0 * step_ms  # room for a few requests decoding together
     rate = load / alone_s  # offered load: ``load`` x what one request at a time could serve
     per_req = cfg.n_layers * kv_bytes(prompt_median + new_median, cfg.n_kv_heads, cfg.head_dim)
@@ -77,8 +86,16 @@ def run(seeds=(0, 1, 2, 3, 4), n=20, threads=1, prompt_median=384, new_median=24
         summary[strat]["refused"] = sum(r["refused"] for r in rs)
     return {"model": f"builtin decoder {cfg.dim} wide, {cfg.n_layers} layers (random weights)", "threads": threads,
             "seeds": list(seeds), "requests_per_trace": n, "prompt_median": prompt_median, "new_median": new_median,
-            "load": load, "rate_per_s": rate, "alone_s": alone_s, "step_ms_alone": step_ms,
+            "load": load, "rate_per_s": rate, "alone_s": alone_s, "step_ms_alone": step_ms, "calibration": calibration,
             "slo_tbt_ms": slo_tbt, "slo_tpot_ms": slo_tpot, "hot_budget": budget, "runs": runs, "slo": summary}
+
+
+def cal_range(s: dict) -> str:
+    """' (median of N runs after a warm-up, a-b ms)' where the run kept its calibration runs."""
+    runs = [c["step_ms"] for c in s.get("calibration", []) if not c["warm_up"]]
+    if not runs:
+        return ""
+    return f" (median of {len(runs)} runs after a warm-up, {min(runs):.1f}-{max(runs):.1f} ms)"
 
 
 def render(s: dict) -> list:
@@ -86,7 +103,8 @@ def render(s: dict) -> list:
              f"traces (seeds {s['seeds']}) of {s['requests_per_trace']} requests: Poisson arrivals at "
              f"{s['rate_per_s']:.2f}/s = {s['load']}x what one request at a time serves, prompts log-normal around "
              f"{s['prompt_median']} tokens, outputs around {s['new_median']}; targets from this machine: one request "
-             f"alone decodes a token in {s['step_ms_alone']:.1f} ms, so TBT <= {s['slo_tbt_ms']:.1f} ms and TPOT <= "
+             f"alone decodes a token in {s['step_ms_alone']:.1f} ms{cal_range(s)}, so TBT <= {s['slo_tbt_ms']:.1f} ms "
+             "and TPOT <= "
              f"{s['slo_tpot_ms']:.1f} ms; hot budget {s['hot_budget'] / 2**20:.1f} MiB; cold tier LMDB, read from the "
              "page cache). Iteration-level scheduling, one request after another (no batched matmul across "
              "requests). Mean over traces; every run is in bench/results/kv.json.", "",
