@@ -12,6 +12,7 @@ import argparse
 import importlib
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -82,8 +83,71 @@ def main():
                          "wall_s": round(time.time() - t0, 1)}
         with open(os.path.join(HERE, "results", f"{name}.json"), "w") as fh:
             json.dump(result, fh, indent=1)
+        log_run(name, result)
         print(f"   done in {time.time() - t0:.0f} s", file=sys.stderr, flush=True)
     write_markdown()
+
+
+RUNS = os.path.join(HERE, "results", "runs.jsonl")  # one line per bench run: its verdicts, kept when it is rerun
+
+
+def verdicts(name: str, res: dict) -> list:
+    """The lines of a bench's section that judge a target (``**met**`` / ``**NOT met**``), as rendered."""
+    text = importlib.import_module(name).render(res)
+    lines = text if isinstance(text, list) else text.splitlines()
+    return [ln.lstrip("- ").strip() for ln in lines if "**met**" in ln or "**NOT met**" in ln]
+
+
+def log_run(name: str, res: dict) -> None:
+    """Append this run's verdicts to the run log, so that a rerun does not erase what an earlier run found."""
+    entry = {"bench": name, "date": res.get("date"), "commit": (res.get("run") or {}).get("commit"),
+             "verdicts": verdicts(name, res)}
+    with open(RUNS, "a") as fh:
+        fh.write(json.dumps(entry) + "\n")
+
+
+def _verdict(line: str) -> tuple:
+    """'target **0.66x** (>= 0.8x: **NOT met**) (figures). More.' -> (the target with its figures masked, the
+    verdict, the line up to the verdict and the figures in brackets right after it)."""
+    marks = [(line.find(m), m) for m in ("**met**", "**NOT met**") if m in line]
+    at, mark = min(marks)
+    label = re.sub(r"[\d.,+-]+", "#", re.sub(r"\*\*[^*]*\*\*", "", line[:at]))
+    end = at + len(mark)
+    if line[end:].startswith(" ("):  # the figures that go with the verdict
+        depth, i = 0, end + 1
+        for i in range(end + 1, len(line)):
+            depth += {"(": 1, ")": -1}.get(line[i], 0)
+            if depth == 0:
+                break
+        end = i + 1
+    return label, mark.strip("*"), line[:end]
+
+
+def earlier_runs(name: str, res: dict) -> str:
+    """Earlier runs of this bench (the run log) whose verdicts differ from this run's, each with its figures:
+    every run made for a figure is reported, not only the last."""
+    if not os.path.exists(RUNS):
+        return ""
+    with open(RUNS) as fh:
+        log = [json.loads(line) for line in fh if line.strip()]
+    now = {label: verdict for label, verdict, _ in map(_verdict, verdicts(name, res))}
+    this = (res.get("date"), (res.get("run") or {}).get("commit"))
+    out = []
+    for e in log:
+        if e["bench"] != name or (e["date"], e["commit"]) == this:
+            continue
+        differ = [shown for label, verdict, shown in map(_verdict, e["verdicts"])
+                  if label in now and verdict != now[label]]
+        if differ:
+            since = git("diff", "--name-only", e["commit"], this[1], "--", *measured_paths(name)).stdout.split() \
+                if e["commit"] and this[1] else []
+            out.append(f"- run {e['date']} on commit {e['commit']}"
+                       + (f" (measured code changed before the run above: {', '.join(since[:5])})" if since else "")
+                       + ": " + "; ".join(differ))
+    if not out:
+        return ""
+    return "\n".join(["Earlier runs of this bench (`bench/results/runs.jsonl`) whose verdicts differ from the run "
+                      "above, as they came out:", "", *out])
 
 
 def _cuda() -> bool:
@@ -125,7 +189,8 @@ def write_markdown():
              "Written by `make bench` (`bench/run_all.py`) from the JSON results in `bench/results/`; every bench",
              "prints one JSON object as its last line and can run alone (`python bench/<name>.py`). Beside each",
              "section: the commit it ran on and its wall time; a section is marked **stale** where the code it",
-             "measures changed after that commit.", ""]
+             "measures changed after that commit. Every run's verdicts go to `bench/results/runs.jsonl`; where an",
+             "earlier run of a bench judged a target otherwise, the section says so.", ""]
     machine = None
     now = head()
     for name, title in BENCHES:
@@ -141,6 +206,9 @@ def write_markdown():
         if getattr(mod, "NEEDS_CUDA", False) and "**Stale**" in note and not _cuda():
             note += " Not rerun: the machine that ran `make bench` last has no CUDA; a rerun needs a GPU."
         parts += [f"## {title}", "", note, "", mod.render(res), ""]
+        earlier = earlier_runs(name, res)
+        if earlier:
+            parts += [earlier, ""]
     if machine:
         parts[7:7] = ["Machine: " + ", ".join(f"{k} {v}" for k, v in machine.items()) + ".", ""]
     with open(os.path.join(ROOT, "BENCHMARKS.md"), "w") as fh:
