@@ -2,7 +2,9 @@
 arrivals, prompt and output lengths from log-normal (long-tailed) distributions -- served by the four
 strategies on the same model, cold tier and hot budget, in real time, one trace per seed. The TBT and
 TPOT targets are calibrated at the start from this machine's decode step of one request all hot (the median of
-five runs after a warm-up)."""
+five runs after a warm-up). The target is judged on the means over traces, beside a paired bootstrap over the
+traces: per-trace attainment spreads widely (a trace is 20 requests), and five traces moved the ratio from
+1.21x to 1.38x between two runs of the same code."""
 
 from __future__ import annotations
 
@@ -30,7 +32,7 @@ def trace(seed: int, n: int, rate_per_s: float, prompt_median: int, new_median: 
     return out
 
 
-def run(seeds=(0, 1, 2, 3, 4), n=20, threads=1, prompt_median=384, new_median=24, load=1.5, budget_share=1.0,
+def run(seeds=tuple(range(20)), n=20, threads=1, prompt_median=384, new_median=24, load=1.5, budget_share=1.0,
         smoke=False, cal_runs=5) -> dict:
     import torch
 
@@ -84,10 +86,47 @@ def run(seeds=(0, 1, 2, 3, 4), n=20, threads=1, prompt_median=384, new_median=24
                           else None for k in ("tpot_attainment", "tbt_attainment", "p95_ms", "tokens_per_s")}
         summary[strat]["deferrals"] = sum(r["stats"]["deferrals"] for r in rs)
         summary[strat]["refused"] = sum(r["refused"] for r in rs)
-    return {"model": f"builtin decoder {cfg.dim} wide, {cfg.n_layers} layers (random weights)", "threads": threads,
+    return {"bootstrap": bootstrap(runs, [int(x) for x in seeds]),
+            "model": f"builtin decoder {cfg.dim} wide, {cfg.n_layers} layers (random weights)", "threads": threads,
             "seeds": list(seeds), "requests_per_trace": n, "prompt_median": prompt_median, "new_median": new_median,
             "load": load, "rate_per_s": rate, "alone_s": alone_s, "step_ms_alone": step_ms, "calibration": calibration,
             "slo_tbt_ms": slo_tbt, "slo_tpot_ms": slo_tpot, "hot_budget": budget, "runs": runs, "slo": summary}
+
+
+def _ratios(runs: dict, idx: list) -> tuple:
+    """orbitflow's mean TPOT and TBT attainment over the traces ``idx`` (repeats allowed) against the best
+    static strategy's on the same traces, and whether its p95 is lower than every static one's."""
+    def mean(strat, k):
+        vs = [runs[strat][i][k] for i in idx if runs[strat][i][k] is not None]
+        return statistics.mean(vs) if vs else None
+    static = [k for k in STRATEGIES if k != "orbitflow"]
+    out = []
+    for k in ("tpot_attainment", "tbt_attainment"):
+        best = max(mean(s, k) or 0 for s in static)
+        o = mean("orbitflow", k) or 0
+        out.append(o / best if best > 0 else float("inf"))
+    p95 = mean("orbitflow", "p95_ms")
+    lower = p95 is not None and all(mean(s, "p95_ms") is None or p95 < mean(s, "p95_ms") for s in static)
+    return out[0], out[1], lower
+
+
+def bootstrap(runs: dict, seeds: list, resamples: int = 2000, rng_seed: int = 0) -> dict:
+    """Paired bootstrap over traces: resample the traces with replacement (every strategy keeps the same
+    traces), recompute orbitflow / best static for TPOT and TBT and the p95 comparison; the 5th-95th
+    percentiles and the share of resamples in which the whole target holds."""
+    import numpy as np
+    rng = np.random.default_rng(rng_seed)
+    n = len(seeds)
+    tp, tb, held = [], [], 0
+    for _ in range(resamples):
+        a, b, lower = _ratios(runs, rng.integers(0, n, n).tolist())
+        tp.append(a)
+        tb.append(b)
+        held += a >= 1.3 and b >= 1.3 and lower
+    q = lambda v: [float(np.percentile(v, 5)), float(np.percentile(v, 95))]  # noqa: E731
+    a, b, _ = _ratios(runs, list(range(n)))
+    return {"resamples": resamples, "rng_seed": rng_seed, "tpot_ratio": a, "tbt_ratio": b,
+            "tpot_ratio_90": q(tp), "tbt_ratio_90": q(tb), "target_held_share": held / resamples}
 
 
 def cal_range(s: dict) -> str:
@@ -134,4 +173,16 @@ def render(s: dict) -> list:
               f"**{'met' if ok else 'NOT met'}** (TPOT {f(o['tpot_attainment'], True)} vs best static "
               f"{100 * best_tpot:.0f}%, TBT {f(o['tbt_attainment'], True)} vs {100 * best_tbt:.0f}%, p95 "
               f"{f(None if o['p95_ms'] is None else o['p95_ms'] / 1000)} s vs {best_p95 / 1000:.2f} s)."]
+    b = s.get("bootstrap")
+    if b:
+        def iv(v):
+            return f"{v[0]:.2f}-{v[1]:.2f}x"
+        low = min(b["tpot_ratio_90"][0], b["tbt_ratio_90"][0])
+        lines += ["", f"- How sure: a paired bootstrap over the {len(s['seeds'])} traces ({b['resamples']} resamples) "
+                  f"puts orbitflow / best static at {b['tpot_ratio']:.2f}x TPOT "
+                  f"(90% interval {iv(b['tpot_ratio_90'])}) "
+                  f"and {b['tbt_ratio']:.2f}x TBT ({iv(b['tbt_ratio_90'])}); the whole target holds in "
+                  f"{100 * b['target_held_share']:.0f}% of resamples. "
+                  + ("The intervals stay above 1.3x." if low >= 1.3 else
+                     "The interval reaches below 1.3x: on other traces the margin could go.")]
     return lines + [""]
