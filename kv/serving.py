@@ -179,6 +179,20 @@ class Server:
     def _final(self, x: _Live) -> int:
         return len(x.req.prompt) + x.req.max_new
 
+    def _ahead(self, x: _Live) -> int:
+        """Tokens ``x`` can add before the next plan: a prefilling request its next chunk (a plan follows
+        every chunk), a decoding one a token an iteration for at most ``replan_every`` iterations; the
+        others none. A plan that fits these lengths holds the budget until the next one."""
+        if x.state == PREFILL:
+            return min(len(x.req.prompt) - x.done_prompt, self._chunk_cap())
+        return self.replan_every if x.state == DECODE else 0
+
+    def _chunk_cap(self) -> int:
+        """The most prompt tokens ``_chunk`` gives this iteration (orbitflow prefills alone in large ones)."""
+        if self.strategy == "orbitflow" and not any(x.state == DECODE for x in self.live):
+            return max(self.chunk, ALONE_CHUNK)
+        return self.chunk
+
     def _costs(self, x: _Live, ahead: Optional[int]) -> list:
         """Each layer of ``x`` at ``ahead`` tokens more (never past its last; None: at its last): its bytes,
         and what keeping it cold adds to a step (measured per block; a hair per byte besides, so that ties
@@ -221,7 +235,6 @@ class Server:
         holding = [x for x in self.live if x.cache is not None]
         room = self.budget - self.tails * len(holding)
         running = [x for x in holding if x.state != DEFERRED]
-        ahead = self.replan_every + self.chunk
         if self.strategy == "no-offload":
             hot = {x.req.id: tuple(range(self.model.n_layers)) for x in holding}
         elif self.strategy == "all-offloaded":
@@ -230,11 +243,11 @@ class Server:
             share = room // max(1, len(running))
             hot = {}
             for x in running:
-                per = kv_bytes(x.length + ahead, self.model.n_kv_heads, self.model.head_dim)
+                per = kv_bytes(x.length + self._ahead(x), self.model.n_kv_heads, self.model.head_dim)
                 hot[x.req.id] = tuple(range(min(self.model.n_layers, max(0, share) // per)))
         else:
-            hot = self._orbitflow(running, room, ahead)
-        if self.strategy == "orbitflow" and self._keeps(holding, hot, room, ahead):
+            hot = self._orbitflow(running, room)
+        if self.strategy == "orbitflow" and self._keeps(holding, hot, room):
             hot = {x.req.id: x.hot for x in holding}  # moving KV costs writes and reads: only when it pays
         moved = []
         for x in holding:
@@ -250,11 +263,11 @@ class Server:
                      layers=self.model.n_layers, moved=moved,
                      deferred=[x.req.id for x in self.live if x.state == DEFERRED])
 
-    def _keeps(self, holding: list, hot: dict, room: int, ahead: int) -> bool:
-        """Keep the current placement when it still fits the budget ``ahead`` tokens on and the new plan
+    def _keeps(self, holding: list, hot: dict, room: int) -> bool:
+        """Keep the current placement when it still fits the budget until the next plan and the new plan
         would win less per iteration than moving the KV costs, spread over the next ``replan_every`` steps."""
-        per = lambda x, n: kv_bytes(x.length + n, self.model.n_kv_heads, self.model.head_dim)  # noqa: E731
-        if sum(len(x.hot) * per(x, ahead) for x in holding) > room:
+        per = lambda x: kv_bytes(x.length + self._ahead(x), self.model.n_kv_heads, self.model.head_dim)  # noqa: E731
+        if sum(len(x.hot) * per(x) for x in holding) > room:
             return False
         active = [x for x in holding if x.state in (DECODE, PREFILL)]
         # the gain at the requests' last tokens: a request just admitted (nothing to move yet) is placed at
@@ -304,12 +317,12 @@ class Server:
             self._admit(x, now)
             self._dirty = True
 
-    def _orbitflow(self, running: list, room: int, ahead: int) -> dict:
+    def _orbitflow(self, running: list, room: int) -> dict:
         deferred = [x for x in self.live if x.state == DEFERRED]
 
         def solve(xs, waiting):  # the waiting ones keep layers hot only where the running ones leave room
             w = {x.req.id: 1e-3 for x in waiting}
-            return plan_requests({x.req.id: self._costs(x, ahead) for x in xs + waiting}, max(0, room), w)[0]
+            return plan_requests({x.req.id: self._costs(x, self._ahead(x)) for x in xs + waiting}, max(0, room), w)[0]
 
         def over(xs, hot) -> bool:
             target = self._target_s(xs)
