@@ -382,14 +382,10 @@ class Server:
     def _chunk(self) -> int:
         """Prompt tokens this iteration: the fixed chunk, or (orbitflow) what the tightest TBT/TPOT target
         of the decoding requests leaves beside their steps, and large ones when nothing decodes."""
-        if self.strategy != "orbitflow":
-            return self.chunk
         decoding = [x for x in self.live if x.state == DECODE]
-        if not decoding:
-            return max(self.chunk, ALONE_CHUNK)
-        target = self._target_s(decoding)
+        target = self._target_s(decoding) if self.strategy == "orbitflow" and decoding else None
         if target is None:
-            return self.chunk
+            return self._chunk_cap()
         spare = HEADROOM * target - self._predict(decoding, {x.req.id: x.hot for x in decoding})
         return max(MIN_CHUNK, min(self.chunk, int(spare / max(self.prefill_tok, 1e-9))))
 

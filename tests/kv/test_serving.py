@@ -31,6 +31,17 @@ def alone(model, req):
     return run_generate("builtin-tiny", bytes(req.prompt), req.max_new, model=model)["tokens"]
 
 
+def hot_after_each_iteration(srv) -> list:
+    """The server's hot KV bytes (every request's hot layers and tails) after each of its iterations."""
+    seen, real = [], srv.iteration
+
+    def spy(now):
+        real(now)
+        seen.append(srv.hot_bytes())
+    srv.iteration = spy
+    return seen
+
+
 @pytest.mark.parametrize("strategy", STRATEGIES)
 def test_requests_served_together_get_the_tokens_each_gets_alone(model, tmp_path, strategy):
     reqs = requests(model)
@@ -38,15 +49,9 @@ def test_requests_served_together_get_the_tokens_each_gets_alone(model, tmp_path
     budget = per_layer * model.n_layers * 2  # two requests' worth: the rest goes cold (or waits: no-offload)
     with FlashTier(str(tmp_path / "kv"), sync_mode="nosync") as tier:
         srv = Server(model, tier, budget, strategy=strategy, prefill_chunk=16, replan_every=4)
-        seen = []
-        real = srv.iteration
-
-        def spy(now):
-            real(now)
-            seen.append(srv.hot_bytes())
-            assert srv.hot_bytes() <= budget  # every iteration, every request's hot layers and tails together
-        srv.iteration = spy
+        seen = hot_after_each_iteration(srv)
         out = srv.run(reqs, realtime=False)
+        assert max(seen) <= budget  # every iteration, every request's hot layers and tails together
         assert not tier.keys("kv")  # finished requests leave no block behind
     for r in reqs:
         assert out["requests"][r.id]["tokens"] == alone(model, r), r.id
@@ -112,13 +117,7 @@ def test_the_budget_holds_while_a_long_prompt_prefills_alone(model, tmp_path, st
     budget = model.n_layers * kv_bytes(len(prompt) + 8, model.n_kv_heads, model.head_dim) // 2  # half its KV
     with FlashTier(str(tmp_path / "kv"), sync_mode="nosync") as tier:
         srv = Server(model, tier, budget, strategy=strategy, prefill_chunk=16, replan_every=4)
-        seen = []
-        real = srv.iteration
-
-        def spy(now):
-            real(now)
-            seen.append(srv.hot_bytes())
-        srv.iteration = spy
+        seen = hot_after_each_iteration(srv)
         out = srv.run(reqs, realtime=False)
     assert max(seen) <= budget, f"{max(seen)} bytes hot over a budget of {budget}"
     assert out["stats"]["peak_hot_bytes"] <= budget and max(seen) > budget // 4  # the budget was used
