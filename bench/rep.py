@@ -368,6 +368,11 @@ def main(argv=None):
         if base not in dict(PAIRS) or not (first.isdigit() and last.isdigit()) or int(last) < int(first):
             ap.error(f"--more-seeds wants BASE=FIRST-LAST with BASE one of {[b for b, _ in PAIRS]}, got {o!r}")
         more[base] = list(range(int(first), int(last) + 1))
+        # a seed run twice would enter the paired figures twice: twice the weight and a too-small standard error
+        both = sorted(set(more[base]) & set(range(a.first_seed, a.first_seed + a.seeds)))
+        if both:
+            ap.error(f"--more-seeds {o!r}: seeds {both} are already among --first-seed {a.first_seed} "
+                     f"--seeds {a.seeds}; each seed runs once")
     if a.smoke:
         a.steps, a.repeats, a.seeds, a.epochs, a.pretrain_epochs = 1, 1, 2, 1, 1
         more = {b: x[:1] for b, x in more.items()}

@@ -153,7 +153,8 @@ class RunConfig:
         "early leaves is not a model worse than before the task."))
     model: str = field(default="auto", metadata=about("The network the non-prompt strategies train", metavar="NAME"))
     freeze_blocks: Optional[int] = field(default=None, metadata=about(
-        "efficientnet-lite0: pretrained blocks kept frozen, 0-16 (default 11, through stage 5; 0 trains it all)."))
+        "efficientnet-lite0: pretrained blocks kept frozen, 0-16 (default 15, through stage 6: the last block, "
+        "the 1x1 head and the classifier train; 0 trains it all)."))
     input_size: int = field(default=0, metadata=about(
         "efficientnet-lite0: images are resized to this side in pixels (0: 112)."))
     latent_replay: bool = field(default=False, metadata=about(

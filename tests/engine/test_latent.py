@@ -185,9 +185,11 @@ def test_frozen_and_top_split_the_network_without_changing_it():
             assert torch.equal(m(x), m.head(m.top(h)))
     assert tuple(EfficientNetCL(11, 112).frozen(torch.zeros(1, 1, 28, 28, dtype=torch.uint8)).shape) == (1, 112, 7, 7)
     assert tuple(EfficientNetCL(15, 112).frozen(torch.zeros(1, 1, 28, 28, dtype=torch.uint8)).shape) == (1, 192, 4, 4)
-    # --freeze-blocks unset: frozen through stage 5, block 11, as its help says (the tests here freeze 15)
+    # --freeze-blocks unset: frozen through stage 6, block 15, as its help says
+    from miro_runtime.config import RunConfig
     from miro_runtime.engine.models import make_model
-    assert len(make_model("efficientnet-lite0", (1, 28, 28)).frozen.blocks) == 11
+    assert len(make_model("efficientnet-lite0", (1, 28, 28)).frozen.blocks) == 15
+    assert "default 15, through stage 6" in RunConfig.__dataclass_fields__["freeze_blocks"].metadata["help"]
 
 
 def test_task_latents_come_from_ram_then_flash_then_the_encoder(tmp_path):
