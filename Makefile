@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test run bench lint clean
+.PHONY: install test run bench bench-data lint clean
 
 install: $(STAMP)
 
@@ -33,8 +33,17 @@ test: $(STAMP)
 run: $(STAMP)
 	$(BIN)/miro demo
 
-bench: $(STAMP)
+bench: $(STAMP) bench-data
 	$(BIN)/python bench/run_all.py
+
+# bench/latent.py and bench/rep_fmnist.py read Debian's dataset-fashion-mnist (as .ci/run installs it for the
+# tests): installed here where apt-get and root are at hand; otherwise a clear stop now, not an hour in
+FMNIST ?= /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+bench-data:
+	@test -f $(FMNIST) || { command -v apt-get >/dev/null && test "$$(id -u)" = 0 && apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null; } || true
+	@test -f $(FMNIST) || { echo "make bench: no $(FMNIST): install Debian's dataset-fashion-mnist" \
+		"(apt-get install dataset-fashion-mnist); bench/latent.py and bench/rep_fmnist.py read it" >&2; exit 1; }
 
 # ruff on the sources; lint-imports on the layer contracts in .importlinter (it reads the tree as installed:
 # miro_runtime/storage, /profilers and /kv are links to the top-level folders that package_dir installs there)
