@@ -94,10 +94,9 @@ class Probe:
             return
         fc = m.head.fc
         W, B = fc.weight.data.clone(), fc.bias.data.clone()
-        new = classes
         shift = np.mean(list(self.own.values())) - np.mean(list(new_own.values()))
         self.rows["none"] = test_row(m, strat.stream, t)
-        fc.bias.data[new] = B[new] + float(shift)
+        fc.bias.data[classes] = B[classes] + float(shift)
         self.rows["anchor"] = test_row(m, strat.stream, t)
         fc.bias.data.copy_(B)
         align(m.head, self.stats, strat.cfg.seed)
@@ -119,17 +118,17 @@ def main(argv=None):
     from miro_runtime.engine.strategies.prompt import PromptStrategy
     first, _, last = a.seeds.partition("-")
     seeds = list(range(int(first), int(last or first) + 1))
-    probe = Probe()
+    current = {}  # the run's Probe
     plain_end = PromptStrategy.end_task
 
     def end_task(self, t, x, y, ids, online):
         plain_end(self, t, x, y, ids, online)
-        probe.end_task(self, t, x, y)
+        current["probe"].end_task(self, t, x, y)
     PromptStrategy.end_task = end_task
     runs = []
     for seed in seeds:
         for name in a.methods.split(","):
-            probe.__init__()
+            probe = current["probe"] = Probe()
             cfg = RunConfig(stream=STREAM, strategy=name, backbone=a.backbone, classes=rep.ACC_CLASSES,
                             tasks=rep.ACC_TASKS, epochs=10, seed=seed, threads=a.threads, checkpoint_every=0,
                             method=dict(REP_OPTS) if name.startswith("rep") else {}, batch_size=64,
