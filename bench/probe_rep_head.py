@@ -9,7 +9,10 @@ taken under three heads, then the head is put back, so the run itself is untouch
 - ``ca``: classifier alignment (SLCA, Zhang et al. ICCV'23; HiDe-Prompt): each class's head-input feature
   mean and covariance, taken on its training data at its task's end, and the head retrained on features
   drawn from those Gaussians for every class seen (statistics, not samples: still rehearsal-free).
-The hook wraps ``PromptStrategy.end_task`` in this process only: a probe of an idea, not the engine's code.
+``--slow F`` trains everything but the head (prompts, keys) at F times the method's learning rate: SLCA's
+other half, the slow learner, aimed at the old task's drift under the shared prompt pool.
+The hooks wrap ``PromptStrategy.end_task`` (and ``make_optimizer`` for ``--slow``) in this process only: a
+probe of an idea, not the engine's code.
 
     python bench/probe_rep_head.py --backbone B.pt --seeds 30-32 --out runs.jsonl   # one process per core
 
@@ -113,6 +116,7 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", required=True, help="JSON lines, one a run (appended)")
     ap.add_argument("--root", default="/tmp/miro-probe-rep-head")
+    ap.add_argument("--slow", type=float, default=1.0, help="learning-rate factor of all but the head")
     a = ap.parse_args(argv)
     from miro_runtime import RunConfig, run
     from miro_runtime.engine.strategies.prompt import PromptStrategy
@@ -125,6 +129,14 @@ def main(argv=None):
         plain_end(self, t, x, y, ids, online)
         current["probe"].end_task(self, t, x, y)
     PromptStrategy.end_task = end_task
+    if a.slow != 1.0:
+        def make_optimizer(self):
+            head = [p for p in self.model.head.parameters() if p.requires_grad]
+            ids = {id(p) for p in head}
+            rest = [p for p in self.model.parameters() if p.requires_grad and id(p) not in ids]
+            return torch.optim.Adam([{"params": head}, {"params": rest, "lr": self.opts.lr * a.slow}],
+                                    lr=self.opts.lr)
+        PromptStrategy.make_optimizer = make_optimizer
     runs = []
     for seed in seeds:
         for name in a.methods.split(","):
@@ -133,9 +145,9 @@ def main(argv=None):
                             tasks=rep.ACC_TASKS, epochs=10, seed=seed, threads=a.threads, checkpoint_every=0,
                             method=dict(REP_OPTS) if name.startswith("rep") else {}, batch_size=64,
                             train_per_class=rep.STREAMS[STREAM]["per_class"],
-                            run_dir=os.path.join(a.root, f"{name}-{seed}"))
+                            run_dir=os.path.join(a.root, f"{name}-{seed}-slow{a.slow:g}"))
             s = run(cfg, stream=rep.prompt_stream(STREAM, rep.ACC_TASKS, seed))
-            r = {"seed": seed, "method": name, "final_avg_acc": s["final_avg_acc"], "rows": probe.rows,
+            r = {"seed": seed, "method": name, "slow": a.slow, "final_avg_acc": s["final_avg_acc"], "rows": probe.rows,
                  **{v: float(np.mean(probe.rows[v])) for v in VARIANTS}}
             runs.append(r)
             with open(a.out, "a") as fh:
