@@ -29,6 +29,8 @@ import sys
 import numpy as np
 import torch
 
+from miro_runtime.engine.metrics import evaluate
+
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import rep  # noqa: E402
 
@@ -49,11 +51,6 @@ def logits_and_features(m, x, batch: int = 256):
     finally:
         hook.remove()
     return torch.cat(outs), torch.cat(feats)
-
-
-def test_row(m, stream, upto: int) -> list:
-    return [float((logits_and_features(m, x)[0].argmax(1).numpy() == y).mean())
-            for x, y in (stream.test[j] for j in range(upto + 1))]
 
 
 def align(head, stats: dict, seed: int, per: int = 256, epochs: int = 10, lr: float = 0.01) -> None:
@@ -98,12 +95,12 @@ class Probe:
         fc = m.head.fc
         W, B = fc.weight.data.clone(), fc.bias.data.clone()
         shift = np.mean(list(self.own.values())) - np.mean(list(new_own.values()))
-        self.rows["none"] = test_row(m, strat.stream, t)
+        self.rows["none"] = evaluate(m, strat.stream, t)
         fc.bias.data[classes] = B[classes] + float(shift)
-        self.rows["anchor"] = test_row(m, strat.stream, t)
+        self.rows["anchor"] = evaluate(m, strat.stream, t)
         fc.bias.data.copy_(B)
         align(m.head, self.stats, strat.cfg.seed)
-        self.rows["ca"] = test_row(m, strat.stream, t)
+        self.rows["ca"] = evaluate(m, strat.stream, t)
         fc.weight.data.copy_(W)
         fc.bias.data.copy_(B)
 
